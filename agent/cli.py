@@ -1,0 +1,35 @@
+"""The `gridflex` command: the composition root. Sub-commands load lazily so `--help` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+__all__ = ["main"]
+
+# name -> "module:attribute" of a click command. Each module wires adapters to the core.
+_COMMANDS: dict[str, str] = {
+    "check-config": "agent.commands.check_config:check_config",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attr = target.split(":")
+        command: Any = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup)
+@click.version_option(package_name="gridflex")
+def main() -> None:
+    """gridflex: demand response and curtailment for flexible data centers."""

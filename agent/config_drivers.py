@@ -1,0 +1,128 @@
+"""Which driver controls a device, and at which address (pydantic models, part of the site file).
+
+A device entry with `count: N` is a group of N identical devices; `expand()` derives each member's
+address from the group's template so a 5,000-miner site stays a few dozen lines of YAML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "DriverConfig",
+    "GpuNodeDriverConfig",
+    "MinerDriverConfig",
+    "ModbusDriverConfig",
+    "MqttDriverConfig",
+    "SimulatedDriverConfig",
+    "expand",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _offset_host(host: str, offset: int) -> str:
+    """Member k of a group sits `offset` addresses after the group's first IPv4 address."""
+    try:
+        return str(ipaddress.IPv4Address(host) + offset)
+    except ipaddress.AddressValueError:
+        return host  # a host name: every member shares it (one endpoint, many unit ids/outlets)
+
+
+class ModbusDriverConfig(_Strict):
+    """A device behind Modbus TCP described by a profile under adapters/devices/profiles/."""
+
+    type: Literal["modbus"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=247)
+    profile: str = Field(min_length=1)
+    channel: int = Field(default=1, ge=1, description="outlet / channel number within the device")
+    channels_per_host: int | None = Field(
+        default=None, ge=1, description="for groups: members fill a host's channels, then the next"
+    )
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+
+    def member(self, index: int) -> ModbusDriverConfig:
+        if self.channels_per_host is None:
+            return self.model_copy(update={"host": _offset_host(self.host, index)})
+        host_index, channel_offset = divmod(index, self.channels_per_host)
+        return self.model_copy(
+            update={
+                "host": _offset_host(self.host, host_index),
+                "channel": self.channel + channel_offset,
+            }
+        )
+
+
+class MinerDriverConfig(_Strict):
+    """An ASIC miner reached through its firmware's API (CGMiner-style JSON on TCP 4028)."""
+
+    type: Literal["miner"]
+    host: str
+    port: int = Field(default=4028, ge=1, le=65535)
+    firmware: Literal["luxos", "cgminer", "braiins", "vnish"] = "luxos"
+    timeout_s: float = Field(default=2.0, gt=0, le=30)
+
+    def member(self, index: int) -> MinerDriverConfig:
+        return self.model_copy(update={"host": _offset_host(self.host, index)})
+
+
+class MqttDriverConfig(_Strict):
+    """A device that takes an absolute setpoint on an MQTT topic and echoes its state on another."""
+
+    type: Literal["mqtt"]
+    command_topic: str = Field(min_length=1)
+    state_topic: str = Field(min_length=1)
+    echo_timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+    def member(self, index: int) -> MqttDriverConfig:
+        k = str(index + 1)
+        return self.model_copy(
+            update={
+                "command_topic": self.command_topic.replace("{k}", k),
+                "state_topic": self.state_topic.replace("{k}", k),
+            }
+        )
+
+
+class GpuNodeDriverConfig(_Strict):
+    """A GPU server running `gridflex node`, reached over MQTT by its node id."""
+
+    type: Literal["gpu_node"]
+    node_id: str = Field(min_length=1)
+    echo_timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+    def member(self, index: int) -> GpuNodeDriverConfig:
+        return self.model_copy(update={"node_id": self.node_id.replace("{k}", str(index + 1))})
+
+
+class SimulatedDriverConfig(_Strict):
+    """An in-process simulated load (demo, tests): obeys after `lag_s`."""
+
+    type: Literal["simulated"]
+    lag_s: float = Field(default=0.0, ge=0, le=60)
+
+    def member(self, index: int) -> SimulatedDriverConfig:
+        del index
+        return self
+
+
+DriverConfig = Annotated[
+    ModbusDriverConfig
+    | MinerDriverConfig
+    | MqttDriverConfig
+    | GpuNodeDriverConfig
+    | SimulatedDriverConfig,
+    Field(discriminator="type"),
+]
+
+
+def expand(driver: DriverConfig, index: int) -> DriverConfig:
+    """The driver address of member `index` (0-based) of a device group."""
+    return driver.member(index)

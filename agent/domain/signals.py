@@ -1,0 +1,117 @@
+"""Signals the agent decides on: prices, grid obligations, emergencies, 4CP warnings, overrides.
+
+All times are timezone-aware UTC. Each value carries when it was observed so the
+decision can tell a fresh signal from a stale one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+__all__ = [
+    "EmergencyLevel",
+    "EmergencySignal",
+    "Obligation",
+    "ObligationKind",
+    "Override",
+    "OverrideAction",
+    "PeakWarning",
+    "PriceSignal",
+    "Signals",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PriceSignal:
+    """One published price for one interval at one settlement point."""
+
+    price_usd_per_mwh: float
+    interval_start_utc: datetime
+    interval_end_utc: datetime
+    observed_at_utc: datetime
+    settlement_point: str = "HB_HUBAVG"
+    market: str = "rt15"  # rt15 | sced5 | dam
+    source: str = "unknown"
+
+
+class ObligationKind(StrEnum):
+    LIMIT = "limit"  # keep the site at or below target_kw
+    SHED = "shed"  # draw shed_kw less than the baseline at the event's start
+
+
+@dataclass(frozen=True, slots=True)
+class Obligation:
+    """A grid dispatch the site has accepted (MQTT dispatch, OpenADR event, QSE instruction)."""
+
+    event_id: str
+    kind: ObligationKind
+    kw: float  # target_kw for LIMIT, shed_kw for SHED
+    start_utc: datetime
+    end_utc: datetime | None = None
+    program: str = "manual"
+    source: str = "unknown"
+
+    def is_active(self, now_utc: datetime) -> bool:
+        return self.start_utc <= now_utc and (self.end_utc is None or now_utc < self.end_utc)
+
+
+class EmergencyLevel(StrEnum):
+    """ERCOT grid conditions, least to most severe."""
+
+    NORMAL = "normal"
+    CONSERVATION = "conservation"  # conservation appeal / watch
+    EEA1 = "eea1"
+    EEA2 = "eea2"
+    EEA3 = "eea3"
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencySignal:
+    level: EmergencyLevel
+    observed_at_utc: datetime
+    source: str = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class PeakWarning:
+    """A 4CP peak warning: a likely coincident-peak interval is near."""
+
+    active: bool
+    observed_at_utc: datetime
+    source: str = "unknown"
+
+
+class OverrideAction(StrEnum):
+    ON = "on"  # force running at rated power
+    OFF = "off"  # force off
+    LIMIT = "limit"  # cap at limit_kw (device) or limit_pct of rated (device or class)
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A site engineer's manual override of one device or a whole load class."""
+
+    override_id: str
+    action: OverrideAction
+    expires_at_utc: datetime
+    device_id: str | None = None
+    load_class: str | None = None
+    limit_kw: float | None = None
+    limit_pct: float | None = None
+    issued_by: str = "unknown"
+
+    def is_active(self, now_utc: datetime) -> bool:
+        return now_utc < self.expires_at_utc
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """The frozen snapshot of every input signal that one cycle decides on."""
+
+    price: PriceSignal | None = None
+    obligations: tuple[Obligation, ...] = ()
+    emergency: EmergencySignal | None = None
+    peak_warning: PeakWarning | None = None
+    overrides: tuple[Override, ...] = field(default_factory=tuple)

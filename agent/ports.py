@@ -1,0 +1,97 @@
+"""Ports: the small capability interfaces the core asks of the outside world.
+
+Adapters implement these; the shell (agent.service) is the only place that wires them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from agent.domain.signals import EmergencySignal, Obligation, PeakWarning, PriceSignal
+
+__all__ = [
+    "CANONICAL_PRICE_COLUMNS",
+    "Capability",
+    "DeviceCommand",
+    "DeviceDriver",
+    "DeviceReading",
+    "PriceHistory",
+    "SignalSink",
+    "SignalSource",
+]
+
+
+class Capability(StrEnum):
+    ON_OFF = "on_off"
+    POWER_LIMIT = "power_limit"
+    PERCENT = "percent"
+    POWER_READING = "power_reading"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCommand:
+    """An absolute setpoint for one device (never a delta: a command may be delivered twice)."""
+
+    device_id: str
+    on: bool
+    kw: float
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReading:
+    device_id: str
+    observed_at_utc: datetime
+    power_kw: float | None = None
+    running: bool | None = None
+
+
+@runtime_checkable
+class DeviceDriver(Protocol):
+    """One controllable load. Raises agent.errors.DeviceError subclasses, nothing else."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    async def apply(self, command: DeviceCommand) -> None: ...
+
+    async def read(self) -> DeviceReading: ...
+
+
+# A live signal source pushes each new value into the shell's snapshot through a sink.
+SignalSink = Callable[["PriceSignal | Obligation | EmergencySignal | PeakWarning"], None]
+
+
+class SignalSource(Protocol):
+    """A live source of signals (prices, dispatch, OpenADR). Runs until cancelled."""
+
+    async def run(self, sink: SignalSink) -> None: ...
+
+
+# The canonical price table: every ISO adapter returns exactly these columns first
+# (extra ISO-specific label columns may follow).
+CANONICAL_PRICE_COLUMNS = (
+    "interval_start_utc",
+    "interval_end_utc",
+    "settlement_point",
+    "market",
+    "price_usd_per_mwh",
+)
+
+
+class PriceHistory(Protocol):
+    """Historical prices of one ISO, for `gridflex prices fetch` and the backtest."""
+
+    def fetch(
+        self, market: str, settlement_point: str, start_day: date, end_day: date
+    ) -> pd.DataFrame: ...
