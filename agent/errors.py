@@ -9,8 +9,8 @@ __all__ = [
     "DeviceTimeoutError",
     "DeviceUnavailableError",
     "GridflexError",
-    "SignalError",
     "SignalAuthError",
+    "SignalError",
     "SignalFormatError",
     "SignalUnavailableError",
     "VerificationError",
@@ -42,7 +42,7 @@ class DeviceTimeoutError(DeviceError):
 
 
 class DeviceRejectedError(DeviceError):
-    """The device answered but refused the request (Modbus exception, NVML refusal, firmware error)."""
+    """The device answered but refused: a Modbus exception, an NVML refusal, a firmware error."""
 
 
 class VerificationError(DeviceError):

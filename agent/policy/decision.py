@@ -1,0 +1,126 @@
+"""What decide() returns: a setpoint per device with the rule that bound it and why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.domain.fleet import ControlMode, Fleet
+
+__all__ = ["Decision", "Memory", "ObligationStatus", "Rule", "Setpoint"]
+
+
+class Rule(IntEnum):
+    """The rule that bound a setpoint, in the order the rules run (earlier ones win)."""
+
+    SAFETY = 0  # unreachable device held, or the site import limit
+    CRITICAL = 1
+    OVERRIDE = 2
+    DISPATCH = 3
+    EMERGENCY = 4
+    FOURCP = 5
+    DWELL = 6
+    ECONOMICS = 7
+    STALE_SIGNAL = 8
+    FOLLOW = 9
+    RAMP = 10
+    PROTECTED = 11  # protected load running untouched
+
+    @property
+    def label(self) -> str:
+        return "4cp" if self is Rule.FOURCP else self.name.lower()
+
+
+@dataclass(frozen=True, eq=False)
+class Memory:
+    """What one decision hands to the next: enough to honour dwell, hysteresis and baselines."""
+
+    setpoint_kw: npt.NDArray[np.float64]  # nan: never decided
+    changed_at_s: npt.NDArray[np.float64]  # POSIX seconds of the last on/off change; -inf: never
+    class_running: tuple[bool, ...]  # economics state per load class (for hysteresis)
+    baselines_kw: Mapping[str, float] = field(default_factory=dict)  # shed events: site kW at start
+    decided_at_utc: datetime | None = None
+
+    @classmethod
+    def initial(cls, fleet: Fleet) -> Memory:
+        n = len(fleet)
+        return cls(
+            setpoint_kw=np.full(n, np.nan),
+            changed_at_s=np.full(n, -np.inf),
+            class_running=tuple(True for _ in fleet.classes),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ObligationStatus:
+    event_id: str
+    ceiling_kw: float
+    planned_kw: float
+    shortfall_kw: float  # > 0 when the fleet cannot get down to the ceiling
+
+
+@dataclass(frozen=True, slots=True)
+class Setpoint:
+    device_id: str
+    kw: float
+    on: bool
+    percent: float
+    control_mode: ControlMode
+    rule: Rule
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    fleet: Fleet
+    decided_at_utc: datetime
+    setpoint_kw: npt.NDArray[np.float64]
+    rule: npt.NDArray[np.int8]
+    reason_index: npt.NDArray[np.int32]
+    reasons: tuple[str, ...]
+    site_kw: float
+    class_kw: tuple[float, ...]
+    site_ceiling_kw: float | None
+    obligations: tuple[ObligationStatus, ...]
+    price_usd_per_mwh: float | None
+    price_stale: bool
+    memory: Memory
+
+    @property
+    def shortfall_kw(self) -> float:
+        if self.site_ceiling_kw is None:
+            return 0.0
+        return max(0.0, self.site_kw - self.site_ceiling_kw)
+
+    def setpoint(self, device_id: str) -> Setpoint:
+        return self._setpoint_at(self.fleet.index_of[device_id])
+
+    def setpoints(self) -> Iterator[Setpoint]:
+        for i in range(len(self.fleet)):
+            yield self._setpoint_at(i)
+
+    def class_kw_by_name(self) -> dict[str, float]:
+        return {c.name: kw for c, kw in zip(self.fleet.classes, self.class_kw, strict=True)}
+
+    def changed_devices(self, previous_kw: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+        """Indices whose setpoint differs from `previous_kw` (nan counts as different)."""
+        same = np.isclose(self.setpoint_kw, previous_kw, rtol=0.0, atol=1e-6)
+        return np.flatnonzero(~same)
+
+    def _setpoint_at(self, i: int) -> Setpoint:
+        kw = float(self.setpoint_kw[i])
+        rated = float(self.fleet.rated_kw[i])
+        return Setpoint(
+            device_id=self.fleet.device_ids[i],
+            kw=kw,
+            on=kw > 0.0,
+            percent=100.0 * kw / rated if rated > 0 else 0.0,
+            control_mode=self.fleet.modes[i],
+            rule=Rule(int(self.rule[i])),
+            reason=self.reasons[int(self.reason_index[i])],
+        )
