@@ -1,0 +1,173 @@
+"""The profile-driven Modbus TCP driver: one device = one channel of one unit on one endpoint.
+
+apply() writes the absolute setpoint, reads every written register back, then reads measured power
+until it shows the command took effect (or the profile's settle time runs out). A device that says
+"OK" and keeps drawing power raises VerificationError: a shed is proven by measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from adapters.devices.codec import decode, encode
+from adapters.devices.profile import Profile, Register, load_profile
+from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
+from agent.config_drivers import ModbusDriverConfig
+from agent.errors import DeviceRejectedError, VerificationError
+from agent.ports import Capability, DeviceCommand, DeviceReading
+
+__all__ = ["ModbusDriver", "capabilities_of"]
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def capabilities_of(profile: Profile) -> frozenset[Capability]:
+    caps: set[Capability] = set()
+    if profile.actions.on_off is not None:
+        caps.add(Capability.ON_OFF)
+    setpoint = profile.actions.setpoint
+    if setpoint is not None:
+        caps.add(Capability.PERCENT if setpoint.unit == "percent" else Capability.POWER_LIMIT)
+    if profile.readings.active_power is not None:
+        caps.add(Capability.POWER_READING)
+    return frozenset(caps)
+
+
+class ModbusDriver:
+    """Implements agent.ports.DeviceDriver for any device described by a profile."""
+
+    def __init__(
+        self,
+        device_id: str,
+        config: ModbusDriverConfig,
+        pool: ModbusPool,
+        *,
+        profile: Profile | None = None,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self._profile = profile or load_profile(config.profile)
+        if config.channel > self._profile.channels:
+            raise DeviceRejectedError(
+                device_id, f"channel {config.channel} > {self._profile.channels} in profile"
+            )
+        self._device_id = device_id
+        self._channel = config.channel
+        self._pool = pool
+        self._clock = clock
+        self._target = ModbusTarget(
+            device_id, config.host, config.port, config.unit_id, config.timeout_s
+        )
+        self._capabilities = capabilities_of(self._profile)
+
+    @property
+    def device_id(self) -> str:
+        return self._device_id
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self._capabilities
+
+    async def read(self) -> DeviceReading:
+        power_kw = await self._read_power_kw()
+        state = self._profile.readings.state
+        running = None
+        if state is not None:
+            raw = await self._read_raw(self._profile.register(state.ref))
+            running = raw[0] in state.on_values
+        return DeviceReading(self._device_id, self._clock(), power_kw=power_kw, running=running)
+
+    async def apply(self, command: DeviceCommand) -> None:
+        writes = self._plan(command)
+        if not writes:
+            raise DeviceRejectedError(self._device_id, "profile has no actions (read-only device)")
+        for register, words in writes:
+            await self._pool.write(
+                self._target, register.table.value, register.address_of(self._channel), words
+            )
+        for register, words in writes:
+            echoed = await self._read_raw(register)
+            if echoed != words:
+                raise VerificationError(
+                    self._device_id,
+                    f"{register.vendor_name} reads back {echoed} after writing {words}",
+                )
+        await self._verify_power(command)
+
+    def _plan(self, command: DeviceCommand) -> list[tuple[Register, list[int]]]:
+        """Register writes for an absolute command, setpoint before the run command."""
+        actions = self._profile.actions
+        writes: list[tuple[Register, list[int]]] = []
+        if actions.setpoint is not None and (command.on or actions.on_off is None):
+            setpoint = actions.setpoint
+            value = _setpoint_value(command, setpoint.unit) if command.on else 0.0
+            if not setpoint.min_value <= value <= setpoint.max_value and command.on:
+                raise DeviceRejectedError(
+                    self._device_id,
+                    f"setpoint {value} {setpoint.unit} outside "
+                    f"[{setpoint.min_value}, {setpoint.max_value}] of the profile",
+                )
+            register = self._profile.register(setpoint.ref)
+            writes.append((register, encode(register, value)))
+        if actions.on_off is not None:
+            register = self._profile.register(actions.on_off.ref)
+            raw = actions.on_off.on_value if command.on else actions.on_off.off_value
+            writes.append((register, [raw] if register.table.is_bit else encode(register, raw)))
+        return writes
+
+    async def _verify_power(self, command: DeviceCommand) -> None:
+        ceiling_w = self._power_ceiling_w(command)
+        if ceiling_w is None or self._profile.readings.active_power is None:
+            return
+        verify = self._profile.verify
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + verify.settle_s
+        while True:
+            power_kw = await self._read_power_kw()
+            assert power_kw is not None
+            if power_kw * 1000.0 <= ceiling_w:
+                return
+            if loop.time() >= deadline:
+                raise VerificationError(
+                    self._device_id,
+                    f"measures {power_kw * 1000.0:.0f} W after the command, "
+                    f"expected at most {ceiling_w:.0f} W within {verify.settle_s} s",
+                )
+            await asyncio.sleep(verify.poll_interval_s)
+
+    def _power_ceiling_w(self, command: DeviceCommand) -> float | None:
+        """The most the device may draw once the command holds; None: nothing to prove yet."""
+        verify = self._profile.verify
+        if not command.on:
+            return verify.off_max_w
+        setpoint = self._profile.actions.setpoint
+        if setpoint is not None and setpoint.unit in ("W", "kW"):
+            return command.kw * 1000.0 * (1.0 + verify.limit_tolerance) + verify.off_max_w
+        return None  # switching on: a load ramps up in its own time
+
+    async def _read_power_kw(self) -> float | None:
+        reading = self._profile.readings.active_power
+        if reading is None:
+            return None
+        register = self._profile.register(reading.ref)
+        value = decode(register, await self._read_raw(register))
+        return value / 1000.0 if reading.unit == "W" else value
+
+    async def _read_raw(self, register: Register) -> list[int]:
+        return await self._pool.read(
+            self._target,
+            register.table.value,
+            register.address_of(self._channel),
+            register.count,
+        )
+
+
+def _setpoint_value(command: DeviceCommand, unit: str) -> float:
+    if unit == "percent":
+        return command.percent
+    return command.kw * 1000.0 if unit == "W" else command.kw
