@@ -1,0 +1,503 @@
+"""The site file: pydantic models of everything a site engineer configures.
+
+Strict by design: unknown keys are errors, every error is reported at once with its path,
+nothing is clamped silently. `${ENV_VAR}` anywhere in a string is replaced from the
+environment at load time, so secrets stay out of the file; secret fields are SecretStr and
+never printed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent.config_drivers import DriverConfig, expand
+from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
+from agent.domain.settings import FourCpWindow, Policy, Posture, StalePosture
+from agent.domain.signals import EmergencyLevel
+from agent.errors import ConfigError
+
+__all__ = [
+    "ConfigFileError",
+    "ConfigIssue",
+    "DeviceConfig",
+    "LoadClassConfig",
+    "SiteConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# -- economics: every load class ends with a value of energy, its breakeven price ------------
+class FixedValue(_Strict):
+    kind: Literal["fixed"]
+    value_usd_per_mwh: float = Field(ge=-1000, le=100_000)
+
+    def breakeven_usd_per_mwh(self) -> float:
+        return self.value_usd_per_mwh
+
+
+class MiningValue(_Strict):
+    """A miner earns hashprice per PH/s per day and burns efficiency J/TH (= W per TH/s)."""
+
+    kind: Literal["mining"]
+    hashprice_usd_per_ph_day: float = Field(gt=0, le=10_000)
+    efficiency_j_per_th: float = Field(gt=0, le=500)
+    pool_fee_pct: float = Field(default=0.0, ge=0, lt=100)
+
+    def breakeven_usd_per_mwh(self) -> float:
+        # 1 PH/s at E J/TH draws E kW, i.e. 0.024 * E MWh per day.
+        mwh_per_ph_day = 0.024 * self.efficiency_j_per_th
+        return self.hashprice_usd_per_ph_day * (1 - self.pool_fee_pct / 100) / mwh_per_ph_day
+
+
+class InferenceValue(_Strict):
+    """AI inference earns revenue per GPU-hour and draws watts per GPU."""
+
+    kind: Literal["inference"]
+    revenue_usd_per_gpu_hour: float = Field(gt=0, le=1000)
+    watts_per_gpu: float = Field(gt=0, le=10_000)
+
+    def breakeven_usd_per_mwh(self) -> float:
+        return self.revenue_usd_per_gpu_hour / (self.watts_per_gpu / 1e6)
+
+
+Economics = Annotated[FixedValue | MiningValue | InferenceValue, Field(discriminator="kind")]
+
+
+class LoadClassConfig(_Strict):
+    priority: Priority
+    economics: Economics | None = None
+    follows: str | None = Field(default=None, description="cooling: follow this class's load")
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_by_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return Priority[value.upper()]
+            except KeyError:
+                names = ", ".join(p.label for p in Priority)
+                raise ValueError(f"must be one of {names}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _needs_value(self) -> LoadClassConfig:
+        sheddable = self.priority in {Priority.INTERRUPTIBLE, Priority.FLEXIBLE}
+        if sheddable and self.economics is None and self.follows is None:
+            raise ValueError("an interruptible or flexible class needs `economics` (or `follows`)")
+        return self
+
+    def breakeven_usd_per_mwh(self) -> float:
+        return math.inf if self.economics is None else self.economics.breakeven_usd_per_mwh()
+
+
+class DeviceConfig(_Strict):
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    kind: DeviceKind
+    load_class: str = Field(alias="class", min_length=1)
+    count: int = Field(default=1, ge=1, le=100_000, description="a group of identical devices")
+    rated_kw: float = Field(gt=0, le=100_000)
+    min_kw: float = Field(default=0.0, ge=0)
+    control: ControlMode = ControlMode.ON_OFF
+    min_on_s: float | None = Field(default=None, ge=0, le=86_400)
+    min_off_s: float | None = Field(default=None, ge=0, le=86_400)
+    max_ramp_kw_per_s: float | None = Field(default=None, gt=0)
+    driver: DriverConfig | None = None
+
+
+class SiteInfo(_Strict):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    timezone: str = "America/Chicago"
+    iso: Literal["ERCOT", "CAISO", "PJM", "MISO", "NYISO", "SPP", "ISONE"] = "ERCOT"
+    settlement_point: str = Field(default="HB_HUBAVG", min_length=1)
+    import_limit_kw: float | None = Field(default=None, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415 - only here
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class FourCpConfig(_Strict):
+    months: list[Annotated[int, Field(ge=1, le=12)]] = Field(default=[6, 7, 8, 9], min_length=1)
+    start_local: time = time(15, 0)
+    end_local: time = time(19, 0)
+    trigger: Literal["warning", "window"] = "warning"
+    posture: Posture = Posture.CURTAIL_FLEXIBLE
+    warning_stale_after_s: float = Field(default=3600, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FourCpConfig:
+        if self.end_local <= self.start_local:
+            raise ValueError("end_local must be after start_local")
+        return self
+
+
+class PolicyConfig(_Strict):
+    hysteresis_usd_per_mwh: float = Field(default=5.0, ge=0, le=1000)
+    min_dwell_s: float = Field(default=300, ge=0, le=86_400, description="default min on/off")
+    price_stale_after_s: float = Field(default=1800, gt=0, le=86_400)
+    stale_posture: StalePosture = StalePosture.HOLD_LAST
+    emergency_postures: dict[EmergencyLevel, Posture] = Field(default_factory=dict)
+    fourcp: FourCpConfig | None = None
+
+
+class PricesConfig(_Strict):
+    """Where live prices come from."""
+
+    source: Literal["ercot-api", "ercot-mis", "replay", "none"] = "ercot-mis"
+    market: Literal["rt15", "sced5", "dam"] = "rt15"
+    replay_path: Path | None = None
+    replay_speedup: float = Field(default=1.0, gt=0, le=1e6)
+    poll_interval_s: float = Field(default=60, gt=0, le=3600)
+    base_url: str | None = None
+    auth_url: str | None = None
+
+
+class TlsConfig(_Strict):
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    topic_prefix: str | None = Field(default=None, description="default gridflex/<site id>")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    hmac_secret: SecretStr | None = None
+    replay_window_s: float = Field(default=300, gt=0, le=86_400)
+
+
+class ServiceConfig(_Strict):
+    cycle_s: float = Field(default=2.0, gt=0, le=60)
+    database: Path = Path("/var/lib/gridflex/gridflex.sqlite3")
+    metrics_port: int | None = Field(default=9464, ge=1, le=65535)
+    shutdown_posture: Literal["hold", "restore"] = "hold"
+    verify_timeout_s: float = Field(default=10, gt=0, le=600)
+    restore_batch_size: int = Field(default=50, ge=1)
+    restore_batch_interval_s: float = Field(default=5, ge=0, le=600)
+
+
+class SiteConfig(_Strict):
+    site: SiteInfo
+    classes: dict[str, LoadClassConfig] = Field(min_length=1)
+    devices: list[DeviceConfig] = Field(min_length=1)
+    policy: PolicyConfig = PolicyConfig()
+    prices: PricesConfig = PricesConfig()
+    mqtt: MqttConfig | None = None
+    service: ServiceConfig = ServiceConfig()
+
+    # -- what the core needs -----------------------------------------------------------------
+    def load_classes(self) -> list[LoadClass]:
+        return [
+            LoadClass(name, c.priority, c.breakeven_usd_per_mwh(), follows=c.follows)
+            for name, c in self.classes.items()
+        ]
+
+    def device_specs(self) -> list[DeviceSpec]:
+        default_dwell = self.policy.min_dwell_s
+        return [
+            DeviceSpec(
+                device_id=d.id if d.count == 1 else f"{d.id}-{k + 1:04d}",
+                load_class=d.load_class,
+                kind=d.kind,
+                rated_kw=d.rated_kw,
+                min_kw=d.min_kw,
+                control_mode=d.control,
+                min_on_s=default_dwell if d.min_on_s is None else d.min_on_s,
+                min_off_s=default_dwell if d.min_off_s is None else d.min_off_s,
+                max_ramp_kw_per_s=d.max_ramp_kw_per_s,
+            )
+            for d in self.devices
+            for k in range(d.count)
+        ]
+
+    def device_drivers(self) -> dict[str, DriverConfig]:
+        """Driver address of every (expanded) device that has one."""
+        drivers: dict[str, DriverConfig] = {}
+        for d in self.devices:
+            if d.driver is None:
+                continue
+            for k in range(d.count):
+                device_id = d.id if d.count == 1 else f"{d.id}-{k + 1:04d}"
+                drivers[device_id] = expand(d.driver, k)
+        return drivers
+
+    def fleet(self) -> Fleet:
+        return Fleet.build(self.load_classes(), self.device_specs())
+
+    def decision_policy(self) -> Policy:
+        p = self.policy
+        defaults = Policy().emergency_postures
+        fourcp = None
+        if p.fourcp is not None:
+            fourcp = FourCpWindow(
+                months=frozenset(p.fourcp.months),
+                start_local=p.fourcp.start_local,
+                end_local=p.fourcp.end_local,
+                posture=p.fourcp.posture,
+                trigger=p.fourcp.trigger,
+                warning_stale_after_s=p.fourcp.warning_stale_after_s,
+            )
+        return Policy(
+            timezone=self.site.timezone,
+            import_limit_kw=self.site.import_limit_kw,
+            hysteresis_usd_per_mwh=p.hysteresis_usd_per_mwh,
+            price_stale_after_s=p.price_stale_after_s,
+            stale_posture=p.stale_posture,
+            emergency_postures={**defaults, **p.emergency_postures},
+            fourcp=fourcp,
+        )
+
+    @property
+    def topic_prefix(self) -> str:
+        prefix = self.mqtt.topic_prefix if self.mqtt is not None else None
+        return prefix or f"gridflex/{self.site.id}"
+
+
+# -- loading and error reporting -------------------------------------------------------------
+class ConfigIssue(BaseModel):
+    """One problem in a site file, located for the person who has to fix it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    path: str
+    line: int | None
+    value: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        shown = f" (got {self.value})" if self.value else ""
+        return f"{where}: {self.path or '<top>'}: {self.message}{shown}"
+
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+def _format_path(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _substitute_env(
+    node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], missing: list[tuple[Any, ...]]
+) -> Any:
+    if isinstance(node, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                missing.append((*loc, name))
+                return ""
+            return env[name]
+
+        return _ENV_PATTERN.sub(replace, node)
+    if isinstance(node, dict):
+        return {k: _substitute_env(v, (*loc, str(k)), env, missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_env(v, (*loc, i), env, missing) for i, v in enumerate(node)]
+    return node
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the YAML node at `loc`, or of its nearest ancestor in the file."""
+    node, line = root, None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == str(part)), None)
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            child = node.value[part]
+        node = child
+    return line if node is None else node.start_mark.line + 1
+
+
+def _data_loc(data: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """Drop the union tags pydantic puts in locations (`driver.modbus.port` -> `driver.port`)."""
+    kept: list[int | str] = []
+    node = data
+    for pos, part in enumerate(loc):
+        if isinstance(node, dict) and part not in node:
+            following = loc[pos + 1] if pos + 1 < len(loc) else None
+            if following is not None and following in node:
+                continue
+        kept.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(kept)
+
+
+def _shown_value(loc: tuple[int | str, ...], value: Any) -> str:
+    if any(word in str(part).lower() for part in loc for word in _SECRET_WORDS):
+        return "<hidden>"
+    if isinstance(value, dict | list):
+        return ""
+    return repr(value)
+
+
+def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
+    """Checks that span fields, run on the raw data so they report alongside pydantic's."""
+    problems: list[tuple[tuple[int | str, ...], Any, str]] = []
+    if not isinstance(raw, dict):
+        return problems
+    classes = raw.get("classes") if isinstance(raw.get("classes"), dict) else {}
+    assert isinstance(classes, dict)
+    for name, spec in classes.items():
+        follows = spec.get("follows") if isinstance(spec, dict) else None
+        if follows is not None and follows not in classes:
+            problems.append((("classes", str(name), "follows"), follows, "names no load class"))
+    devices = raw.get("devices") if isinstance(raw.get("devices"), list) else []
+    assert isinstance(devices, list)
+    seen: dict[str, int] = {}
+    for i, device in enumerate(devices):
+        if not isinstance(device, dict):
+            continue
+        load_class = device.get("class")
+        if load_class is not None and classes and load_class not in classes:
+            known = ", ".join(sorted(map(str, classes)))
+            problems.append((("devices", i, "class"), load_class, f"unknown class (have {known})"))
+        rated, minimum = device.get("rated_kw"), device.get("min_kw")
+        if isinstance(rated, int | float) and isinstance(minimum, int | float) and minimum > rated:
+            problems.append(
+                (("devices", i, "min_kw"), minimum, f"exceeds rated_kw {rated}: must be <= rated")
+            )
+        device_id = device.get("id")
+        if isinstance(device_id, str):
+            if device_id in seen:
+                problems.append(
+                    (("devices", i, "id"), device_id, f"duplicate of devices[{seen[device_id]}].id")
+                )
+            seen.setdefault(device_id, i)
+    return problems
+
+
+def parse_config(
+    text: str, *, file: str = "<site>", env: Mapping[str, str] | None = None
+) -> SiteConfig:
+    """Parse and validate a site file; raises ConfigError listing every issue (see .issues)."""
+    environment = os.environ if env is None else env
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = None if mark is None else mark.line + 1
+        issue = ConfigIssue(file=file, path="", line=line, value="", message=f"not YAML: {exc}")
+        raise _config_error([issue]) from None
+    if not isinstance(raw, dict):
+        issue = ConfigIssue(file=file, path="", line=1, value="", message="must be a mapping")
+        raise _config_error([issue])
+
+    missing: list[tuple[Any, ...]] = []
+    data = _substitute_env(raw, (), environment, missing)
+    issues = [
+        ConfigIssue(
+            file=file,
+            path=_format_path(m[:-1]),
+            line=_line_of(root, m[:-1]),
+            value="",
+            message=f"environment variable {m[-1]} is not set",
+        )
+        for m in missing
+    ]
+    for loc, value, message in _cross_checks(data):
+        issues.append(
+            ConfigIssue(
+                file=file,
+                path=_format_path(loc),
+                line=_line_of(root, loc),
+                value=_shown_value(loc, value),
+                message=message,
+            )
+        )
+    try:
+        config = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            loc = _data_loc(data, tuple(error["loc"]))
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            issues.append(
+                ConfigIssue(
+                    file=file,
+                    path=_format_path(loc),
+                    line=_line_of(root, loc),
+                    value=_shown_value(loc, error.get("input")),
+                    message=message,
+                )
+            )
+        config = None
+    if issues:
+        raise _config_error(issues)
+    assert config is not None
+    return config
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> SiteConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        issue = ConfigIssue(file=str(path), path="", line=None, value="", message=str(exc))
+        raise _config_error([issue]) from None
+    return parse_config(text, file=str(path), env=env)
+
+
+class ConfigFileError(ConfigError):
+    """A site file that cannot be used; `issues` holds every problem, in file order."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = sorted(issues, key=lambda i: (i.line or 0, i.path))
+        count = len(self.issues)
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the site file:\n{lines}")
+
+
+def _config_error(issues: list[ConfigIssue]) -> ConfigFileError:
+    return ConfigFileError(issues)
