@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import pandas as pd
 
-    from agent.domain.signals import EmergencySignal, Obligation, PeakWarning, PriceSignal
+    from agent.domain.signals import (
+        EmergencySignal,
+        Obligation,
+        ObligationCancel,
+        Override,
+        PeakWarning,
+        PriceSignal,
+    )
 
 __all__ = [
     "CANONICAL_PRICE_COLUMNS",
@@ -25,6 +32,7 @@ __all__ = [
     "PriceHistory",
     "SignalSink",
     "SignalSource",
+    "SiteView",
 ]
 
 
@@ -69,7 +77,25 @@ class DeviceDriver(Protocol):
 
 
 # A live signal source pushes each new value into the shell's snapshot through a sink.
-SignalSink = Callable[["PriceSignal | Obligation | EmergencySignal | PeakWarning"], None]
+# An Obligation with an event_id already known replaces it (a modification);
+# ObligationCancel ends one early.
+SignalSink = Callable[
+    ["PriceSignal | Obligation | ObligationCancel | EmergencySignal | PeakWarning | Override"],
+    None,
+]
+
+
+class SiteView(Protocol):
+    """What a signal adapter may ask of the running site (OpenADR reports and opt decisions)."""
+
+    def site_kw(self) -> float:
+        """The site's load now: measured where devices report it, else as last decided."""
+        ...
+
+    def floor_kw(self, *, include_protected: bool) -> float:
+        """The lowest load the site can reach now by shedding interruptible and flexible loads
+        (and protected ones too when `include_protected`): critical and unreachable loads stay."""
+        ...
 
 
 class SignalSource(Protocol):

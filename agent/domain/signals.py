@@ -14,6 +14,7 @@ __all__ = [
     "EmergencyLevel",
     "EmergencySignal",
     "Obligation",
+    "ObligationCancel",
     "ObligationKind",
     "Override",
     "OverrideAction",
@@ -55,6 +56,15 @@ class Obligation:
 
     def is_active(self, now_utc: datetime) -> bool:
         return self.start_utc <= now_utc and (self.end_utc is None or now_utc < self.end_utc)
+
+
+@dataclass(frozen=True, slots=True)
+class ObligationCancel:
+    """The grid released an obligation early (MQTT `release`, OpenADR cancellation)."""
+
+    event_id: str
+    at_utc: datetime
+    source: str = "unknown"
 
 
 class EmergencyLevel(StrEnum):
