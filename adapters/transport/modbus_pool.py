@@ -43,6 +43,9 @@ class _TransientRejectionError(DeviceRejectedError):
     """A Modbus exception response that says "try again"."""
 
 
+_TRANSIENT = (DeviceTimeoutError, DeviceUnavailableError, _TransientRejectionError)
+
+
 @dataclass(frozen=True, slots=True)
 class ModbusTarget:
     """Where one device lives: its endpoint, its unit id, and the deadline of each request."""
@@ -89,9 +92,6 @@ class ModbusPool:
         self._settings = settings or PoolSettings()
         self._endpoints: dict[tuple[str, int], _Endpoint] = {}
         self._in_flight = asyncio.Semaphore(self._settings.max_in_flight)
-        self._retry_on = retry_if_exception_type(
-            (DeviceTimeoutError, DeviceUnavailableError, _TransientRejectionError)
-        )
 
     @property
     def endpoint_count(self) -> int:
@@ -115,11 +115,19 @@ class ModbusPool:
         self._endpoints.clear()
 
     async def _with_retries(self, target: ModbusTarget, request: _Request) -> list[int]:
+        # The first try runs bare: tenacity's bookkeeping costs more than a loopback round trip,
+        # and almost every request succeeds first time. Only a transient fault enters the loop.
+        try:
+            return await self._once(target, request)
+        except _TRANSIENT:
+            if self._settings.attempts <= 1:
+                raise
         settings = self._settings
+        await asyncio.sleep(settings.retry_wait_s)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(settings.attempts),
+            stop=stop_after_attempt(settings.attempts - 1),
             wait=wait_exponential(multiplier=settings.retry_wait_s, max=settings.retry_wait_max_s),
-            retry=self._retry_on,
+            retry=retry_if_exception_type(_TRANSIENT),
             reraise=True,
         )
         async for attempt in retrying:
@@ -132,24 +140,36 @@ class ModbusPool:
         where = f"{target.host}:{target.port}"
         async with endpoint.lock, self._in_flight:
             try:
-                async with asyncio.timeout(target.timeout_s):
-                    if not endpoint.client.connected and not await endpoint.client.connect():
-                        raise DeviceUnavailableError(target.device_id, f"cannot connect to {where}")
-                    return await _execute(endpoint.client, request, target)
-            except TimeoutError as exc:
+                if not endpoint.client.connected:
+                    await self._connect(endpoint, target)
+                # the request's deadline is the client's own `timeout` (set from timeout_s): it
+                # raises ModbusIOException, translated below
+                return await _execute(endpoint.client, request, target)
+            except ModbusIOException as exc:
                 # a late answer must not be read as the reply to the next request: start afresh
                 endpoint.client.close()
                 raise DeviceTimeoutError(
-                    target.device_id, f"no answer from {where} within {target.timeout_s} s"
+                    target.device_id, f"no answer from {where} within {target.timeout_s} s: {exc}"
                 ) from exc
-            except ModbusIOException as exc:
-                endpoint.client.close()
-                raise DeviceTimeoutError(target.device_id, f"{where}: {exc}") from exc
             except (ConnectionException, OSError) as exc:
                 endpoint.client.close()
                 raise DeviceUnavailableError(target.device_id, f"{where}: {exc}") from exc
             except ModbusException as exc:
                 raise DeviceRejectedError(target.device_id, f"{where}: {exc}") from exc
+
+    @staticmethod
+    async def _connect(endpoint: _Endpoint, target: ModbusTarget) -> None:
+        where = f"{target.host}:{target.port}"
+        try:
+            async with asyncio.timeout(target.timeout_s):
+                connected = await endpoint.client.connect()
+        except TimeoutError as exc:
+            endpoint.client.close()
+            raise DeviceTimeoutError(
+                target.device_id, f"no connection to {where} within {target.timeout_s} s"
+            ) from exc
+        if not connected:
+            raise DeviceUnavailableError(target.device_id, f"cannot connect to {where}")
 
     def _endpoint(self, target: ModbusTarget) -> _Endpoint:
         key = (target.host, target.port)
