@@ -7,6 +7,7 @@ Used by the tests and by bench/prices_fetch.py.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -37,9 +38,14 @@ ENDPOINTS = {
 }
 
 
+@functools.cache
+def _shipped(market: str) -> pd.DataFrame:
+    return pd.read_csv(RT_FILE if market == "rt15" else DAM_FILE, dtype={"dst_flag": str})
+
+
 def api_rows(market: str, days: tuple[date, date] | None = None) -> pd.DataFrame:
     """The shipped real prices in the Public API's own columns and value types."""
-    source = pd.read_csv(RT_FILE if market == "rt15" else DAM_FILE, dtype={"dst_flag": str})
+    source = _shipped(market)
     if days is not None:
         wanted = pd.to_datetime(source["delivery_date"]).dt.date
         source = source[(wanted >= days[0]) & (wanted <= days[1])]
@@ -90,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     fake: FakeErcot
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -357,7 +363,7 @@ def serve(fake: FakeErcot) -> Iterator[FakeErcot]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield fake
