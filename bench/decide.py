@@ -11,8 +11,15 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
-from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, FleetState, LoadClass
-from agent.domain.fleet import Priority as P
+from agent.domain.fleet import (
+    ControlMode,
+    DeviceKind,
+    DeviceSpec,
+    Fleet,
+    FleetState,
+    LoadClass,
+    Priority,
+)
 from agent.domain.settings import Policy
 from agent.domain.signals import Obligation, ObligationKind, PriceSignal, Signals
 from agent.policy import Memory, decide
@@ -23,12 +30,12 @@ ROUNDS = 21
 
 def build_fleet(n: int) -> Fleet:
     classes = [
-        LoadClass("s19", P.INTERRUPTIBLE, 55.0),
-        LoadClass("s21", P.INTERRUPTIBLE, 85.0),
-        LoadClass("batch", P.FLEXIBLE, 120.0),
-        LoadClass("inference", P.PROTECTED, 400.0),
-        LoadClass("cooling", P.FLEXIBLE, 90.0, follows="s19"),
-        LoadClass("controls", P.CRITICAL, 10_000.0),
+        LoadClass("s19", Priority.INTERRUPTIBLE, 55.0),
+        LoadClass("s21", Priority.INTERRUPTIBLE, 85.0),
+        LoadClass("batch", Priority.FLEXIBLE, 120.0),
+        LoadClass("inference", Priority.PROTECTED, 400.0),
+        LoadClass("cooling", Priority.FLEXIBLE, 90.0, follows="s19"),
+        LoadClass("controls", Priority.CRITICAL, 10_000.0),
     ]
     mix = [
         ("s19", DeviceKind.MINER, 3.2, 0.0, ControlMode.ON_OFF),

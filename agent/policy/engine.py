@@ -74,7 +74,8 @@ def decide(
 
     setpoint_kw = plan.feasible()
     site_kw = float(setpoint_kw.sum())
-    turned = (setpoint_kw > EPS_KW) != cycle.was_on
+    # a first decision counts as a switch: the device is commanded into that state now
+    turned = ((setpoint_kw > EPS_KW) != cycle.was_on) | np.isnan(memory.setpoint_kw)
     return Decision(
         fleet=fleet,
         decided_at_utc=now,
