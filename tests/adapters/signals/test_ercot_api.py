@@ -65,24 +65,25 @@ def _client(
 
 
 def _expected(day: date) -> pd.DataFrame:
-    rows = api_rows("rt15", (day, day))
-    return rows
+    return api_rows("rt15", (day, day))
 
 
 def test_pages_are_fetched_until_total_pages_with_one_login(fake: FakeErcot) -> None:
     time = FakeTime()
     pages: list[tuple[int, int]] = []
     client = _client(fake, time, page_size=40)
+    day = date(2024, 11, 3)
     result = client.fetch_normalized(
-        "rt15", "HB_HUBAVG", date(2024, 11, 3), date(2024, 11, 3), on_page=lambda d, t: pages.append((d, t))
-    )  # fmt: skip
+        "rt15", "HB_HUBAVG", day, day, on_page=lambda d, t: pages.append((d, t))
+    )
     assert len(result.frame) == 100  # the fall-back day
     assert pages == [(1, 3), (2, 3), (3, 3)]
     assert fake.logins == 1
     assert [q["page"] for _, _, q in fake.api_requests] == ["1", "2", "3"]
-    assert result.frame["price_usd_per_mwh"].tolist() == _expected(date(2024, 11, 3))[
-        "settlementPointPrice"
-    ].tolist()
+    assert (
+        result.frame["price_usd_per_mwh"].tolist()
+        == _expected(date(2024, 11, 3))["settlementPointPrice"].tolist()
+    )
 
 
 def test_rows_are_mapped_by_the_fields_list_not_by_position(fake: FakeErcot) -> None:
@@ -125,14 +126,15 @@ def test_500s_and_a_truncated_body_are_retried_with_backoff(fake: FakeErcot) -> 
     frame = client.fetch("dam", "HB_HUBAVG", *DAYS)
     assert len(frame) == 73  # 24 + 25 (fall-back) + 24 hours
     assert len(time.sleeps) == 3
-    assert 1.0 <= time.sleeps[0] <= 2.0 and 2.0 <= time.sleeps[1] <= 4.0  # growing, jittered
+    assert 1.0 <= time.sleeps[0] <= 2.0  # growing, jittered
+    assert 2.0 <= time.sleeps[1] <= 4.0
     assert client.requests_made == 4
 
 
 def test_an_api_that_keeps_failing_becomes_signal_unavailable(fake: FakeErcot) -> None:
     time = FakeTime()
     fake.faults = ["500"] * 3
-    with pytest.raises(SignalUnavailableError, match="after 3 attempts.*500"):
+    with pytest.raises(SignalUnavailableError, match=r"after 3 attempts.*500"):
         _client(fake, time, max_attempts=3).fetch("dam", "HB_HUBAVG", *DAYS)
 
 

@@ -96,7 +96,9 @@ def test_2023_dst_fixtures_load_as_canonical_without_gaps() -> None:
     assert find_gaps(july) == ()
 
 
-def _rt_row(day: str, hour: int, interval: int, price: object, dst: object = False) -> dict[str, object]:
+def _rt_row(
+    day: str, hour: int, interval: int, price: object, dst: object = False
+) -> dict[str, object]:
     return {
         "deliveryDate": day,
         "deliveryHour": hour,
@@ -145,9 +147,9 @@ def test_a_price_no_market_can_produce_is_rejected_naming_the_row(price: object)
 
 
 def test_out_of_range_labels_are_rejected() -> None:
-    with pytest.raises(SignalFormatError, match="interval not in 1..4"):
+    with pytest.raises(SignalFormatError, match=r"interval not in 1\.\.4"):
         normalize_ercot_prices(pd.DataFrame([_rt_row("2024-07-01", 1, 5, 20.0)]), "rt15")
-    with pytest.raises(SignalFormatError, match="hour ending not in 1..24"):
+    with pytest.raises(SignalFormatError, match=r"hour ending not in 1\.\.24"):
         normalize_ercot_prices(pd.DataFrame([_rt_row("2024-07-01", 25, 1, 20.0)]), "rt15")
     with pytest.raises(SignalFormatError, match="lack a deliveryInterval"):
         normalize_ercot_prices(pd.DataFrame([_rt_row("2024-07-01", 1, 1, 9.0)]).drop(
