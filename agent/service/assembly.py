@@ -1,0 +1,154 @@
+"""Wire one site's service together from its config: snapshot, store, events, intake, shell.
+
+The runner (`gridflex run`), the demo and the tests all build the service here, so they run the
+same code; only the clock, the outbox (MQTT or none) and the drivers differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from adapters.transport.modbus_pool import ModbusPool
+from agent.config import SiteConfig
+from agent.ports import DeviceDriver
+from agent.service.drivers import build_drivers
+from agent.service.events import EventBook
+from agent.service.intake import Intake, IntakeLimits
+from agent.service.messages import DispatchAck
+from agent.service.metrics import Metrics
+from agent.service.shell import Shell, ShellSettings
+from agent.service.snapshot import SnapshotStore
+from agent.service.store import EventRecord, Store
+
+__all__ = ["MemoryOutbox", "Outbox", "Service", "ack_of", "assemble"]
+
+Clock = Callable[[], datetime]
+
+
+class Outbox(Protocol):
+    """Where outgoing messages go: topic relative to the site prefix ("dispatch/ack")."""
+
+    def send(self, topic: str, message: BaseModel | str, *, retain: bool = False) -> None: ...
+
+
+@dataclass
+class MemoryOutbox:
+    """Keeps the last messages (no broker: the demo, and a record for tests)."""
+
+    sent: deque[tuple[str, BaseModel | str]] = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def send(self, topic: str, message: BaseModel | str, *, retain: bool = False) -> None:
+        del retain
+        self.sent.append((topic, message))
+
+
+def ack_of(record: EventRecord) -> DispatchAck:
+    return DispatchAck(
+        event_id=record.event_id,
+        status=record.status,
+        reason=record.reason,
+        requested_kw=record.requested_kw,
+        achieved_kw=record.achieved_kw,
+        at=record.updated_at_utc,
+    )
+
+
+@dataclass
+class Service:
+    config: SiteConfig
+    snapshot: SnapshotStore
+    store: Store
+    events: EventBook
+    intake: Intake
+    shell: Shell
+    metrics: Metrics
+    pool: ModbusPool
+    outbox: Outbox
+    wake: asyncio.Event
+    unsupported: Mapping[str, str]
+
+    async def close(self) -> None:
+        await self.pool.close()
+        self.store.close()
+
+
+def assemble(
+    config: SiteConfig,
+    *,
+    clock: Clock,
+    outbox: Outbox | None = None,
+    drivers: Mapping[str, DeviceDriver] | None = None,
+    settings: ShellSettings | None = None,
+) -> Service:
+    """Build the service; resumes live events, overrides and engine memory from the database."""
+    outbox = outbox or MemoryOutbox()
+    wake = asyncio.Event()
+    metrics = Metrics()
+    snapshot = SnapshotStore(on_urgent=wake.set)
+    store = Store(config.service.database)
+    pool = ModbusPool()
+    unsupported: Mapping[str, str] = {}
+    if drivers is None:
+        drivers, unsupported = build_drivers(config.device_drivers(), pool)
+
+    def on_verified(record: EventRecord, latency_s: float) -> None:
+        del record
+        metrics.dispatch_verified_seconds.observe(latency_s)
+
+    events = EventBook(
+        store, snapshot, lambda r: outbox.send("dispatch/ack", ack_of(r)), on_verified
+    )
+    mqtt = config.mqtt
+    secret = mqtt.hmac_secret if mqtt is not None else None
+    fleet = config.fleet()
+    intake = Intake(
+        fleet,
+        events,
+        snapshot,
+        store,
+        clock=clock,
+        publish_dispatch_ack=lambda ack: outbox.send("dispatch/ack", ack),
+        publish_override_ack=lambda ack: outbox.send("override/ack", ack),
+        hmac_secret=None if secret is None else secret.get_secret_value().encode(),
+        limits=IntakeLimits(replay_window_s=mqtt.replay_window_s if mqtt else 300.0),
+    )
+    service_config = config.service
+    shell = Shell(
+        fleet,
+        config.decision_policy(),
+        drivers,
+        snapshot,
+        clock=clock,
+        settings=settings
+        or ShellSettings(
+            verify_timeout_s=service_config.verify_timeout_s,
+            restore_batch_size=service_config.restore_batch_size,
+            restore_batch_interval_s=service_config.restore_batch_interval_s,
+        ),
+        store=store,
+        events=events,
+        metrics=metrics,
+    )
+    # resume: engine memory, overrides, then live events (in that order: the events' shed
+    # baselines live in the memory)
+    saved = store.load_memory()
+    if saved is not None:
+        shell.restore_memory(saved)
+    now = clock()
+    for override in store.overrides():
+        if override.is_active(now):
+            snapshot(override)
+        else:
+            store.delete_override(override.override_id)
+    events.resume()
+    wake.clear()
+    return Service(
+        config, snapshot, store, events, intake, shell, metrics, pool, outbox, wake, unsupported
+    )

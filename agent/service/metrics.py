@@ -1,0 +1,55 @@
+"""Prometheus metrics of the service (prometheus-client), on a registry of its own.
+
+A registry per service keeps tests (several services in one process) from colliding on the
+default global registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.cycle_seconds = Histogram(
+            "gridflex_cycle_seconds",
+            "Duration of one cycle: snapshot, decide, apply, verify, publish",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.dispatch_verified_seconds = Histogram(
+            "gridflex_dispatch_to_verified_seconds",
+            "From receiving a dispatch to the site's load verified under its ceiling",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.site_kw = Gauge(
+            "gridflex_site_kw", "Site load, verified (measured or applied)", registry=r
+        )
+        self.planned_kw = Gauge("gridflex_planned_kw", "Site load as last decided", registry=r)
+        self.class_kw = Gauge(
+            "gridflex_class_kw", "Planned load per class", ["load_class"], registry=r
+        )
+        self.price = Gauge("gridflex_price_usd_per_mwh", "Price the last decision used", registry=r)
+        self.devices_available = Gauge(
+            "gridflex_devices_available", "Devices reachable now", registry=r
+        )
+        self.devices_total = Gauge("gridflex_devices_total", "Devices configured", registry=r)
+        self.active_events = Gauge(
+            "gridflex_active_events", "Dispatch events accepted or active", registry=r
+        )
+        self.commands = Counter(
+            "gridflex_device_commands", "Device commands applied", ["result"], registry=r
+        )
+        self.errors = Counter("gridflex_errors", "Errors by kind", ["kind"], registry=r)
+        self.messages = Counter(
+            "gridflex_messages", "MQTT messages in, by topic and outcome", ["topic", "outcome"],
+            registry=r,
+        )  # fmt: skip
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped remotely
+        start_http_server(port, addr=host, registry=self.registry)
