@@ -107,6 +107,9 @@ class SimulatedDriverConfig(_Strict):
 
     type: Literal["simulated"]
     lag_s: float = Field(default=0.0, ge=0, le=60)
+    stuck: bool = Field(
+        default=False, description="accepts every command but keeps drawing full power (demo)"
+    )
 
     def member(self, index: int) -> SimulatedDriverConfig:
         del index
