@@ -1,0 +1,249 @@
+"""OpenADR 2.0b events as dispatch obligations: the pure half of the VEN (no IO, no clock).
+
+An event (as openleadr parses it) becomes an `EventPlan`: its intervals as time-ordered steps,
+each with what the site must do (a ceiling, an amount to shed, or nothing), with the event's
+randomization and ramp-up applied. `obligation_at` then says which `Obligation` stands for the
+event at a given instant, and when to look again.
+
+One event is one obligation id (the OpenADR event id), whatever its intervals: the engine keeps
+a shed obligation's baseline by id, so a new id per interval would take a fresh baseline from a
+site that is already shedding and shed twice. Contiguous restricting intervals therefore form
+one obligation whose kW is replaced at each interval boundary; a gap (a level mapped to `none`)
+lets it lapse.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from agent.config import OpenAdrConfig, OpenAdrSetpointConfig
+from agent.domain.settings import Posture
+from agent.domain.signals import Obligation, ObligationKind
+
+__all__ = [
+    "EventPlan",
+    "Step",
+    "UnsupportedEventError",
+    "check_feasible",
+    "obligation_at",
+    "plan_event",
+    "startafter_s",
+]
+
+SOURCE = "openadr"
+
+# The lowest load the site can reach, with or without protected load: SiteView.floor_kw.
+FloorKw = Callable[[bool], float]
+
+# OpenADR itemBase siScaleCode, as kW per unit of a W-denominated value.
+_KW_PER_SCALED_W = {
+    "p": 1e-15, "n": 1e-12, "micro": 1e-9, "m": 1e-6, "c": 1e-5, "d": 1e-4,
+    "none": 1e-3, "k": 1.0, "M": 1e3, "G": 1e6, "T": 1e9,
+}  # fmt: skip
+_KW_PER_UNIT = {"W": 1e-3, "kW": 1.0, "MW": 1e3}
+
+# The signals this VEN acts on, most specific first: a 2.0b event carries a SIMPLE signal for
+# 2.0a VENs beside the detailed one, and the detailed one is what the program means.
+_SETPOINT_TYPES = {"LOAD_DISPATCH": "setpoint", "LOAD_CONTROL": "x-loadControlSetpoint"}
+# A feasibility margin: floors and ceilings are sums of floats.
+_FEASIBLE_EPS_KW = 1e-6
+
+
+class UnsupportedEventError(ValueError):
+    """The event asks for something this site's mapping cannot express; the VEN opts out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One interval of an event as the site must follow it (kind None: no restriction)."""
+
+    start_utc: datetime
+    end_utc: datetime | None  # None: open-ended (an OpenADR duration of zero)
+    kind: ObligationKind | None
+    kw: float  # target kW for LIMIT, kW to shed for SHED, 0 when kind is None
+    include_protected: bool = False  # the mapping lets protected load go too
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventPlan:
+    event_id: str
+    modification_number: int
+    program: str
+    signal: str
+    steps: tuple[Step, ...]
+
+
+def startafter_s(event: Mapping[str, Any]) -> float:
+    """The event's randomization window (tolerance.tolerate.startafter), in seconds."""
+    tolerance = event.get("active_period", {}).get("tolerance") or {}
+    window = (tolerance.get("tolerate") or {}).get("startafter")
+    return window.total_seconds() if isinstance(window, timedelta) else 0.0
+
+
+def plan_event(
+    event: Mapping[str, Any], config: OpenAdrConfig, floor_kw: FloorKw, offset_s: float = 0.0
+) -> EventPlan:
+    """Translate one parsed event; `offset_s` is this VEN's draw within the startafter window."""
+    descriptor = event["event_descriptor"]
+    signal = _pick_signal(event, config)
+    name = str(signal["signal_name"]).upper()
+    intervals = sorted(signal.get("intervals") or [], key=lambda i: i["dtstart"])
+    if not intervals:
+        raise UnsupportedEventError(f"{name} signal has no intervals")
+    offset = timedelta(seconds=offset_s)
+    ramp_up = event.get("active_period", {}).get("ramp_up")
+    steps: list[Step] = []
+    for interval in intervals:
+        start = interval["dtstart"] + offset
+        duration: timedelta = interval.get("duration") or timedelta(0)
+        end = None if duration <= timedelta(0) else start + duration
+        value = float(interval["signal_payload"])
+        if name == "SIMPLE":
+            kind, kw, protected, why = _simple(value, config, floor_kw)
+        else:
+            setpoint = config.load_dispatch if name == "LOAD_DISPATCH" else config.load_control
+            assert setpoint is not None  # _pick_signal only picks a mapped signal
+            kind, kw, why = _setpoint(value, signal, setpoint, name)
+            protected = False
+        steps.append(Step(start, end, kind, kw, protected, why))
+    # Ramp-up: the resource may move during this period before the start, so it is at the
+    # target when the event starts (OpenADR 2.0b x-eiRampUp).
+    if isinstance(ramp_up, timedelta) and ramp_up > timedelta(0):
+        first = steps[0]
+        steps[0] = Step(
+            first.start_utc - ramp_up, first.end_utc, first.kind, first.kw,
+            first.include_protected, first.why,
+        )  # fmt: skip
+    return EventPlan(
+        event_id=str(descriptor["event_id"]),
+        modification_number=int(descriptor.get("modification_number") or 0),
+        program=str(descriptor.get("market_context") or "openadr"),
+        signal=name,
+        steps=tuple(steps),
+    )
+
+
+def _pick_signal(event: Mapping[str, Any], config: OpenAdrConfig) -> Mapping[str, Any]:
+    signals = event.get("event_signals") or []
+    by_name = {str(s["signal_name"]).upper(): s for s in signals}
+    for name, expected_type in _SETPOINT_TYPES.items():
+        mapped = config.load_dispatch if name == "LOAD_DISPATCH" else config.load_control
+        if name in by_name and mapped is not None:
+            signal_type = by_name[name].get("signal_type")
+            if signal_type != expected_type:
+                raise UnsupportedEventError(
+                    f"{name} of type {signal_type} is not supported (only {expected_type})"
+                )
+            chosen: Mapping[str, Any] = by_name[name]
+            return chosen
+    if "SIMPLE" in by_name:
+        simple: Mapping[str, Any] = by_name["SIMPLE"]
+        return simple
+    names = ", ".join(sorted(by_name)) or "none"
+    raise UnsupportedEventError(f"no signal this site maps (event carries: {names})")
+
+
+def _simple(
+    value: float, config: OpenAdrConfig, floor_kw: FloorKw
+) -> tuple[ObligationKind | None, float, bool, str]:
+    level = round(value)
+    if not math.isclose(value, level) or not 0 <= level <= 3:
+        raise UnsupportedEventError(f"SIMPLE payload {value} is not a level 0-3")
+    mapping = config.simple_levels.get(level)
+    if mapping is None:
+        raise UnsupportedEventError(f"SIMPLE level {level} is not mapped in openadr.simple_levels")
+    if mapping.ceiling_kw is not None:
+        return ObligationKind.LIMIT, mapping.ceiling_kw, False, f"SIMPLE level {level}"
+    if mapping.shed_kw is not None:
+        return ObligationKind.SHED, mapping.shed_kw, False, f"SIMPLE level {level}"
+    if mapping.posture is None or mapping.posture is Posture.NONE:
+        return None, 0.0, False, f"SIMPLE level {level}: no restriction"
+    # A posture becomes the site floor it implies, read when the event arrives (or changes).
+    protected = mapping.posture is Posture.CURTAIL_PROTECTED
+    why = f"SIMPLE level {level}: posture {mapping.posture.value}"
+    return ObligationKind.LIMIT, floor_kw(protected), protected, why
+
+
+def _setpoint(
+    value: float, signal: Mapping[str, Any], setpoint: OpenAdrSetpointConfig, name: str
+) -> tuple[ObligationKind, float, str]:
+    kw = value * _kw_per_unit(signal, setpoint, name)
+    if not math.isfinite(kw) or kw < 0:
+        raise UnsupportedEventError(f"{name} value {value} is not a usable kW figure")
+    if setpoint.meaning == "ceiling":
+        return ObligationKind.LIMIT, kw, f"{name} setpoint {kw:.1f} kW"
+    return ObligationKind.SHED, kw, f"{name} shed {kw:.1f} kW"
+
+
+def _kw_per_unit(signal: Mapping[str, Any], setpoint: OpenAdrSetpointConfig, name: str) -> float:
+    measurement = signal.get("measurement")
+    if not measurement:
+        return _KW_PER_UNIT[setpoint.unit]
+    unit, scale = measurement.get("unit"), measurement.get("scale") or "none"
+    if unit != "W" or scale not in _KW_PER_SCALED_W:
+        raise UnsupportedEventError(f"{name} itemBase in {scale} {unit} is not a real power")
+    return _KW_PER_SCALED_W[scale]
+
+
+def _runs(steps: Sequence[Step]) -> list[list[Step]]:
+    """Restricting steps grouped into runs that follow each other without a gap."""
+    runs: list[list[Step]] = []
+    for step in steps:
+        if step.kind is None:
+            continue
+        if runs and runs[-1][-1].end_utc is not None and runs[-1][-1].end_utc >= step.start_utc:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return runs
+
+
+def obligation_at(plan: EventPlan, now: datetime) -> tuple[Obligation | None, datetime | None]:
+    """The obligation that stands for the event at `now` (the current run, else the next one),
+    and the next instant at which it changes; (None, None) once the event has nothing left."""
+    for run in _runs(plan.steps):
+        run_end = run[-1].end_utc
+        if run_end is not None and run_end <= now:
+            continue
+        current = next((s for s in run if s.end_utc is None or s.end_utc > now), run[-1])
+        assert current.kind is not None
+        obligation = Obligation(
+            event_id=plan.event_id,
+            kind=current.kind,
+            kw=current.kw,
+            start_utc=run[0].start_utc,
+            end_utc=run_end,
+            program=plan.program,
+            source=SOURCE,
+        )
+        boundaries = [s.start_utc for s in run[1:] if s.start_utc > now]
+        wake = min(boundaries) if boundaries else run_end
+        return obligation, wake
+    return None, None
+
+
+def check_feasible(plan: EventPlan, site_kw: float, floor_kw: FloorKw) -> str | None:
+    """None when the flexible load can meet every step, else the reason to opt out.
+
+    A shed is judged against the load now, the best estimate of its baseline at the start."""
+    for step in plan.steps:
+        if step.kind is None:
+            continue
+        ceiling = step.kw if step.kind is ObligationKind.LIMIT else site_kw - step.kw
+        floor = floor_kw(step.include_protected)
+        if ceiling < floor - _FEASIBLE_EPS_KW:
+            loads = (
+                "critical and unreachable"
+                if step.include_protected
+                else "protected, critical and unreachable"
+            )
+            return (
+                f"{step.why}: ceiling {ceiling:.1f} kW from {step.start_utc:%Y-%m-%d %H:%M:%S} UTC "
+                f"is below the {floor:.1f} kW of {loads} load the site keeps"
+            )
+    return None

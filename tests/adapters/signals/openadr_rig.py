@@ -1,0 +1,261 @@
+"""A real openleadr VTN on loopback and a small simulated site for the OpenADR VEN tests.
+
+The VTN is openleadr's own OpenADRServer with the handlers a utility's VTN would have: it
+registers VENs (and forgets them when restarted, as a VTN that lost its session table does),
+requests TELEMETRY_USAGE reports and keeps what it receives, and records opt responses and
+oadrCreateOpt messages (openleadr ships an EiOpt service stub; ours answers it).
+
+The site is decide() on a small fleet: obligations pushed into the sink feed a Signals snapshot,
+each cycle decides, and the SiteView reads the decided site load back (what the VEN reports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from openleadr import OpenADRServer, objects, utils
+from openleadr.service import OptService
+from openleadr.service.decorators import handler
+
+from agent.domain.fleet import (
+    ControlMode,
+    DeviceKind,
+    DeviceSpec,
+    Fleet,
+    FleetState,
+    LoadClass,
+    Priority,
+)
+from agent.domain.settings import Policy
+from agent.domain.signals import Obligation, ObligationCancel, Signals
+from agent.policy import Memory, decide
+
+PREFIX = "/OpenADR2/Simple/2.0b"
+VTN_ID = "GRIDFLEX-TEST-VTN"
+
+
+class _RecordingOptService(OptService):  # type: ignore[misc]
+    def __init__(self, vtn_id: str, received: list[dict[str, Any]]) -> None:
+        super().__init__(vtn_id)
+        self.received = received
+
+    @handler("oadrCreateOpt")  # type: ignore[untyped-decorator]
+    async def create_opt(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        self.received.append(payload)
+        return "oadrCreatedOpt", {"opt_id": payload["opt_id"]}
+
+
+@dataclass
+class Vtn:
+    port: int
+    poll_s: float = 1.0  # oadrPollFreq asked of VENs (openleadr parses whole seconds)
+    report_s: int = 1
+    registrations: dict[str, str] = field(default_factory=dict)  # ven_id -> registration id
+    reports: list[tuple[datetime, float]] = field(default_factory=list)
+    opt_types: list[tuple[str, str]] = field(default_factory=list)  # (event id, opt type)
+    created_opts: list[dict[str, Any]] = field(default_factory=list)
+    server: Any = None
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{PREFIX}"
+
+    async def start(self) -> None:
+        """Start (or restart) on the same port. A restart forgets every registration."""
+        self.registrations.clear()
+        server = OpenADRServer(
+            vtn_id=VTN_ID,
+            http_port=self.port,
+            http_host="127.0.0.1",
+            requested_poll_freq=timedelta(seconds=self.poll_s),
+            ven_lookup=self._lookup,
+            show_fingerprint=False,
+        )
+        server.add_handler("on_create_party_registration", self._register)
+        server.add_handler("on_register_report", self._offer)
+        opt_service = _RecordingOptService(VTN_ID, self.created_opts)
+        server.app.router.add_post(f"{PREFIX}/EiOpt", opt_service.handler)
+        await server.run()
+        self.server = server
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    # -- VTN handlers ------------------------------------------------------------------------
+    def _register(self, payload: dict[str, Any]) -> tuple[str, str]:
+        ven_id = payload.get("ven_id") or f"ven-{payload['ven_name']}"
+        self.registrations[ven_id] = f"reg-{next(self._ids)}"
+        return ven_id, self.registrations[ven_id]
+
+    def _lookup(self, ven_id: str) -> dict[str, Any]:
+        if ven_id not in self.registrations:
+            return {}
+        return {"ven_id": ven_id, "registration_id": self.registrations[ven_id]}
+
+    def _offer(  # openleadr's "compact" on_register_report: it calls by these names
+        self,
+        *,
+        ven_id: str,
+        resource_id: str,
+        measurement: str,
+        unit: str,
+        scale: str,
+        min_sampling_interval: timedelta,
+        max_sampling_interval: timedelta,
+    ) -> tuple[Callable[[list[tuple[datetime, float]]], None], timedelta] | None:
+        if measurement != "RealPower":
+            return None
+        return self.reports.extend, timedelta(seconds=self.report_s)
+
+    def _opt(self, ven_id: str, event_id: str, opt_type: str) -> None:
+        self.opt_types.append((event_id, opt_type))
+
+    # -- what a program operator does ----------------------------------------------------------
+    def event(
+        self,
+        ven_id: str,
+        payloads: list[float],
+        *,
+        interval_s: float = 60,
+        start: datetime | None = None,
+        signal_name: str = "simple",
+        signal_type: str = "level",
+        ramp_up: timedelta | None = None,
+        event_id: str | None = None,
+    ) -> objects.Event:
+        start = start or datetime.now(UTC)
+        intervals = [
+            objects.Interval(
+                dtstart=start + timedelta(seconds=k * interval_s),
+                duration=timedelta(seconds=interval_s),
+                signal_payload=value,
+                uid=k,
+            )
+            for k, value in enumerate(payloads)
+        ]
+        return objects.Event(
+            event_descriptor=objects.EventDescriptor(
+                event_id=event_id or f"evt-{next(self._ids)}",
+                modification_number=0,
+                market_context="http://program.example/dr",
+                event_status="far",
+            ),
+            active_period=objects.ActivePeriod(
+                dtstart=start,
+                duration=timedelta(seconds=interval_s * len(payloads)),
+                ramp_up_period=ramp_up,
+            ),
+            event_signals=[
+                objects.EventSignal(
+                    intervals=intervals,
+                    signal_name=signal_name,
+                    signal_type=signal_type,
+                    signal_id=f"sig-{next(self._ids)}",
+                )
+            ],
+            targets=[objects.Target(ven_id=ven_id)],
+        )
+
+    def publish(self, ven_id: str, event: objects.Event) -> str:
+        event_id: str = self.server.add_raw_event(ven_id=ven_id, event=event, callback=self._opt)
+        return event_id
+
+    def modify(self, ven_id: str, event_id: str, payloads: list[float]) -> None:
+        event = utils.find_by(self.server.events[ven_id], "event_descriptor.event_id", event_id)
+        for interval, value in zip(event.event_signals[0].intervals, payloads, strict=True):
+            interval.signal_payload = value
+        utils.increment_event_modification_number(event)
+        self.server.event_callbacks[event_id] = (event, self._opt)
+        self.server.events_updated[ven_id] = True
+
+    def cancel(self, ven_id: str, event_id: str) -> None:
+        event = utils.find_by(self.server.events[ven_id], "event_descriptor.event_id", event_id)
+        self.server.event_callbacks[event_id] = (event, self._opt)
+        self.server.cancel_event(ven_id, event_id)
+
+
+# -- the simulated site ----------------------------------------------------------------------
+def small_fleet() -> Fleet:
+    """250 kW: 20 miners of 10 kW (interruptible), 2 GPU servers of 20 kW (protected, min 5),
+    10 kW of controls (critical)."""
+    classes = [
+        LoadClass("miners", Priority.INTERRUPTIBLE, 80.0),
+        LoadClass("inference", Priority.PROTECTED, 1900.0),
+        LoadClass("controls", Priority.CRITICAL, float("inf")),
+    ]
+    devices = [
+        DeviceSpec(f"miner-{k:02d}", "miners", DeviceKind.MINER, 10.0, 0.0, ControlMode.ON_OFF)
+        for k in range(20)
+    ]
+    devices += [
+        DeviceSpec(f"gpu-{k}", "inference", DeviceKind.GPU, 20.0, 5.0, ControlMode.POWER_LIMIT)
+        for k in range(2)
+    ]
+    devices.append(
+        DeviceSpec("controls", "controls", DeviceKind.OTHER, 10.0, 0.0, ControlMode.ON_OFF)
+    )
+    return Fleet.build(classes, devices)
+
+
+@dataclass
+class SimSite:
+    """A SiteView over decide(): what the shell would do, cycle by cycle, without devices."""
+
+    fleet: Fleet = field(default_factory=small_fleet)
+    policy: Policy = field(default_factory=Policy)
+    cycle_s: float = 0.05
+    obligations: dict[str, Obligation] = field(default_factory=dict)
+    received: list[Obligation | ObligationCancel] = field(default_factory=list)
+    changed_at: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, site kW)
+    _site_kw: float = float("nan")
+    _memory: Memory | None = None
+
+    def sink(self, value: object) -> None:
+        assert isinstance(value, Obligation | ObligationCancel)
+        self.received.append(value)
+        if isinstance(value, Obligation):
+            self.obligations[value.event_id] = value
+        else:
+            self.obligations.pop(value.event_id, None)
+        self.cycle()  # a dispatch starts a cycle at once, as the shell does
+
+    def cycle(self) -> None:
+        memory = self._memory or Memory.initial(self.fleet)
+        signals = Signals(obligations=tuple(self.obligations.values()))
+        state = FleetState.all_available(self.fleet)
+        decision = decide(signals, state, self.policy, memory, datetime.now(UTC))
+        self._memory = decision.memory
+        if decision.site_kw != self._site_kw:
+            self.changed_at.append((asyncio.get_running_loop().time(), decision.site_kw))
+        self._site_kw = decision.site_kw
+
+    async def run(self) -> None:
+        while True:
+            self.cycle()
+            await asyncio.sleep(self.cycle_s)
+
+    # SiteView
+    def site_kw(self) -> float:
+        return self._site_kw
+
+    def floor_kw(self, *, include_protected: bool) -> float:
+        keep = {Priority.CRITICAL} if include_protected else {Priority.CRITICAL, Priority.PROTECTED}
+        total = 0.0
+        for pos, load_class in enumerate(self.fleet.classes):
+            if load_class.priority in keep:
+                total += float(self.fleet.rated_kw[self.fleet.members[pos]].sum())
+        return total
+
+
+async def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)

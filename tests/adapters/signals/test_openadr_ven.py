@@ -1,0 +1,174 @@
+"""The OpenADR VEN against a real openleadr VTN on 127.0.0.1, with a simulated site behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+
+import pytest
+
+from adapters.signals.openadr_ven import OpenAdrVen
+from agent.config import OpenAdrConfig
+from agent.domain.signals import ObligationCancel
+from tests.adapters.signals.openadr_rig import SimSite, Vtn, wait_until
+from tests.conftest import free_port
+
+# openleadr's VTN stores itself in its aiohttp app under a string key (test side only).
+pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+
+FULL_KW = 250.0  # the simulated site with everything running
+LEVEL_2_CEILING_KW = 120.0
+FLEXIBLE_FLOOR_KW = 50.0  # protected (40) + critical (10)
+
+
+def ven_config(vtn: Vtn, **overrides: object) -> OpenAdrConfig:
+    fields: dict[str, object] = {
+        "vtn_url": vtn.url,
+        "ven_name": "small-site",
+        "allow_plain_http": True,
+        "poll_interval_s": 0.2,  # the default (the VTN's oadrPollFreq, 10 s) would make slow tests
+        "simple_levels": {
+            0: {"posture": "none"},
+            1: {"shed_kw": 50},
+            2: {"ceiling_kw": LEVEL_2_CEILING_KW},
+            3: {"posture": "curtail_flexible"},
+        },
+        "load_dispatch": {"meaning": "ceiling"},
+        **overrides,
+    }
+    return OpenAdrConfig.model_validate(fields)
+
+
+Scenario = Callable[[Vtn, SimSite, OpenAdrVen], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def running(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> AsyncIterator[None]:
+    await vtn.start()
+    tasks = [asyncio.create_task(site.run()), asyncio.create_task(ven.run(site.sink))]
+    try:
+        await wait_until(lambda: ven.registered, 10, "the VEN to register")
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await vtn.stop()
+
+
+def run(scenario: Scenario, **overrides: object) -> None:
+    async def main() -> None:
+        vtn = Vtn(port=free_port())
+        site = SimSite()
+        ven = OpenAdrVen(ven_config(vtn, **overrides), site)
+        async with running(vtn, site, ven):
+            await scenario(vtn, site, ven)
+
+    asyncio.run(main())
+
+
+def reports_since(vtn: Vtn, count: int) -> list[float]:
+    return [value for _, value in vtn.reports[count:]]
+
+
+def test_level_2_event_is_accepted_shed_to_its_ceiling_modified_and_cancelled() -> None:
+    async def scenario(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> None:
+        ven_id = ven.ven_id
+        assert ven_id is not None
+        assert ven_id in vtn.registrations
+        await wait_until(lambda: FULL_KW in reports_since(vtn, 0), 5, "a report of full load")
+
+        event_id = vtn.publish(ven_id, vtn.event(ven_id, [2.0], interval_s=600))
+        await wait_until(lambda: (event_id, "optIn") in vtn.opt_types, 5, "the opt-in")
+        await wait_until(lambda: site.site_kw() <= LEVEL_2_CEILING_KW, 5, "the shed")
+        assert site.site_kw() == LEVEL_2_CEILING_KW  # 13 miners off, nothing more
+        seen = len(vtn.reports)
+        await wait_until(
+            lambda: LEVEL_2_CEILING_KW in reports_since(vtn, seen), 5, "a report of the shed"
+        )
+        assert max(reports_since(vtn, seen)) <= LEVEL_2_CEILING_KW
+
+        # a modification to level 3 (curtail flexible) replaces the target in place
+        vtn.modify(ven_id, event_id, [3.0])
+        await wait_until(lambda: site.site_kw() <= FLEXIBLE_FLOOR_KW, 5, "the deeper shed")
+        assert [o.event_id for o in site.obligations.values()] == [event_id]
+        assert site.obligations[event_id].kw == FLEXIBLE_FLOOR_KW
+        assert ven.decisions[event_id].modification_number == 1
+
+        vtn.cancel(ven_id, event_id)
+        await wait_until(lambda: site.site_kw() == FULL_KW, 5, "the load restored")
+        assert isinstance(site.received[-1], ObligationCancel)
+        seen = len(vtn.reports)
+        await wait_until(lambda: FULL_KW in reports_since(vtn, seen), 5, "a report of the restore")
+        assert vtn.opt_types.count((event_id, "optIn")) == 3  # event, modification, cancel
+
+    run(scenario)
+
+
+def test_a_vtn_that_restarts_is_rejoined_and_the_active_event_kept() -> None:
+    async def scenario(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> None:
+        ven_id = ven.ven_id
+        assert ven_id is not None
+        event = vtn.event(ven_id, [2.0], interval_s=600)
+        event_id = vtn.publish(ven_id, event)
+        await wait_until(lambda: site.site_kw() == LEVEL_2_CEILING_KW, 5, "the shed")
+        first_registration = vtn.registrations[ven_id]
+
+        await vtn.stop()
+        await wait_until(lambda: ven.reachable is False, 5, "the VEN to notice the VTN is gone")
+        await asyncio.sleep(0.5)
+        assert site.site_kw() == LEVEL_2_CEILING_KW  # the accepted event stands meanwhile
+
+        await vtn.start()  # a fresh process: no registrations, the program still has the event
+        vtn.server.add_raw_event(ven_id=ven_id, event=event)
+        await wait_until(lambda: ven_id in vtn.registrations, 10, "the re-registration")
+        assert vtn.registrations[ven_id] != first_registration
+        seen = len(vtn.reports)
+        await wait_until(lambda: len(vtn.reports) > seen, 5, "reports to the restarted VTN")
+        assert max(reports_since(vtn, seen)) <= LEVEL_2_CEILING_KW
+        assert site.site_kw() == LEVEL_2_CEILING_KW
+        assert not any(isinstance(v, ObligationCancel) for v in site.received)
+        assert list(site.obligations) == [event_id]
+
+    run(scenario)
+
+
+def test_an_event_below_what_the_site_can_shed_is_opted_out_with_a_reason() -> None:
+    async def scenario(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> None:
+        ven_id = ven.ven_id
+        assert ven_id is not None
+        # 20 kW is below the 50 kW of protected and critical load the site keeps running
+        event = vtn.event(ven_id, [20.0], signal_name="LOAD_DISPATCH", signal_type="setpoint")
+        event_id = vtn.publish(ven_id, event)
+        await wait_until(lambda: (event_id, "optOut") in vtn.opt_types, 5, "the opt-out")
+        await wait_until(lambda: bool(vtn.created_opts), 5, "the oadrCreateOpt with a reason")
+        opt = vtn.created_opts[0]
+        assert opt["opt_type"] == "optOut"
+        assert opt["opt_reason"] == "mustRun"
+        assert (opt["event_id"], opt["modification_number"]) == (event_id, 0)
+        assert "below the 50.0 kW" in ven.decisions[event_id].reason
+        assert site.received == []
+        assert site.site_kw() == FULL_KW
+
+    run(scenario)
+
+
+def test_a_multi_interval_event_steps_its_target_under_one_obligation() -> None:
+    async def scenario(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> None:
+        ven_id = ven.ven_id
+        assert ven_id is not None
+        event = vtn.event(
+            ven_id, [200.0, 150.0], interval_s=1.0, signal_name="LOAD_DISPATCH",
+            signal_type="setpoint", ramp_up=timedelta(seconds=0.5),
+        )  # fmt: skip
+        vtn.publish(ven_id, event)
+        await wait_until(lambda: site.site_kw() == 200.0, 5, "the first interval's ceiling")
+        await wait_until(lambda: site.site_kw() == 150.0, 5, "the second interval's ceiling")
+        await wait_until(lambda: site.site_kw() == FULL_KW, 5, "the end of the event")
+        kws = [o.kw for o in site.received if not isinstance(o, ObligationCancel)]
+        assert kws == [200.0, 150.0]
+        assert len({o.event_id for o in site.received}) == 1
+
+    run(scenario)
