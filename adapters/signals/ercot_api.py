@@ -192,12 +192,15 @@ class ErcotApiClient:
                 "Ocp-Apim-Subscription-Key": self._credentials.subscription_key,
                 "Accept": "application/json",
             }
-            self.limiter.acquire()
             self.requests_made += 1
             try:
-                response = self._session.get(
-                    self.base_url + path, params=params, headers=headers, timeout=self._timeout_s
-                )
+                with self.limiter.slot():
+                    response = self._session.get(
+                        self.base_url + path,
+                        params=params,
+                        headers=headers,
+                        timeout=self._timeout_s,
+                    )
                 body = response.content
             except requests.RequestException as error:  # refused, reset, timeout, cut body
                 raise RetryableHTTPError(f"{path}: {type(error).__name__}: {error}") from error

@@ -160,12 +160,12 @@ class ErcotMisClient:
 
     def _get(self, path: str, params: Mapping[str, str]) -> bytes:
         def attempt() -> bytes:
-            self.limiter.acquire()
             self.requests_made += 1
             try:
-                response = self._session.get(
-                    self.base_url + path, params=params, timeout=self._timeout_s
-                )
+                with self.limiter.slot():
+                    response = self._session.get(
+                        self.base_url + path, params=params, timeout=self._timeout_s
+                    )
                 body = response.content
             except requests.RequestException as error:
                 raise RetryableHTTPError(f"{path}: {type(error).__name__}: {error}") from error
