@@ -1,0 +1,115 @@
+"""Devices behind MQTT: an absolute setpoint goes out as JSON (QoS 1), the device echoes its state.
+
+Never a delta: QoS 1 may deliver a command twice, and "set 40 kW" twice is still 40 kW.
+The command counts as applied when the device's state echo matches it within `echo_timeout_s`.
+
+Wire format (also what `gridflex node` speaks):
+  command topic  {"on": true, "kw": 40.0, "percent": 100.0}
+  state topic    {"on": true, "kw": 40.0, "power_kw": 38.7}   (kw: the setpoint in force)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.transport.mqtt_session import MqttError, MqttSession
+from agent.config_drivers import GpuNodeDriverConfig, MqttDriverConfig
+from agent.errors import DeviceTimeoutError, DeviceUnavailableError
+from agent.ports import Capability, DeviceCommand, DeviceReading
+
+__all__ = ["MqttDriver", "command_payload", "echo_matches", "node_topics"]
+
+_KW_TOLERANCE = 0.01  # devices round setpoints (a GPU limit is whole watts per board)
+
+
+def node_topics(node_id: str) -> tuple[str, str]:
+    """(setpoint topic, state topic) of a GPU server running `gridflex node`."""
+    return f"gridflex/node/{node_id}/setpoint", f"gridflex/node/{node_id}/state"
+
+
+def command_payload(command: DeviceCommand) -> bytes:
+    return json.dumps({"on": command.on, "kw": command.kw, "percent": command.percent}).encode()
+
+
+def echo_matches(command: DeviceCommand, state: dict[str, Any]) -> bool:
+    if bool(state.get("on")) != command.on:
+        return False
+    if not command.on or "kw" not in state:
+        return True
+    return abs(float(state["kw"]) - command.kw) <= max(_KW_TOLERANCE, command.kw * _KW_TOLERANCE)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MqttDriver:
+    def __init__(
+        self,
+        device_id: str,
+        config: MqttDriverConfig | GpuNodeDriverConfig,
+        session: MqttSession,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if isinstance(config, GpuNodeDriverConfig):
+            self._command_topic, self._state_topic = node_topics(config.node_id)
+        else:
+            self._command_topic, self._state_topic = config.command_topic, config.state_topic
+        self._device_id = device_id
+        self._echo_timeout_s = config.echo_timeout_s
+        self._session = session
+        self._clock = clock
+        self._state: dict[str, Any] | None = None
+        self._observed_at: datetime | None = None
+        self._changed = asyncio.Event()
+        session.subscribe(self._state_topic, self._on_state)
+
+    @property
+    def device_id(self) -> str:
+        return self._device_id
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.ON_OFF, Capability.POWER_LIMIT, Capability.POWER_READING})
+
+    async def apply(self, command: DeviceCommand) -> None:
+        try:
+            await self._session.publish(self._command_topic, command_payload(command), qos=1)
+        except MqttError as exc:
+            raise DeviceUnavailableError(self._device_id, str(exc)) from exc
+        try:
+            async with asyncio.timeout(self._echo_timeout_s):
+                while self._state is None or not echo_matches(command, self._state):
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError as exc:
+            raise DeviceTimeoutError(
+                self._device_id,
+                f"no matching state on {self._state_topic} within {self._echo_timeout_s} s "
+                f"(last: {self._state})",
+            ) from exc
+
+    async def read(self) -> DeviceReading:
+        if self._state is None or self._observed_at is None:
+            raise DeviceUnavailableError(self._device_id, f"no state yet on {self._state_topic}")
+        power = self._state.get("power_kw")
+        return DeviceReading(
+            self._device_id,
+            self._observed_at,
+            power_kw=None if power is None else float(power),
+            running=bool(self._state.get("on")),
+        )
+
+    def _on_state(self, _topic: str, payload: bytes) -> None:
+        try:
+            state = json.loads(payload)
+        except ValueError:
+            return  # not ours to crash on; the echo wait times out and says what it last saw
+        if isinstance(state, dict):
+            self._state, self._observed_at = state, self._clock()
+            self._changed.set()
