@@ -11,6 +11,7 @@ __all__ = ["main"]
 
 # name -> "module:attribute" of a click command. Each module wires adapters to the core.
 _COMMANDS: dict[str, str] = {
+    "demo": "agent.commands.demo:demo",
     "check-config": "agent.commands.check_config:check_config",
     "node": "agent.commands.node:node",
     "prices": "agent.commands.prices:prices",

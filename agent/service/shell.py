@@ -89,6 +89,7 @@ class Shell:
         self.available = np.ones(n, dtype=np.bool_)
         self.measured_kw: FloatArray = np.full(n, np.nan)
         self.applied_kw: FloatArray = np.full(n, np.nan)  # nan: unknown, (re)assert next cycle
+        self.commanded_kw: FloatArray = np.full(n, np.nan)  # last sent, whether it took or not
         self.memory = Memory.initial(fleet)
         self.last: CycleReport | None = None
         self.follow_up = False  # a device failed: run again at once
@@ -152,11 +153,31 @@ class Shell:
             return
         if reading.power_kw is not None:
             self.measured_kw[i] = reading.power_kw
+            excess = self._excess_kw(i, reading.power_kw)
+            if excess:
+                self._mark_down(i, excess)
+                return
         if not self.available[i]:
             self.available[i] = True
+            self.applied_kw[i] = np.nan  # re-assert its setpoint next cycle
             log.info("%s recovered", self.fleet.device_ids[i])
 
+    def _excess_kw(self, i: int, power_kw: float) -> str:
+        """Why a device draws more than it was told to ('' when it obeys).
+
+        Drawing less is fine (a load ramps up in its own time); drawing more than the command
+        plus 10 % and a noise floor is a device ignoring us, whatever it answered.
+        """
+        commanded = float(self.commanded_kw[i])
+        if np.isnan(commanded):
+            return ""
+        floor_kw = max(0.025, 0.05 * float(self.fleet.rated_kw[i]))
+        if power_kw <= commanded * 1.1 + floor_kw:
+            return ""
+        return f"draws {power_kw:.2f} kW against {commanded:.2f} kW commanded"
+
     def _mark_down(self, i: int, why: str) -> None:
+        self.applied_kw[i] = np.nan  # unknown now: re-asserted once the device is back
         if self.available[i]:
             self.available[i] = False
             log.warning("%s unavailable: %s", self.fleet.device_ids[i], why)
@@ -241,6 +262,7 @@ class Shell:
         rated = float(self.fleet.rated_kw[i])
         device_id = self.fleet.device_ids[i]
         command = DeviceCommand(device_id, kw > _EPS_KW, kw, 100.0 * kw / rated if rated else 0.0)
+        self.commanded_kw[i] = kw
         try:
             async with self._semaphore, asyncio.timeout(self.settings.verify_timeout_s):
                 await driver.apply(command)

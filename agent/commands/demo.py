@@ -1,0 +1,47 @@
+"""`gridflex demo`: a simulated site on a real 2024 ERCOT day, with a dispatch in the middle."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+
+import click
+from rich.console import Console
+
+from agent.service.demo import DemoOptions, run_demo
+
+__all__ = ["demo"]
+
+
+@click.command()
+@click.option(
+    "--day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default="2024-05-08",
+    show_default=True,
+    help="a 2024 operating day (2024-05-08 and 2024-08-20 are dramatic ones)",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, max=600),
+    default=15.0,
+    show_default=True,
+    help="how long the whole day takes on screen (0: as fast as possible)",
+)
+@click.option("--target-kw", type=float, default=700.0, show_default=True, help="dispatch ceiling")
+@click.option("--live/--no-live", default=None, help="live view (default: on a terminal only)")
+@click.option("--from-hour", type=click.IntRange(0, 23), default=0, help="local hour to start")
+@click.option("--to-hour", type=click.IntRange(1, 24), default=24, help="local hour to stop")
+def demo(  # noqa: PLR0917 - one argument per option
+    day: date, seconds: float, target_kw: float, live: bool | None, from_hour: int, to_hour: int
+) -> None:
+    """Run a simulated 263-device site through a real ERCOT day in seconds."""
+    options = DemoOptions(
+        day=day.date() if hasattr(day, "date") else day,
+        seconds=seconds,
+        dispatch_target_kw=target_kw,
+        live=live,
+        from_hour=from_hour,
+        to_hour=max(to_hour, from_hour + 1),
+    )
+    asyncio.run(run_demo(options, Console()))
