@@ -45,7 +45,7 @@ class Broker:
 
     def start(self) -> None:
         assert MOSQUITTO is not None
-        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file
+        self.process = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
