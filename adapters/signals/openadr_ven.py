@@ -239,8 +239,10 @@ class OpenAdrVen:
         if reachable:
             log.info("VTN %s reachable", self._config.vtn_url)
         else:
+            # openleadr answers (None, {}) alike for a refused connection, an HTTP error and
+            # a message whose TLS peer or signature fails the checks (it logs which).
             log.warning(
-                "VTN %s unreachable: keeping %d accepted event(s), retrying",
+                "VTN %s unreachable or not authenticated: keeping %d accepted event(s), retrying",
                 self._config.vtn_url, len(self._held),
             )  # fmt: skip
             if self._client is not None and self._client.scheduler.running:

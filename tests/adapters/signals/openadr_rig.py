@@ -12,12 +12,18 @@ each cycle decides, and the SiteView reads the decided site load back (what the 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from openleadr import OpenADRServer, objects, utils
 from openleadr.service import OptService
 from openleadr.service.decorators import handler
@@ -37,6 +43,72 @@ from agent.policy import Memory, decide
 
 PREFIX = "/OpenADR2/Simple/2.0b"
 VTN_ID = "GRIDFLEX-TEST-VTN"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A test CA with a VTN certificate (for 127.0.0.1) and a VEN certificate, as PEM files."""
+
+    ca_file: Path
+    vtn_cert: Path
+    vtn_key: Path
+    ven_cert: Path
+    ven_key: Path
+
+    @classmethod
+    def create(cls, folder: Path) -> Pki:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gridflex test CA")])
+        ca = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+        files = {"ca_file": folder / "ca.pem"}
+        files["ca_file"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        for who in ("vtn", "ven"):
+            key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"gridflex test {who}")])
+            cert = _certificate(name, ca_name, key.public_key(), ca_key, ca=False)
+            files[f"{who}_cert"] = folder / f"{who}.pem"
+            files[f"{who}_key"] = folder / f"{who}.key"
+            files[f"{who}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            files[f"{who}_key"].write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+        return cls(**files)
+
+    @staticmethod
+    def fingerprint(cert_file: Path) -> str:
+        fingerprint: str = utils.certificate_fingerprint(cert_file.read_text())
+        return fingerprint
+
+
+def _certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    signing_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+) -> x509.Certificate:
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    return builder.sign(signing_key, hashes.SHA256())
 
 
 class _RecordingOptService(OptService):  # type: ignore[misc]
@@ -59,17 +131,28 @@ class Vtn:
     reports: list[tuple[datetime, float]] = field(default_factory=list)
     opt_types: list[tuple[str, str]] = field(default_factory=list)  # (event id, opt type)
     created_opts: list[dict[str, Any]] = field(default_factory=list)
+    pki: Pki | None = None  # mutual TLS and signed messages when given
     server: Any = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PREFIX}"
+        scheme = "http" if self.pki is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}{PREFIX}"
 
     async def start(self) -> None:
         """Start (or restart) on the same port. A restart forgets every registration."""
         self.registrations.clear()
+        pki = self.pki
+        tls: dict[str, Any] = {}
+        if pki is not None:
+            tls = {
+                "cert": str(pki.vtn_cert), "key": str(pki.vtn_key),  # signs messages
+                "http_cert": str(pki.vtn_cert), "http_key": str(pki.vtn_key),
+                "http_ca_file": str(pki.ca_file),  # and asks VENs for a client certificate
+            }  # fmt: skip
         server = OpenADRServer(
+            **tls,
             vtn_id=VTN_ID,
             http_port=self.port,
             http_host="127.0.0.1",
@@ -96,7 +179,10 @@ class Vtn:
     def _lookup(self, ven_id: str) -> dict[str, Any]:
         if ven_id not in self.registrations:
             return {}
-        return {"ven_id": ven_id, "registration_id": self.registrations[ven_id]}
+        found = {"ven_id": ven_id, "registration_id": self.registrations[ven_id]}
+        if self.pki is not None:  # the VEN fingerprint the site engineer handed over
+            found["fingerprint"] = Pki.fingerprint(self.pki.ven_cert)
+        return found
 
     def _offer(  # openleadr's "compact" on_register_report: it calls by these names
         self,

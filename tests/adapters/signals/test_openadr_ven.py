@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from adapters.signals.openadr_ven import OpenAdrVen
 from agent.config import OpenAdrConfig
 from agent.domain.signals import ObligationCancel
-from tests.adapters.signals.openadr_rig import SimSite, Vtn, wait_until
+from tests.adapters.signals.openadr_rig import Pki, SimSite, Vtn, wait_until
 from tests.conftest import free_port
 
 # openleadr's VTN stores itself in its aiohttp app under a string key (test side only).
@@ -58,9 +59,9 @@ async def running(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> AsyncIterator[Non
         await vtn.stop()
 
 
-def run(scenario: Scenario, **overrides: object) -> None:
+def run(scenario: Scenario, pki: Pki | None = None, **overrides: object) -> None:
     async def main() -> None:
-        vtn = Vtn(port=free_port())
+        vtn = Vtn(port=free_port(), pki=pki)
         site = SimSite()
         ven = OpenAdrVen(ven_config(vtn, **overrides), site)
         async with running(vtn, site, ven):
@@ -172,3 +173,54 @@ def test_a_multi_interval_event_steps_its_target_under_one_obligation() -> None:
         assert len({o.event_id for o in site.received}) == 1
 
     run(scenario)
+
+
+def test_over_mutual_tls_with_signed_messages_the_ven_registers_and_sheds(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+
+    async def scenario(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> None:
+        ven_id = ven.ven_id
+        assert ven_id is not None
+        event_id = vtn.publish(ven_id, vtn.event(ven_id, [2.0], interval_s=600))
+        await wait_until(lambda: (event_id, "optIn") in vtn.opt_types, 5, "the opt-in")
+        await wait_until(lambda: site.site_kw() == LEVEL_2_CEILING_KW, 5, "the shed")
+        await wait_until(lambda: LEVEL_2_CEILING_KW in reports_since(vtn, 0), 5, "a report")
+
+    tls = {
+        "allow_plain_http": False,
+        "cert_file": pki.ven_cert,
+        "key_file": pki.ven_key,
+        "ca_file": pki.ca_file,
+        "vtn_fingerprint": Pki.fingerprint(pki.vtn_cert).lower(),
+    }
+    run(scenario, pki, **tls)
+
+
+def test_a_vtn_whose_signature_does_not_match_the_fingerprint_is_never_joined(
+    tmp_path: Path,
+) -> None:
+    pki = Pki.create(tmp_path)
+    tls = {
+        "cert_file": pki.ven_cert,
+        "key_file": pki.ven_key,
+        "ca_file": pki.ca_file,
+        "vtn_fingerprint": "00:11:22:33:44:55:66:77:88:99",
+    }
+
+    async def main() -> None:
+        vtn = Vtn(port=free_port(), pki=pki)
+        site = SimSite()
+        ven = OpenAdrVen(ven_config(vtn, **tls), site)
+        await vtn.start()
+        task = asyncio.create_task(ven.run(site.sink))
+        try:
+            await asyncio.sleep(1.5)
+            assert not ven.registered
+            assert ven.reachable is False  # every answer is dropped as unauthenticated
+            assert not vtn.opt_types
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await vtn.stop()
+
+    asyncio.run(main())
