@@ -11,7 +11,10 @@ __all__ = ["main"]
 
 # name -> "module:attribute" of a click command. Each module wires adapters to the core.
 _COMMANDS: dict[str, str] = {
+    "audit": "agent.commands.events:audit",
     "demo": "agent.commands.demo:demo",
+    "events": "agent.commands.events:events",
+    "run": "agent.commands.run:run",
     "check-config": "agent.commands.check_config:check_config",
     "node": "agent.commands.node:node",
     "prices": "agent.commands.prices:prices",

@@ -249,6 +249,22 @@ class Shell:
         target[order[allowed:]] = current[order[allowed:]]
         return target
 
+    async def apply_batch(self, indices: np.ndarray, target: FloatArray) -> dict[str, str]:
+        """Apply `target` to the given devices outside a cycle (the shutdown posture)."""
+        failed = await self._apply(indices, target)
+        if self._store is not None:
+            ids = self.fleet.device_ids
+            with self._store.transaction():
+                self._store.save_setpoints(
+                    [(ids[i], float(target[i]), float(self.memory.changed_at_s[i]))
+                     for i in indices if ids[i] not in failed]
+                )  # fmt: skip
+                self._store.audit(
+                    self._clock(), "restore-batch", "site",
+                    {"devices": len(indices), "failed": failed},
+                )  # fmt: skip
+        return failed
+
     async def _apply(self, changed: np.ndarray, target: FloatArray) -> dict[str, str]:
         results = await asyncio.gather(*(self._apply_one(int(i), target) for i in changed))
         return {

@@ -1,0 +1,93 @@
+"""`gridflex events` and `gridflex audit --since ...`: what the service did, from its database."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+
+from agent.config import load_config
+from agent.errors import ConfigError
+
+__all__ = ["audit", "events"]
+
+_DB_HELP = "the service's database (default: the site file's service.database)"
+
+
+def _database(config_path: Path | None, database: Path | None) -> Path:
+    if database is not None:
+        return database
+    if config_path is None:
+        raise click.UsageError("give --config SITE.yaml or --database PATH")
+    try:
+        return load_config(config_path).service.database
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _open(path: Path):  # type: ignore[no-untyped-def]
+    from agent.service.store import Store  # noqa: PLC0415 - keep --help fast
+
+    if not path.exists():
+        raise click.ClickException(f"no database at {path} (has the service run?)")
+    return Store(path)
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--database", type=click.Path(path_type=Path, dir_okay=False), help=_DB_HELP)
+@click.option("--live", is_flag=True, help="only events still accepted or active")
+def events(config_path: Path | None, database: Path | None, live: bool) -> None:
+    """Dispatch events with their status, requested and achieved kW."""
+    store = _open(_database(config_path, database))
+    rows = store.events(live_only=live)
+    store.close()
+    if not rows:
+        click.echo("no events")
+        return
+    click.echo(f"{'event':24} {'kind':6} {'status':10} {'req kW':>9} {'got kW':>9}  updated (UTC)")
+    for r in rows:
+        achieved = "" if r.achieved_kw is None else f"{r.achieved_kw:9.1f}"
+        click.echo(
+            f"{r.event_id[:24]:24} {r.kind:6} {r.status:10} {r.requested_kw:9.1f} "
+            f"{achieved:>9}  {r.updated_at_utc:%Y-%m-%d %H:%M:%S}  {r.reason}"
+        )
+
+
+def _since(text: str) -> datetime:
+    """ISO time, or a span back from now: 30m, 2h, 7d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter("an ISO time or a span such as 30m, 2h, 7d") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--database", type=click.Path(path_type=Path, dir_okay=False), help=_DB_HELP)
+@click.option(
+    "--since", "since_text", default="1h", show_default=True, help="ISO time or 30m/2h/7d"
+)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
+def audit(config_path: Path | None, database: Path | None, since_text: str, as_json: bool) -> None:
+    """The audit log: every signal, decision, command and result, with when, why and from whom."""
+    store = _open(_database(config_path, database))
+    rows = store.audit_since(_since(since_text))
+    store.close()
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps({"at": row.at_utc.isoformat(), "kind": row.kind,
+                                   "subject": row.subject, "source": row.source,
+                                   "detail": row.detail}))  # fmt: skip
+            continue
+        detail = json.dumps(row.detail, sort_keys=True)
+        if len(detail) > 160:
+            detail = detail[:157] + "..."
+        source = f" from {row.source}" if row.source else ""
+        click.echo(f"{row.at_utc:%Y-%m-%d %H:%M:%S} {row.kind:18} {row.subject}{source} {detail}")

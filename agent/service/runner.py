@@ -1,0 +1,209 @@
+"""`gridflex run`: the service's tasks, one cadence each, and an orderly stop.
+
+  cycle      every `service.cycle_s`, or at once when a dispatch/override/emergency wakes it
+  devices    read every device's power every cycle_s (its own cadence), probing the unreachable
+  prices     the configured price source pushes into the snapshot on ERCOT's rhythm
+  telemetry  every 2 s on `<prefix>/telemetry`; decisions on `<prefix>/decision` when they change
+
+systemd: READY=1 after the first completed cycle, WATCHDOG=1 after every completed cycle (a hung
+cycle stops the kicks and systemd restarts us). SIGTERM lets the running cycle finish (never a
+half-applied batch), applies the shutdown posture, publishes "offline" and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+
+import numpy as np
+
+from agent.config import SiteConfig
+from agent.ports import SignalSource
+from agent.service.assembly import MemoryOutbox, Outbox, Service, assemble
+from agent.service.messages import DecisionMessage, SetpointOut, TelemetryMessage
+from agent.service.mqtt_link import MqttLink
+from agent.service.prices import price_source
+from agent.service.shell import CycleReport
+from agent.service.systemd import notify
+
+__all__ = ["Runner", "decision_message", "run_service", "telemetry_message"]
+
+log = logging.getLogger("gridflex.service")
+
+TELEMETRY_EVERY_S = 2.0
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
+    shell, last = service.shell, service.shell.last
+    down = np.flatnonzero(~shell.available)
+    decision = None if last is None else last.decision
+    return TelemetryMessage(
+        at=now,
+        site_kw=round(shell.site_kw(), 3),
+        planned_kw=0.0 if decision is None else round(decision.site_kw, 3),
+        class_kw={} if decision is None else decision.class_kw_by_name(),
+        price_usd_per_mwh=None if decision is None else decision.price_usd_per_mwh,
+        price_stale=True if decision is None else decision.price_stale,
+        site_ceiling_kw=None if decision is None else decision.site_ceiling_kw,
+        active_events=[e.event_id for e in service.events.live],
+        devices_total=len(shell.fleet),
+        devices_available=int(shell.available.sum()),
+        unavailable=[shell.fleet.device_ids[i] for i in down[:100]],
+    )
+
+
+def decision_message(report: CycleReport, previous_kw: np.ndarray | None) -> DecisionMessage:
+    d = report.decision
+    by_reason: dict[str, list[str]] = {}
+    for i, reason_index in enumerate(d.reason_index):
+        by_reason.setdefault(d.reasons[int(reason_index)], []).append(d.fleet.device_ids[i])
+    changed_idx = np.arange(len(d.fleet)) if previous_kw is None else d.changed_devices(previous_kw)
+    changed = []
+    for i in changed_idx[:500]:
+        sp = d.setpoint(d.fleet.device_ids[int(i)])
+        changed.append(SetpointOut(device_id=sp.device_id, kw=round(sp.kw, 3),
+                                   rule=sp.rule.label, reason=sp.reason))  # fmt: skip
+    return DecisionMessage(
+        at=report.at_utc,
+        planned_kw=round(d.site_kw, 3),
+        site_ceiling_kw=d.site_ceiling_kw,
+        price_usd_per_mwh=d.price_usd_per_mwh,
+        reasons=by_reason,
+        changed=changed,
+    )
+
+
+class Runner:
+    def __init__(self, service: Service, stop: asyncio.Event) -> None:
+        self.service = service
+        self.stop = stop
+        self._previous_kw: np.ndarray | None = None
+        self._ready = False
+
+    async def cycles(self) -> None:
+        service, cycle_s = self.service, self.service.config.service.cycle_s
+        while not self.stop.is_set():
+            try:
+                report = await service.shell.cycle()
+            except Exception:  # a bug must not take the site down; it is counted and logged
+                log.exception("cycle failed")
+                service.metrics.errors.labels(kind="cycle").inc()
+                report = None
+            if report is not None:
+                self._publish_decision(report)
+                notify("WATCHDOG=1" if self._ready else "READY=1\nWATCHDOG=1")
+                self._ready = True
+            if service.shell.follow_up:
+                continue  # a device failed: plan around it now
+            waker = asyncio.ensure_future(service.wake.wait())
+            stopper = asyncio.ensure_future(self.stop.wait())
+            await asyncio.wait({waker, stopper}, timeout=cycle_s,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            waker.cancel()
+            stopper.cancel()
+            service.wake.clear()
+
+    def _publish_decision(self, report: CycleReport) -> None:
+        if not report.setpoints_changed:
+            return
+        message = decision_message(report, self._previous_kw)
+        self._previous_kw = report.decision.setpoint_kw
+        self.service.outbox.send("decision", message)
+
+    async def devices(self) -> None:
+        while True:
+            await asyncio.sleep(self.service.config.service.cycle_s)
+            await self.service.shell.poll()
+
+    async def telemetry(self) -> None:
+        while True:
+            self.service.outbox.send("telemetry", telemetry_message(self.service, _utc_now()))
+            await asyncio.sleep(TELEMETRY_EVERY_S)
+
+    async def shutdown_posture(self) -> None:
+        """Leave the devices as configured: hold (as they are) or restore (all back on)."""
+        service = self.service
+        if service.config.service.shutdown_posture == "hold":
+            log.info("shutdown: devices hold their last setpoints")
+            return
+        log.info("shutdown: restoring every device in staggered batches")
+        shell = service.shell
+        fleet = shell.fleet
+        # restore = run every device at rated, batch by batch, with the configured pause
+        size = service.config.service.restore_batch_size
+        pause_s = service.config.service.restore_batch_interval_s
+        todo = [i for i in np.flatnonzero(shell.has_driver & shell.available)
+                if not np.isclose(shell.applied_kw[i], fleet.rated_kw[i])]  # fmt: skip
+        target = fleet.rated_kw.copy()
+        for start in range(0, len(todo), size):
+            batch = np.array(todo[start : start + size], dtype=np.intp)
+            await shell.apply_batch(batch, target)
+            if start + size < len(todo):
+                await asyncio.sleep(pause_s)
+
+
+async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    link: MqttLink | None = None
+    outbox: Outbox = MemoryOutbox()
+    if config.mqtt is not None:
+        client_id = config.mqtt.client_id or f"gridflex-{config.site.id}"
+        link = MqttLink(config.mqtt, config.topic_prefix, client_id)
+        outbox = link
+    service = assemble(config, clock=_utc_now, outbox=outbox)
+    if link is not None:
+        intake = service.intake
+        link.on("dispatch", lambda data: _count(service, "dispatch", intake.dispatch(data)))
+        link.on("override", lambda data: _count(service, "override", intake.override(data)))
+        await link.start()
+    if config.service.metrics_port is not None:
+        service.metrics.serve(config.service.metrics_port)
+    for record in service.events.live:
+        log.info("resumed event %s (%s)", record.event_id, record.status)
+    runner = Runner(service, stop)
+    await service.shell.poll()
+    source = price_source(config)
+    tasks = [asyncio.create_task(runner.devices()), asyncio.create_task(runner.telemetry())]
+    if source is not None:
+        tasks.append(asyncio.create_task(_run_source(source, service)))
+    try:
+        await runner.cycles()  # returns after the cycle running at SIGTERM completes
+    finally:
+        notify("STOPPING=1")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.shutdown_posture()
+        if link is not None:
+            await link.stop()
+        await service.close()
+        log.info("stopped")
+
+
+def _count(service: Service, topic: str, outcome: str) -> None:
+    service.metrics.messages.labels(topic=topic, outcome=outcome).inc()
+
+
+async def _run_source(source: SignalSource, service: Service) -> None:
+    """A price source that fails is logged and retried; the stale posture covers the gap."""
+    while True:
+        try:
+            await source.run(service.snapshot)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("price source failed; retrying in 30 s")
+            service.metrics.errors.labels(kind="prices").inc()
+            await asyncio.sleep(30)

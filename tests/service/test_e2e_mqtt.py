@@ -1,0 +1,203 @@
+"""End to end: `gridflex run` as a process, Mosquitto and simulated Modbus PDUs on loopback.
+
+Dispatch -> devices off -> ack "active" with achieved_kw; bad messages rejected; kill -9 mid-event
+then restart: the event resumes (no second "accepted", same ceiling); a dispatch sent while the
+service is down arrives after restart (persistent session); a broker restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from queue import Empty, Queue
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import Broker, free_port
+
+SITE = """
+site: {{id: e2e, timezone: America/Chicago}}
+classes:
+  miners: {{priority: interruptible, economics: {{kind: fixed, value_usd_per_mwh: 90}}}}
+  controls: {{priority: critical}}
+devices:
+  - {{id: pdu, kind: pdu_outlet, class: miners, count: 48, rated_kw: 3.25, min_on_s: 0,
+     min_off_s: 0, driver: {{type: modbus, host: 127.0.5.1, port: {modbus_port},
+     profile: rack_pdu_switched, channels_per_host: 24, timeout_s: 0.5}}}}
+  - {{id: controls, kind: other, class: controls, rated_kw: 5}}
+policy: {{min_dwell_s: 0, stale_posture: run_all}}
+prices: {{source: none}}
+mqtt: {{host: 127.0.0.1, port: {mqtt_port}, client_id: e2e-service, keepalive_s: 5}}
+service: {{cycle_s: 0.5, database: "{db}", metrics_port: null, restore_batch_size: 1000,
+          restore_batch_interval_s: 0, verify_timeout_s: 2, shutdown_posture: hold}}
+"""
+PREFIX = "gridflex/e2e"
+RATED_KW = 48 * 3.25 + 5
+GRIDFLEX = (sys.executable, "-c", "from agent.cli import main; main()")
+
+
+class Watcher:
+    """A test client on <prefix>/#: every message into a queue."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.messages: Queue[tuple[str, str]] = Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-watcher")
+        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, m.payload.decode()))
+        self.client.on_connect = lambda c, *_a: c.subscribe(f"{PREFIX}/#", qos=1)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def send(self, suffix: str, message: dict[str, object] | str) -> None:
+        payload = message if isinstance(message, str) else json.dumps(message)
+        self.client.publish(f"{PREFIX}/{suffix}", payload, qos=1).wait_for_publish(5)
+
+    def wait_for(self, topic: str, test, timeout_s: float = 15.0) -> str:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                got_topic, payload = self.messages.get(timeout=0.2)
+            except Empty:
+                continue
+            if got_topic == f"{PREFIX}/{topic}" and test(payload):
+                return payload
+        raise AssertionError(f"nothing on {topic} matching within {timeout_s} s")
+
+    def drain(self) -> list[tuple[str, str]]:
+        out = []
+        while True:
+            try:
+                out.append(self.messages.get_nowait())
+            except Empty:
+                return out
+
+
+def ack(event_id: str, status: str):  # type: ignore[no-untyped-def]
+    def test(payload: str) -> bool:
+        data = json.loads(payload)
+        return bool(data["event_id"] == event_id and data["status"] == status)
+
+    return test
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@pytest.fixture
+def modbus_site() -> Iterator[int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapters.devices.sim_modbus_server", "--devices", "48",
+         "--first-host", "127.0.5.1", "--port", str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("ready")
+    yield port
+    process.terminate()
+    process.wait(timeout=10)
+    process.stdout.close()
+
+
+def start_service(config: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [*GRIDFLEX, "run", "--config", str(config)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_dispatch_kill9_restart_and_broker_restart_lose_nothing(
+    tmp_path: Path, own_mqtt_broker: Broker, modbus_site: int
+) -> None:
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        SITE.format(modbus_port=modbus_site, mqtt_port=own_mqtt_broker.port,
+                    db=tmp_path / "gridflex.sqlite3")
+    )  # fmt: skip
+    watcher = Watcher(own_mqtt_broker)
+    service = start_service(config)
+    try:
+        watcher.wait_for("status", lambda p: p == "online")
+        watcher.wait_for("telemetry", lambda p: json.loads(p)["site_kw"] > RATED_KW - 1)
+
+        # dispatch -> devices off -> verified
+        watcher.send("dispatch", {"event_id": "ev-1", "kind": "limit", "target_kw": 80,
+                                  "program": "ERS", "issued_at": now_iso()})  # fmt: skip
+        watcher.wait_for("dispatch/ack", ack("ev-1", "accepted"))
+        active = json.loads(watcher.wait_for("dispatch/ack", ack("ev-1", "active")))
+        assert active["achieved_kw"] <= 80 * 1.005
+        assert active["requested_kw"] == 80
+
+        # bad messages: each one rejected with a reason, the service carries on
+        for bad in ("{not json", json.dumps({"event_id": "x1", "kind": "limit"}),
+                    json.dumps({"event_id": "x2", "kind": "limit", "target_kw": 10,
+                                "issued_at": "2020-01-01T00:00:00+00:00"})):  # fmt: skip
+            watcher.send("dispatch", bad)
+        for _ in range(3):
+            rejected = json.loads(watcher.wait_for("dispatch/ack", lambda p: '"rejected"' in p))
+            assert rejected["reason"]
+        watcher.wait_for("telemetry", lambda p: "ev-1" in json.loads(p)["active_events"])
+
+        # kill -9 mid-event: the broker's last will says offline
+        service.send_signal(signal.SIGKILL)
+        service.wait(timeout=10)
+        watcher.wait_for("status", lambda p: p == "offline")
+        # a dispatch while the service is down waits in its persistent session
+        watcher.send("dispatch", {"event_id": "ev-2", "kind": "limit", "target_kw": 120,
+                                  "issued_at": now_iso()})  # fmt: skip
+        watcher.drain()
+
+        service = start_service(config)
+        watcher.wait_for("status", lambda p: p == "online")
+        watcher.wait_for("dispatch/ack", ack("ev-2", "accepted"))
+        telemetry = json.loads(watcher.wait_for(
+            "telemetry", lambda p: {"ev-1", "ev-2"} <= set(json.loads(p)["active_events"])
+        ))  # fmt: skip
+        assert telemetry["site_kw"] <= 80 * 1.005
+        time.sleep(1.5)
+        resent = [p for t, p in watcher.drain() if t.endswith("dispatch/ack") and "ev-1" in p]
+        assert resent == []  # ev-1 resumed as it was: not accepted again, not re-shed
+
+        # broker restart mid-event: the service reconnects; a release still arrives
+        own_mqtt_broker.restart(down_s=0.5)
+        watcher.client.reconnect()
+        watcher.wait_for("status", lambda p: p == "online", timeout_s=20)
+        watcher.send("dispatch", {"event_id": "ev-1", "kind": "release", "issued_at": now_iso()})
+        watcher.wait_for("dispatch/ack", ack("ev-1", "completed"))
+        watcher.wait_for("telemetry", lambda p: json.loads(p)["active_events"] == ["ev-2"])
+
+        # SIGTERM: finishes its cycle, says offline itself, exits 0
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=20) == 0
+        watcher.wait_for("status", lambda p: p == "offline")
+    finally:
+        if service.poll() is None:
+            service.kill()
+        watcher.client.loop_stop()
+        watcher.client.disconnect()
+
+    events = subprocess.run(
+        [*GRIDFLEX, "events", "--database",
+         str(tmp_path / "gridflex.sqlite3")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "ev-1" in events
+    assert "completed" in events
+    assert "ev-2" in events
+    audit = subprocess.run(
+        [*GRIDFLEX, "audit", "--since", "1h", "--database",
+         str(tmp_path / "gridflex.sqlite3")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "dispatch-rejected" in audit
+    assert "event-active" in audit
