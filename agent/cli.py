@@ -11,6 +11,7 @@ __all__ = ["main"]
 
 # name -> "module:attribute" of a click command. Each module wires adapters to the core.
 _COMMANDS: dict[str, str] = {
+    "backtest": "agent.commands.backtest:backtest",
     "audit": "agent.commands.events:audit",
     "demo": "agent.commands.demo:demo",
     "events": "agent.commands.events:events",

@@ -1,0 +1,32 @@
+"""The backtest: replay the production decide() over a price history and settle what it earned.
+
+Pure computation on frames and arrays; reading and writing files is the command's job
+(agent/commands/backtest.py).
+"""
+
+from agent.backtest.decisions import backtest_frame
+from agent.backtest.errors import BacktestInputError
+from agent.backtest.fourcp import fourcp_report
+from agent.backtest.groups import Groups
+from agent.backtest.inputs import hourly_series, load_series, obligations_from_frame
+from agent.backtest.replay import Intervals, Trace, replay, replay_plain
+from agent.backtest.series import intervals_from_prices
+from agent.backtest.settle import Contract, Settlement, settle
+
+__all__ = [
+    "BacktestInputError",
+    "Contract",
+    "Groups",
+    "Intervals",
+    "Settlement",
+    "Trace",
+    "backtest_frame",
+    "fourcp_report",
+    "hourly_series",
+    "intervals_from_prices",
+    "load_series",
+    "obligations_from_frame",
+    "replay",
+    "replay_plain",
+    "settle",
+]

@@ -1,0 +1,149 @@
+"""What the decisions earned: energy, its cost, the load's revenue, against an always-on baseline.
+
+Per interval of h hours, with the site drawing E MWh (= site kW x h / 1000) at price p:
+
+* energy cost = E x p; with a fixed-price contract (a block of Q MW bought at P $/MWh) it is
+  Q h P + (E - Q h) p: the block is paid for whatever happens, energy beyond it is bought at p and
+  the part of the block not consumed is sold back at p (those sales are the power credits);
+* revenue of a load class = its energy x its value (breakeven) $/MWh; classes without a finite
+  value (critical loads, cooling that follows another class) earn nothing themselves;
+* the baseline draws every device at its rating all the time, priced the same way;
+* net benefit = (revenue - cost) - (baseline revenue - baseline cost);
+* demand-response capacity payments (if given) = committed MW x $/MW-h x h, on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from agent.backtest.replay import Intervals, Trace
+from agent.domain.fleet import Fleet, FloatArray
+
+__all__ = ["CURTAILED_BELOW_KW", "Contract", "Settlement", "settle"]
+
+# An interval counts as curtailed when the site drew at least this much below its rating
+# (a watt: far above float noise, far below any real device).
+CURTAILED_BELOW_KW = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """A fixed-price block: Q MW bought at P $/MWh for every interval."""
+
+    block_mw: float
+    price_usd_per_mwh: float
+
+
+@dataclass(frozen=True, eq=False)
+class Settlement:
+    frame: pd.DataFrame  # one row per interval (see settle())
+    summary: dict[str, object]
+
+
+def settle(
+    trace: Trace,
+    intervals: Intervals,
+    fleet: Fleet,
+    *,
+    timezone: str,
+    contract: Contract | None = None,
+    capacity_mw: float = 0.0,
+    capacity_usd_per_mw_h: FloatArray | None = None,
+) -> Settlement:
+    hours = intervals.hours()
+    price = intervals.price_usd_per_mwh
+    rated_kw = np.array([float(fleet.rated_kw[m].sum()) for m in fleet.members])
+    values = np.array([c.value_usd_per_mwh for c in fleet.classes])
+    values = np.where(np.isfinite(values), values, 0.0)
+    energy = trace.site_kw * hours / 1000
+    base_energy = float(rated_kw.sum()) * hours / 1000
+    start = pd.DatetimeIndex(intervals.start_ns.astype("datetime64[ns]"), tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "interval_start_utc": start,
+            "hours": hours,
+            "price_usd_per_mwh": price,
+            "site_kw": trace.site_kw,
+            "baseline_kw": np.full(len(hours), float(rated_kw.sum())),
+            "energy_mwh": energy,
+            "baseline_energy_mwh": base_energy,
+            "revenue_usd": (trace.class_kw @ values) * hours / 1000,
+            "baseline_revenue_usd": float(rated_kw @ values) * hours / 1000,
+        }
+    )
+    frame["curtailed"] = frame["baseline_kw"] - frame["site_kw"] >= CURTAILED_BELOW_KW
+    frame["curtailed_mwh"] = frame["baseline_energy_mwh"] - frame["energy_mwh"]
+    frame["event_start"] = frame["curtailed"] & ~frame["curtailed"].shift(1, fill_value=False)
+    _price_energy(frame, contract)
+    frame["capacity_usd"] = 0.0
+    if capacity_usd_per_mw_h is not None:
+        frame["capacity_usd"] = capacity_mw * capacity_usd_per_mw_h * hours
+    local = start.tz_convert(timezone)
+    month_key = local.year * 100 + local.month
+    names = {int(k): f"{k // 100:04d}-{k % 100:02d}" for k in np.unique(month_key)}
+    frame["month"] = [names[int(k)] for k in month_key]
+    return Settlement(frame, _summary(frame, contract, trace, timezone))
+
+
+def _price_energy(frame: pd.DataFrame, contract: Contract | None) -> None:
+    price = frame["price_usd_per_mwh"]
+    for prefix, energy in (("", frame["energy_mwh"]), ("baseline_", frame["baseline_energy_mwh"])):
+        if contract is None:
+            frame[f"{prefix}energy_cost_usd"] = energy * price
+            frame[f"{prefix}power_credits_usd"] = 0.0
+            continue
+        block = contract.block_mw * frame["hours"]
+        frame[f"{prefix}energy_cost_usd"] = (
+            block * contract.price_usd_per_mwh + (energy - block) * price
+        )
+        frame[f"{prefix}power_credits_usd"] = (block - energy).clip(lower=0.0) * price
+
+
+_SUMS = {
+    "energy_mwh": "energy_mwh",
+    "baseline_energy_mwh": "baseline_energy_mwh",
+    "curtailed_mwh": "curtailed_mwh",
+    "energy_cost_usd": "energy_cost_usd",
+    "baseline_energy_cost_usd": "baseline_energy_cost_usd",
+    "revenue_usd": "revenue_usd",
+    "baseline_revenue_usd": "baseline_revenue_usd",
+    "power_credits_usd": "power_credits_usd",
+    "baseline_power_credits_usd": "baseline_power_credits_usd",
+    "capacity_payments_usd": "capacity_usd",
+}
+
+
+def _figures(rows: pd.DataFrame) -> dict[str, object]:
+    out: dict[str, object] = {"intervals": len(rows)}
+    for name, column in _SUMS.items():
+        out[name] = round(float(rows[column].sum()), 6)
+    out["curtailed_hours"] = round(float(rows.loc[rows["curtailed"], "hours"].sum()), 6)
+    out["curtailed_intervals"] = int(rows["curtailed"].sum())
+    out["curtailment_events"] = int(rows["event_start"].sum())
+    net = (rows["revenue_usd"] - rows["energy_cost_usd"]).sum() - (
+        rows["baseline_revenue_usd"] - rows["baseline_energy_cost_usd"]
+    ).sum()
+    out["net_benefit_usd"] = round(float(net), 6)
+    out["total_benefit_usd"] = round(float(net + rows["capacity_usd"].sum()), 6)
+    return out
+
+
+def _summary(
+    frame: pd.DataFrame, contract: Contract | None, trace: Trace, timezone: str
+) -> dict[str, object]:
+    summary = _figures(frame)
+    summary["first_interval_utc"] = frame["interval_start_utc"].iloc[0].isoformat()
+    summary["last_interval_utc"] = frame["interval_start_utc"].iloc[-1].isoformat()
+    summary["timezone"] = timezone
+    summary["average_price_usd_per_mwh"] = round(float(frame["price_usd_per_mwh"].mean()), 4)
+    if contract is not None:
+        summary["contract"] = {
+            "block_mw": contract.block_mw,
+            "price_usd_per_mwh": contract.price_usd_per_mwh,
+        }
+    summary["decide_calls"] = trace.decide_calls
+    summary["months"] = {month: _figures(rows) for month, rows in frame.groupby("month", sort=True)}
+    return summary
