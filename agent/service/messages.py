@@ -25,6 +25,7 @@ _MAX_KW = 10_000_000.0  # 10 GW: any larger figure is a typo, not a site
 
 
 class _In(BaseModel):
+    # strict kW fields: `true` is not 1 kW
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
@@ -36,8 +37,12 @@ class DispatchMessage(_In):
         description="limit: keep the site at or below target_kw; shed: draw shed_kw less than "
         "the site's load when the event starts; release: end the event early"
     )
-    target_kw: float | None = Field(default=None, ge=0, le=_MAX_KW, description="for limit")
-    shed_kw: float | None = Field(default=None, gt=0, le=_MAX_KW, description="for shed")
+    target_kw: float | None = Field(
+        default=None, strict=True, ge=0, le=_MAX_KW, description="for limit"
+    )
+    shed_kw: float | None = Field(
+        default=None, strict=True, gt=0, le=_MAX_KW, description="for shed"
+    )
     start: AwareDatetime | None = Field(default=None, description="default: now")
     end: AwareDatetime | None = Field(default=None, description="default: until released")
     program: str = Field(
@@ -74,8 +79,8 @@ class OverrideMessage(_In):
     )
     device_id: str | None = Field(default=None, min_length=1, max_length=128)
     load_class: str | None = Field(default=None, alias="class", min_length=1, max_length=64)
-    limit_kw: float | None = Field(default=None, ge=0, le=_MAX_KW)
-    limit_pct: float | None = Field(default=None, ge=0, le=100)
+    limit_kw: float | None = Field(default=None, strict=True, ge=0, le=_MAX_KW)
+    limit_pct: float | None = Field(default=None, strict=True, ge=0, le=100)
     expires_at: AwareDatetime | None = Field(default=None, description="required except for clear")
     issued_by: str = Field(default="unknown", min_length=1, max_length=64)
     issued_at: AwareDatetime

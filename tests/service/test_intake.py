@@ -1,0 +1,136 @@
+"""Every malformed message is rejected with a reason and never stops the service (hypothesis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.service.assembly import MemoryOutbox, Service, assemble
+from agent.service.intake import sign
+from agent.service.messages import DispatchAck, OverrideAck
+from tests.service.site import FakeClock, site_config
+
+CLOCK = FakeClock()
+
+
+def _service(tmp: Path, **mqtt: str) -> Service:
+    extra = ""
+    if mqtt:
+        extra = "mqtt: {" + ", ".join(f"{k}: {v}" for k, v in mqtt.items()) + "}"
+    config = site_config(tmp / "db.sqlite3", 1502, mqtt=extra)
+    return assemble(config, clock=CLOCK, drivers={})  # decide and record only: no device IO
+
+
+def _valid(**fields: Any) -> dict[str, Any]:
+    return {"event_id": "ok-1", "kind": "limit", "target_kw": 100.0,
+            "issued_at": CLOCK.now.isoformat(), **fields}  # fmt: skip
+
+
+BAD_TIMES = ["2024-05-08T17:00:00", "yesterday", "2020-01-01T00:00:00Z", "2030-01-01T00:00:00Z", 0]
+BAD_FIELDS = st.one_of(
+    st.fixed_dictionaries({"kind": st.sampled_from(["LIMIT", "cut", "", None, 3])}),
+    st.fixed_dictionaries({"target_kw": st.sampled_from([-1, "lots", None, 1e12, True, []])}),
+    st.fixed_dictionaries({"shed_kw": st.floats(min_value=1, max_value=100)}),  # both kinds
+    st.fixed_dictionaries({"event_id": st.sampled_from(["", "a b", "x" * 200, 7, None])}),
+    st.fixed_dictionaries(
+        {
+            "issued_at": st.sampled_from(
+                [
+                    "2024-05-08T17:00:00",
+                    "yesterday",
+                    "2020-01-01T00:00:00Z",
+                    "2030-01-01T00:00:00Z",
+                    0,
+                ]
+            )
+        }
+    ),
+    st.fixed_dictionaries({"end": st.just("2024-05-08T16:00:00+00:00")}),  # already ended
+    st.fixed_dictionaries({"start": st.just("2024-06-30T00:00:00+00:00")}),  # beyond 7 days
+    st.fixed_dictionaries({"extra": st.integers()}),
+)
+
+
+@st.composite
+def malformed(draw: st.DrawFn) -> bytes:
+    choice = draw(st.integers(0, 3))
+    if choice == 0:
+        return draw(st.binary(max_size=200))  # not JSON (or JSON that is no object)
+    if choice == 1:
+        value = draw(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                                  lambda c: st.lists(c, max_size=3), max_leaves=6))  # fmt: skip
+        return json.dumps(value).encode()
+    if choice == 2:
+        return json.dumps(_valid(**draw(BAD_FIELDS))).encode()
+    return json.dumps(_valid(kind="shed", target_kw=None, shed_kw=1e6)).encode()  # impossible
+
+
+def test_a_storm_of_malformed_messages_is_all_rejected_and_the_service_keeps_cycling(
+    tmp_path: Path,
+) -> None:
+    service = _service(tmp_path)
+    outbox = service.outbox
+    assert isinstance(outbox, MemoryOutbox)
+
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+    @given(payload=malformed())
+    def storm(payload: bytes) -> None:
+        outbox.sent.clear()
+        outcome = service.intake.dispatch(payload)
+        if outcome != "rejected":  # a random byte string can be valid JSON of no use, never valid
+            raise AssertionError(f"{payload!r} was {outcome}")
+        (topic, ack), = outbox.sent  # fmt: skip
+        assert topic == "dispatch/ack"
+        assert isinstance(ack, DispatchAck)
+        assert ack.status == "rejected"
+        assert ack.reason
+
+    storm()
+    assert service.events.live == []
+    report = asyncio.run(service.shell.cycle())
+    assert report.decision.site_ceiling_kw is None
+    service.store.close()
+
+
+def test_signed_messages_only_when_a_secret_is_set(tmp_path: Path) -> None:
+    service = _service(tmp_path, hmac_secret="s3cret", replay_window_s="60")
+    outbox = service.outbox
+    assert isinstance(outbox, MemoryOutbox)
+    message = _valid(event_id="signed-1")
+    assert service.intake.dispatch(json.dumps(message).encode()) == "rejected"
+    assert "unsigned" in outbox.sent[-1][1].reason  # type: ignore[union-attr]
+    forged = {**message, "signature": sign(message, b"other")}
+    assert service.intake.dispatch(json.dumps(forged).encode()) == "rejected"
+    good = {**message, "signature": sign(message, b"s3cret")}
+    assert service.intake.dispatch(json.dumps(good).encode()) == "accepted"
+    late = _valid(event_id="signed-2", issued_at=(CLOCK.now - timedelta(seconds=61)).isoformat())
+    late["signature"] = sign(late, b"s3cret")
+    assert service.intake.dispatch(json.dumps(late).encode()) == "rejected"
+    assert "replay window" in outbox.sent[-1][1].reason  # type: ignore[union-attr]
+    service.store.close()
+
+
+def test_overrides_are_validated_applied_and_cleared(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    outbox = service.outbox
+    assert isinstance(outbox, MemoryOutbox)
+    base = {"override_id": "o-1", "issued_at": CLOCK.now.isoformat(), "issued_by": "alice"}
+    expires = (CLOCK.now + timedelta(hours=1)).isoformat()
+    off = {**base, "action": "off", "expires_at": expires}
+    assert service.intake.override(json.dumps({**off, "class": "nope"}).encode()) == "rejected"
+    assert service.intake.override(json.dumps({**off, "class": "miners"}).encode()) == "accepted"
+    report = asyncio.run(service.shell.cycle())
+    assert report.decision.class_kw_by_name()["miners"] == 0.0
+    assert service.intake.override(json.dumps({**base, "action": "clear"}).encode()) == "cleared"
+    report = asyncio.run(service.shell.cycle())
+    assert report.decision.class_kw_by_name()["miners"] > 0.0
+    statuses = [m.status for t, m in outbox.sent if isinstance(m, OverrideAck)]
+    assert statuses == ["rejected", "accepted", "cleared"]
+    service.store.close()
