@@ -201,9 +201,9 @@ class Shell:
         failed_idx = np.array([self.fleet.index_of[d] for d in failed], dtype=np.intp)
 
         # What the next decide() remembers is what the devices were really left at.
-        kept = np.isnan(target) | ~_same(target, decision.setpoint_kw)
-        kept[failed_idx] = True
-        memory_kw = np.where(kept, self.memory.setpoint_kw, decision.setpoint_kw)
+        # held back for a later restore batch: the device stays at what it was left at
+        memory_kw = np.where(np.isnan(target), decision.setpoint_kw, target)
+        memory_kw[failed_idx] = self.memory.setpoint_kw[failed_idx]
         no_driver = ~self.has_driver
         memory_kw[no_driver] = decision.setpoint_kw[no_driver]
         held = ~_same(memory_kw, decision.setpoint_kw)
@@ -311,6 +311,7 @@ class Shell:
                 [
                     (ids[i], float(self.memory.setpoint_kw[i]), float(self.memory.changed_at_s[i]))
                     for i in ok
+                    if not np.isnan(self.memory.setpoint_kw[i])
                 ]
             )
             store.save_state(
