@@ -1,4 +1,4 @@
-"""Dispatch to verified: from a dispatch message to every device's shed verified, N = 1,000 and 10,000.
+"""Dispatch to verified: from a dispatch message to every device's shed verified, N = 1k and 10k.
 
 The devices are PDU outlets (24 per simulated PDU, one PDU per loopback address) served by a
 separate process (adapters.devices.sim_modbus_server). The agent is this process: the service as
@@ -86,8 +86,8 @@ async def _agent(n: int, db: Path) -> float:
             break
     elapsed = time.perf_counter() - start
     # put the outlets back on for the plain fan-out and the next size
-    service.intake.dispatch(json.dumps({"event_id": f"bench-{n}", "kind": "release",
-                                        "issued_at": datetime.now(UTC).isoformat()}).encode())  # fmt: skip
+    release = {"event_id": f"bench-{n}", "kind": "release", "issued_at": message["issued_at"]}
+    service.intake.dispatch(json.dumps(release).encode())
     await service.shell.cycle()
     await service.close()
     return elapsed

@@ -83,8 +83,9 @@ _TOPICS: list[tuple[str, type[BaseModel]]] = [
 def render() -> str:
     parts = [_INTRO, "## JSON Schemas\n"]
     for title, model in _TOPICS:
-        mode = "validation" if title.endswith("(in)") else "serialization"
-        schema = json.dumps(model.model_json_schema(mode=mode), indent=2, sort_keys=True)
+        inbound = title.endswith("(in)")
+        generated = model.model_json_schema(mode="validation" if inbound else "serialization")
+        schema = json.dumps(generated, indent=2, sort_keys=True)
         parts.append(f"### {title}\n\n```json\n{schema}\n```\n")
     return "\n".join(parts)
 
