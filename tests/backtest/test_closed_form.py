@@ -1,0 +1,93 @@
+"""Closed-form checks on the real 2024 ERCOT year: one interruptible class worth B $/MWh, no
+hysteresis or dwell, must stop in exactly the intervals priced above B, and every dollar figure
+must equal a direct pandas computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.backtest import Contract, replay, settle
+from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
+from agent.domain.settings import Policy
+from tests.backtest.helpers import prices_2024, year_2024
+
+LOAD_MW = 10.0
+
+
+def one_class(breakeven: float, dwell_s: float = 0.0) -> Fleet:
+    load = LoadClass("load", Priority.INTERRUPTIBLE, breakeven)
+    device = DeviceSpec(
+        "load", "load", DeviceKind.OTHER, LOAD_MW * 1000, 0.0, ControlMode.ON_OFF, dwell_s, dwell_s
+    )
+    return Fleet.build([load], [device])
+
+
+@pytest.mark.parametrize("breakeven", [25.0, 60.0, 141.6])
+def test_curtailed_exactly_when_price_above_breakeven(breakeven: float) -> None:
+    intervals = year_2024()
+    trace = replay(one_class(breakeven), Policy(), intervals)
+    frame = prices_2024()
+    above = (frame["price_usd_per_mwh"] > breakeven).to_numpy()
+    assert len(trace.site_kw) == len(frame) == 35_136
+    np.testing.assert_array_equal(trace.site_kw == 0.0, above)
+    np.testing.assert_array_equal(trace.site_kw[~above], LOAD_MW * 1000)
+
+
+def test_money_matches_a_direct_pandas_computation() -> None:
+    breakeven, block_mw, block_price = 60.0, 8.0, 45.0
+    intervals = year_2024()
+    fleet = one_class(breakeven)
+    trace = replay(fleet, Policy(), intervals)
+    plain = settle(trace, intervals, fleet, timezone="America/Chicago").summary
+    contract = Contract(block_mw, block_price)
+    fixed = settle(trace, intervals, fleet, timezone="America/Chicago", contract=contract).summary
+
+    df = prices_2024()
+    hours = (df["interval_end_utc"] - df["interval_start_utc"]).dt.total_seconds() / 3600
+    runs = df["price_usd_per_mwh"] <= breakeven
+    mwh = LOAD_MW * hours * runs
+    cost = (mwh * df["price_usd_per_mwh"]).sum()
+    revenue = (mwh * breakeven).sum()
+    base_cost = (LOAD_MW * hours * df["price_usd_per_mwh"]).sum()
+    base_revenue = (LOAD_MW * hours * breakeven).sum()
+    assert plain["intervals"] == 35_136
+    assert plain["energy_mwh"] == pytest.approx(mwh.sum(), rel=1e-12)
+    assert plain["curtailed_hours"] == pytest.approx(hours[~runs].sum(), rel=1e-12)
+    assert plain["energy_cost_usd"] == pytest.approx(cost, rel=1e-9)
+    assert plain["revenue_usd"] == pytest.approx(revenue, rel=1e-9)
+    assert plain["baseline_energy_cost_usd"] == pytest.approx(base_cost, rel=1e-9)
+    assert plain["baseline_revenue_usd"] == pytest.approx(base_revenue, rel=1e-9)
+    net = (revenue - cost) - (base_revenue - base_cost)
+    assert plain["net_benefit_usd"] == pytest.approx(net, rel=1e-9)
+    # stopping above breakeven can only help: the benefit is what the spikes would have cost
+    assert net == pytest.approx(
+        ((df["price_usd_per_mwh"] - breakeven) * LOAD_MW * hours)[~runs].sum()
+    )
+    events = int((~runs & runs.shift(1, fill_value=True)).sum())
+    assert plain["curtailment_events"] == events
+
+    unused_mwh = (block_mw * hours - mwh).clip(lower=0)
+    credits = (unused_mwh * df["price_usd_per_mwh"]).sum()
+    fixed_cost = (
+        block_mw * hours * block_price + (mwh - block_mw * hours) * df["price_usd_per_mwh"]
+    ).sum()
+    assert fixed["power_credits_usd"] == pytest.approx(credits, rel=1e-9)
+    assert fixed["energy_cost_usd"] == pytest.approx(fixed_cost, rel=1e-9)
+    assert credits > 0
+
+
+def test_per_month_breakdown_is_in_local_time_and_adds_up() -> None:
+    intervals = year_2024()
+    fleet = one_class(60.0)
+    summary = settle(
+        replay(fleet, Policy(), intervals), intervals, fleet, timezone="America/Chicago"
+    ).summary
+    months = summary["months"]
+    assert isinstance(months, dict)
+    assert list(months) == [f"2024-{m:02d}" for m in range(1, 13)]
+    # March loses an hour to DST (31 x 96 - 4), November gains one (30 x 96 + 4)
+    assert months["2024-03"]["intervals"] == 31 * 96 - 4
+    assert months["2024-11"]["intervals"] == 30 * 96 + 4
+    for key in ("energy_mwh", "energy_cost_usd", "revenue_usd", "net_benefit_usd"):
+        assert sum(m[key] for m in months.values()) == pytest.approx(summary[key], rel=1e-9)
