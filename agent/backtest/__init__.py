@@ -9,7 +9,7 @@ from agent.backtest.errors import BacktestInputError
 from agent.backtest.fourcp import fourcp_report
 from agent.backtest.groups import Groups
 from agent.backtest.inputs import hourly_series, load_series, obligations_from_frame
-from agent.backtest.replay import Intervals, Trace, replay, replay_plain
+from agent.backtest.replay import Intervals, Trace, replay, replay_plain, trace_of
 from agent.backtest.series import intervals_from_prices
 from agent.backtest.settle import Contract, Settlement, settle
 
@@ -29,4 +29,5 @@ __all__ = [
     "replay",
     "replay_plain",
     "settle",
+    "trace_of",
 ]

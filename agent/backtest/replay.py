@@ -34,7 +34,7 @@ from agent.domain.settings import Policy
 from agent.domain.signals import Obligation, PriceSignal, Signals
 from agent.policy import Decision, Memory, Rule, decide
 
-__all__ = ["Intervals", "Progress", "Trace", "replay", "replay_plain"]
+__all__ = ["Intervals", "Progress", "Trace", "replay", "replay_plain", "trace_of"]
 
 Progress = Callable[[int], None]  # called with how many intervals are done
 Int64Array = npt.NDArray[np.int64]
@@ -148,6 +148,16 @@ class _Recorder:
             self.classes, self.site_kw, self.class_kw, self.class_rule, self.class_reason,
             self.calls, self.full_calls,
         )  # fmt: skip
+
+
+def trace_of(decisions: Sequence[Decision]) -> Trace:
+    """The trace of decisions taken elsewhere (the live shell), to compare with a replay's."""
+    if not decisions:
+        raise ValueError("no decisions")
+    out = _Recorder(decisions[0].fleet, len(decisions))
+    for i, decision in enumerate(decisions):
+        out.record(i, decision)
+    return out.trace()
 
 
 def _price_text(price: float) -> str:
