@@ -155,6 +155,7 @@ class OpenAdrVen:
             self._set_reachable(False)
             return False
         request_id = (payload.get("response") or {}).get("request_id")
+        client.registration_id = None  # openleadr keeps an old one when the VTN refuses
         await client.create_party_registration(ven_id=client.ven_id, request_id=request_id)
         if client.registration_id is None:
             # The VTN answered but refused us: a wrong VEN name or certificate is not fixed by
