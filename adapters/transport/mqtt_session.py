@@ -1,27 +1,50 @@
-"""A small asyncio-friendly MQTT session over paho-mqtt 2.x (CallbackAPIVersion.VERSION2).
+"""The one asyncio-friendly MQTT session of gridflex, over paho-mqtt 2.x (MQTT 5).
 
-paho runs its network loop in its own thread and reconnects there on its own (backoff from
-`reconnect_min_s` to `reconnect_max_s`); this wrapper hands every callback to the asyncio loop with
-`call_soon_threadsafe`, re-subscribes after each reconnect, and turns paho's failures into one
-error type, `MqttError` (aiomqtt's habit). Publishing is QoS 1 by default and `publish()` returns
-when the broker has acknowledged (PUBACK). Handlers run in the event loop and must not block.
+Used by the service (its dispatch interface and every MQTT-controlled device share one session),
+by `gridflex node` and by the tests. paho runs its network loop in its own thread and reconnects
+there on its own (backoff from `reconnect_min_s` to `reconnect_max_s`); this wrapper hands every
+callback to the asyncio loop with `call_soon_threadsafe`, re-subscribes after each reconnect, and
+turns paho's failures into one error type, `MqttError` (aiomqtt's habit). `publish()` is QoS 1 by
+default and returns when the broker has acknowledged (PUBACK); `publish_nowait()` queues and
+returns (paho sends queued QoS 1 messages after a reconnect). Handlers run in the event loop and
+must not block.
+
+What a long-running service needs, all off by default:
+  - a persistent session (`clean_start=False` with `session_expiry_s`): subscriptions and QoS 1
+    messages sent while we were away are kept by the broker and delivered when we are back. MQTT 5
+    because 3.1.1 has no session expiry: an abandoned client id would hoard messages forever;
+  - manual acknowledgements (`manual_acks`): the PUBACK of an incoming message is sent only after
+    its handlers returned, so a crash between receipt and handling leaves it with the broker,
+    which redelivers it;
+  - a last will and a birth message (e.g. a retained "offline" / "online" status);
+  - username/password and TLS (CA, client certificate).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import GridflexError
 
-__all__ = ["MessageHandler", "MqttError", "MqttSession", "MqttSettings"]
+__all__ = [
+    "Announcement",
+    "MessageHandler",
+    "MqttError",
+    "MqttSession",
+    "MqttSettings",
+    "TlsFiles",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -30,6 +53,23 @@ MessageHandler = Callable[[str, bytes], None]
 
 class MqttError(GridflexError):
     """The broker cannot be reached, refused us, or did not acknowledge in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A message the session publishes on its own: a last will, or a birth message on connect."""
+
+    topic: str
+    payload: str
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca_file: str
+    cert_file: str | None = None  # a client certificate, for brokers that require one
+    key_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,29 +83,59 @@ class MqttSettings:
     ack_timeout_s: float = 5.0
     username: str | None = None
     password: str | None = None  # from the environment, never logged
+    tls: TlsFiles | None = None
+    clean_start: bool = True
+    session_expiry_s: int = 0  # with clean_start=False: how long the broker keeps our session
+    manual_acks: bool = False
+    will: Announcement | None = None
+    birth: Announcement | None = None  # published on every (re)connect
+    max_queued_messages: int = 0  # outgoing while disconnected; 0: unbounded
+
+
+def _client(settings: MqttSettings) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=settings.client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=settings.manual_acks,
+    )
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls is not None:
+        client.tls_set(
+            ca_certs=settings.tls.ca_file,
+            certfile=settings.tls.cert_file,
+            keyfile=settings.tls.key_file,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    if settings.will is not None:
+        will = settings.will
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+    client.max_queued_messages_set(settings.max_queued_messages)
+    client.reconnect_delay_set(
+        min_delay=max(1, round(settings.reconnect_min_s)),
+        max_delay=round(settings.reconnect_max_s),
+    )
+    return client
 
 
 class MqttSession:
     def __init__(self, settings: MqttSettings) -> None:
         self._settings = settings
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=settings.client_id, clean_session=True
-        )
-        if settings.username is not None:
-            self._client.username_pw_set(settings.username, settings.password)
-        self._client.reconnect_delay_set(
-            min_delay=max(1, round(settings.reconnect_min_s)),
-            max_delay=round(settings.reconnect_max_s),
-        )
+        self._client = _client(settings)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
-        self._handlers: dict[str, list[MessageHandler]] = {}
+        # exact topics are looked up, only wildcard filters are matched one by one: the service
+        # subscribes one state topic per MQTT device
+        self._exact: dict[str, list[MessageHandler]] = {}
+        self._wildcard: dict[str, list[MessageHandler]] = {}
         self._connected = asyncio.Event()
-        self._acks: dict[int, asyncio.Future[None]] = {}
-        self._early_acks: set[int] = set()
+        # mid -> the future of an awaited publish, or None for one nobody awaits
+        self._acks: dict[int, asyncio.Future[None] | None] = {}
+        self._early_acks: set[int] = set()  # PUBACKs that beat publish() to registering
         self._ack_lock = threading.Lock()
 
     @property
@@ -73,52 +143,55 @@ class MqttSession:
         return self._connected.is_set()
 
     async def connect(self, timeout_s: float = 10.0) -> None:
-        """Start the network loop and wait for the first CONNACK; later drops reconnect alone."""
+        """Start the network loop and wait for the first CONNACK; later drops reconnect alone.
+
+        On timeout MqttError is raised but paho keeps trying in the background; `close()` stops it.
+        """
         self._loop = asyncio.get_running_loop()
         settings = self._settings
+        properties = None
+        if settings.session_expiry_s:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = settings.session_expiry_s
         try:
-            self._client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s)
+            self._client.connect_async(
+                settings.host,
+                settings.port,
+                keepalive=settings.keepalive_s,
+                clean_start=settings.clean_start,
+                properties=properties,
+            )
         except (OSError, ValueError) as exc:
             raise MqttError(f"cannot connect to {settings.host}:{settings.port}: {exc}") from exc
         self._client.loop_start()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._connected.wait()
-        except TimeoutError as exc:
-            raise MqttError(
-                f"no CONNACK from {settings.host}:{settings.port} within {timeout_s} s"
-            ) from exc
+        await self.wait_connected(timeout_s)
 
     async def wait_connected(self, timeout_s: float) -> None:
         try:
             async with asyncio.timeout(timeout_s):
                 await self._connected.wait()
         except TimeoutError as exc:
-            raise MqttError(f"not connected after {timeout_s} s") from exc
+            settings = self._settings
+            raise MqttError(
+                f"no CONNACK from {settings.host}:{settings.port} within {timeout_s} s"
+            ) from exc
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         """Deliver every message matching `topic_filter` (QoS 1) to `handler(topic, payload)`."""
-        first = topic_filter not in self._handlers
-        self._handlers.setdefault(topic_filter, []).append(handler)
+        table = self._wildcard if "+" in topic_filter or "#" in topic_filter else self._exact
+        first = topic_filter not in table
+        table.setdefault(topic_filter, []).append(handler)
         if first and self.connected:
             self._client.subscribe(topic_filter, qos=1)
 
     async def publish(
         self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
     ) -> None:
-        loop = asyncio.get_running_loop()
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            raise MqttError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-        if qos == 0:
-            return
-        # with no connection paho queues the message and sends it after reconnecting
-        future: asyncio.Future[None] = loop.create_future()
-        with self._ack_lock:
-            if info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                return
-            self._acks[info.mid] = future
+        """Publish and wait for the broker's PUBACK (QoS 1; queued while disconnected)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        mid = self._send(topic, payload, qos, retain, future if qos else None)
+        if mid is None:
+            return  # QoS 0, or acknowledged already
         try:
             async with asyncio.timeout(self._settings.ack_timeout_s):
                 await future
@@ -128,12 +201,53 @@ class MqttSession:
             ) from exc
         finally:
             with self._ack_lock:
-                self._acks.pop(info.mid, None)
+                if self._acks.get(mid) is future:
+                    self._acks[mid] = None  # a late PUBACK still finds its entry
+
+    def publish_nowait(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Queue a message and return (QoS 1 ones queued while disconnected go out later)."""
+        self._send(topic, payload, qos, retain, None)
 
     async def close(self) -> None:
+        """Disconnect cleanly (the broker does not send the last will) and stop the loop."""
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self._connected.clear()
+
+    def _send(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int,
+        retain: bool,
+        future: asyncio.Future[None] | None,
+    ) -> int | None:
+        """Publish; the mid whose PUBACK resolves `future`, None when there is none to await."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        # with no connection paho queues a QoS 1 message and sends it after reconnecting
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise MqttError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        if qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None  # dropped: paho queues only QoS > 0, and calls no on_publish
+        if self._claim(info.mid, future) and future is not None:
+            return info.mid
+        return None
+
+    def _claim(self, mid: int, future: asyncio.Future[None] | None) -> bool:
+        """Register for `mid`'s on_publish (PUBACK, or sent for QoS 0); False when it came already.
+
+        Every publish registers, awaited or not, so that an early on_publish is never left
+        behind in `_early_acks` to be mistaken for the PUBACK of a later message with the
+        same (reused) mid.
+        """
+        with self._ack_lock:
+            if mid in self._early_acks:
+                self._early_acks.discard(mid)
+                return False
+            self._acks[mid] = future
+            return True
 
     # --- paho callbacks: network thread -> event loop --------------------------------------
 
@@ -141,17 +255,28 @@ class MqttSession:
         self,
         client: mqtt.Client,
         _userdata: object,
-        _flags: mqtt.ConnectFlags,
+        flags: mqtt.ConnectFlags,
         reason_code: ReasonCode,
         _properties: object,
     ) -> None:
         if reason_code.is_failure:
             _log.warning("MQTT broker refused the connection: %s", reason_code)
             return
-        for topic_filter in self._handlers:
+        for topic_filter in (*self._exact, *self._wildcard):
             client.subscribe(topic_filter, qos=1)
+        birth = self._settings.birth
+        if birth is not None:
+            try:
+                self._send(birth.topic, birth.payload, birth.qos, birth.retain, None)
+            except MqttError as exc:  # never raise in paho's thread: it would stop the loop
+                _log.warning("birth message not sent: %s", exc)
         self._in_loop(self._connected.set)
-        _log.info("MQTT connected to %s:%s", self._settings.host, self._settings.port)
+        _log.info(
+            "MQTT connected to %s:%s (session present: %s)",
+            self._settings.host,
+            self._settings.port,
+            flags.session_present,
+        )
 
     def _on_disconnect(
         self,
@@ -161,16 +286,29 @@ class MqttSession:
         reason_code: ReasonCode,
         _properties: object,
     ) -> None:
+        if self._connected.is_set():  # log the change once, not every failed reconnect
+            _log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
         self._in_loop(self._connected.clear)
-        _log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
 
     def _on_message(
         self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
     ) -> None:
-        for topic_filter, handlers in self._handlers.items():
+        handlers = list(self._exact.get(message.topic, ()))
+        for topic_filter, more in self._wildcard.items():
             if mqtt.topic_matches_sub(topic_filter, message.topic):
-                for handler in handlers:
-                    self._in_loop(handler, message.topic, bytes(message.payload))
+                handlers.extend(more)
+        self._in_loop(self._deliver, handlers, message.topic, bytes(message.payload),
+                      message.mid, message.qos)  # fmt: skip
+
+    def _deliver(
+        self, handlers: list[MessageHandler], topic: str, payload: bytes, mid: int, qos: int
+    ) -> None:
+        try:
+            for handler in handlers:
+                handler(topic, payload)
+        finally:
+            if self._settings.manual_acks:
+                self._client.ack(mid, qos)
 
     def _on_publish(
         self,
@@ -181,11 +319,12 @@ class MqttSession:
         _properties: object,
     ) -> None:
         with self._ack_lock:
-            future = self._acks.get(mid)
-            if future is None:
+            if mid not in self._acks:
                 self._early_acks.add(mid)
                 return
-        self._in_loop(_resolve, future)
+            future = self._acks.pop(mid)
+        if future is not None:
+            self._in_loop(_resolve, future)
 
     def _in_loop(self, callback: Callable[..., None], *args: object) -> None:
         if self._loop is not None and not self._loop.is_closed():

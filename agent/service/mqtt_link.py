@@ -1,154 +1,106 @@
-"""The service's MQTT interface (paho-mqtt 2.x): dispatch and overrides in; acks, status,
-telemetry and decisions out.
+"""The service's MQTT interface: dispatch and overrides in; acks, status, telemetry and decisions
+out, over the one session of adapters/transport/mqtt_session.py (which the MQTT devices share).
 
-A persistent session (clean_session=False, a fixed client id) with QoS 1 subscriptions: dispatch
-messages sent while the service was down or the broker restarted are delivered when it is back.
-The retained `<prefix>/status` says "online"; the broker's last will turns it to "offline" when
-the service dies without saying goodbye, and the service publishes "offline" itself on SIGTERM.
-Outgoing QoS 1 messages published while disconnected are queued by paho and sent on reconnect.
-
-adapters/transport/mqtt_session.py (the device engineer's) has no last will, persistent session
-or TLS, which this interface needs; hence a session of its own here.
+A persistent session (clean_start=False, a fixed client id, a session expiry) with QoS 1
+subscriptions: dispatch messages sent while the service was down or the broker restarted are
+delivered when it is back. Incoming messages are acknowledged only after they are handled (and
+their event committed to the database): a crash in between leaves them with the broker, which
+redelivers them. The retained `<prefix>/status` says "online"; the broker's last will turns it to
+"offline" when the service dies without saying goodbye, and the service publishes "offline"
+itself on SIGTERM. Outgoing QoS 1 messages published while disconnected are queued and sent on
+reconnect.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import ssl
 from collections.abc import Callable
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel
 
+from adapters.transport.mqtt_session import (
+    Announcement,
+    MqttError,
+    MqttSession,
+    MqttSettings,
+    TlsFiles,
+)
 from agent.config import MqttConfig
-from agent.errors import SignalUnavailableError
 
-__all__ = ["MqttLink"]
+__all__ = ["SESSION_EXPIRY_S", "MqttLink", "session_settings"]
 
 log = logging.getLogger("gridflex.mqtt")
 
 Handler = Callable[[bytes], object]
 
+# Long enough for any restart or host reboot to find its queued dispatches; short enough that a
+# decommissioned site's client id does not make the broker hoard messages for ever. Dispatches
+# older than the replay window are rejected on arrival anyway (with an ack saying so).
+SESSION_EXPIRY_S = 86_400
+
+
+def session_settings(config: MqttConfig, prefix: str, client_id: str) -> MqttSettings:
+    tls = config.tls
+    return MqttSettings(
+        host=config.host,
+        port=config.port,
+        client_id=client_id,
+        keepalive_s=config.keepalive_s,
+        reconnect_min_s=1.0,
+        username=config.username,
+        password=None if config.password is None else config.password.get_secret_value(),
+        tls=None
+        if tls is None
+        else TlsFiles(
+            ca_file=str(tls.ca_file),
+            cert_file=None if tls.cert_file is None else str(tls.cert_file),
+            key_file=None if tls.key_file is None else str(tls.key_file),
+        ),
+        clean_start=False,
+        session_expiry_s=SESSION_EXPIRY_S,
+        manual_acks=True,
+        will=Announcement(f"{prefix}/status", "offline"),
+        birth=Announcement(f"{prefix}/status", "online"),
+        max_queued_messages=100_000,
+    )
+
 
 class MqttLink:
-    """Implements assembly.Outbox over a broker; hands incoming messages to the event loop."""
+    """Implements assembly.Outbox over the site's MQTT session, topics relative to the prefix."""
 
     def __init__(self, config: MqttConfig, prefix: str, client_id: str) -> None:
         self.prefix = prefix
-        self._config = config
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._handlers: dict[str, Handler] = {}
-        self.connected = asyncio.Event()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-        )
-        if config.username is not None:
-            password = None if config.password is None else config.password.get_secret_value()
-            client.username_pw_set(config.username, password)
-        if config.tls is not None:
-            client.tls_set(
-                ca_certs=str(config.tls.ca_file),
-                certfile=None if config.tls.cert_file is None else str(config.tls.cert_file),
-                keyfile=None if config.tls.key_file is None else str(config.tls.key_file),
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        # PUBACK only after the message is handled (and its event committed to the database):
-        # a crash between receipt and commit leaves it with the broker, which redelivers it
-        client.manual_ack_set(True)
-        client.will_set(f"{prefix}/status", "offline", qos=1, retain=True)
-        client.max_queued_messages_set(100_000)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        self._client = client
+        self.session = MqttSession(session_settings(config, prefix, client_id))
+        self._where = f"{config.host}:{config.port}"
 
     def on(self, suffix: str, handler: Handler) -> None:
         """Call `handler(payload)` in the event loop for every message on `<prefix>/<suffix>`."""
-        self._handlers[f"{self.prefix}/{suffix}"] = handler
+
+        def deliver(_topic: str, payload: bytes) -> None:
+            handler(payload)
+
+        self.session.subscribe(f"{self.prefix}/{suffix}", deliver)
 
     async def start(self, timeout_s: float = 10.0) -> None:
-        self._loop = asyncio.get_running_loop()
         try:
-            self._client.connect_async(self._config.host, self._config.port,
-                                       keepalive=self._config.keepalive_s)  # fmt: skip
-        except (OSError, ValueError) as exc:
-            raise SignalUnavailableError(f"MQTT {self._config.host}: {exc}") from exc
-        self._client.loop_start()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.connected.wait()
-        except TimeoutError:
+            await self.session.connect(timeout_s)
+        except MqttError as exc:
             # keep going: paho keeps trying, devices keep being controlled meanwhile
-            log.error("MQTT broker %s:%s not reachable yet; retrying in the background",
-                      self._config.host, self._config.port)  # fmt: skip
+            log.error("MQTT broker %s not reachable yet (%s); retrying in the background",
+                      self._where, exc)  # fmt: skip
 
     def send(self, topic: str, message: BaseModel | str, *, retain: bool = False) -> None:
         payload = message if isinstance(message, str) else message.model_dump_json()
-        info = self._client.publish(f"{self.prefix}/{topic}", payload, qos=1, retain=retain)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+        try:
+            self.session.publish_nowait(f"{self.prefix}/{topic}", payload, retain=retain)
+        except MqttError as exc:
+            log.warning("%s", exc)
 
     async def stop(self) -> None:
         """Say "offline" (retained) and disconnect cleanly, waiting for the broker's PUBACK."""
-        info = self._client.publish(f"{self.prefix}/status", "offline", qos=1, retain=True)
-        if self.connected.is_set():
+        if self.session.connected:
             try:
-                await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 3.0), 4.0)
-            except (TimeoutError, RuntimeError, ValueError):
+                await self.session.publish(f"{self.prefix}/status", "offline", retain=True)
+            except MqttError:
                 log.warning("offline status not acknowledged before shutdown")
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
-
-    # -- paho's thread -> the event loop -----------------------------------------------------
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        _userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        _properties: object,
-    ) -> None:
-        if reason_code.is_failure:
-            log.error("MQTT broker refused the connection: %s", reason_code)
-            return
-        for topic in self._handlers:
-            client.subscribe(topic, qos=1)
-        client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
-        log.info("MQTT connected (session present: %s)", flags.session_present)
-        self._call(self.connected.set)
-
-    def _on_disconnect(
-        self,
-        _client: mqtt.Client,
-        _userdata: object,
-        _flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        _properties: object,
-    ) -> None:
-        if self.connected.is_set():
-            log.warning("MQTT disconnected (%s); reconnecting", reason_code)
-        self._call(self.connected.clear)
-
-    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        handler = self._handlers.get(msg.topic)
-        if handler is None:
-            self._client.ack(msg.mid, msg.qos)
-            return
-        self._call(self._handle, handler, bytes(msg.payload), msg.mid, msg.qos)
-
-    def _handle(self, handler: Handler, payload: bytes, mid: int, qos: int) -> None:
-        try:
-            handler(payload)
-        finally:
-            self._client.ack(mid, qos)
-
-    def _call(self, callback: Callable[..., object], *args: object) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(callback, *args)
+        await self.session.close()
