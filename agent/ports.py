@@ -71,7 +71,13 @@ class DeviceDriver(Protocol):
     @property
     def capabilities(self) -> frozenset[Capability]: ...
 
-    async def apply(self, command: DeviceCommand) -> None: ...
+    async def apply(self, command: DeviceCommand) -> DeviceReading | None:
+        """Apply an absolute command; return once it holds as far as the driver can prove.
+
+        A driver that proves a command by measuring power returns that measurement (its caller
+        then needs no second read); one that proves nothing by measurement returns None.
+        """
+        ...
 
     async def read(self) -> DeviceReading: ...
 

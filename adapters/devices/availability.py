@@ -67,13 +67,14 @@ class TrackedDriver:
     def available(self) -> bool:
         return self.availability.available
 
-    async def apply(self, command: DeviceCommand) -> None:
+    async def apply(self, command: DeviceCommand) -> DeviceReading | None:
         try:
-            await self._inner.apply(command)
+            reading = await self._inner.apply(command)
         except DeviceError as error:
             self.availability.record_failure(error)
             raise
         self.availability.record_success()
+        return reading
 
     async def read(self) -> DeviceReading:
         try:

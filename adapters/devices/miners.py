@@ -233,5 +233,5 @@ async def restore_staggered(
         for device_id, result in zip(step.device_ids, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
-            outcome[device_id] = result
+            outcome[device_id] = result if isinstance(result, Exception) else None
     return outcome

@@ -2,7 +2,8 @@
 
 apply() writes the absolute setpoint, reads every written register back, then reads measured power
 until it shows the command took effect (or the profile's settle time runs out). A device that says
-"OK" and keeps drawing power raises VerificationError: a shed is proven by measurement.
+"OK" and keeps drawing power raises VerificationError: a shed is proven by measurement, and apply()
+returns that measurement so the caller does not read the device a second time.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ class ModbusDriver:
             running = raw[0] in state.on_values
         return DeviceReading(self._device_id, self._clock(), power_kw=power_kw, running=running)
 
-    async def apply(self, command: DeviceCommand) -> None:
+    async def apply(self, command: DeviceCommand) -> DeviceReading | None:
+        """Write, read back, prove by measured power where the command allows; the proving
+        measurement (None when nothing could be proven yet: a load switched on ramps up)."""
         writes = self._plan(command)
         if not writes:
             raise DeviceRejectedError(self._device_id, "profile has no actions (read-only device)")
@@ -97,7 +100,10 @@ class ModbusDriver:
                     self._device_id,
                     f"{register.vendor_name} reads back {echoed} after writing {words}",
                 )
-        await self._verify_power(command)
+        power_kw = await self._verify_power(command)
+        if power_kw is None:
+            return None
+        return DeviceReading(self._device_id, self._clock(), power_kw=power_kw)
 
     def _plan(self, command: DeviceCommand) -> list[tuple[Register, list[int]]]:
         """Register writes for an absolute command, setpoint before the run command."""
@@ -120,10 +126,11 @@ class ModbusDriver:
             writes.append((register, [raw] if register.table.is_bit else encode(register, raw)))
         return writes
 
-    async def _verify_power(self, command: DeviceCommand) -> None:
+    async def _verify_power(self, command: DeviceCommand) -> float | None:
+        """The measured kW that proves the command, None when there is nothing to prove."""
         ceiling_w = self._power_ceiling_w(command)
         if ceiling_w is None or self._profile.readings.active_power is None:
-            return
+            return None
         verify = self._profile.verify
         loop = asyncio.get_running_loop()
         deadline = loop.time() + verify.settle_s
@@ -131,7 +138,7 @@ class ModbusDriver:
             power_kw = await self._read_power_kw()
             assert power_kw is not None
             if power_kw * 1000.0 <= ceiling_w:
-                return
+                return power_kw
             if loop.time() >= deadline:
                 raise VerificationError(
                     self._device_id,

@@ -43,7 +43,8 @@ class ShellSettings:
     verify_timeout_s: float = 10.0
     restore_batch_size: int = 50
     restore_batch_interval_s: float = 5.0
-    read_after_apply: bool = True  # read measured power back after each command
+    # read measured power after a command whose driver did not return the measurement proving it
+    read_after_apply: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,15 +282,15 @@ class Shell:
         self.commanded_kw[i] = kw
         try:
             async with self._semaphore, asyncio.timeout(self.settings.verify_timeout_s):
-                await driver.apply(command)
+                # A driver that proved the command by measured power returns that measurement:
+                # reading the device again would cost a second round trip for nothing.
+                reading = await driver.apply(command)
                 self.applied_kw[i] = kw
                 self.measured_kw[i] = np.nan
-                if self.settings.read_after_apply and (
-                    Capability.POWER_READING in driver.capabilities
-                ):
+                if (reading is None or reading.power_kw is None) and self._reads_after(driver):
                     reading = await driver.read()
-                    if reading.power_kw is not None:
-                        self.measured_kw[i] = reading.power_kw
+                if reading is not None and reading.power_kw is not None:
+                    self.measured_kw[i] = reading.power_kw
         except TimeoutError:
             why = str(DeviceTimeoutError(device_id, f"no verified apply within "
                                          f"{self.settings.verify_timeout_s} s"))  # fmt: skip
@@ -299,6 +300,9 @@ class Shell:
             self._mark_down(i, str(exc))
             return str(exc)
         return ""
+
+    def _reads_after(self, driver: DeviceDriver) -> bool:
+        return self.settings.read_after_apply and Capability.POWER_READING in driver.capabilities
 
     # -- recording ---------------------------------------------------------------------------
     def _record(self, report: CycleReport, changed: np.ndarray, failed_idx: np.ndarray) -> None:
