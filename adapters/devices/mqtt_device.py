@@ -2,6 +2,9 @@
 
 Never a delta: QoS 1 may deliver a command twice, and "set 40 kW" twice is still 40 kW.
 The command counts as applied when the device's state echo matches it within `echo_timeout_s`.
+Silence before the first command is no fault (many devices speak only when spoken to): the
+reading is then unknown, so the service commands the device and learns. A command left without
+an echo makes the device unavailable until it speaks again without reporting an error.
 
 Wire format (also what `gridflex node` speaks):
   command topic  {"on": true, "kw": 40.0, "percent": 100.0}
@@ -67,6 +70,7 @@ class MqttDriver:
         self._state: dict[str, Any] | None = None
         self._observed_at: datetime | None = None
         self._changed = asyncio.Event()
+        self._unanswered: str | None = None  # why the last command got no matching echo
         session.subscribe(self._state_topic, self._on_state)
 
     @property
@@ -88,15 +92,17 @@ class MqttDriver:
                     self._changed.clear()
                     await self._changed.wait()
         except TimeoutError as exc:
-            raise DeviceTimeoutError(
-                self._device_id,
+            self._unanswered = (
                 f"no matching state on {self._state_topic} within {self._echo_timeout_s} s "
-                f"(last: {self._state})",
-            ) from exc
+                f"(last: {self._state})"
+            )
+            raise DeviceTimeoutError(self._device_id, self._unanswered) from exc
 
     async def read(self) -> DeviceReading:
+        if self._unanswered is not None:
+            raise DeviceUnavailableError(self._device_id, self._unanswered)
         if self._state is None or self._observed_at is None:
-            raise DeviceUnavailableError(self._device_id, f"no state yet on {self._state_topic}")
+            return DeviceReading(self._device_id, self._clock())  # not heard from yet: unknown
         power = self._state.get("power_kw")
         return DeviceReading(
             self._device_id,
@@ -112,4 +118,6 @@ class MqttDriver:
             return  # not ours to crash on; the echo wait times out and says what it last saw
         if isinstance(state, dict):
             self._state, self._observed_at = state, self._clock()
+            if not state.get("error"):  # `gridflex node` reports a refusal as state
+                self._unanswered = None
             self._changed.set()

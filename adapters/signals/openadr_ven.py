@@ -13,6 +13,12 @@ What it does, in the order a session with a VTN goes:
 6. when the VTN goes away, keeps every accepted obligation (they carry their own end) and
    re-registers when it answers again; an event it re-sends unchanged changes nothing.
 
+Across a restart of the agent the service hands over the events the site already committed to
+(`committed`: event id -> modification number): the VTN re-sends them, and the VEN opts in again
+without re-judging their feasibility against a site that is already shedding for them. The
+randomization draw is a function of the VEN name and the event id, so it is the same after a
+restart too (and still differs between VENs, which is what the window is for).
+
 openleadr swallows transport errors into log lines and (None, {}) results; this module turns
 those into state ("registered", "VTN unreachable") and logs each change once.
 """
@@ -23,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,19 +84,31 @@ class OpenAdrVen:
     """A SignalSource: `await OpenAdrVen(config, site).run(sink)` runs until cancelled."""
 
     def __init__(
-        self, config: OpenAdrConfig, site: SiteView, *, rng: random.Random | None = None
+        self,
+        config: OpenAdrConfig,
+        site: SiteView,
+        *,
+        rng: random.Random | None = None,
+        committed: Mapping[str, int] | None = None,
+        on_decision: Callable[[OptDecision], None] | None = None,
     ) -> None:
         self._config = config
         self._site = site
-        self._rng = rng or random.Random()
+        self._rng = rng
+        self._committed = dict(committed or {})
+        self._on_decision = on_decision
         self._sink: SignalSink | None = None
         self._client: OpenADRClient | None = None
         self._plans: dict[str, EventPlan] = {}
         self._held: dict[str, Obligation] = {}  # what the sink holds now, per event id
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._offsets_s: dict[str, float] = {}  # randomization draw, kept across modifications
+        # site load when each event was first accepted: a modified shed is judged against it
+        # (the engine keeps the shed's baseline), not against a load already reduced by the shed
+        self._accepted_at_kw: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.decisions: dict[str, OptDecision] = {}
+        self.released: dict[str, str] = {}  # why the VEN last released each event
         self.registered = False
         self.reachable: bool | None = None
 
@@ -116,6 +134,11 @@ class OpenAdrVen:
     @property
     def ven_id(self) -> str | None:
         return None if self._client is None else self._client.ven_id
+
+    def revision(self, event_id: str) -> int | None:
+        """The modification number of the version of the event the VEN follows now."""
+        plan = self._plans.get(event_id)
+        return None if plan is None else plan.modification_number
 
     # -- openleadr client --------------------------------------------------------------------
     def _build_client(self) -> OpenADRClient:
@@ -277,6 +300,9 @@ class OpenAdrVen:
         listed = {str(e["event_descriptor"]["event_id"]) for e in payload.get("events") or []}
         for event_id in [e for e in self._plans if e not in listed]:
             self._withdraw(event_id, "no longer listed by the VTN")
+        for event_id in [e for e in self._committed if e not in listed]:
+            # committed before a restart, and ended or withdrawn while the agent was down
+            self._withdraw(event_id, "no longer listed by the VTN")
 
     async def _on_event(self, event: Mapping[str, Any]) -> str:
         descriptor = event["event_descriptor"]
@@ -287,20 +313,33 @@ class OpenAdrVen:
             self._withdraw(event_id, "cancelled by the VTN")
             return self._decide(event_id, modification, "optIn", "cancellation acknowledged")
         if status == "completed":
+            self._committed.pop(event_id, None)
             self._forget(event_id)
             return self._decide(event_id, modification, "optIn", "completed")
         if descriptor.get("test_event") in (True, "true"):
             return self._decide(event_id, modification, "optIn", "test event: no action")
         if event_id not in self._offsets_s:
-            self._offsets_s[event_id] = self._rng.uniform(0.0, startafter_s(event))
-        floor = self._floor_kw
+            rng = self._rng or random.Random(f"{self._config.ven_name}/{event_id}")
+            self._offsets_s[event_id] = rng.uniform(0.0, startafter_s(event))
         try:
-            plan = plan_event(event, self._config, floor, self._offsets_s[event_id])
+            plan = plan_event(event, self._config, self._floor_kw, self._offsets_s[event_id])
         except UnsupportedEventError as exc:
             return self._opt_out(event_id, modification, str(exc), "notParticipating")
-        reason = check_feasible(plan, self._site.site_kw(), floor)
-        if reason is not None and self._config.opt_out_when_infeasible:
-            return self._opt_out(event_id, modification, reason, "mustRun")
+        return self._take(plan)
+
+    def _take(self, plan: EventPlan) -> str:
+        """Opt in to a planned event (or out, when the site cannot meet it) and follow it."""
+        event_id, modification = plan.event_id, plan.modification_number
+        if self._committed.pop(event_id, None) == modification:
+            # the site accepted this very version before a restart and is shedding for it now:
+            # judged against today's (already reduced) load it could look infeasible
+            reason: str | None = "resumed after a restart"
+        else:
+            load_kw = self._accepted_at_kw.get(event_id, self._site.site_kw())
+            reason = check_feasible(plan, load_kw, self._floor_kw)
+            if reason is not None and self._config.opt_out_when_infeasible:
+                return self._opt_out(event_id, modification, reason, "mustRun")
+            self._accepted_at_kw.setdefault(event_id, load_kw)
         self._plans[event_id] = plan
         self._follow(event_id)
         return self._decide(event_id, modification, "optIn", reason or f"{plan.signal} accepted")
@@ -330,7 +369,10 @@ class OpenAdrVen:
 
     def _decide(self, event_id: str, modification: int, opt_type: str, reason: str) -> str:
         now = datetime.now(UTC)
-        self.decisions[event_id] = OptDecision(event_id, modification, opt_type, reason, now)
+        decision = OptDecision(event_id, modification, opt_type, reason, now)
+        self.decisions[event_id] = decision
+        if self._on_decision is not None:
+            self._on_decision(decision)
         return opt_type
 
     def _follow(self, event_id: str) -> None:
@@ -360,9 +402,14 @@ class OpenAdrVen:
         self._follow(event_id)
 
     def _withdraw(self, event_id: str, why: str) -> None:
-        if event_id in self._held:
+        now = datetime.now(UTC)
+        committed = self._committed.pop(event_id, None) is not None
+        if event_id in self._held or committed:
             log.info("OpenADR event %s released: %s", event_id, why)
-        self._release(event_id, datetime.now(UTC))
+            self.released[event_id] = why  # read by whoever the push below reaches
+        if committed and event_id not in self._held:
+            self._push(ObligationCancel(event_id=event_id, at_utc=now, source=SOURCE))
+        self._release(event_id, now)
         self._forget(event_id)
 
     def _release(self, event_id: str, now: datetime) -> None:
@@ -372,6 +419,7 @@ class OpenAdrVen:
 
     def _forget(self, event_id: str) -> None:
         self._plans.pop(event_id, None)
+        self._accepted_at_kw.pop(event_id, None)
         timer = self._timers.pop(event_id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()

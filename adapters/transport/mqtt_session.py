@@ -133,6 +133,7 @@ class MqttSession:
         self._exact: dict[str, list[MessageHandler]] = {}
         self._wildcard: dict[str, list[MessageHandler]] = {}
         self._connected = asyncio.Event()
+        self._closing = False
         # mid -> the future of an awaited publish, or None for one nobody awaits
         self._acks: dict[int, asyncio.Future[None] | None] = {}
         self._early_acks: set[int] = set()  # PUBACKs that beat publish() to registering
@@ -212,6 +213,7 @@ class MqttSession:
 
     async def close(self) -> None:
         """Disconnect cleanly (the broker does not send the last will) and stop the loop."""
+        self._closing = True
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self._connected.clear()
@@ -286,7 +288,7 @@ class MqttSession:
         reason_code: ReasonCode,
         _properties: object,
     ) -> None:
-        if self._connected.is_set():  # log the change once, not every failed reconnect
+        if self._connected.is_set() and not self._closing:  # once, not every failed reconnect
             _log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
         self._in_loop(self._connected.clear)
 

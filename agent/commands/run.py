@@ -37,4 +37,8 @@ def run(config_path: Path, log_level: str) -> None:
         sys.exit(2)
     from agent.service.runner import run_service  # noqa: PLC0415 - keep --help fast
 
-    asyncio.run(run_service(config))
+    try:
+        asyncio.run(run_service(config))
+    except ConfigError as exc:  # found only when building the drivers (MQTT devices, no broker)
+        click.echo(str(exc), err=True)
+        sys.exit(2)

@@ -16,6 +16,7 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from adapters.transport.modbus_pool import ModbusPool
+from adapters.transport.mqtt_session import MqttSession
 from agent.config import SiteConfig
 from agent.ports import DeviceDriver
 from agent.service.drivers import build_drivers
@@ -23,7 +24,7 @@ from agent.service.events import EventBook
 from agent.service.intake import Intake, IntakeLimits
 from agent.service.messages import DispatchAck
 from agent.service.metrics import Metrics
-from agent.service.shell import Shell, ShellSettings
+from agent.service.shell import DriftCheck, Shell, ShellSettings
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
@@ -72,7 +73,6 @@ class Service:
     pool: ModbusPool
     outbox: Outbox
     wake: asyncio.Event
-    unsupported: Mapping[str, str]
 
     async def close(self) -> None:
         await self.pool.close()
@@ -86,17 +86,23 @@ def assemble(
     outbox: Outbox | None = None,
     drivers: Mapping[str, DeviceDriver] | None = None,
     settings: ShellSettings | None = None,
+    mqtt_session: MqttSession | None = None,
 ) -> Service:
-    """Build the service; resumes live events, overrides and engine memory from the database."""
+    """Build the service; resumes live events, overrides and engine memory from the database.
+
+    Without `drivers`, every configured device gets its driver (agent.service.drivers); those
+    reached over MQTT use `mqtt_session`, the service's session (ConfigError when there is none).
+    """
     outbox = outbox or MemoryOutbox()
     wake = asyncio.Event()
     metrics = Metrics()
     snapshot = SnapshotStore(on_urgent=wake.set)
-    store = Store(config.service.database)
     pool = ModbusPool()
-    unsupported: Mapping[str, str] = {}
-    if drivers is None:
-        drivers, unsupported = build_drivers(config.device_drivers(), pool)
+    drift_checks: Mapping[str, DriftCheck] = {}
+    if drivers is None:  # first: a device that cannot be driven stops the start here
+        built = build_drivers(config, pool, mqtt=mqtt_session, clock=clock)
+        drivers, drift_checks = built.drivers, built.drift_checks
+    store = Store(config.service.database)
 
     def on_verified(record: EventRecord, latency_s: float) -> None:
         del record
@@ -135,6 +141,7 @@ def assemble(
         store=store,
         events=events,
         metrics=metrics,
+        drift_checks=drift_checks,
     )
     # resume: engine memory, overrides, then live events (in that order: the events' shed
     # baselines live in the memory)
@@ -149,6 +156,4 @@ def assemble(
             store.delete_override(override.override_id)
     events.resume()
     wake.clear()
-    return Service(
-        config, snapshot, store, events, intake, shell, metrics, pool, outbox, wake, unsupported
-    )
+    return Service(config, snapshot, store, events, intake, shell, metrics, pool, outbox, wake)

@@ -8,6 +8,13 @@
   rejected   (never stored as an event) the message could not be taken; the reason says why
 
 A duplicate event_id changes nothing: the first message wins, later ones are audited and dropped.
+
+A source that revises its events in place (OpenADR: same event id, a new modification number, or
+the next interval of the event) goes through `revise` instead: a changed obligation replaces the
+live one under the same id (the engine keeps a shed's baseline by id, so it is never re-taken),
+the event goes back to "accepted" until the load is verified under the new ceiling, and the audit
+log records an "event-modified" row. An unchanged re-send (a VTN after a restart) changes nothing.
+MQTT events are never revised: the duplicate rule above stands for them.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from agent.domain.signals import ObligationCancel
+from agent.domain.signals import Obligation, ObligationCancel
 from agent.policy import Decision
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import FINAL_STATUSES, EventRecord, Store
@@ -86,13 +93,80 @@ class EventBook:
         self._snapshot(record.obligation())
         return True
 
-    def release(self, event_id: str, at: datetime, source: str) -> EventRecord | None:
+    def revise(
+        self, obligation: Obligation, now: datetime, revision: int | None, reason: str
+    ) -> str:
+        """Take an obligation from a source that revises events in place; returns the outcome:
+        accepted (a new event, or one that had finished), modified, unchanged, or conflict (a
+        live event of another source has this id: it is left alone)."""
+        record = self._live.get(obligation.event_id)
+        if record is None:
+            fresh = EventRecord(
+                event_id=obligation.event_id,
+                kind=obligation.kind.value,
+                requested_kw=obligation.kw,
+                start_utc=obligation.start_utc,
+                end_utc=obligation.end_utc,
+                program=obligation.program,
+                source=obligation.source,
+                status="accepted",
+                reason=reason,
+                received_at_utc=now,
+                updated_at_utc=now,
+                revision=revision,
+                revised_at_utc=now,
+            )
+            self._live[fresh.event_id] = fresh
+            self._save(fresh)
+            log.info("event %s accepted from %s: %s %.0f kW", fresh.event_id, fresh.source,
+                     fresh.kind, fresh.requested_kw)  # fmt: skip
+            self._snapshot(obligation)
+            return "accepted"
+        if record.source != obligation.source:
+            detail = {"ignored": True, "held_by": record.source}
+            self._store.audit(now, "conflict", record.event_id, detail, obligation.source)
+            log.warning("event %s from %s ignored: a live %s event has that id",
+                        record.event_id, obligation.source, record.source)  # fmt: skip
+            return "conflict"
+        if record.obligation() == obligation and record.revision == revision:
+            return "unchanged"
+        what = f"modification {revision}" if revision != record.revision else "next interval"
+        modified = replace(
+            record,
+            kind=obligation.kind.value,
+            requested_kw=obligation.kw,
+            start_utc=obligation.start_utc,
+            end_utc=obligation.end_utc,
+            program=obligation.program,
+            status="accepted",
+            reason=f"{what}: {reason}",
+            updated_at_utc=now,
+            achieved_kw=None,
+            verified_at_utc=None,
+            revision=revision,
+            revised_at_utc=now,
+        )
+        self._live[record.event_id] = modified
+        self._save(modified, audit_kind="event-modified", before=record)
+        log.info(
+            "event %s modified (%s): %s %.0f kW -> %s %.0f kW", record.event_id, what,
+            record.kind, record.requested_kw, obligation.kind.value, obligation.kw,
+        )  # fmt: skip
+        self._snapshot(obligation)  # same id: replaces the obligation, keeps a shed's baseline
+        return "modified"
+
+    def release(
+        self, event_id: str, at: datetime, source: str, reason: str | None = None
+    ) -> EventRecord | None:
         """The grid ends an event early; None when no live event has that id."""
         record = self._live.pop(event_id, None)
         if record is None:
             return None
         done = replace(
-            record, status="completed", reason=f"released by {source}", updated_at_utc=at
+            record,
+            status="completed",
+            reason=reason or f"released by {source}",
+            updated_at_utc=at,
         )
         self._save(done)
         log.info("event %s released by %s", event_id, source)
@@ -110,7 +184,8 @@ class EventBook:
             if ceiling is None or record.status != "accepted":
                 continue
             if verified_under(achieved_kw, ceiling):
-                latency_s = (now - record.received_at_utc).total_seconds()
+                asked_at = record.revised_at_utc or record.received_at_utc
+                latency_s = (now - asked_at).total_seconds()
                 active = replace(
                     record,
                     status="active",
@@ -139,21 +214,35 @@ class EventBook:
         self._save(done)
         log.info("event %s %s", record.event_id, done.status)
 
-    def _save(self, record: EventRecord) -> None:
+    def _save(
+        self,
+        record: EventRecord,
+        *,
+        audit_kind: str | None = None,
+        before: EventRecord | None = None,
+    ) -> None:
         assert record.status in FINAL_STATUSES | {"accepted", "active"}
+        detail: dict[str, object] = {
+            "kind": record.kind,
+            "requested_kw": record.requested_kw,
+            "achieved_kw": record.achieved_kw,
+            "reason": record.reason,
+            "program": record.program,
+        }
+        if record.revision is not None:
+            detail["revision"] = record.revision
+            detail["start_utc"] = record.start_utc.isoformat()
+            detail["end_utc"] = None if record.end_utc is None else record.end_utc.isoformat()
+        if before is not None:
+            detail["was"] = {"kind": before.kind, "requested_kw": before.requested_kw,
+                             "revision": before.revision}  # fmt: skip
         with self._store.transaction():
             self._store.put_event(record)
             self._store.audit(
                 record.updated_at_utc,
-                f"event-{record.status}",
+                audit_kind or f"event-{record.status}",
                 record.event_id,
-                {
-                    "kind": record.kind,
-                    "requested_kw": record.requested_kw,
-                    "achieved_kw": record.achieved_kw,
-                    "reason": record.reason,
-                    "program": record.program,
-                },
+                detail,
                 record.source,
             )
         self._ack(record)

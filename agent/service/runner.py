@@ -4,6 +4,7 @@
   devices    read every device's power every cycle_s (its own cadence), probing the unreachable
   prices     the configured price source pushes into the snapshot on ERCOT's rhythm
   telemetry  every 2 s on `<prefix>/telemetry`; decisions on `<prefix>/decision` when they change
+  openadr    the VEN, when the site file has an `openadr` section (its events wake the cycle)
 
 systemd: READY=1 after the first completed cycle, WATCHDOG=1 after every completed cycle (a hung
 cycle stops the kicks and systemd restarts us). SIGTERM lets the running cycle finish (never a
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
@@ -25,15 +27,18 @@ from agent.ports import SignalSource
 from agent.service.assembly import MemoryOutbox, Outbox, Service, assemble
 from agent.service.messages import DecisionMessage, SetpointOut, TelemetryMessage
 from agent.service.mqtt_link import MqttLink
+from agent.service.openadr import openadr_link, run_openadr
 from agent.service.prices import price_source
 from agent.service.shell import CycleReport
 from agent.service.systemd import notify
 
-__all__ = ["Runner", "decision_message", "run_service", "telemetry_message"]
+__all__ = ["Runner", "decision_message", "run_service", "serve", "telemetry_message"]
 
 log = logging.getLogger("gridflex.service")
 
 TELEMETRY_EVERY_S = 2.0
+
+Clock = Callable[[], datetime]
 
 
 def _utc_now() -> datetime:
@@ -167,6 +172,19 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
         link.on("dispatch", lambda data: _count(service, "dispatch", intake.dispatch(data)))
         link.on("override", lambda data: _count(service, "override", intake.override(data)))
         await link.start()
+    await serve(service, stop, link=link)
+
+
+async def serve(
+    service: Service,
+    stop: asyncio.Event,
+    *,
+    link: MqttLink | None = None,
+    clock: Clock = _utc_now,
+) -> None:
+    """Run an assembled service until `stop` is set: cycles, device reads, telemetry, the price
+    source and the OpenADR VEN (when the site is enrolled); then the shutdown posture."""
+    config = service.config
     if config.service.metrics_port is not None:
         service.metrics.serve(config.service.metrics_port)
     for record in service.events.live:
@@ -177,6 +195,9 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
     tasks = [asyncio.create_task(runner.devices()), asyncio.create_task(runner.telemetry())]
     if source is not None:
         tasks.append(asyncio.create_task(_run_source(source, service)))
+    openadr = openadr_link(service, clock)
+    if openadr is not None:
+        tasks.append(asyncio.create_task(run_openadr(openadr, service)))
     try:
         await runner.cycles()  # returns after the cycle running at SIGTERM completes
     finally:

@@ -23,17 +23,19 @@ from agent.domain.settings import Policy
 from agent.domain.signals import Signals
 from agent.errors import DeviceError, DeviceTimeoutError
 from agent.policy import Decision, Memory, decide
-from agent.ports import Capability, DeviceCommand, DeviceDriver
+from agent.ports import Capability, DeviceCommand, DeviceDriver, DeviceReading
 from agent.service.events import EventBook
 from agent.service.metrics import Metrics
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import SavedMemory, Store
 
-__all__ = ["CycleReport", "Shell", "ShellSettings"]
+__all__ = ["CycleReport", "DriftCheck", "Shell", "ShellSettings"]
 
 log = logging.getLogger("gridflex.shell")
 
 Clock = Callable[[], datetime]
+# True when a device no longer does what it was last told (adapters.devices.miners.drifted)
+DriftCheck = Callable[[DeviceCommand, DeviceReading], bool]
 _EPS_KW = 1e-6
 
 
@@ -75,6 +77,7 @@ class Shell:
         store: Store | None = None,
         events: EventBook | None = None,
         metrics: Metrics | None = None,
+        drift_checks: Mapping[str, DriftCheck] | None = None,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -91,6 +94,9 @@ class Shell:
         self.measured_kw: FloatArray = np.full(n, np.nan)
         self.applied_kw: FloatArray = np.full(n, np.nan)  # nan: unknown, (re)assert next cycle
         self.commanded_kw: FloatArray = np.full(n, np.nan)  # last sent, whether it took or not
+        checks = drift_checks or {}
+        self._drift_checks = [checks.get(device_id) for device_id in fleet.device_ids]
+        self._drift_resent = np.zeros(n, dtype=np.bool_)  # re-sent once since it last obeyed
         self.memory = Memory.initial(fleet)
         self.last: CycleReport | None = None
         self.follow_up = False  # a device failed: run again at once
@@ -154,6 +160,8 @@ class Shell:
             return
         if reading.power_kw is not None:
             self.measured_kw[i] = reading.power_kw
+            if self._resend_if_drifted(i, reading):
+                return
             excess = self._excess_kw(i, reading.power_kw)
             if excess:
                 self._mark_down(i, excess)
@@ -162,6 +170,31 @@ class Shell:
             self.available[i] = True
             self.applied_kw[i] = np.nan  # re-assert its setpoint next cycle
             log.info("%s recovered", self.fleet.device_ids[i])
+
+    def _resend_if_drifted(self, i: int, reading: DeviceReading) -> bool:
+        """A miner that drifted back (firmware reboot, auto-tuning) is sent its command again.
+
+        Once: the next cycle re-sends the setpoint. If it still draws too much after that
+        (firmware that answers OK and keeps hashing), the excess check below judges it as it
+        judges any device.
+        """
+        check, commanded = self._drift_checks[i], float(self.commanded_kw[i])
+        if check is None or np.isnan(commanded) or not self.available[i]:
+            return False
+        rated = float(self.fleet.rated_kw[i])
+        command = DeviceCommand(reading.device_id, commanded > _EPS_KW, commanded,
+                                100.0 * commanded / rated if rated else 0.0)  # fmt: skip
+        if not check(command, reading):
+            self._drift_resent[i] = False
+            return False
+        if self._drift_resent[i]:
+            # re-sent already: judge it, unless the cycle has not re-sent it yet
+            return bool(np.isnan(self.applied_kw[i]))
+        self._drift_resent[i] = True
+        self.applied_kw[i] = np.nan  # the next cycle re-sends the setpoint
+        log.info("%s drifted to %.2f kW against %.2f kW commanded; re-sending",
+                 self.fleet.device_ids[i], reading.power_kw, commanded)  # fmt: skip
+        return True
 
     def _excess_kw(self, i: int, power_kw: float) -> str:
         """Why a device draws more than it was told to ('' when it obeys).

@@ -83,6 +83,10 @@ class EventRecord:
     updated_at_utc: datetime
     achieved_kw: float | None = None
     verified_at_utc: datetime | None = None
+    # Sources that revise an event in place (OpenADR): the sender's revision (modification
+    # number) and when the obligation last changed. MQTT events keep None: a repeat is a duplicate.
+    revision: int | None = None
+    revised_at_utc: datetime | None = None
 
     def obligation(self) -> Obligation:
         return Obligation(
@@ -105,8 +109,11 @@ class EventRecord:
     @classmethod
     def from_json(cls, text: str) -> EventRecord:
         data = json.loads(text)
-        for key in ("start_utc", "end_utc", "received_at_utc", "updated_at_utc", "verified_at_utc"):
-            data[key] = _parse(data[key])
+        for key in (
+            "start_utc", "end_utc", "received_at_utc", "updated_at_utc", "verified_at_utc",
+            "revised_at_utc",
+        ):  # fmt: skip
+            data[key] = _parse(data.get(key))  # a row written before a field existed lacks it
         return cls(**data)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import uuid
 from pathlib import Path
@@ -21,23 +20,13 @@ from agent.commands.node import run_node
 from agent.config_drivers import GpuNodeDriverConfig, MqttDriverConfig
 from agent.errors import DeviceRejectedError, DeviceTimeoutError, DeviceUnavailableError
 from agent.ports import DeviceCommand
+from tests.adapters.devices.peers import FakeNvml, echoing_device
 
 
 def _session(broker: Any, name: str) -> MqttSession:
     return MqttSession(
         MqttSettings(host=broker.host, port=broker.port, client_id=f"{name}-{uuid.uuid4().hex[:6]}")
     )
-
-
-async def _echoing_device(session: MqttSession, command_topic: str, state_topic: str) -> None:
-    """A device that applies absolute setpoints and echoes its state (as firmware would)."""
-
-    def on_command(_topic: str, payload: bytes) -> None:
-        data = json.loads(payload)
-        state = {"on": data["on"], "kw": data["kw"], "power_kw": data["kw"] if data["on"] else 0.0}
-        asyncio.get_running_loop().create_task(session.publish(state_topic, json.dumps(state)))
-
-    session.subscribe(command_topic, on_command)
 
 
 def test_mqtt_device_applies_when_the_state_echo_matches(mqtt_broker: Any) -> None:
@@ -54,10 +43,9 @@ def test_mqtt_device_applies_when_the_state_echo_matches(mqtt_broker: Any) -> No
             echo_timeout_s=2.0,
         ).member(2)
         assert config.command_topic == f"{base}/3/set"
-        await _echoing_device(device, config.command_topic, config.state_topic)
+        await echoing_device(device, config.command_topic, config.state_topic)
         driver = MqttDriver("chiller-3", config, agent)
-        with pytest.raises(DeviceUnavailableError, match="no state yet"):
-            await driver.read()
+        assert (await driver.read()).power_kw is None  # not heard from yet: unknown, no fault
         await driver.apply(DeviceCommand("chiller-3", on=True, kw=40.0, percent=100.0))
         assert (await driver.read()).power_kw == 40.0
         await driver.apply(DeviceCommand("chiller-3", on=False, kw=0.0, percent=0.0))
@@ -84,6 +72,8 @@ def test_mqtt_device_that_never_echoes_times_out(mqtt_broker: Any) -> None:
         driver = MqttDriver("mute", config, agent)
         with pytest.raises(DeviceTimeoutError, match="no matching state"):
             await driver.apply(DeviceCommand("mute", on=False, kw=0.0, percent=0.0))
+        with pytest.raises(DeviceUnavailableError, match="no matching state"):
+            await driver.read()  # unavailable until it speaks again
         await agent.close()
 
     asyncio.run(scenario())
@@ -112,53 +102,6 @@ def test_session_reconnects_and_resubscribes_after_a_broker_restart(own_mqtt_bro
 
 
 # --- NVML replaced at the library-function boundary ------------------------------------------
-
-
-class FakeNvml:
-    """Two 700 W boards that accept caps in [200, 700] W, as an H100 SXM reports."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.limits_mw = [700_000, 700_000]
-        self.refuse_with: type[pynvml.NVMLError] | None = None
-        self.set_calls: list[tuple[int, int]] = []
-        for name in (
-            "nvmlInit",
-            "nvmlShutdown",
-            "nvmlDeviceGetCount",
-            "nvmlDeviceGetHandleByIndex",
-            "nvmlDeviceGetPowerManagementLimitConstraints",
-            "nvmlDeviceSetPowerManagementLimit",
-            "nvmlDeviceGetEnforcedPowerLimit",
-            "nvmlDeviceGetPowerUsage",
-        ):
-            monkeypatch.setattr(pynvml, name, getattr(self, name))
-
-    def nvmlInit(self) -> None:  # noqa: N802 - NVML names
-        pass
-
-    def nvmlShutdown(self) -> None:  # noqa: N802 - NVML names
-        pass
-
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 - NVML names
-        return 2
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802 - NVML names
-        return index
-
-    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: int) -> list[int]:  # noqa: N802 - NVML names
-        return [200_000, 700_000]
-
-    def nvmlDeviceSetPowerManagementLimit(self, handle: int, limit_mw: int) -> None:  # noqa: N802 - NVML names
-        if self.refuse_with is not None:
-            raise self.refuse_with(0)
-        self.set_calls.append((handle, limit_mw))
-        self.limits_mw[handle] = limit_mw
-
-    def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> int:  # noqa: N802 - NVML names
-        return self.limits_mw[handle]
-
-    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:  # noqa: N802 - NVML names
-        return int(self.limits_mw[handle] * 0.9)  # a loaded GPU runs just under its cap
 
 
 def test_caps_are_split_clamped_in_milliwatts_and_read_back(

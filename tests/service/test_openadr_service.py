@@ -1,0 +1,294 @@
+"""OpenADR through the running service: a real openleadr VTN on 127.0.0.1, the VEN started by
+`serve()` (what `gridflex run` runs), the shell over simulated Modbus devices on loopback.
+
+The VEN sees the site through the shell (verified kW), its events go through the event book
+(acks on dispatch/ack, the audit log), and the devices are what moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from openleadr import utils
+
+from adapters.devices.sim_modbus_server import SimModbusSite
+from agent.cli import main as gridflex
+from agent.config import OpenAdrConfig, SiteConfig
+from agent.domain.signals import Obligation, ObligationKind, PriceSignal
+from agent.service.assembly import MemoryOutbox, Service, assemble
+from agent.service.events import EventBook
+from agent.service.messages import DispatchAck
+from agent.service.runner import serve
+from agent.service.simsite import endpoints_for
+from agent.service.snapshot import SnapshotStore
+from agent.service.store import Store
+from tests.adapters.signals.openadr_rig import Vtn, wait_until
+from tests.conftest import free_port
+from tests.service.site import site_config
+
+# openleadr's VTN stores itself in its aiohttp app under a string key (test side only).
+pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+
+CONTROLS_KW = 5.0  # no driver: counted at its rating, never simulated
+FULL_KW = 48 * 3.25 + 2 * 100 + CONTROLS_KW  # 361 kW
+LEVEL_2_CEILING_KW = 200.0
+LEVEL_3_CEILING_KW = 120.0
+VEN_NAME = "small-site"
+VEN_ID = f"ven-{VEN_NAME}"  # what the test VTN assigns
+TOLERANCE = 1.005  # events.verified_under: 0.5 %
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def enrolled(tmp_path: Path, vtn: Vtn, tag: str) -> SiteConfig:
+    config = site_config(
+        tmp_path / "db.sqlite3", free_port(), tag=tag, host_a="127.0.7.1", host_b="127.0.7.101"
+    )
+    openadr = OpenAdrConfig.model_validate(
+        {
+            "vtn_url": vtn.url,
+            "ven_name": VEN_NAME,
+            "allow_plain_http": True,
+            "poll_interval_s": 0.2,  # the default (the VTN's oadrPollFreq) would make slow tests
+            "simple_levels": {
+                0: {"posture": "none"},
+                2: {"ceiling_kw": LEVEL_2_CEILING_KW},
+                3: {"ceiling_kw": LEVEL_3_CEILING_KW},
+            },
+            "load_control": {"meaning": "shed", "unit": "kW"},
+        }
+    )
+    return config.model_copy(update={"openadr": openadr})
+
+
+@dataclass
+class Running:
+    service: Service
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def outbox(self) -> MemoryOutbox:
+        assert isinstance(self.service.outbox, MemoryOutbox)
+        return self.service.outbox
+
+    def acks(self, event_id: str) -> list[DispatchAck]:
+        return [
+            m for t, m in self.outbox.sent
+            if t == "dispatch/ack" and isinstance(m, DispatchAck) and m.event_id == event_id
+        ]  # fmt: skip
+
+    def statuses(self, event_id: str) -> list[str]:
+        return [a.status for a in self.acks(event_id)]
+
+    def site_kw(self) -> float:
+        return self.service.shell.site_kw()
+
+    async def stopped(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 10)
+
+
+@contextlib.asynccontextmanager
+async def service_running(config: SiteConfig) -> AsyncIterator[Running]:
+    service = assemble(config, clock=utc_now)
+    start = utc_now().replace(second=0, microsecond=0)
+    # a cheap price: every class runs, so whatever is shed, an event shed it
+    service.snapshot(PriceSignal(30.0, start, start + timedelta(hours=2), start, source="test"))
+    stop = asyncio.Event()
+    running = Running(service, stop, asyncio.create_task(serve(service, stop)))
+    try:
+        yield running
+    finally:
+        if not running.task.done():
+            await running.stopped()
+
+
+def devices_kw(sim: SimModbusSite) -> float:
+    """What the simulated devices draw, plus the controls (no driver)."""
+    drawn_w = sum(e.power_w(c) for e in sim.endpoints for c in range(1, e.profile.channels + 1))
+    return drawn_w / 1e3 + CONTROLS_KW
+
+
+def reports_sampled_after(vtn: Vtn, moment: datetime) -> list[float]:
+    return [value for sampled_at, value in vtn.reports if sampled_at > moment]
+
+
+def audit(db: Path) -> list[dict[str, Any]]:
+    """`gridflex audit` as the site engineer runs it."""
+    result = CliRunner().invoke(
+        gridflex, ["audit", "--database", str(db), "--since", "1h", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines() if line.strip()]
+
+
+def test_a_level_2_event_sheds_the_site_is_modified_survives_a_vtn_restart_and_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        vtn = Vtn(port=free_port())
+        config = enrolled(tmp_path, vtn, "oa")
+        await vtn.start()
+        async with SimModbusSite(endpoints_for(config)) as sim, service_running(config) as run:
+            await wait_until(lambda: VEN_ID in vtn.registrations, 10, "the VEN to register")
+            await wait_until(lambda: FULL_KW in [v for _, v in vtn.reports], 5, "a full report")
+
+            # a SIMPLE level-2 event: opt in, shed to the mapped ceiling, verified, acked
+            event = vtn.event(VEN_ID, [2.0], interval_s=600)
+            event_id = vtn.publish(VEN_ID, event)
+            await wait_until(lambda: (event_id, "optIn") in vtn.opt_types, 5, "the opt-in")
+            await wait_until(lambda: "active" in run.statuses(event_id), 5, "the event active")
+            assert run.statuses(event_id) == ["accepted", "active"]
+            assert run.site_kw() <= LEVEL_2_CEILING_KW * TOLERANCE
+            assert devices_kw(sim) <= LEVEL_2_CEILING_KW * TOLERANCE
+            assert devices_kw(sim) < FULL_KW - 100  # the devices moved, not just the plan
+            active = run.acks(event_id)[-1]
+            assert active.achieved_kw == pytest.approx(run.site_kw(), abs=0.01)
+            record = run.service.store.event(event_id)
+            assert record is not None
+            assert (record.source, record.program) == ("openadr", "http://program.example/dr")
+            shed_at = utc_now()
+            await wait_until(lambda: bool(reports_sampled_after(vtn, shed_at)), 5, "a report")
+            assert max(reports_sampled_after(vtn, shed_at)) <= LEVEL_2_CEILING_KW * TOLERANCE
+
+            # a modification to level 3: the same event, a lower ceiling, verified again
+            vtn.modify(VEN_ID, event_id, [3.0])
+            await wait_until(lambda: run.statuses(event_id).count("active") == 2, 5, "level 3")
+            assert run.statuses(event_id) == ["accepted", "active", "accepted", "active"]
+            assert "modification 1" in run.acks(event_id)[2].reason
+            assert devices_kw(sim) <= LEVEL_3_CEILING_KW * TOLERANCE
+            assert [e.event_id for e in run.service.events.live] == [event_id]
+            assert run.service.events.live[0].revision == 1
+
+            # the VTN goes away: the event stands; it comes back (a fresh process that forgot
+            # every registration, the program still has the event): the VEN re-joins
+            modified = utils.find_by(vtn.server.events[VEN_ID], "event_descriptor.event_id",
+                                     event_id)  # fmt: skip
+            first_registration = vtn.registrations[VEN_ID]
+            await vtn.stop()
+            await asyncio.sleep(1.0)
+            assert run.site_kw() <= LEVEL_3_CEILING_KW * TOLERANCE
+            await vtn.start()
+            vtn.server.add_raw_event(ven_id=VEN_ID, event=modified)
+            await wait_until(lambda: VEN_ID in vtn.registrations, 10, "the re-registration")
+            assert vtn.registrations[VEN_ID] != first_registration
+            rejoined_at = utc_now()
+            await wait_until(lambda: bool(reports_sampled_after(vtn, rejoined_at)), 5, "reports")
+            assert max(reports_sampled_after(vtn, rejoined_at)) <= LEVEL_3_CEILING_KW * TOLERANCE
+            assert run.statuses(event_id) == ["accepted", "active", "accepted", "active"]
+            assert [e.event_id for e in run.service.events.live] == [event_id]
+
+            # a cancellation releases the event and the load comes back
+            vtn.cancel(VEN_ID, event_id)
+            await wait_until(lambda: "completed" in run.statuses(event_id), 5, "the release")
+            assert "cancelled by the VTN" in run.acks(event_id)[-1].reason
+            await wait_until(lambda: devices_kw(sim) == FULL_KW, 5, "the devices back on")
+            restored_at = utc_now()
+            await wait_until(
+                lambda: FULL_KW in reports_sampled_after(vtn, restored_at), 5, "a full report"
+            )
+            assert not run.service.events.live
+        await vtn.stop()
+
+        rows = [r for r in audit(config.service.database) if r["subject"] == event_id]
+        kinds = [r["kind"] for r in rows]
+        assert [k for k in kinds if k.startswith("event-")] == [
+            "event-accepted", "event-active", "event-modified", "event-active", "event-completed",
+        ]  # fmt: skip
+        assert {r["source"] for r in rows} == {"openadr"}
+        modified_row = rows[kinds.index("event-modified")]
+        assert modified_row["detail"]["was"]["requested_kw"] == LEVEL_2_CEILING_KW
+        assert modified_row["detail"]["requested_kw"] == LEVEL_3_CEILING_KW
+        opts = [(r["kind"], r["detail"]["modification_number"]) for r in rows
+                if r["kind"].startswith("openadr-")]  # fmt: skip
+        assert opts == [("openadr-optIn", 0), ("openadr-optIn", 1), ("openadr-optIn", 2)]
+
+    asyncio.run(main())
+
+
+def test_a_modified_shed_keeps_its_baseline_and_a_restart_resumes_it_without_a_second_shed(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        vtn = Vtn(port=free_port())
+        config = enrolled(tmp_path, vtn, "ob")
+        await vtn.start()
+        async with SimModbusSite(endpoints_for(config)) as sim:
+            async with service_running(config) as first:
+                await wait_until(lambda: VEN_ID in vtn.registrations, 10, "the VEN to register")
+                event = vtn.event(VEN_ID, [200.0], interval_s=600, signal_name="LOAD_CONTROL",
+                                  signal_type="x-loadControlSetpoint")  # fmt: skip
+                event_id = vtn.publish(VEN_ID, event)
+                await wait_until(lambda: "active" in first.statuses(event_id), 5, "the shed")
+                assert devices_kw(sim) <= (FULL_KW - 200) * TOLERANCE
+
+                # 250 kW below the baseline taken at the start (361), not below today's load:
+                # judged against today's 161 kW it would even be opted out as infeasible
+                vtn.modify(VEN_ID, event_id, [250.0])
+                await wait_until(lambda: first.statuses(event_id).count("active") == 2, 5, "250")
+                assert first.service.shell.last is not None
+                ceiling = first.service.shell.last.decision.site_ceiling_kw
+                assert ceiling == pytest.approx(FULL_KW - 250)
+                assert devices_kw(sim) <= (FULL_KW - 250) * TOLERANCE
+                held_kw = devices_kw(sim)
+            # stopped (devices hold); a new process starts from the database, the VTN is the same
+
+            restarted_at = utc_now()
+            async with service_running(config) as second:
+                assert [e.event_id for e in second.service.events.live] == [event_id]
+                await wait_until(lambda: VEN_ID in vtn.registrations, 10, "the VEN to register")
+                await wait_until(
+                    lambda: any(r.kind == "openadr-optIn" and r.subject == event_id
+                                and r.detail["reason"] == "resumed after a restart"
+                                for r in second.service.store.audit_since(restarted_at)),
+                    5, "the re-sent event taken up",
+                )  # fmt: skip
+                await asyncio.sleep(1.0)  # several cycles
+                assert second.statuses(event_id) == []  # no second "accepted", nothing changed
+                assert second.service.shell.last is not None
+                ceiling = second.service.shell.last.decision.site_ceiling_kw
+                assert ceiling == pytest.approx(FULL_KW - 250)  # the same baseline
+                assert devices_kw(sim) == pytest.approx(held_kw)
+                assert [e.status for e in second.service.events.live] == ["active"]
+        await vtn.stop()
+
+    asyncio.run(main())
+
+
+def test_a_revising_source_never_rewrites_an_mqtt_event_and_an_unchanged_resend_is_nothing(
+    tmp_path: Path,
+) -> None:
+    """The MQTT rule (a repeated event_id changes nothing) stands beside OpenADR's revisions."""
+    store = Store(tmp_path / "db.sqlite3")
+    snapshot = SnapshotStore()
+    acked: list[str] = []
+    book = EventBook(store, snapshot, lambda r: acked.append(f"{r.event_id} {r.status}"))
+    now = utc_now()
+    mqtt_event = Obligation("ev-1", ObligationKind.LIMIT, 150.0, now, None, "ERS", "mqtt")
+    book.revise(mqtt_event, now, None, "as if from MQTT")  # the shortest way to hold one
+    openadr = replace(mqtt_event, kw=90.0, source="openadr")
+    assert book.revise(openadr, now, 0, "OpenADR event") == "conflict"
+    assert snapshot.obligations["ev-1"].kw == 150.0
+
+    oadr = Obligation("oadr-1", ObligationKind.SHED, 50.0, now, None, "dr", "openadr")
+    assert book.revise(oadr, now, 0, "OpenADR event") == "accepted"
+    assert book.revise(oadr, now, 0, "OpenADR event") == "unchanged"
+    assert book.revise(replace(oadr, kw=80.0), now, 1, "OpenADR modification 1") == "modified"
+    assert snapshot.obligations["oadr-1"].kw == 80.0
+    assert acked == ["ev-1 accepted", "oadr-1 accepted", "oadr-1 accepted"]
+    kinds = [(r.subject, r.kind) for r in store.audit_since(now - timedelta(seconds=1))]
+    assert ("ev-1", "conflict") in kinds
+    assert [k for s, k in kinds if s == "oadr-1"] == ["event-accepted", "event-modified"]
+    store.close()
