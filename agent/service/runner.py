@@ -166,7 +166,8 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
         client_id = config.mqtt.client_id or f"gridflex-{config.site.id}"
         link = MqttLink(config.mqtt, config.topic_prefix, client_id)
         outbox = link
-    service = assemble(config, clock=_utc_now, outbox=outbox)
+    session = None if link is None else link.session  # MQTT devices share it
+    service = assemble(config, clock=_utc_now, outbox=outbox, mqtt_session=session)
     if link is not None:
         intake = service.intake
         link.on("dispatch", lambda data: _count(service, "dispatch", intake.dispatch(data)))
