@@ -28,6 +28,7 @@ from agent.errors import ConfigError
 from agent.service.assembly import MemoryOutbox, Service, assemble
 from agent.service.messages import DispatchAck
 from agent.service.mqtt_link import MqttLink
+from agent.service.runner import run_service
 from agent.service.simsite import endpoints_for
 from tests.adapters.devices.peers import FakeNvml, echoing_device
 from tests.conftest import Broker, free_port
@@ -217,3 +218,48 @@ def test_mqtt_devices_without_an_mqtt_section_stop_the_start(tmp_path: Path) -> 
     assert "no `mqtt` section: chiller, gpu" in result.output
     assert "4 miner(s) run braiins firmware" in result.output
     assert not (tmp_path / "db2.sqlite3").exists()  # nothing was started
+
+
+RUN_SITE = """
+site: {{id: run-{tag}, timezone: America/Chicago}}
+classes:
+  cooling: {{priority: flexible, economics: {{kind: fixed, value_usd_per_mwh: 400}}}}
+devices:
+  - {{id: chiller, kind: cooling, class: cooling, rated_kw: 20, min_kw: 5, control: power_limit,
+     driver: {{type: mqtt, command_topic: "{base}/set", state_topic: "{base}/state",
+     echo_timeout_s: 3}}}}
+policy: {{stale_posture: run_all}}
+prices: {{source: none}}
+mqtt: {{host: {host}, port: {port}, client_id: run-{tag}}}
+service: {{cycle_s: 0.2, database: "{db}", metrics_port: null}}
+"""
+
+
+def test_gridflex_run_commands_mqtt_devices_over_its_own_session(
+    mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    base = f"test/{tag}/chiller"
+    config = parse_config(
+        RUN_SITE.format(tag=tag, base=base, host=mqtt_broker.host, port=mqtt_broker.port,
+                        db=tmp_path / "db.sqlite3"),
+        env={},
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        device = _session(mqtt_broker, "chiller")
+        await device.connect()
+        commands: asyncio.Queue[bytes] = asyncio.Queue()
+        device.subscribe(f"{base}/set", lambda _topic, payload: commands.put_nowait(payload))
+        await echoing_device(device, f"{base}/set", f"{base}/state")
+        stop = asyncio.Event()
+        service = asyncio.create_task(run_service(config, stop))
+        try:
+            first = json.loads(await asyncio.wait_for(commands.get(), 10))
+            assert (first["on"], first["kw"]) == (True, 20.0)  # run_all: the chiller at rated
+        finally:
+            stop.set()
+            await asyncio.wait_for(service, 10)
+            await device.close()
+
+    asyncio.run(scenario())
