@@ -102,6 +102,14 @@ class Shell:
         self.follow_up = False  # a device failed: run again at once
         self._last_batch_s = -np.inf
         self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
+        # Bumped when a command to the device starts and again when it ends (odd: in flight). A
+        # poll reading that overlapped a command may predate it: the command's own verification
+        # speaks for the device, the reading is dropped (else a device read just before it was
+        # switched off would be judged "drawing against 0 kW commanded" and marked down).
+        self._command_seq = np.zeros(n, dtype=np.int64)
+        self._applies = 0
+        self._no_apply = asyncio.Event()  # set while no command fan-out runs: polls may read
+        self._no_apply.set()
         self._value_order = np.argsort(
             [-fleet.classes[int(c)].value_usd_per_mwh for c in fleet.class_index], kind="stable"
         )
@@ -145,18 +153,33 @@ class Shell:
         """Read devices (all by default); an unreachable one becomes unavailable, a reachable
         one available again. Each change is logged once."""
         idx = np.flatnonzero(self.has_driver) if indices is None else indices
-        await asyncio.gather(*(self._read_one(int(i)) for i in idx))
+        todo = iter(idx.tolist())
+
+        # A bounded set of readers, each waiting out a command fan-out before its next read: a
+        # dispatch cycle never queues behind a whole poll of the site for connections and slots.
+        async def reader() -> None:
+            for i in todo:
+                await self._no_apply.wait()
+                await self._read_one(i)
+
+        workers = min(len(idx), self.settings.max_concurrency)
+        await asyncio.gather(*(reader() for _ in range(workers)))
         if self._metrics is not None:
             self._metrics.devices_available.set(int(self.available.sum()))
 
     async def _read_one(self, i: int) -> None:
         driver = self._drivers[i]
         assert driver is not None
+        seq = int(self._command_seq[i])
         try:
             async with self._semaphore, asyncio.timeout(self.settings.verify_timeout_s):
                 reading = await driver.read()
         except (DeviceError, TimeoutError) as exc:
+            if self._overlapped(i, seq):
+                return
             self._mark_down(i, str(exc))
+            return
+        if self._overlapped(i, seq):
             return
         if reading.power_kw is not None:
             self.measured_kw[i] = reading.power_kw
@@ -170,6 +193,10 @@ class Shell:
             self.available[i] = True
             self.applied_kw[i] = np.nan  # re-assert its setpoint next cycle
             log.info("%s recovered", self.fleet.device_ids[i])
+
+    def _overlapped(self, i: int, seq_before: int) -> bool:
+        """Whether a command to device i ran during a read that began at `seq_before`."""
+        return seq_before % 2 == 1 or int(self._command_seq[i]) != seq_before
 
     def _resend_if_drifted(self, i: int, reading: DeviceReading) -> bool:
         """A miner that drifted back (firmware reboot, auto-tuning) is sent its command again.
@@ -300,7 +327,14 @@ class Shell:
         return failed
 
     async def _apply(self, changed: np.ndarray, target: FloatArray) -> dict[str, str]:
-        results = await asyncio.gather(*(self._apply_one(int(i), target) for i in changed))
+        self._applies += 1
+        self._no_apply.clear()
+        try:
+            results = await asyncio.gather(*(self._apply_one(int(i), target) for i in changed))
+        finally:
+            self._applies -= 1
+            if not self._applies:
+                self._no_apply.set()
         return {
             self.fleet.device_ids[i]: why for i, why in zip(changed, results, strict=True) if why
         }
@@ -313,6 +347,7 @@ class Shell:
         device_id = self.fleet.device_ids[i]
         command = DeviceCommand(device_id, kw > _EPS_KW, kw, 100.0 * kw / rated if rated else 0.0)
         self.commanded_kw[i] = kw
+        self._command_seq[i] += 1
         try:
             async with self._semaphore, asyncio.timeout(self.settings.verify_timeout_s):
                 # A driver that proved the command by measured power returns that measurement:
@@ -332,6 +367,8 @@ class Shell:
         except DeviceError as exc:
             self._mark_down(i, str(exc))
             return str(exc)
+        finally:
+            self._command_seq[i] += 1  # over: readings from now on see what it left
         return ""
 
     def _reads_after(self, driver: DeviceDriver) -> bool:
