@@ -17,10 +17,16 @@ __all__ = ["FakeNvml", "echoing_device"]
 async def echoing_device(session: MqttSession, command_topic: str, state_topic: str) -> None:
     """A device that applies absolute setpoints and echoes its state (as firmware would)."""
 
+    pending: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly: keep them alive
+
     def on_command(_topic: str, payload: bytes) -> None:
         data = json.loads(payload)
         state = {"on": data["on"], "kw": data["kw"], "power_kw": data["kw"] if data["on"] else 0.0}
-        asyncio.get_running_loop().create_task(session.publish(state_topic, json.dumps(state)))
+        task = asyncio.get_running_loop().create_task(
+            session.publish(state_topic, json.dumps(state))
+        )
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     session.subscribe(command_topic, on_command)
 
