@@ -381,6 +381,7 @@ class ConfigIssue(BaseModel):
         return f"{where}: {self.path or '<top>'}: {self.message}{shown}"
 
 
+_OVER_MQTT = frozenset({"mqtt", "gpu_node"})  # driver types that need the site's MQTT connection
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_WORDS = ("password", "secret", "token", "key")
 
@@ -483,6 +484,12 @@ def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
             problems.append(
                 (("devices", i, "min_kw"), minimum, f"exceeds rated_kw {rated}: must be <= rated")
             )
+        driver = device.get("driver")
+        if isinstance(driver, dict) and driver.get("type") in _OVER_MQTT and not raw.get("mqtt"):
+            problems.append(
+                (("devices", i, "driver", "type"), driver.get("type"),
+                 "this device is reached over MQTT but the site file has no `mqtt` section")
+            )  # fmt: skip
         device_id = device.get("id")
         if isinstance(device_id, str):
             if device_id in seen:

@@ -66,7 +66,9 @@ class MinerDriverConfig(_Strict):
     type: Literal["miner"]
     host: str
     port: int = Field(default=4028, ge=1, le=65535)
-    firmware: Literal["luxos", "cgminer", "braiins", "vnish"] = "luxos"
+    # The driver speaks the LuxOS dialect of the CGMiner API (logon, curtail, profileset);
+    # other firmware would refuse every command, so the site file may not name it.
+    firmware: Literal["luxos"] = "luxos"
     timeout_s: float = Field(default=2.0, gt=0, le=30)
 
     def member(self, index: int) -> MinerDriverConfig:

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,15 +36,12 @@ from agent.errors import (
     DeviceTimeoutError,
     DeviceUnavailableError,
 )
-from agent.ports import Capability, DeviceCommand, DeviceDriver, DeviceReading
+from agent.ports import Capability, DeviceCommand, DeviceReading
 
 __all__ = [
     "MinerDriver",
-    "RestoreStep",
     "cgminer_call",
     "drifted",
-    "restore_plan",
-    "restore_staggered",
 ]
 
 _MAX_REPLY_BYTES = 1 << 20
@@ -161,7 +157,7 @@ class MinerDriver:
             raise
 
 
-# --- restoring and holding a curtailment -------------------------------------------------------
+# --- holding a curtailment ---------------------------------------------------------------------
 
 
 def drifted(
@@ -181,57 +177,3 @@ def drifted(
     if not command.on:
         return reading.power_kw > off_max_kw
     return command.kw > 0 and reading.power_kw > command.kw * (1.0 + tolerance)
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreStep:
-    offset_s: float
-    device_ids: tuple[str, ...]
-
-
-def restore_plan(
-    device_ids: Sequence[str], *, batch_size: int, interval_s: float
-) -> list[RestoreStep]:
-    """Batches of at most `batch_size` devices, `interval_s` apart, in the given (merit) order.
-
-    Waking 5,000 miners at once steps a site by tens of MW; the grid and the site's own
-    transformers want ramps. Pure: the shell schedules the steps.
-    """
-    if batch_size < 1 or interval_s < 0:
-        raise ValueError("batch_size >= 1 and interval_s >= 0")
-    return [
-        RestoreStep(
-            offset_s=index * interval_s, device_ids=tuple(device_ids[start : start + batch_size])
-        )
-        for index, start in enumerate(range(0, len(device_ids), batch_size))
-    ]
-
-
-async def restore_staggered(
-    drivers: Sequence[DeviceDriver],
-    command_for: Callable[[str], DeviceCommand],
-    *,
-    batch_size: int,
-    interval_s: float,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> dict[str, Exception | None]:
-    """Apply `command_for(device_id)` batch by batch; returns each device's error (or None).
-
-    One device's failure does not stop the ramp: its error is returned as state for the shell.
-    """
-    by_id = {driver.device_id: driver for driver in drivers}
-    outcome: dict[str, Exception | None] = {}
-    elapsed = 0.0
-    for step in restore_plan(list(by_id), batch_size=batch_size, interval_s=interval_s):
-        if step.offset_s > elapsed:
-            await sleep(step.offset_s - elapsed)
-            elapsed = step.offset_s
-        results = await asyncio.gather(
-            *(by_id[device_id].apply(command_for(device_id)) for device_id in step.device_ids),
-            return_exceptions=True,
-        )
-        for device_id, result in zip(step.device_ids, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result
-            outcome[device_id] = result if isinstance(result, Exception) else None
-    return outcome

@@ -24,7 +24,6 @@ from adapters.transport.mqtt_session import MqttSession, MqttSettings
 from agent.cli import main as cli_main
 from agent.commands.node import run_node
 from agent.config import SiteConfig, parse_config
-from agent.errors import ConfigError
 from agent.service.assembly import MemoryOutbox, Service, assemble
 from agent.service.messages import DispatchAck
 from agent.service.mqtt_link import MqttLink
@@ -205,18 +204,17 @@ async def _dispatch_release_drift(
     assert shell.measured_kw[index["chiller"]] == 20.0
 
 
-def test_mqtt_devices_without_an_mqtt_section_stop_the_start(tmp_path: Path) -> None:
-    config = _site(tmp_path, None, "nomqtt", 4028)
-    with pytest.raises(ConfigError, match=r"2 device\(s\) are reached over MQTT .*: chiller, gpu"):
-        assemble(config, clock=FakeClock())
+def test_mqtt_devices_without_an_mqtt_section_are_a_config_error(tmp_path: Path) -> None:
     site_file = tmp_path / "site.yaml"
     text = SITE.format(tag="nomqtt", modbus_port=1502, miner_port=4028, base="t", node_id="g",
                        mqtt="", db=tmp_path / "db2.sqlite3")  # fmt: skip
     site_file.write_text(text.replace("timeout_s: 1}", "timeout_s: 1, firmware: braiins}"))
-    result = CliRunner().invoke(cli_main, ["run", "--config", str(site_file)])
-    assert result.exit_code == 2, result.output
-    assert "no `mqtt` section: chiller, gpu" in result.output
-    assert "4 miner(s) run braiins firmware" in result.output
+    for command in (["check-config", str(site_file)], ["run", "--config", str(site_file)]):
+        result = CliRunner().invoke(cli_main, command)
+        assert result.exit_code == 2, result.output
+        output = result.output  # click's runner mixes stderr in
+        assert output.count("reached over MQTT but the site file has no `mqtt` section") == 2
+        assert "firmware: Input should be 'luxos'" in output
     assert not (tmp_path / "db2.sqlite3").exists()  # nothing was started
 
 

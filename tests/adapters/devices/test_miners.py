@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from adapters.devices.miners import MinerDriver, drifted, restore_plan, restore_staggered
+from adapters.devices.miners import MinerDriver, drifted
 from adapters.devices.sim_miners import FakeMinerFleet
 from agent.config_drivers import MinerDriverConfig
 from agent.errors import DeviceRejectedError, DeviceTimeoutError, DeviceUnavailableError
@@ -99,44 +99,6 @@ def test_firmware_errors_refusals_and_silence_are_translated() -> None:
                 await silent.read()
         finally:
             listener.close()
-
-    asyncio.run(scenario())
-
-
-def test_restore_plan_batches_in_order_with_intervals() -> None:
-    ids = [f"m{k}" for k in range(7)]
-    plan = restore_plan(ids, batch_size=3, interval_s=20.0)
-    assert [(step.offset_s, step.device_ids) for step in plan] == [
-        (0.0, ("m0", "m1", "m2")),
-        (20.0, ("m3", "m4", "m5")),
-        (40.0, ("m6",)),
-    ]
-    with pytest.raises(ValueError, match="batch_size"):
-        restore_plan(ids, batch_size=0, interval_s=1.0)
-
-
-def test_staggered_restore_wakes_real_miners_batch_by_batch() -> None:
-    port = free_port()
-
-    async def scenario() -> None:
-        async with FakeMinerFleet(10, first_host="127.0.8.1", port=port) as fleet:
-            group = _group("127.0.8.1", port)
-            drivers = [MinerDriver(f"m{k}", group.member(k)) for k in range(10)]
-            await asyncio.gather(*(d.apply(SLEEP) for d in drivers))
-            awake_at_each_wait: list[int] = []
-            waits: list[float] = []
-
-            async def fake_sleep(seconds: float) -> None:
-                waits.append(seconds)
-                awake_at_each_wait.append(sum(not m.sleeping for m in fleet.miners))
-
-            outcome = await restore_staggered(
-                drivers, lambda _id: FULL, batch_size=4, interval_s=30.0, sleep=fake_sleep
-            )
-            assert waits == [30.0, 30.0]
-            assert awake_at_each_wait == [4, 8]  # never more than one batch at a time
-            assert all(not m.sleeping for m in fleet.miners)
-            assert set(outcome.values()) == {None}
 
     asyncio.run(scenario())
 
