@@ -7,15 +7,22 @@ service code `gridflex run` uses (snapshot, decide, apply over Modbus, verify, e
 Simulated time leaps 5 minutes per cycle, so a day takes seconds. At 11:00 an ERCOT RRS
 deployment arrives as a dispatch message (the same JSON an operator would send over MQTT) and a
 PDU stops obeying mid-event, to show the service planning around it.
+
+When a broker answers (127.0.0.1:1883 unless told otherwise), the service runs its real MQTT
+interface and the dispatch arrives over MQTT (agent/service/demo_mqtt.py), so a SCADA integrator
+can watch with `mosquitto_sub -t 'gridflex/#' -v`; otherwise one line says why not, and the
+dispatch is handed to the service in-process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
@@ -31,15 +38,17 @@ from rich.text import Text
 
 from adapters.devices.sim_modbus_server import SimModbusSite
 from adapters.signals.replay import load_canonical_prices, price_schedule
+from adapters.transport.mqtt_session import MqttError
 from agent.config import SiteConfig, parse_config
 from agent.domain.signals import PriceSignal
 from agent.policy import Rule
-from agent.service.assembly import MemoryOutbox, Service, assemble
+from agent.service.assembly import Service, assemble
+from agent.service.demo_mqtt import DemoMqtt, DemoMqttLink, DemoOutbox, open_demo_mqtt
 from agent.service.messages import DispatchAck
 from agent.service.shell import CycleReport
 from agent.service.simsite import sim_site_for
 
-__all__ = ["DemoOptions", "DemoSummary", "run_demo"]
+__all__ = ["DemoMqtt", "DemoOptions", "DemoSummary", "run_demo"]
 
 STEP = timedelta(minutes=5)
 PRICES_FILE = "ercot_rt_spp_15min_hb_hubavg_2024.csv.gz"
@@ -55,6 +64,7 @@ class DemoOptions:
     live: bool | None = None  # None: a live view only on a terminal
     from_hour: int = 0  # local hours of the day to run (tests run a slice)
     to_hour: int = 24
+    mqtt: DemoMqtt | None = None  # where to look for a broker; None: in-process only
 
 
 @dataclass
@@ -70,6 +80,8 @@ class DemoSummary:
     acks: list[DispatchAck] = field(default_factory=list)
     wall_s: float = 0.0
     max_cycle_s: float = 0.0
+    mqtt: str = "not used"  # where the demo published, or why it did not
+    mqtt_prefix: str | None = None
 
 
 def free_loopback_port() -> int:
@@ -127,41 +139,121 @@ async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
     prices = _day_prices(options.day, zone)
     start, end, dispatch_at = _times(options, zone)
     clock = _Clock(start)
-    outbox = MemoryOutbox()
+    outbox = DemoOutbox()
     summary = DemoSummary()
     live = console.is_terminal if options.live is None else options.live
     steps = int((end - start) / STEP)
     pace_s = options.seconds / steps if options.seconds > 0 else 0.0
     began = time.perf_counter()
-    # the view shows state changes; per-device log lines would tear the live display
-    logging.getLogger("gridflex").setLevel(logging.ERROR)
-    async with sim_site_for(config) as sim:
+    async with sim_site_for(config) as sim, _quiet_logs():
         service = assemble(config, clock=clock, outbox=outbox)
-        await service.shell.poll()
-        view = _View(service, zone, options.dispatch_target_kw)
-        pending = list(prices)
-        with Live(view.render(None, summary), console=console, auto_refresh=False,
-                  transient=False) if live else _NoLive() as screen:  # fmt: skip
-            for step in range(steps):
-                tick = time.perf_counter()
-                clock.now = start + step * STEP
-                while pending and pending[0].observed_at_utc <= clock.now:
-                    service.snapshot(pending.pop(0))
-                _scripted(clock.now, dispatch_at, service, sim, view, options)
-                report = await _cycle(service)
-                _account(summary, report, service, outbox)
-                view.observe(report, outbox)
-                if live:
-                    screen.update(view.render(report, summary), refresh=True)
-                elif clock.now.astimezone(zone).minute == 0 or view.fresh_notes:
-                    console.print(view.line(report))
-                view.fresh_notes = False
-                if pace_s:
-                    await asyncio.sleep(max(0.0, pace_s - (time.perf_counter() - tick)))
-        await service.close()
+        mqtt = await _connect(options.mqtt, service, outbox, summary, console)
+        try:
+            await service.shell.poll()
+            view = _View(service, zone, options.dispatch_target_kw)
+            send = _dispatcher(service, mqtt)
+            pending = list(prices)
+            with Live(view.render(None, summary), console=console, auto_refresh=False,
+                      transient=False) if live else _NoLive() as screen:  # fmt: skip
+                for step in range(steps):
+                    tick = time.perf_counter()
+                    clock.now = start + step * STEP
+                    while pending and pending[0].observed_at_utc <= clock.now:
+                        service.snapshot(pending.pop(0))
+                    await _scripted(clock.now, dispatch_at, send, sim, view, options)
+                    report = await _cycle(service)
+                    if mqtt is not None:
+                        mqtt.publish_cycle(service, report)
+                    _account(summary, report, service, outbox)
+                    view.observe(report)
+                    if live:
+                        screen.update(view.render(report, summary), refresh=True)
+                    elif clock.now.astimezone(zone).minute == 0 or view.fresh_notes:
+                        console.print(view.line(report))
+                    view.fresh_notes = False
+                    if pace_s:
+                        await asyncio.sleep(max(0.0, pace_s - (time.perf_counter() - tick)))
+        finally:
+            if mqtt is not None:
+                await mqtt.close()
+            await service.close()
     summary.wall_s = time.perf_counter() - began
     _print_summary(console, summary, service, options)
     return summary
+
+
+async def _connect(
+    target: DemoMqtt | None,
+    service: Service,
+    outbox: DemoOutbox,
+    summary: DemoSummary,
+    console: Console,
+) -> DemoMqttLink | None:
+    """The service's real MQTT interface when a broker answers; one line saying which it is."""
+    if target is None:
+        summary.mqtt = "not used (--no-mqtt)"
+        console.print("MQTT not used (--no-mqtt): the dispatch is handed to the service in-process")
+        return None
+    opened = await open_demo_mqtt(target, service, outbox)
+    if isinstance(opened, str):
+        summary.mqtt = f"not used: {opened}"
+        console.print(
+            f"MQTT not used: {opened}; the dispatch is handed to the service in-process "
+            "(--mqtt-host/--mqtt-port to point at a broker)",
+            markup=False,
+            highlight=False,
+        )
+        return None
+    summary.mqtt = f"published on {target.where} under {opened.prefix}/#"
+    summary.mqtt_prefix = opened.prefix
+    console.print(
+        f"MQTT: publishing on {target.where} under {opened.prefix}/ (status, telemetry, "
+        f"decision, dispatch/ack); watch with: mosquitto_sub -h {target.host} -p {target.port} "
+        "-t 'gridflex/#' -v",
+        markup=False,
+        highlight=False,
+    )
+    return opened
+
+
+Dispatcher = Callable[[bytes], Awaitable[str]]
+
+
+def _dispatcher(service: Service, mqtt: DemoMqttLink | None) -> Dispatcher:
+    """How the QSE's dispatch reaches the service: over MQTT when connected, else in-process."""
+
+    async def in_process(payload: bytes) -> str:
+        return service.intake.dispatch(payload, source="demo-qse")
+
+    if mqtt is None:
+        return in_process
+    link = mqtt
+
+    async def over_mqtt(payload: bytes) -> str:
+        try:
+            outcome = await link.dispatch(payload)
+        except (TimeoutError, MqttError) as exc:
+            # the broker took the connection but not this message: the demo's script goes on
+            outcome = await in_process(payload)
+            return f"{outcome} (in-process: not delivered over MQTT: {exc or 'timeout'})"
+        return f"{outcome} (over MQTT on {link.prefix}/dispatch)"
+
+    return over_mqtt
+
+
+@contextlib.asynccontextmanager
+async def _quiet_logs() -> AsyncIterator[None]:
+    """The view shows state changes (MQTT's in its one line); per-device log lines and the MQTT
+    session's warnings would tear the live display."""
+    loggers = [logging.getLogger(name) for name in ("gridflex", "adapters.transport.mqtt_session")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _times(options: DemoOptions, zone: ZoneInfo) -> tuple[datetime, datetime, datetime]:
@@ -175,24 +267,23 @@ def _times(options: DemoOptions, zone: ZoneInfo) -> tuple[datetime, datetime, da
     )
 
 
-def _scripted(  # noqa: PLR0917 - the scene's cast
+async def _scripted(  # noqa: PLR0917 - the scene's cast
     now: datetime,
     dispatch_at: datetime,
-    service: Service,
+    send: Dispatcher,
     sim: SimModbusSite,
     view: _View,
     options: DemoOptions,
 ) -> None:
     """The day's script: the QSE's dispatch, then a PDU that stops obeying and is repaired."""
     if now == dispatch_at:
-        outcome = service.intake.dispatch(
+        outcome = await send(
             _dispatch_message(
                 "ercot-rrs-0508",
                 now,
                 options.dispatch_minutes,
                 options.dispatch_target_kw,
-            ),
-            source="demo-qse",
+            )
         )
         view.note(now, f"dispatch ercot-rrs-0508 from the QSE: {outcome}")
     if now == dispatch_at + 2 * STEP:
@@ -216,7 +307,7 @@ async def _cycle(service: Service) -> CycleReport:
 
 
 def _account(
-    summary: DemoSummary, report: CycleReport, service: Service, outbox: MemoryOutbox
+    summary: DemoSummary, report: CycleReport, service: Service, outbox: DemoOutbox
 ) -> None:
     hours = STEP.total_seconds() / 3600.0
     price = report.decision.price_usd_per_mwh or 0.0
@@ -231,8 +322,8 @@ def _account(
     summary.commands += len(report.commanded)
     summary.failed_devices.update(report.failed)
     summary.max_cycle_s = max(summary.max_cycle_s, report.duration_s)
-    while outbox.sent:
-        topic, message = outbox.sent.popleft()
+    while outbox.memory.sent:
+        topic, message = outbox.memory.sent.popleft()
         if topic == "dispatch/ack" and isinstance(message, DispatchAck):
             summary.acks.append(message)
 
@@ -266,8 +357,7 @@ class _View:
         self._notes.append(f"{at.astimezone(self._zone):%H:%M} {text}")
         self.fresh_notes = True
 
-    def observe(self, report: CycleReport, outbox: MemoryOutbox) -> None:
-        del outbox
+    def observe(self, report: CycleReport) -> None:
         self._history.append(self._service.shell.site_kw())
         for event in self._service.events.live:
             key = f"{event.event_id}:{event.status}"
@@ -392,6 +482,7 @@ def _print_summary(
     table.add_row("device commands sent (verified over Modbus)", f"{summary.commands:,}")
     table.add_row("devices that failed verification", str(len(summary.failed_devices)))
     table.add_row("slowest cycle", f"{summary.max_cycle_s * 1000:.0f} ms")
+    table.add_row("MQTT", summary.mqtt)
     for ack in summary.acks:
         achieved = "" if ack.achieved_kw is None else f", achieved {ack.achieved_kw:,.0f} kW"
         table.add_row(

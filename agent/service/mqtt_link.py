@@ -39,7 +39,11 @@ Handler = Callable[[bytes], object]
 SESSION_EXPIRY_S = 86_400
 
 
-def session_settings(config: MqttConfig, prefix: str, client_id: str) -> MqttSettings:
+def session_settings(
+    config: MqttConfig, prefix: str, client_id: str, *, session_expiry_s: int = SESSION_EXPIRY_S
+) -> MqttSettings:
+    """`session_expiry_s=0` ends the broker's session with the connection (the demo: its client
+    id is new every run, so a day-long session would only be left behind)."""
     tls = config.tls
     return MqttSettings(
         host=config.host,
@@ -57,7 +61,7 @@ def session_settings(config: MqttConfig, prefix: str, client_id: str) -> MqttSet
             key_file=None if tls.key_file is None else str(tls.key_file),
         ),
         clean_start=False,
-        session_expiry_s=SESSION_EXPIRY_S,
+        session_expiry_s=session_expiry_s,
         manual_acks=True,
         will=Announcement(f"{prefix}/status", "offline"),
         birth=Announcement(f"{prefix}/status", "online"),
@@ -68,9 +72,18 @@ def session_settings(config: MqttConfig, prefix: str, client_id: str) -> MqttSet
 class MqttLink:
     """Implements assembly.Outbox over the site's MQTT session, topics relative to the prefix."""
 
-    def __init__(self, config: MqttConfig, prefix: str, client_id: str) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        prefix: str,
+        client_id: str,
+        *,
+        session_expiry_s: int = SESSION_EXPIRY_S,
+    ) -> None:
         self.prefix = prefix
-        self.session = MqttSession(session_settings(config, prefix, client_id))
+        self.session = MqttSession(
+            session_settings(config, prefix, client_id, session_expiry_s=session_expiry_s)
+        )
         self._where = f"{config.host}:{config.port}"
 
     def on(self, suffix: str, handler: Handler) -> None:

@@ -1,16 +1,21 @@
-"""`gridflex demo` runs end to end: real prices, simulated Modbus site, the scripted dispatch."""
+"""`gridflex demo` runs end to end: real prices, simulated Modbus site, the scripted dispatch,
+over a real Mosquitto when one answers and in-process when none does."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import uuid
 from datetime import date
 
 from click.testing import CliRunner
 from rich.console import Console
 
+from adapters.transport.mqtt_session import MqttSession, MqttSettings
 from agent.cli import main
-from agent.service.demo import DemoOptions, run_demo
+from agent.service.demo import DemoMqtt, DemoOptions, DemoSummary, run_demo
+from agent.service.messages import DecisionMessage, DispatchAck, TelemetryMessage
+from tests.conftest import Broker, free_port
 
 
 def test_demo_slice_dispatch_is_verified_and_the_live_view_renders() -> None:
@@ -31,7 +36,8 @@ def test_demo_slice_dispatch_is_verified_and_the_live_view_renders() -> None:
     assert "device(s) recovered" in text  # the stuck PDU was planned around, then came back
 
 
-def test_demo_command_runs_without_a_terminal() -> None:
+def test_demo_command_runs_without_a_terminal_and_says_why_mqtt_is_not_used() -> None:
+    port = free_port()  # nothing listens there: the demo must fall back, not wait or fail
     result = CliRunner().invoke(
         main,
         [
@@ -45,8 +51,98 @@ def test_demo_command_runs_without_a_terminal() -> None:
             "10",
             "--to-hour",
             "13",
+            "--mqtt-port",
+            str(port),
         ],
     )
     assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps lines at 80 columns off a terminal
+    assert (
+        f"MQTT not used: nothing answers on 127.0.0.1:{port} (connection refused); "
+        "the dispatch is handed to the service in-process" in text
+    )
+    assert text.count("MQTT not used") == 1
+    assert f"MQTT not used: nothing answers on 127.0.0.1:{port}" in text.split("10:00")[0]
+    assert "from the QSE: accepted" in text
     assert "12:00  price" in result.output  # one line an hour when not on a terminal
     assert "dispatch ercot-rrs-0508: active" in result.output
+
+
+class _Watcher:
+    """What a SCADA-like client subscribed to `gridflex/#` saw, and a way to wait for more."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+        self._arrived = asyncio.Event()
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self.seen.append((topic, payload))
+        self._arrived.set()
+
+    async def until(self, topic: str, payload: bytes, timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while (topic, payload) not in self.seen:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+async def _watch_demo(
+    broker: Broker, options: DemoOptions
+) -> tuple[DemoSummary, list[tuple[str, bytes]]]:
+    """Run the demo while a client watches `gridflex/#`; what it saw."""
+    watcher = _Watcher()
+    session = MqttSession(
+        MqttSettings(host=broker.host, port=broker.port, client_id=f"test-demo-{uuid.uuid4().hex}")
+    )
+    session.subscribe("gridflex/#", watcher)
+    await session.connect(5)
+    probe = f"gridflex/test-demo-probe-{uuid.uuid4().hex}"
+    await session.publish(probe, "x")
+    await watcher.until(probe, b"x")  # seen back: the subscription is in place
+    summary = await run_demo(options, Console(file=io.StringIO(), width=120))
+    assert summary.mqtt_prefix is not None, summary.mqtt
+    await watcher.until(f"{summary.mqtt_prefix}/status", b"")  # the run ends clearing its status
+    await session.close()
+    return summary, watcher.seen
+
+
+def test_demo_over_a_broker_publishes_as_the_service_and_takes_its_dispatch_over_mqtt(
+    mqtt_broker: Broker,
+) -> None:
+    options = DemoOptions(
+        day=date(2024, 5, 8),
+        seconds=0,
+        live=False,
+        from_hour=10,
+        to_hour=12,
+        dispatch_minutes=30,
+        mqtt=DemoMqtt(host=mqtt_broker.host, port=mqtt_broker.port),
+    )
+    summary, seen = asyncio.run(_watch_demo(mqtt_broker, options))
+    prefix = summary.mqtt_prefix
+    assert prefix is not None
+    assert prefix.startswith("gridflex/demo-")
+    assert summary.mqtt == f"published on {mqtt_broker.host}:{mqtt_broker.port} under {prefix}/#"
+    mine = [(t.removeprefix(f"{prefix}/"), p) for t, p in seen if t.startswith(f"{prefix}/")]
+    by_topic: dict[str, list[bytes]] = {}
+    for topic, payload in mine:
+        by_topic.setdefault(topic, []).append(payload)
+    assert set(by_topic) == {"status", "telemetry", "decision", "dispatch", "dispatch/ack"}
+    # retained online, "offline" as gridflex run says it, then cleared: nothing left behind
+    assert by_topic["status"] == [b"online", b"offline", b""]
+    telemetry = [TelemetryMessage.model_validate_json(p) for p in by_topic["telemetry"]]
+    assert len(telemetry) == summary.cycles == 24
+    assert {t.devices_total for t in telemetry} == {263}
+    assert any(
+        t.active_events == ["ercot-rrs-0508"] and t.site_ceiling_kw == 700.0 for t in telemetry
+    )
+    decisions = [DecisionMessage.model_validate_json(p) for p in by_topic["decision"]]
+    assert any(any("grid dispatch ercot-rrs-0508" in r for r in d.reasons) for d in decisions)
+    # the scripted dispatch went over the broker, and its acks came back the production way
+    assert [b'"event_id": "ercot-rrs-0508"' in p for p in by_topic["dispatch"]] == [True]
+    acks = [DispatchAck.model_validate_json(p) for p in by_topic["dispatch/ack"]]
+    assert [a.status for a in acks] == ["accepted", "active", "completed"]
+    assert {a.event_id for a in acks} == {"ercot-rrs-0508"}
+    assert acks[1].achieved_kw is not None
+    assert acks[1].achieved_kw <= 700.0 * 1.005
+    assert [a.status for a in summary.acks] == ["accepted", "active", "completed"]
