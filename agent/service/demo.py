@@ -321,6 +321,9 @@ def _account(
     summary.max_price = max(summary.max_price, price)
     summary.commands += len(report.commanded)
     summary.failed_devices.update(report.failed)
+    # a device that accepted its command but kept drawing shows up on the read, not the apply
+    ids = service.shell.fleet.device_ids
+    summary.failed_devices.update(ids[i] for i in np.flatnonzero(~service.shell.available))
     summary.max_cycle_s = max(summary.max_cycle_s, report.duration_s)
     while outbox.memory.sent:
         topic, message = outbox.memory.sent.popleft()
@@ -480,7 +483,8 @@ def _print_summary(
     table.add_row("same site running flat out", f"${summary.flat_cost_usd:,.0f}")
     table.add_row("curtailed", f"{curtailed:,.2f} MWh, ${saved:,.0f} not spent")
     table.add_row("device commands sent (verified over Modbus)", f"{summary.commands:,}")
-    table.add_row("devices that failed verification", str(len(summary.failed_devices)))
+    table.add_row("devices that disobeyed or failed verification (planned around)",
+                  str(len(summary.failed_devices)))  # fmt: skip
     table.add_row("slowest cycle", f"{summary.max_cycle_s * 1000:.0f} ms")
     table.add_row("MQTT", summary.mqtt)
     for ack in summary.acks:
