@@ -13,7 +13,8 @@ hop). Each size is dispatched ROUNDS times, at random phases of the agent's 2 s 
 
 Beside it, in the same run and against the same device process, a plain pymodbus fan-out: one
 client per PDU, each outlet written off, its coil read back and its power read (the same three
-requests the agent's driver makes), with no service, no MQTT and no bookkeeping around them.
+requests the agent's driver makes), with no service, no MQTT and no bookkeeping around them. Its
+rounds alternate with the agent's, the agent frozen (SIGSTOP) while the baseline runs.
 The agent's peak RSS is its VmHWM, read from /proc before it is stopped. Prints one JSON line.
 """
 
@@ -224,13 +225,15 @@ class Operator:
         self.client.disconnect()
 
 
-def _dispatch_rounds(operator: Operator, n: int) -> list[dict[str, float]]:
+def _rounds(operator: Operator, n: int) -> tuple[list[dict[str, float]], list[float]]:
+    """Dispatch rounds, each followed by a plain round while the agent is frozen (SIGSTOP): the
+    two alternate, so a load change on the machine touches both sides of the ratio alike."""
     full_kw = n * RATED_KW
     # warm: the first cycle is done (every setpoint asserted), every outlet on and verified
     if operator.wait(lambda: operator.decisions > 0) is None:
         raise RuntimeError("the agent never completed a cycle")
     operator.wait_site_kw(full_kw)
-    rounds = []
+    rounds, plain = [], []
     # The agent polls every device every cycle_s; a dispatch that lands during a poll waits for
     # the poll's reads in flight. Rounds start at random phases (seeded) so the median is neither
     # always inside nor always outside a poll.
@@ -246,15 +249,21 @@ def _dispatch_rounds(operator: Operator, n: int) -> list[dict[str, float]]:
                        "achieved_kw": float(ack["achieved_kw"])})  # fmt: skip
         operator.publish({"event_id": event_id, "kind": "release", "issued_at": issued_at})
         operator.wait_ack(event_id, "completed")
-        operator.wait_site_kw(full_kw)  # restored before the next round
-    return rounds
+        operator.wait_site_kw(full_kw)  # restored
+        os.kill(operator.agent.pid, signal.SIGSTOP)  # its polls must not compete with the baseline
+        try:
+            plain.append(asyncio.run(_plain(n)))
+        finally:
+            os.kill(operator.agent.pid, signal.SIGCONT)
+        operator.wait_site_kw(full_kw)  # the agent reads its outlets on again
+    return rounds, plain
 
 
-def _agent(n: int, tmp: Path, mqtt_port: int) -> tuple[list[dict[str, float]], float]:
+def _agent(n: int, tmp: Path, mqtt_port: int) -> tuple[list[dict[str, float]], list[float], float]:
     process, log = _start_agent(n, tmp, mqtt_port)
     operator = Operator(mqtt_port, process)
     try:
-        rounds = _dispatch_rounds(operator, n)
+        rounds, plain = _rounds(operator, n)
         rss_mb = _peak_rss_mb(process.pid)
     except Exception:
         sys.stderr.write(log.read_text()[-4000:])
@@ -263,7 +272,7 @@ def _agent(n: int, tmp: Path, mqtt_port: int) -> tuple[list[dict[str, float]], f
         operator.close()
         process.send_signal(signal.SIGTERM)  # shutdown posture "hold": outlets stay as left
         process.wait(timeout=60)
-    return rounds, rss_mb
+    return rounds, plain, rss_mb
 
 
 # -- the plain baseline -------------------------------------------------------------------------
@@ -290,6 +299,11 @@ async def _plain(n: int) -> float:
         *(_plain_pdu(c, min(OUTLETS, n - k * OUTLETS)) for k, c in enumerate(clients))
     )
     elapsed = time.perf_counter() - start
+    # untimed: every outlet back on, as the frozen agent left them
+    await asyncio.gather(
+        *(c.write_coils(0, [True] * min(OUTLETS, n - k * OUTLETS), device_id=1)
+          for k, c in enumerate(clients))
+    )  # fmt: skip
     for client in clients:
         client.close()
     return elapsed
@@ -305,9 +319,7 @@ def main() -> None:
         devices = _start_devices(max(SIZES))
         try:
             for n in SIZES:
-                rounds, rss_mb = _agent(n, tmp, mqtt_port)
-                # the agent is stopped: the plain fan-out has the devices to itself
-                plain = [asyncio.run(_plain(n)) for _ in range(ROUNDS)]
+                rounds, plain, rss_mb = _agent(n, tmp, mqtt_port)
                 peak_rss_mb = max(peak_rss_mb, rss_mb)
                 agent_s = [r["publish_to_active_ack_s"] for r in rounds]
                 median_s, plain_s = statistics.median(agent_s), statistics.median(plain)
