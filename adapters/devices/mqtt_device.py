@@ -83,6 +83,8 @@ class MqttDriver:
 
     async def apply(self, command: DeviceCommand) -> None:
         try:
+            # the echo comes on our state topic: the broker must route it to us first
+            await self._session.subscriptions_settled()
             await self._session.publish(self._command_topic, command_payload(command), qos=1)
         except MqttError as exc:
             raise DeviceUnavailableError(self._device_id, str(exc)) from exc

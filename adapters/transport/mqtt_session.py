@@ -128,6 +128,7 @@ class MqttSession:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
         # exact topics are looked up, only wildcard filters are matched one by one: the service
         # subscribes one state topic per MQTT device
         self._exact: dict[str, list[MessageHandler]] = {}
@@ -138,6 +139,11 @@ class MqttSession:
         self._acks: dict[int, asyncio.Future[None] | None] = {}
         self._early_acks: set[int] = set()  # PUBACKs that beat publish() to registering
         self._ack_lock = threading.Lock()
+        # SUBSCRIBEs the broker has not acknowledged yet: until it has, a message published on
+        # another connection to that topic may not reach us
+        self._unacked_subscriptions: set[int] = set()
+        self._subscriptions_settled = asyncio.Event()
+        self._subscriptions_settled.set()
 
     @property
     def connected(self) -> bool:
@@ -182,8 +188,31 @@ class MqttSession:
         table = self._wildcard if "+" in topic_filter or "#" in topic_filter else self._exact
         first = topic_filter not in table
         table.setdefault(topic_filter, []).append(handler)
-        if first and self.connected:
-            self._client.subscribe(topic_filter, qos=1)
+        if first and self.connected and self._subscribe(self._client, topic_filter):
+            self._subscriptions_settled.clear()
+
+    async def subscriptions_settled(self, timeout_s: float | None = None) -> None:
+        """Wait until the broker has acknowledged every subscription made so far (SUBACK).
+
+        Call it before publishing something whose answer arrives on a topic just subscribed:
+        a request sent sooner can be answered before the broker routes the topic to us.
+        """
+        try:
+            async with asyncio.timeout(timeout_s or self._settings.ack_timeout_s):
+                await self._subscriptions_settled.wait()
+        except TimeoutError as exc:
+            raise MqttError("the broker did not acknowledge our subscriptions in time") from exc
+
+    def _subscribe(self, client: mqtt.Client, topic_filter: str) -> bool:
+        """Send a SUBSCRIBE; True when its SUBACK is now awaited (not connected: False, and
+        _on_connect subscribes again)."""
+        # under the lock: the network thread cannot handle the SUBACK before the mid is recorded
+        with self._ack_lock:
+            result, mid = client.subscribe(topic_filter, qos=1)
+            if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
+                return False
+            self._unacked_subscriptions.add(mid)
+        return True
 
     async def publish(
         self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
@@ -265,7 +294,8 @@ class MqttSession:
             _log.warning("MQTT broker refused the connection: %s", reason_code)
             return
         for topic_filter in (*self._exact, *self._wildcard):
-            client.subscribe(topic_filter, qos=1)
+            if self._subscribe(client, topic_filter):
+                self._in_loop(self._subscriptions_settled.clear)
         birth = self._settings.birth
         if birth is not None:
             try:
@@ -311,6 +341,20 @@ class MqttSession:
         finally:
             if self._settings.manual_acks:
                 self._client.ack(mid, qos)
+
+    def _on_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        mid: int,
+        _reason_codes: object,
+        _properties: object,
+    ) -> None:
+        with self._ack_lock:
+            self._unacked_subscriptions.discard(mid)
+            settled = not self._unacked_subscriptions
+        if settled:
+            self._in_loop(self._subscriptions_settled.set)
 
     def _on_publish(
         self,

@@ -29,6 +29,7 @@ async def echoing_device(session: MqttSession, command_topic: str, state_topic: 
         task.add_done_callback(pending.discard)
 
     session.subscribe(command_topic, on_command)
+    await session.subscriptions_settled()  # a command sent sooner could pass us by
 
 
 class FakeNvml:
