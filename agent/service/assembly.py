@@ -21,7 +21,8 @@ from agent.config import SiteConfig
 from agent.ports import DeviceDriver
 from agent.service.drivers import build_drivers
 from agent.service.events import EventBook
-from agent.service.intake import Intake, IntakeLimits
+from agent.service.grid import GridIntake
+from agent.service.intake import Intake, IntakeLimits, MessageChecks
 from agent.service.messages import DispatchAck
 from agent.service.metrics import Metrics
 from agent.service.shell import DriftCheck, Shell, ShellSettings
@@ -73,6 +74,7 @@ class Service:
     pool: ModbusPool
     outbox: Outbox
     wake: asyncio.Event
+    grid: GridIntake
 
     async def close(self) -> None:
         await self.pool.close()
@@ -88,7 +90,8 @@ def assemble(
     settings: ShellSettings | None = None,
     mqtt_session: MqttSession | None = None,
 ) -> Service:
-    """Build the service; resumes live events, overrides and engine memory from the database.
+    """Build the service; resumes live events, overrides, the grid condition and engine memory
+    from the database.
 
     Without `drivers`, every configured device gets its driver (agent.service.drivers); those
     reached over MQTT use `mqtt_session`, the service's session (ConfigError when there is none).
@@ -113,7 +116,10 @@ def assemble(
     )
     mqtt = config.mqtt
     secret = mqtt.hmac_secret if mqtt is not None else None
+    secret_bytes = None if secret is None else secret.get_secret_value().encode()
+    limits = IntakeLimits(replay_window_s=mqtt.replay_window_s if mqtt else 300.0)
     fleet = config.fleet()
+    policy = config.decision_policy()
     intake = Intake(
         fleet,
         events,
@@ -122,13 +128,22 @@ def assemble(
         clock=clock,
         publish_dispatch_ack=lambda ack: outbox.send("dispatch/ack", ack),
         publish_override_ack=lambda ack: outbox.send("override/ack", ack),
-        hmac_secret=None if secret is None else secret.get_secret_value().encode(),
-        limits=IntakeLimits(replay_window_s=mqtt.replay_window_s if mqtt else 300.0),
+        hmac_secret=secret_bytes,
+        limits=limits,
+    )
+    grid = GridIntake(
+        snapshot,
+        store,
+        policy,
+        clock=clock,
+        publish_ack=lambda ack: outbox.send("grid/ack", ack),
+        checks=MessageChecks(secret_bytes, limits),
+        metrics=metrics,
     )
     service_config = config.service
     shell = Shell(
         fleet,
-        config.decision_policy(),
+        policy,
         drivers,
         snapshot,
         clock=clock,
@@ -143,8 +158,8 @@ def assemble(
         metrics=metrics,
         drift_checks=drift_checks,
     )
-    # resume: engine memory, overrides, then live events (in that order: the events' shed
-    # baselines live in the memory)
+    # resume: engine memory, overrides, the grid condition, then live events (in that order:
+    # the events' shed baselines live in the memory)
     saved = store.load_memory()
     if saved is not None:
         shell.restore_memory(saved)
@@ -154,6 +169,9 @@ def assemble(
             snapshot(override)
         else:
             store.delete_override(override.override_id)
+    grid.resume()
     events.resume()
     wake.clear()
-    return Service(config, snapshot, store, events, intake, shell, metrics, pool, outbox, wake)
+    return Service(
+        config, snapshot, store, events, intake, shell, metrics, pool, outbox, wake, grid
+    )

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent.domain.fleet import Fleet
 from agent.domain.signals import Override, OverrideAction
@@ -26,7 +26,7 @@ from agent.service.messages import DispatchAck, DispatchMessage, OverrideAck, Ov
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
-__all__ = ["Intake", "IntakeLimits", "sign"]
+__all__ = ["Intake", "IntakeLimits", "MessageChecks", "RejectedError", "sign"]
 
 log = logging.getLogger("gridflex.intake")
 
@@ -47,8 +47,11 @@ def sign(message: dict[str, Any], secret: bytes) -> str:
     return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
-class _RejectedError(Exception):
-    pass
+class RejectedError(Exception):
+    """A message that cannot be taken; its text is the reason the "rejected" ack carries."""
+
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def _schema_reason(exc: ValidationError) -> str:
@@ -57,6 +60,57 @@ def _schema_reason(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"]) or "message"
         parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return "schema: " + "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChecks:
+    """The checks every inbound message passes, in order: JSON, signature, schema, freshness.
+
+    Shared by dispatch, overrides and grid conditions (agent.service.grid), so one site-wide
+    secret and replay window govern every topic. Each raises RejectedError with the reason.
+    """
+
+    secret: bytes | None = None
+    limits: IntakeLimits = IntakeLimits()
+
+    @staticmethod
+    def decode(payload: bytes) -> Any:
+        try:
+            return json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise RejectedError(f"bad JSON: {exc}") from None
+
+    def signature(self, raw: Any) -> None:
+        if self.secret is None:
+            return
+        if not isinstance(raw, dict) or not isinstance(raw.get("signature"), str):
+            raise RejectedError("unsigned: this site requires an HMAC-SHA256 signature")
+        try:
+            expected = sign(raw, self.secret)
+        except (TypeError, ValueError):
+            raise RejectedError("bad signature: message cannot be canonicalized") from None
+        if not hmac.compare_digest(expected, raw["signature"]):
+            raise RejectedError("bad signature")
+
+    @staticmethod
+    def schema(model: type[Model], raw: Any) -> Model:
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            raise RejectedError(_schema_reason(exc)) from None
+
+    def fresh(self, issued_at: datetime, now: datetime) -> None:
+        age_s = (now - issued_at).total_seconds()
+        if age_s > self.limits.replay_window_s:
+            raise RejectedError(
+                f"stale: issued {age_s:.0f} s ago, outside the "
+                f"{self.limits.replay_window_s:.0f} s replay window"
+            )
+        if -age_s > self.limits.clock_skew_s:
+            raise RejectedError(
+                f"issued_at {issued_at.isoformat()} is {-age_s:.0f} s in the future "
+                f"(more than the {self.limits.clock_skew_s:.0f} s clock skew allowed)"
+            )
 
 
 class Intake:
@@ -80,8 +134,8 @@ class Intake:
         self._clock = clock
         self._dispatch_ack = publish_dispatch_ack
         self._override_ack = publish_override_ack
-        self._secret = hmac_secret
         self._limits = limits or IntakeLimits()
+        self._checks = MessageChecks(hmac_secret, self._limits)
         self._site_rated_kw = float(fleet.rated_kw.sum())
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -90,15 +144,12 @@ class Intake:
         now = self._clock()
         raw: Any = None
         try:
-            raw = self._json(payload)
-            self._check_signature(raw)
-            try:
-                message = DispatchMessage.model_validate(raw)
-            except ValidationError as exc:
-                raise _RejectedError(_schema_reason(exc)) from None
-            self._check_fresh(message.issued_at, now)
+            raw = self._checks.decode(payload)
+            self._checks.signature(raw)
+            message = self._checks.schema(DispatchMessage, raw)
+            self._checks.fresh(message.issued_at, now)
             return self._take_dispatch(message, now, source)
-        except _RejectedError as exc:
+        except RejectedError as exc:
             event_id = raw.get("event_id") if isinstance(raw, dict) else None
             requested = _requested_kw(raw)
             self._store.audit(
@@ -123,21 +174,21 @@ class Intake:
             if done is None:
                 if self._events.known(message.event_id):
                     return "duplicate"  # released or finished already: nothing to change
-                raise _RejectedError(f"no live event {message.event_id} to release")
+                raise RejectedError(f"no live event {message.event_id} to release")
             return "released"
         if self._events.known(message.event_id):
             self._events.accept(self._record(message, now, source))  # audits the duplicate
             return "duplicate"
         start = message.start or now
         if message.end is not None and message.end <= now:
-            raise _RejectedError(f"expired: ended at {message.end.isoformat()}")
+            raise RejectedError(f"expired: ended at {message.end.isoformat()}")
         if (start - now).total_seconds() > self._limits.horizon_s:
-            raise _RejectedError(
+            raise RejectedError(
                 f"future-dated beyond limits: starts {start.isoformat()}, more than "
                 f"{self._limits.horizon_s / 86_400:.0f} days ahead"
             )
         if message.shed_kw is not None and message.shed_kw > self._site_rated_kw:
-            raise _RejectedError(
+            raise RejectedError(
                 f"impossible: shed_kw {message.shed_kw:.0f} exceeds the site's rated "
                 f"{self._site_rated_kw:.0f} kW"
             )
@@ -167,15 +218,12 @@ class Intake:
         now = self._clock()
         raw: Any = None
         try:
-            raw = self._json(payload)
-            self._check_signature(raw)
-            try:
-                message = OverrideMessage.model_validate(raw)
-            except ValidationError as exc:
-                raise _RejectedError(_schema_reason(exc)) from None
-            self._check_fresh(message.issued_at, now)
+            raw = self._checks.decode(payload)
+            self._checks.signature(raw)
+            message = self._checks.schema(OverrideMessage, raw)
+            self._checks.fresh(message.issued_at, now)
             status, reason = self._take_override(message, now, source)
-        except _RejectedError as exc:
+        except RejectedError as exc:
             override_id = raw.get("override_id") if isinstance(raw, dict) else None
             self._store.audit(
                 now, "override-rejected", str(override_id or "?"), {"reason": str(exc)}, source
@@ -195,7 +243,7 @@ class Intake:
     ) -> tuple[str, str]:
         if message.action == "clear":
             if message.override_id not in self._snapshot.overrides:
-                raise _RejectedError(f"no override {message.override_id} to clear")
+                raise RejectedError(f"no override {message.override_id} to clear")
             with self._store.transaction():
                 self._store.delete_override(message.override_id)
                 self._store.audit(now, "override-cleared", message.override_id, {}, source)
@@ -203,15 +251,15 @@ class Intake:
             self._snapshot(_to_override(message, now, expires=now))
             return "cleared", f"cleared by {message.issued_by}"
         if message.device_id is not None and message.device_id not in self._fleet.index_of:
-            raise _RejectedError(f"unknown device {message.device_id}")
+            raise RejectedError(f"unknown device {message.device_id}")
         if message.load_class is not None:
             try:
                 self._fleet.class_named(message.load_class)
             except KeyError:
-                raise _RejectedError(f"unknown class {message.load_class}") from None
+                raise RejectedError(f"unknown class {message.load_class}") from None
         assert message.expires_at is not None
         if message.expires_at <= now:
-            raise _RejectedError(f"expired: expires_at {message.expires_at.isoformat()} passed")
+            raise RejectedError(f"expired: expires_at {message.expires_at.isoformat()} passed")
         override = _to_override(message, now, expires=message.expires_at)
         with self._store.transaction():
             self._store.put_override(override)
@@ -225,39 +273,6 @@ class Intake:
         self._snapshot(override)
         target = message.device_id or f"class {message.load_class}"
         return "accepted", f"{message.action} {target} until {message.expires_at.isoformat()}"
-
-    # -- checks ------------------------------------------------------------------------------
-    @staticmethod
-    def _json(payload: bytes) -> Any:
-        try:
-            return json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise _RejectedError(f"bad JSON: {exc}") from None
-
-    def _check_signature(self, raw: Any) -> None:
-        if self._secret is None:
-            return
-        if not isinstance(raw, dict) or not isinstance(raw.get("signature"), str):
-            raise _RejectedError("unsigned: this site requires an HMAC-SHA256 signature")
-        try:
-            expected = sign(raw, self._secret)
-        except (TypeError, ValueError):
-            raise _RejectedError("bad signature: message cannot be canonicalized") from None
-        if not hmac.compare_digest(expected, raw["signature"]):
-            raise _RejectedError("bad signature")
-
-    def _check_fresh(self, issued_at: datetime, now: datetime) -> None:
-        age_s = (now - issued_at).total_seconds()
-        if age_s > self._limits.replay_window_s:
-            raise _RejectedError(
-                f"stale: issued {age_s:.0f} s ago, outside the "
-                f"{self._limits.replay_window_s:.0f} s replay window"
-            )
-        if -age_s > self._limits.clock_skew_s:
-            raise _RejectedError(
-                f"issued_at {issued_at.isoformat()} is {-age_s:.0f} s in the future "
-                f"(more than the {self._limits.clock_skew_s:.0f} s clock skew allowed)"
-            )
 
 
 def _requested_kw(raw: Any) -> float | None:

@@ -14,8 +14,11 @@ __all__ = [
     "DecisionMessage",
     "DispatchAck",
     "DispatchMessage",
+    "EmergencyMessage",
+    "GridAck",
     "OverrideAck",
     "OverrideMessage",
+    "PeakWarningMessage",
     "SetpointOut",
     "TelemetryMessage",
 ]
@@ -99,6 +102,53 @@ class OverrideMessage(_In):
         return self
 
 
+class _GridIn(_In):
+    issued_at: AwareDatetime
+    source: str = Field(
+        default="unknown", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@/ -]+$",
+        description="who says so: ERCOT, the QSE's name, SCADA, ...",
+    )  # fmt: skip
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="when the condition lapses by itself (emergency: back to normal; 4CP: "
+        "inactive); default: it holds until a later message changes it",
+    )
+    signature: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    def _expiry_after_issue(self) -> None:
+        if self.expires_at is not None and self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+
+
+class EmergencyMessage(_GridIn):
+    """`<prefix>/grid/emergency`: the ERCOT grid condition, as the QSE or an operator feed says."""
+
+    level: Literal["normal", "conservation", "eea1", "eea2", "eea3"] = Field(
+        description="conservation appeal, or Energy Emergency Alert level 1-3; each maps to the "
+        "posture in policy.emergency_postures"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EmergencyMessage:
+        self._expiry_after_issue()
+        if self.level == "normal" and self.expires_at is not None:
+            raise ValueError("normal has no expires_at: it is what an emergency expires to")
+        return self
+
+
+class PeakWarningMessage(_GridIn):
+    """`<prefix>/grid/4cp`: a 4CP peak warning (a likely coincident-peak interval is near)."""
+
+    active: bool = Field(strict=True, description="true: warning on; false: warning off")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PeakWarningMessage:
+        self._expiry_after_issue()
+        if not self.active and self.expires_at is not None:
+            raise ValueError("an inactive warning has no expires_at")
+        return self
+
+
 class DispatchAck(BaseModel):
     """`<prefix>/dispatch/ack`: published on every change of an event's status."""
 
@@ -119,6 +169,15 @@ class OverrideAck(BaseModel):
     at: AwareDatetime
 
 
+class GridAck(BaseModel):
+    """`<prefix>/grid/ack`: the outcome of each grid/emergency and grid/4cp message."""
+
+    topic: Literal["grid/emergency", "grid/4cp"]
+    status: Literal["accepted", "rejected"]
+    reason: str
+    at: AwareDatetime
+
+
 class TelemetryMessage(BaseModel):
     """`<prefix>/telemetry`, every 2 s."""
 
@@ -133,6 +192,15 @@ class TelemetryMessage(BaseModel):
     devices_total: int
     devices_available: int
     unavailable: list[str] = Field(description="at most 100 ids")
+    grid_emergency: Literal["normal", "conservation", "eea1", "eea2", "eea3"] = Field(
+        description="the grid condition in force (normal when none was received or it expired)"
+    )
+    grid_emergency_expires_at: AwareDatetime | None
+    fourcp_warning: bool = Field(
+        description="a 4CP peak warning is in force: active, not expired, and (with "
+        "policy.fourcp) issued within its warning_stale_after_s"
+    )
+    fourcp_warning_expires_at: AwareDatetime | None
 
 
 class SetpointOut(BaseModel):

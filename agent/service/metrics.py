@@ -42,6 +42,13 @@ class Metrics:
         self.active_events = Gauge(
             "gridflex_active_events", "Dispatch events accepted or active", registry=r
         )
+        self.grid_emergency = Gauge(
+            "gridflex_grid_emergency_level",
+            "Grid condition in force: 0 normal, 1 conservation, 2-4 EEA1-EEA3", registry=r,
+        )  # fmt: skip
+        self.fourcp_warning = Gauge(
+            "gridflex_fourcp_warning", "1 while a 4CP peak warning is on", registry=r
+        )
         self.commands = Counter(
             "gridflex_device_commands", "Device commands applied", ["result"], registry=r
         )

@@ -13,8 +13,11 @@ from agent.service.messages import (
     DecisionMessage,
     DispatchAck,
     DispatchMessage,
+    EmergencyMessage,
+    GridAck,
     OverrideAck,
     OverrideMessage,
+    PeakWarningMessage,
     TelemetryMessage,
 )
 
@@ -37,6 +40,9 @@ event is committed to the database. Times are ISO-8601 with an offset. MQTT devi
 | `<prefix>/dispatch/ack` | out | no | every change of an event's status |
 | `<prefix>/override` | in | no | the site engineer forces a device or class, until it expires |
 | `<prefix>/override/ack` | out | no | accepted / rejected / cleared |
+| `<prefix>/grid/emergency` | in | no | the ERCOT grid condition: normal, conservation, EEA1-3 |
+| `<prefix>/grid/4cp` | in | no | a 4CP peak warning on or off |
+| `<prefix>/grid/ack` | out | no | accepted / rejected, for both grid topics |
 | `<prefix>/status` | out | yes | `online`; `offline` on SIGTERM, or by the last will on a crash |
 | `<prefix>/telemetry` | out | no | every 2 s |
 | `<prefix>/decision` | out | no | setpoints and their reasons, when they change |
@@ -50,6 +56,40 @@ its end passed after it was active) or `expired` (its end passed before the load
 outside the replay window or in the future beyond 30 s of clock skew, already ended, starting
 more than 7 days ahead, a shed larger than the site's rated load, releasing an unknown event.
 A second message with a known `event_id` changes nothing and gets no ack.
+
+## Grid conditions: emergencies and 4CP warnings
+
+`grid/emergency` and `grid/4cp` carry a state, not an event: the message with the latest
+`issued_at` is the condition in force and replaces the one before, whoever sent it (`source`
+names the sender for the audit log). An accepted message wakes a cycle at once, so the posture
+acts within one cycle; it is written to the audit log and kept as live state, so a restart, even
+after kill -9, resumes under the same condition.
+
+- `grid/emergency`: `level` maps to the posture in `policy.emergency_postures` (defaults:
+  conservation and EEA1 stop interruptible load, EEA2 and EEA3 interruptible and flexible; a site
+  file may map a level to `curtail_protected`). `normal` lifts it.
+- `grid/4cp`: with `policy.fourcp.trigger: warning`, an active warning applies
+  `policy.fourcp.posture` inside the configured window and months; `active: false` ends it. With
+  `trigger: window`, or no `policy.fourcp`, a warning is recorded and changes nothing (the ack
+  says so).
+
+**Expiry.** With `expires_at`, an emergency returns to normal and a warning turns inactive at
+that time, also across a restart (a service started after the expiry comes up normal/inactive);
+the audit log records a `grid-expired` row. **Without `expires_at`** an emergency holds until a
+later message changes it, however long that takes and across restarts: send `normal` when ERCOT
+ends the EEA, or give `expires_at` as a dead-man. A 4CP warning also counts only for
+`policy.fourcp.warning_stale_after_s` (default 1 h) after its `issued_at`, whichever ends first:
+re-send it to keep it on. `normal` and `active: false` take no `expires_at`.
+
+`grid/ack` answers every message with `{"topic": "grid/emergency" | "grid/4cp", "status",
+"reason", "at"}`. Rejected, with the reason: bad JSON, a schema violation (unknown level, a
+non-boolean `active`, `expires_at` not after `issued_at`), a missing or bad signature, issued
+outside the replay window or in the future beyond the clock skew, an `expires_at` already past,
+or issued before the condition in force (`superseded`: a late redelivery never undoes a newer
+message). The message in force received again (QoS 1 redelivery) changes nothing and gets no ack.
+Telemetry shows the result: `grid_emergency`, `grid_emergency_expires_at`, `fourcp_warning`
+(on, unexpired and fresh) and `fourcp_warning_expires_at`; Prometheus has
+`gridflex_grid_emergency_level` (0 normal .. 4 EEA3) and `gridflex_fourcp_warning`.
 
 ## Signatures (optional)
 
@@ -68,6 +108,11 @@ duplicate and changes nothing.
 {"event_id": "ers-2024-0508-1", "kind": "release", "issued_at": "2024-05-08T17:05:00-05:00"}
 {"override_id": "maint-7", "action": "off", "class": "s19xp",
  "expires_at": "2024-05-08T18:00:00Z", "issued_by": "alice", "issued_at": "2024-05-08T16:00:00Z"}
+{"level": "eea2", "source": "qse-acme", "issued_at": "2024-02-15T19:02:00-06:00",
+ "expires_at": "2024-02-15T23:00:00-06:00"}
+{"level": "normal", "source": "qse-acme", "issued_at": "2024-02-15T21:40:00-06:00"}
+{"active": true, "source": "qse-acme", "issued_at": "2024-08-20T14:30:00-05:00",
+ "expires_at": "2024-08-20T15:30:00-05:00"}
 ```
 """
 
@@ -76,6 +121,9 @@ _TOPICS: list[tuple[str, type[BaseModel]]] = [
     ("`<prefix>/dispatch/ack` (out)", DispatchAck),
     ("`<prefix>/override` (in)", OverrideMessage),
     ("`<prefix>/override/ack` (out)", OverrideAck),
+    ("`<prefix>/grid/emergency` (in)", EmergencyMessage),
+    ("`<prefix>/grid/4cp` (in)", PeakWarningMessage),
+    ("`<prefix>/grid/ack` (out)", GridAck),
     ("`<prefix>/telemetry` (out)", TelemetryMessage),
     ("`<prefix>/decision` (out)", DecisionMessage),
 ]

@@ -1,6 +1,7 @@
 """`gridflex run`: the service's tasks, one cadence each, and an orderly stop.
 
-  cycle      every `service.cycle_s`, or at once when a dispatch/override/emergency wakes it
+  cycle      every `service.cycle_s`, or at once when a dispatch, override, grid emergency or
+             4CP warning wakes it
   devices    read every device's power every cycle_s (its own cadence), probing the unreachable
   prices     the configured price source pushes into the snapshot on ERCOT's rhythm
   telemetry  every 2 s on `<prefix>/telemetry`; decisions on `<prefix>/decision` when they change
@@ -25,6 +26,7 @@ import numpy as np
 from agent.config import SiteConfig
 from agent.ports import SignalSource
 from agent.service.assembly import MemoryOutbox, Outbox, Service, assemble
+from agent.service.grid import EMERGENCY, FOURCP, fourcp_in_force
 from agent.service.messages import DecisionMessage, SetpointOut, TelemetryMessage
 from agent.service.mqtt_link import MqttLink
 from agent.service.openadr import openadr_link, run_openadr
@@ -49,6 +51,13 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
     shell, last = service.shell, service.shell.last
     down = np.flatnonzero(~shell.available)
     decision = None if last is None else last.decision
+    emergency, emergency_until = service.snapshot.emergency
+    if emergency is None or (emergency_until is not None and now >= emergency_until):
+        emergency, emergency_until = None, None  # none received, or lapsed before the next cycle
+    warning, warning_until = service.snapshot.peak_warning
+    if warning_until is not None and now >= warning_until:
+        warning = None
+    fourcp_on = fourcp_in_force(warning, shell.policy, now)
     return TelemetryMessage(
         at=now,
         site_kw=round(shell.site_kw(), 3),
@@ -61,6 +70,10 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
         devices_total=len(shell.fleet),
         devices_available=int(shell.available.sum()),
         unavailable=[shell.fleet.device_ids[i] for i in down[:100]],
+        grid_emergency="normal" if emergency is None else emergency.level.value,
+        grid_emergency_expires_at=emergency_until,
+        fourcp_warning=fourcp_on,
+        fourcp_warning_expires_at=warning_until if fourcp_on else None,
     )
 
 
@@ -172,6 +185,9 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
         intake = service.intake
         link.on("dispatch", lambda data: _count(service, "dispatch", intake.dispatch(data)))
         link.on("override", lambda data: _count(service, "override", intake.override(data)))
+        grid = service.grid
+        link.on(EMERGENCY, lambda data: _count(service, EMERGENCY, grid.emergency(data)))
+        link.on(FOURCP, lambda data: _count(service, FOURCP, grid.peak_warning(data)))
         await link.start()
     await serve(service, stop, link=link)
 

@@ -3,8 +3,11 @@
 Signal sources push into `SnapshotStore` (it is a `agent.ports.SignalSink`) at their own cadence;
 the cycle calls `freeze(now)` once and decides on that value alone. Grid obligations are keyed by
 event_id (a repeat replaces, a cancel removes), overrides by override_id; both expire here, so
-decide() never sees a finished one. Urgent signals (dispatch, cancels, overrides, emergencies)
-call `on_urgent` so the cycle starts at once instead of waiting for the tick.
+decide() never sees a finished one. The grid condition (emergency level) and the 4CP warning are
+one value each, the latest replacing the one before, with an optional expiry: a lapsed emergency
+becomes `normal`, a lapsed warning inactive, and `on_grid_lapsed` is told (the audit log). Urgent
+signals (dispatch, cancels, overrides, emergencies, 4CP warnings) call `on_urgent` so the cycle
+starts at once instead of waiting for the tick.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from agent.domain.signals import (
+    EmergencyLevel,
     EmergencySignal,
     Obligation,
     ObligationCancel,
@@ -22,9 +26,10 @@ from agent.domain.signals import (
     Signals,
 )
 
-__all__ = ["AnySignal", "SnapshotStore"]
+__all__ = ["AnySignal", "GridSignal", "SnapshotStore"]
 
 AnySignal = PriceSignal | Obligation | ObligationCancel | EmergencySignal | PeakWarning | Override
+GridSignal = EmergencySignal | PeakWarning
 
 # Prices kept: enough for a day-ahead curve published a day early (24 hourly or 96 15-min).
 _PRICES_KEPT = 200
@@ -33,13 +38,21 @@ _PRICES_KEPT = 200
 class SnapshotStore:
     """Latest signals with when they were observed. Not thread-safe: feed it from the loop."""
 
-    def __init__(self, on_urgent: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_urgent: Callable[[], None] | None = None,
+        on_grid_lapsed: Callable[[GridSignal], None] | None = None,
+    ) -> None:
         self._on_urgent = on_urgent
+        # told of the emergency or warning that lapsed (its value before it lapsed)
+        self.on_grid_lapsed = on_grid_lapsed
         self._prices: dict[datetime, PriceSignal] = {}
         self._obligations: dict[str, Obligation] = {}
         self._overrides: dict[str, Override] = {}
         self._emergency: EmergencySignal | None = None
         self._peak_warning: PeakWarning | None = None
+        self._emergency_expires: datetime | None = None
+        self._peak_warning_expires: datetime | None = None
 
     def __call__(self, signal: AnySignal) -> None:
         """The SignalSink: take one signal."""
@@ -56,12 +69,29 @@ class SnapshotStore:
         elif isinstance(signal, Override):
             self._overrides[signal.override_id] = signal
         elif isinstance(signal, EmergencySignal):
-            self._emergency = signal
+            self._emergency, self._emergency_expires = signal, None
         else:
-            self._peak_warning = signal
-            urgent = False
+            self._peak_warning, self._peak_warning_expires = signal, None
         if urgent and self._on_urgent is not None:
             self._on_urgent()
+
+    def set_grid(self, signal: GridSignal, expires_at_utc: datetime | None = None) -> None:
+        """Take an emergency level or a 4CP warning that lapses by itself at `expires_at_utc`."""
+        self(signal)
+        if isinstance(signal, EmergencySignal):
+            self._emergency_expires = expires_at_utc
+        else:
+            self._peak_warning_expires = expires_at_utc
+
+    @property
+    def emergency(self) -> tuple[EmergencySignal | None, datetime | None]:
+        """The grid condition held now and when it lapses (None: until replaced)."""
+        return self._emergency, self._emergency_expires
+
+    @property
+    def peak_warning(self) -> tuple[PeakWarning | None, datetime | None]:
+        """The 4CP warning held now and when it lapses (None: until replaced)."""
+        return self._peak_warning, self._peak_warning_expires
 
     @property
     def obligations(self) -> dict[str, Obligation]:
@@ -92,7 +122,26 @@ class SnapshotStore:
         lapsed = [o for o in self._overrides.values() if not o.is_active(now)]
         for override in lapsed:
             del self._overrides[override.override_id]
+        self._expire_grid(now)
         return ended, lapsed
+
+    def _expire_grid(self, now: datetime) -> None:
+        # The lapsed value is kept as an explicit "normal" / inactive one observed at the expiry,
+        # so the snapshot says what ended it rather than pretending nothing was ever received.
+        emergency, until = self._emergency, self._emergency_expires
+        if emergency is not None and until is not None and now >= until:
+            self._emergency = EmergencySignal(EmergencyLevel.NORMAL, until, emergency.source)
+            self._emergency_expires = None
+            self._lapsed(emergency)
+        warning, until = self._peak_warning, self._peak_warning_expires
+        if warning is not None and until is not None and now >= until:
+            self._peak_warning = PeakWarning(False, until, warning.source)
+            self._peak_warning_expires = None
+            self._lapsed(warning)
+
+    def _lapsed(self, signal: GridSignal) -> None:
+        if self.on_grid_lapsed is not None:
+            self.on_grid_lapsed(signal)
 
     def freeze(self, now: datetime) -> Signals:
         """One immutable snapshot for one cycle (call expire() first to drop finished ones)."""

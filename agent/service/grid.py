@@ -1,0 +1,231 @@
+"""Grid conditions in: ERCOT emergency levels and 4CP peak warnings, one message at a time.
+
+`<prefix>/grid/emergency` and `<prefix>/grid/4cp` carry a *state*, not an event: the latest
+message (by `issued_at`) is the condition in force, replacing the one before. Each message passes
+the checks dispatch passes (JSON, signature, schema, freshness), then:
+
+  expired     its expires_at has passed already: rejected (it would change nothing)
+  superseded  issued before the condition in force: rejected (a late redelivery must not undo
+              a newer one, e.g. an old EEA2 arriving after "normal")
+  duplicate   the very message in force again (QoS 1 redelivery): nothing changes, no ack
+
+An accepted one is written (live state and audit row, one transaction) before it reaches the
+snapshot and wakes the cycle, so an emergency acts within one cycle and a restart, even after
+kill -9, finds it again. Expiry is honoured across restarts: an emergency whose expires_at has
+passed comes back as normal, a warning as inactive. Without expires_at an emergency holds until a
+later message changes it; a 4CP warning is also judged by the engine's freshness rule
+(policy.fourcp.warning_stale_after_s after issued_at), whichever ends first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from agent.domain.settings import Policy, Posture
+from agent.domain.signals import EmergencyLevel, EmergencySignal, PeakWarning
+from agent.service.intake import MessageChecks, RejectedError
+from agent.service.messages import EmergencyMessage, GridAck, PeakWarningMessage
+from agent.service.metrics import Metrics
+from agent.service.snapshot import GridSignal, SnapshotStore
+from agent.service.store import Store
+
+__all__ = ["EMERGENCY", "FOURCP", "GridIntake", "fourcp_in_force"]
+
+log = logging.getLogger("gridflex.grid")
+
+Clock = Callable[[], datetime]
+GridMessage = EmergencyMessage | PeakWarningMessage
+Topic = Literal["grid/emergency", "grid/4cp"]
+
+EMERGENCY: Topic = "grid/emergency"
+FOURCP: Topic = "grid/4cp"
+_MODELS: dict[Topic, type[GridMessage]] = {EMERGENCY: EmergencyMessage, FOURCP: PeakWarningMessage}
+_SEVERITY = {level: rank for rank, level in enumerate(EmergencyLevel)}  # metrics: 0 normal..4
+
+
+def fourcp_in_force(warning: PeakWarning | None, policy: Policy, now: datetime) -> bool:
+    """Whether the engine would count this warning now (active and fresh), expiry aside."""
+    if warning is None or not warning.active:
+        return False
+    if policy.fourcp is None:
+        return True
+    age_s = (now - warning.observed_at_utc).total_seconds()
+    return age_s <= policy.fourcp.warning_stale_after_s
+
+
+class GridIntake:
+    """Takes grid/emergency and grid/4cp messages into the snapshot, the store and the acks."""
+
+    def __init__(
+        self,
+        snapshot: SnapshotStore,
+        store: Store,
+        policy: Policy,
+        *,
+        clock: Clock,
+        publish_ack: Callable[[GridAck], None],
+        checks: MessageChecks,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._snapshot = snapshot
+        self._store = store
+        self._policy = policy
+        self._clock = clock
+        self._ack = publish_ack
+        self._checks = checks
+        self._metrics = metrics
+        self._held: dict[Topic, GridMessage] = {}  # the message in force, per topic
+        snapshot.on_grid_lapsed = self._lapsed
+
+    def emergency(self, payload: bytes, source: str = "mqtt") -> str:
+        return self._handle(EMERGENCY, payload, source)
+
+    def peak_warning(self, payload: bytes, source: str = "mqtt") -> str:
+        return self._handle(FOURCP, payload, source)
+
+    # -- one message -------------------------------------------------------------------------
+    def _handle(self, topic: Topic, payload: bytes, source: str) -> str:
+        now = self._clock()
+        try:
+            raw = self._checks.decode(payload)
+            self._checks.signature(raw)
+            message = self._checks.schema(_MODELS[topic], raw)
+            self._checks.fresh(message.issued_at, now)
+            if message.expires_at is not None and message.expires_at <= now:
+                raise RejectedError(f"expired: expires_at {message.expires_at.isoformat()} passed")
+            if self._is_duplicate(topic, message):
+                self._store.audit(now, "grid-duplicate", topic, _detail(message), source)
+                return "duplicate"
+            self._check_order(topic, message)
+            reason = self._take(topic, message, now, source)
+        except RejectedError as exc:
+            self._store.audit(now, "grid-rejected", topic, {"reason": str(exc)}, source)
+            log.warning("%s rejected: %s", topic, exc)
+            self._ack(GridAck(topic=topic, status="rejected", reason=str(exc), at=now))
+            return "rejected"
+        self._ack(GridAck(topic=topic, status="accepted", reason=reason, at=now))
+        return "accepted"
+
+    def _is_duplicate(self, topic: Topic, message: GridMessage) -> bool:
+        held = self._held.get(topic)
+        return held is not None and _detail(held) == _detail(message)
+
+    def _check_order(self, topic: Topic, message: GridMessage) -> None:
+        held = self._held.get(topic)
+        if held is not None and message.issued_at < held.issued_at:
+            raise RejectedError(
+                f"superseded: issued {message.issued_at.isoformat()}, before the condition in "
+                f"force (issued {held.issued_at.isoformat()})"
+            )
+
+    def _take(self, topic: Topic, message: GridMessage, now: datetime, source: str) -> str:
+        with self._store.transaction():
+            self._store.save_state(topic, {"message": _detail(message), "via": source})
+            self._store.audit(now, "grid", topic, _detail(message), source)
+        self._held[topic] = message
+        signal = _signal(message, now)
+        self._snapshot.set_grid(signal, _utc(message.expires_at, now))
+        self._observe(signal)
+        log.info("%s: %s", topic, _describe(signal))
+        if isinstance(message, EmergencyMessage):
+            return self._emergency_reason(message)
+        return self._fourcp_reason(message, now)
+
+    # -- restart and expiry ------------------------------------------------------------------
+    def resume(self) -> None:
+        """After a restart: the grid condition and 4CP warning in force, expiry honoured."""
+        now = self._clock()
+        for topic, model in _MODELS.items():
+            saved: Any = self._store.load_state(topic)
+            if not isinstance(saved, dict):
+                continue
+            try:
+                message = model.model_validate(saved.get("message"))
+            except ValidationError:  # written by an older version: say so, do not guess
+                log.warning("%s: saved state unreadable; waiting for the next message", topic)
+                continue
+            self._held[topic] = message
+            if message.expires_at is not None and message.expires_at <= now:
+                continue  # lapsed while we were down: normal / inactive, as if never received
+            signal = _signal(message, now)
+            self._snapshot.set_grid(signal, _utc(message.expires_at, now))
+            self._observe(signal)
+            log.info("resumed %s: %s", topic, _describe(signal))
+
+    def _lapsed(self, signal: GridSignal) -> None:
+        now = self._clock()
+        topic: Topic = EMERGENCY if isinstance(signal, EmergencySignal) else FOURCP
+        self._store.audit(now, "grid-expired", topic, {"was": _describe(signal)}, signal.source)
+        log.info("%s: %s expired", topic, _describe(signal))
+        current, _ = self._snapshot.emergency if topic == EMERGENCY else self._snapshot.peak_warning
+        if current is not None:
+            self._observe(current)
+
+    def _observe(self, signal: GridSignal) -> None:
+        if self._metrics is None:
+            return
+        if isinstance(signal, EmergencySignal):
+            self._metrics.grid_emergency.set(_SEVERITY[signal.level])
+        else:
+            self._metrics.fourcp_warning.set(int(signal.active))
+
+    # -- what the sender is told -------------------------------------------------------------
+    def _emergency_reason(self, message: EmergencyMessage) -> str:
+        level = EmergencyLevel(message.level)
+        posture = self._policy.emergency_postures.get(level, Posture.NONE)
+        until = (
+            f"until {message.expires_at.isoformat()}"
+            if message.expires_at is not None
+            else "until a later message changes it"
+        )
+        if level is EmergencyLevel.NORMAL:
+            return "normal: emergency postures lifted from the next cycle"
+        return f"{level.value.upper()}: posture {posture.value} from the next cycle, {until}"
+
+    def _fourcp_reason(self, message: PeakWarningMessage, now: datetime) -> str:
+        window = self._policy.fourcp
+        if not message.active:
+            return "4CP warning off"
+        if window is None:
+            return "4CP warning recorded; it changes nothing: the site file has no policy.fourcp"
+        if window.trigger != "warning":
+            return (
+                "4CP warning recorded; it changes nothing: policy.fourcp.trigger is "
+                f"{window.trigger!r}, the posture follows the window alone"
+            )
+        stale_at = message.issued_at + timedelta(seconds=window.warning_stale_after_s)
+        ends = stale_at if message.expires_at is None else min(stale_at, message.expires_at)
+        months = ",".join(str(m) for m in sorted(window.months))
+        return (
+            f"4CP warning on: posture {window.posture.value} inside "
+            f"{window.start_local:%H:%M}-{window.end_local:%H:%M} local (months {months}) "
+            f"until {ends.astimezone(now.tzinfo).isoformat()}"
+        )
+
+
+def _detail(message: GridMessage) -> dict[str, Any]:
+    return message.model_dump(mode="json", exclude={"signature"})
+
+
+def _utc(at: datetime | None, now: datetime) -> datetime | None:
+    return None if at is None else at.astimezone(now.tzinfo)
+
+
+def _signal(message: GridMessage, now: datetime) -> GridSignal:
+    # observed_at is the sender's issued_at: the engine judges a warning's freshness from when
+    # the grid said it, and a restart must not make an old warning young again.
+    observed = message.issued_at.astimezone(now.tzinfo)
+    if isinstance(message, EmergencyMessage):
+        return EmergencySignal(EmergencyLevel(message.level), observed, message.source)
+    return PeakWarning(message.active, observed, message.source)
+
+
+def _describe(signal: GridSignal) -> str:
+    if isinstance(signal, EmergencySignal):
+        return f"{signal.level.value} (from {signal.source})"
+    return f"4CP warning {'on' if signal.active else 'off'} (from {signal.source})"
