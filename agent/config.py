@@ -126,6 +126,7 @@ class DeviceConfig(_Strict):
     min_on_s: float | None = Field(default=None, ge=0, le=86_400)
     min_off_s: float | None = Field(default=None, ge=0, le=86_400)
     max_ramp_kw_per_s: float | None = Field(default=None, gt=0)
+    idle_kw: float = Field(default=0.0, ge=0, description="drawn when commanded off")
     driver: DriverConfig | None = None
 
 
@@ -315,6 +316,7 @@ class SiteConfig(_Strict):
                 min_on_s=default_dwell if d.min_on_s is None else d.min_on_s,
                 min_off_s=default_dwell if d.min_off_s is None else d.min_off_s,
                 max_ramp_kw_per_s=d.max_ramp_kw_per_s,
+                idle_kw=d.idle_kw,
             )
             for d in self.devices
             for k in range(d.count)
@@ -479,11 +481,17 @@ def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
         if load_class is not None and classes and load_class not in classes:
             known = ", ".join(sorted(map(str, classes)))
             problems.append((("devices", i, "class"), load_class, f"unknown class (have {known})"))
-        rated, minimum = device.get("rated_kw"), device.get("min_kw")
-        if isinstance(rated, int | float) and isinstance(minimum, int | float) and minimum > rated:
-            problems.append(
-                (("devices", i, "min_kw"), minimum, f"exceeds rated_kw {rated}: must be <= rated")
-            )
+        rated = device.get("rated_kw")
+        for field_name in ("min_kw", "idle_kw"):
+            value = device.get(field_name)
+            if isinstance(rated, int | float) and isinstance(value, int | float) and value > rated:
+                problems.append(
+                    (
+                        ("devices", i, field_name),
+                        value,
+                        f"exceeds rated_kw {rated}: must be <= rated",
+                    )
+                )
         driver = device.get("driver")
         if isinstance(driver, dict) and driver.get("type") in _OVER_MQTT and not raw.get("mqtt"):
             problems.append(

@@ -31,11 +31,13 @@ class SimulatedDriver:
         config: SimulatedDriverConfig,
         *,
         rated_kw: float,
+        idle_kw: float = 0.0,
         clock: Clock = _utc_now,
     ) -> None:
         self._device_id = device_id
         self._lag = timedelta(seconds=config.lag_s)
         self._rated_kw = rated_kw
+        self._idle_kw = idle_kw  # drawn when off (a server with its jobs paused)
         self._clock = clock
         self._target_kw = rated_kw
         self._previous_kw = rated_kw
@@ -63,7 +65,7 @@ class SimulatedDriver:
         self._previous_kw = self._power_kw(self._clock())
         self._commanded_at = self._clock()
         if not command.on:
-            self._target_kw = 0.0
+            self._target_kw = self._idle_kw
         else:
             by_percent = self._rated_kw * command.percent / 100.0
             self._target_kw = max(0.0, min(self._rated_kw, command.kw, by_percent))
@@ -72,7 +74,8 @@ class SimulatedDriver:
         self._check_reachable()
         now = self._clock()
         power_kw = self._power_kw(now)
-        return DeviceReading(self._device_id, now, power_kw=power_kw, running=power_kw > 0)
+        running = power_kw > self._idle_kw
+        return DeviceReading(self._device_id, now, power_kw=power_kw, running=running)
 
     def _power_kw(self, now: datetime) -> float:
         if self.stuck:

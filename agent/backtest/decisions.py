@@ -74,6 +74,4 @@ def _reasons(trace: Trace, fleet: Fleet) -> list[str]:
 
 def merit_order_of(fleet: Fleet) -> list[int]:
     """Classes with devices, least valuable first (the order decide() sheds them in)."""
-    from agent.policy.plan import Plan  # noqa: PLC0415 - merit_order reads a plan's fleet
-
-    return [c for c in merit_order(Plan(fleet)) if len(fleet.members[c])]
+    return [c for c in merit_order(fleet) if len(fleet.members[c])]

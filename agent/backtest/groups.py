@@ -51,6 +51,7 @@ class Groups:
                 fleet.min_on_s,
                 fleet.min_off_s,
                 fleet.ramp_kw_per_s,
+                fleet.idle_kw,
             ]
         )
         _, first_sorted, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
@@ -124,4 +125,5 @@ def _scaled(spec: DeviceSpec, n: float) -> DeviceSpec:
         min_on_s=spec.min_on_s,
         min_off_s=spec.min_off_s,
         max_ramp_kw_per_s=None if ramp is None else ramp * n,
+        idle_kw=spec.idle_kw * n,
     )

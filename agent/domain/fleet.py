@@ -79,6 +79,7 @@ class DeviceSpec:
     min_on_s: float = 0.0
     min_off_s: float = 0.0
     max_ramp_kw_per_s: float | None = None
+    idle_kw: float = 0.0  # what it still draws when commanded off (a GPU server with jobs paused)
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +97,7 @@ class Fleet:
     min_on_s: FloatArray
     min_off_s: FloatArray
     ramp_kw_per_s: FloatArray  # inf where unlimited
+    idle_kw: FloatArray
     index_of: dict[str, int] = field(repr=False)
     members: tuple[IntArray, ...] = field(repr=False)  # device indices of each class
     priority: npt.NDArray[np.int8] = field(repr=False)
@@ -130,6 +132,7 @@ class Fleet:
                 [np.inf if d.max_ramp_kw_per_s is None else d.max_ramp_kw_per_s for d in devices],
                 dtype=np.float64,
             ),
+            idle_kw=np.array([d.idle_kw for d in devices], dtype=np.float64),
             index_of={device_id: i for i, device_id in enumerate(ids)},
             members=tuple(
                 np.flatnonzero(class_index == i).astype(np.int32) for i in range(len(classes))
@@ -159,6 +162,7 @@ class Fleet:
             min_on_s=float(self.min_on_s[i]),
             min_off_s=float(self.min_off_s[i]),
             max_ramp_kw_per_s=None if np.isinf(ramp) else ramp,
+            idle_kw=float(self.idle_kw[i]),
         )
 
 

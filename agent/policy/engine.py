@@ -61,7 +61,7 @@ def decide(
         now_s=now.timestamp(),
         was_on=np.nan_to_num(memory.setpoint_kw, nan=0.0) > EPS_KW,
     )
-    plan = Plan(fleet)
+    plan = Plan(fleet, fleet_state.available)
     _safety(plan, cycle)
     _overrides(plan, cycle)
     _hold_off(plan, cycle)
@@ -73,7 +73,8 @@ def decide(
     _ramp(plan, cycle)
 
     setpoint_kw = plan.feasible()
-    site_kw = float(setpoint_kw.sum())
+    drawn_kw = plan.drawn_kw()
+    site_kw = float(drawn_kw.sum())
     # a first decision counts as a switch: the device is commanded into that state now
     turned = ((setpoint_kw > EPS_KW) != cycle.was_on) | np.isnan(memory.setpoint_kw)
     return Decision(
@@ -84,7 +85,7 @@ def decide(
         reason_index=plan.reason_index,
         reasons=plan.reasons(),
         site_kw=site_kw,
-        class_kw=tuple(float(setpoint_kw[m].sum()) for m in fleet.members),
+        class_kw=tuple(float(drawn_kw[m].sum()) for m in fleet.members),
         site_ceiling_kw=ceiling_kw,
         obligations=tuple(
             ObligationStatus(event, kw, site_kw, max(0.0, site_kw - kw)) for event, kw in ceilings

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.domain.fleet import BoolArray, Priority
+from agent.domain.fleet import BoolArray, Fleet, Priority
 from agent.policy.decision import Rule
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
 __all__ = ["merit_order", "shed_to_ceiling"]
 
 
-def merit_order(plan: Plan) -> list[int]:
+def merit_order(fleet: Fleet) -> list[int]:
     """Class indices, least valuable first: by priority, then value, then name (deterministic)."""
-    classes = plan.fleet.classes
+    classes = fleet.classes
     return sorted(
         (i for i, c in enumerate(classes) if c.priority is not Priority.CRITICAL),
         key=lambda i: (int(classes[i].priority), classes[i].value_usd_per_mwh, classes[i].name),
@@ -30,7 +30,7 @@ def merit_order(plan: Plan) -> list[int]:
 def shed_to_ceiling(plan: Plan, ceiling_kw: float, rule: Rule, text: str) -> float:
     """Cut load in merit order until the site is at or below `ceiling_kw`; returns the shortfall."""
     excess = plan.total_kw() - ceiling_kw
-    for class_pos in merit_order(plan):
+    for class_pos in merit_order(plan.fleet):
         if excess <= EPS_KW:
             break
         excess = _shed_class(plan, plan.fleet.members[class_pos], excess, rule, text)
@@ -41,7 +41,9 @@ def _shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) ->
     f = plan.fleet
     current = plan.feasible(idx)
     continuous = f.continuous[idx]
-    throttle_floor = np.maximum(f.min_kw[idx], plan.lo[idx])
+    idle = np.where(plan.available[idx], f.idle_kw[idx], 0.0)
+    # throttling below what a device draws anyway (its minimum, its idle draw) saves nothing
+    throttle_floor = np.maximum(np.maximum(f.min_kw[idx], plan.lo[idx]), idle)
     headroom = np.where(continuous & (current > throttle_floor), current - throttle_floor, 0.0)
     total_headroom = float(headroom.sum())
     if total_headroom >= excess:
@@ -54,7 +56,8 @@ def _shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) ->
     # loses the fine control that lands the site on its target).
     can_stop = np.flatnonzero((target > EPS_KW) & (plan.lo[idx] <= EPS_KW))
     can_stop = can_stop[np.argsort(continuous[can_stop], kind="stable")]
-    steps = target[can_stop]
+    # switching a device off saves what it draws less what it still draws when off
+    steps = target[can_stop] - idle[can_stop]
     cumulative = np.cumsum(steps)
     count = int(np.searchsorted(cumulative, excess - EPS_KW)) + 1
     count = min(count, len(can_stop))

@@ -23,9 +23,10 @@ Index = npt.NDArray[np.intp] | npt.NDArray[np.int32]
 class Plan:
     """Floors, ceilings and attributions of every device while rules run (local to decide())."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, available: npt.NDArray[np.bool_]) -> None:
         n = len(fleet)
         self.fleet = fleet
+        self.available = available
         self.lo: FloatArray = np.zeros(n)
         self.hi: FloatArray = fleet.rated_kw.copy()
         self.rule = np.full(n, int(Rule.ECONOMICS), dtype=np.int8)
@@ -57,8 +58,16 @@ class Plan:
         value = np.where(continuous, np.minimum(hi, rated), rated)
         return np.maximum(np.where(runs, value, 0.0), lo)
 
+    def drawn_kw(self, idx: Index | None = None) -> FloatArray:
+        """What each device will draw: its feasible setpoint, and never less than its idle draw
+        (what it draws when off). An unreachable device's pinned value is already a measurement.
+        """
+        sel: Index | slice = slice(None) if idx is None else idx
+        idle = np.where(self.available[sel], self.fleet.idle_kw[sel], 0.0)
+        return np.maximum(self.feasible(idx), idle)
+
     def total_kw(self) -> float:
-        return float(self.feasible().sum())
+        return float(self.drawn_kw().sum())
 
     # -- tightening --------------------------------------------------------------------------
     def fix(self, idx: Index, kw: FloatArray | float, rule: Rule, text: str) -> None:

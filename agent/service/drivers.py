@@ -48,7 +48,7 @@ def build_drivers(
     """Drivers by device id. The site file has been validated: a device reached over MQTT comes
     with an `mqtt` section (agent.config checks it), so its session must be passed in."""
     addresses = config.device_drivers()
-    rated_kw = {spec.device_id: spec.rated_kw for spec in config.device_specs()}
+    specs = {spec.device_id: spec for spec in config.device_specs()}
     profiles: dict[str, Profile] = {}
     built = SiteDrivers()
     for device_id, address in addresses.items():
@@ -66,7 +66,8 @@ def build_drivers(
                     raise ConfigError(f"{device_id} is reached over MQTT: no MQTT session given")
                 driver = MqttDriver(device_id, address, mqtt, clock=clock)
             case SimulatedDriverConfig():
-                driver = SimulatedDriver(device_id, address, rated_kw=rated_kw[device_id],
-                                         clock=clock)  # fmt: skip
+                spec = specs[device_id]
+                driver = SimulatedDriver(device_id, address, rated_kw=spec.rated_kw,
+                                         idle_kw=spec.idle_kw, clock=clock)  # fmt: skip
         built.drivers[device_id] = driver
     return built

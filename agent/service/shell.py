@@ -232,8 +232,10 @@ class Shell:
         commanded = float(self.commanded_kw[i])
         if np.isnan(commanded):
             return ""
+        # off is not zero for every load: a GPU server with its jobs paused still idles
+        expected_kw = max(commanded, float(self.fleet.idle_kw[i]))
         floor_kw = max(0.025, 0.05 * float(self.fleet.rated_kw[i]))
-        if power_kw <= commanded * 1.1 + floor_kw:
+        if power_kw <= expected_kw * 1.1 + floor_kw:
             return ""
         return f"draws {power_kw:.2f} kW against {commanded:.2f} kW commanded"
 

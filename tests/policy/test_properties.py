@@ -49,8 +49,9 @@ def devices(draw: st.DrawFn, index: int) -> DeviceSpec:
     minimum = draw(st.floats(0.0, 1.0)) * rated if mode is not ControlMode.ON_OFF else 0.0
     on_s = draw(st.sampled_from([0.0, 30.0, 300.0]))
     off_s = draw(st.sampled_from([0.0, 60.0, 300.0]))
+    idle = draw(st.sampled_from([0.0, 0.0, 0.05, 0.3])) * rated
     return DeviceSpec(f"d{index}", load_class, DeviceKind.OTHER, rated, minimum, mode,
-                      min_on_s=on_s, min_off_s=off_s)  # fmt: skip
+                      min_on_s=on_s, min_off_s=off_s, idle_kw=idle)  # fmt: skip
 
 
 @st.composite
@@ -120,9 +121,10 @@ def test_the_site_stays_under_the_ceiling_whenever_that_is_feasible(data: st.Dat
     sig = replace(data.draw(signals()), obligations=(event,))
     decision = decide(sig, state, POLICY, Memory.initial(fleet), T0)
     critical = fleet.priority == int(Priority.CRITICAL)
-    # what cannot be shed: critical load and whatever unreachable devices draw
+    # what cannot be shed: critical load, what unreachable devices draw, idle draw when off
     floor = float(fleet.rated_kw[critical & state.available].sum())
     floor += float(decision.setpoint_kw[~state.available].sum())
+    floor += float(fleet.idle_kw[~critical & state.available].sum())
     if ceiling >= floor:
         assert decision.site_kw <= ceiling + 1e-6
         assert decision.shortfall_kw <= 1e-6
@@ -145,7 +147,8 @@ def test_protected_loads_are_untouched_unless_required(data: st.DataObject) -> N
     decision = decide(sig, state, POLICY, Memory.initial(fleet), T0)
     protected = fleet.priority == int(Priority.PROTECTED)
     critical = fleet.priority == int(Priority.CRITICAL)
-    must_keep = float(fleet.rated_kw[protected | critical].sum())
+    sheddable = ~(protected | critical)
+    must_keep = float(fleet.rated_kw[protected | critical].sum() + fleet.idle_kw[sheddable].sum())
     if ceiling >= must_keep:
         assert np.allclose(decision.setpoint_kw[protected], fleet.rated_kw[protected])
 
