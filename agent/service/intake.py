@@ -4,6 +4,7 @@ Nothing a sender writes can stop the service: every failure ends here as a "reje
 Checks, in order: JSON, signature (when a secret is set), schema, freshness (issued_at within the
 replay window, not from the future beyond the clock skew), dates (not ended, not starting beyond
 the horizon), plausibility (a shed larger than the whole site), duplicates (first wins).
+The first four (`MessageChecks`) also guard the grid topics (agent.service.grid).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from agent.service.assembly import MemoryOutbox, Service, assemble
 from agent.service.intake import sign
-from agent.service.messages import DispatchAck, OverrideAck
+from agent.service.messages import DispatchAck, GridAck, OverrideAck
 from tests.service.site import FakeClock, site_config
 
 CLOCK = FakeClock()
@@ -96,6 +96,63 @@ def test_a_storm_of_malformed_messages_is_all_rejected_and_the_service_keeps_cyc
     assert service.events.live == []
     report = asyncio.run(service.shell.cycle())
     assert report.decision.site_ceiling_kw is None
+    service.store.close()
+
+
+# passed, or before issued_at; naive; no time at all
+BAD_EXPIRIES = ["2024-05-08T16:59:00+00:00", "2024-05-08T18:00:00", "soon", 5]
+GRID_BASE: dict[str, dict[str, object]] = {
+    "grid/emergency": {"level": "eea1"},
+    "grid/4cp": {"active": True},
+}
+GRID_BAD_FIELDS = st.one_of(
+    st.fixed_dictionaries({"level": st.sampled_from(["EEA2", "eea4", "", None, 2, "red"])}),
+    st.fixed_dictionaries({"active": st.sampled_from(["yes", "true", 1, 0, None, []])}),
+    st.fixed_dictionaries({"issued_at": st.sampled_from(BAD_TIMES)}),
+    st.fixed_dictionaries({"expires_at": st.sampled_from(BAD_EXPIRIES)}),
+    st.fixed_dictionaries({"source": st.sampled_from(["", "x" * 65, 3, "a\nb"])}),
+    st.fixed_dictionaries({"extra": st.integers()}),
+)
+
+
+@st.composite
+def malformed_grid(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A grid/emergency or grid/4cp message that no site may take."""
+    topic = draw(st.sampled_from(sorted(GRID_BASE)))
+    if draw(st.booleans()):
+        return topic, draw(malformed())  # garbage, or a dispatch message on a grid topic
+    base = {**GRID_BASE[topic], "issued_at": CLOCK.now.isoformat()}
+    return topic, json.dumps({**base, **draw(GRID_BAD_FIELDS)}).encode()
+
+
+def test_a_storm_of_malformed_grid_messages_is_all_rejected_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    service = _service(tmp_path)
+    outbox = service.outbox
+    assert isinstance(outbox, MemoryOutbox)
+    handlers = {"grid/emergency": service.grid.emergency, "grid/4cp": service.grid.peak_warning}
+
+    @settings(max_examples=200, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+    @given(case=malformed_grid())
+    def storm(case: tuple[str, bytes]) -> None:
+        topic, payload = case
+        outbox.sent.clear()
+        outcome = handlers[topic](payload)
+        if outcome != "rejected":
+            raise AssertionError(f"{topic} {payload!r} was {outcome}")
+        (sent_to, ack), = outbox.sent  # fmt: skip
+        assert sent_to == "grid/ack"
+        assert isinstance(ack, GridAck)
+        assert (ack.topic, ack.status) == (topic, "rejected")
+        assert ack.reason
+
+    storm()
+    assert service.snapshot.emergency == (None, None)
+    assert service.snapshot.peak_warning == (None, None)
+    report = asyncio.run(service.shell.cycle())
+    assert report.decision.class_kw_by_name()["miners"] > 0.0
     service.store.close()
 
 
