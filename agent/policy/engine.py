@@ -26,6 +26,7 @@ from agent.domain.settings import Policy, Posture, StalePosture
 from agent.domain.signals import EmergencyLevel, Obligation, ObligationKind, Override, Signals
 from agent.domain.signals import OverrideAction as Action
 from agent.policy.decision import Decision, Memory, ObligationStatus, Rule
+from agent.policy.follow import follower_ceilings
 from agent.policy.merit import shed_to_ceiling
 from agent.policy.plan import EPS_KW, Index, Plan
 
@@ -314,21 +315,11 @@ def _stop_respecting_dwell(plan: Plan, cycle: _Cycle, idx: Index, rule: Rule, te
 
 # -- 8. cooling that follows, ramps ----------------------------------------------------------
 def _follow(plan: Plan, cycle: _Cycle) -> None:
-    fleet = plan.fleet
-    for pos, load_class in enumerate(fleet.classes):
-        if load_class.follows is None:
-            continue
-        leader = fleet.members[fleet.class_named(load_class.follows)]
-        rated = float(fleet.rated_kw[leader].sum())
-        share = float(plan.feasible(leader).sum()) / rated if rated > 0 else 0.0
-        idx = fleet.members[pos]
-        text = f"follows class {load_class.follows} at {100 * share:.0f}% of its rating"
-        if share <= EPS_KW:
+    for idx, ceiling, text in follower_ceilings(plan):
+        if ceiling is None:
             _stop_respecting_dwell(plan, cycle, idx, Rule.FOLLOW, text)
-            continue
-        # a follower never drops below its own minimum while its leader runs
-        ceiling = np.maximum(fleet.rated_kw[idx] * share, fleet.min_kw[idx])
-        plan.cap(idx, ceiling, Rule.FOLLOW, text)
+        else:
+            plan.cap(idx, ceiling, Rule.FOLLOW, text)
 
 
 def _ramp(plan: Plan, cycle: _Cycle) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from agent.domain.fleet import BoolArray, Fleet, Priority
 from agent.policy.decision import Rule
+from agent.policy.follow import follower_ceilings
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
 __all__ = ["merit_order", "shed_to_ceiling"]
@@ -33,11 +34,17 @@ def shed_to_ceiling(plan: Plan, ceiling_kw: float, rule: Rule, text: str) -> flo
     for class_pos in merit_order(plan.fleet):
         if excess <= EPS_KW:
             break
-        excess = _shed_class(plan, plan.fleet.members[class_pos], excess, rule, text)
+        _shed_class(plan, plan.fleet.members[class_pos], excess, rule, text)
+        # cooling that follows what was just shed drops with it: count that before cutting
+        # the next, more valuable class
+        for idx, ceiling, why in follower_ceilings(plan):
+            plan.cap(idx, 0.0 if ceiling is None else ceiling, Rule.FOLLOW, why)
+        excess = plan.total_kw() - ceiling_kw
     return max(0.0, excess)
 
 
-def _shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) -> float:
+def _shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) -> None:
+    """Cut up to `excess` kW from one class (what it cannot cut, the next class must)."""
     f = plan.fleet
     current = plan.feasible(idx)
     continuous = f.continuous[idx]
@@ -48,7 +55,7 @@ def _shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) ->
     total_headroom = float(headroom.sum())
     if total_headroom >= excess:
         plan.cap(idx, current - headroom * (excess / total_headroom), rule, text)
-        return 0.0
+        return
 
     target = current - headroom
     excess -= total_headroom
@@ -64,11 +71,9 @@ def _shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) ->
     target[can_stop[:count]] = 0.0
     shed = float(cumulative[count - 1]) if count else 0.0
     overshoot = shed - excess
-    excess = max(0.0, excess - shed)
     if overshoot > EPS_KW:
         _give_back(target, current, continuous, overshoot)
     plan.cap(idx, target, rule, text)
-    return excess
 
 
 def _give_back(target: FloatArray, current: FloatArray, continuous: BoolArray, kw: float) -> None:

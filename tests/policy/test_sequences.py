@@ -138,3 +138,26 @@ def test_a_stale_price_with_hold_last_keeps_the_last_economic_state() -> None:
     assert decisions[1].setpoint("t1").on
     assert decisions[1].price_stale
     assert decisions[1].setpoint("m1").rule is Rule.STALE_SIGNAL
+
+
+def test_a_dispatch_counts_the_cooling_that_follows_what_it_sheds() -> None:
+    classes = [
+        LoadClass("s19", Priority.INTERRUPTIBLE, 50.0),
+        LoadClass("s21", Priority.INTERRUPTIBLE, 80.0),
+        LoadClass("cooling", Priority.FLEXIBLE, float("inf"), follows="s19"),
+    ]
+    devices = [
+        *(DeviceSpec(f"m{i}", "s19", DeviceKind.MINER, 3.0, 0.0, ControlMode.ON_OFF)
+          for i in range(4)),
+        DeviceSpec("t", "s21", DeviceKind.MINER, 3.0, 0.0, ControlMode.ON_OFF),
+        DeviceSpec("fan", "cooling", DeviceKind.COOLING, 10.0, 2.0, ControlMode.PERCENT),
+    ]  # fmt: skip
+    fleet = Fleet.build(classes, devices)
+    limit = Obligation("ev-5", ObligationKind.LIMIT, 10.0, T0)
+    (decision,) = run_cycles(fleet, [(0, Signals(price=price(20), obligations=(limit,)))])
+    # 25 kW against 10: switching s19 off (12 kW) also stops its 10 kW of cooling, so the
+    # more valuable s21 miner keeps running
+    assert decision.setpoint("t").on
+    assert decision.setpoint("fan").kw == 0.0
+    assert decision.setpoint("fan").rule is Rule.FOLLOW
+    assert decision.site_kw == pytest.approx(3.0)
