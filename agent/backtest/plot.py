@@ -67,6 +67,14 @@ def _envelope(x: FloatArray, y: FloatArray, reduce: str) -> tuple[FloatArray, Fl
     return np.repeat(xs, 2), np.column_stack([low, high]).reshape(-1)
 
 
+def _daily_mean(x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """(start of each UTC day, mean of y over it), x in matplotlib days."""
+    day = np.floor(x)
+    starts, inverse = np.unique(day, return_inverse=True)
+    means = np.bincount(inverse, weights=y) / np.bincount(inverse)
+    return starts, means
+
+
 def _panel(ax: Axes, rows: pd.DataFrame, timezone: str, fmt: str, *, symlog: bool) -> None:
     ns = rows["interval_start_utc"].dt.as_unit("ns").astype("int64").to_numpy()
     x = ns / _DAY_NS  # matplotlib dates: days since 1970-01-01 UTC
@@ -77,9 +85,15 @@ def _panel(ax: Axes, rows: pd.DataFrame, timezone: str, fmt: str, *, symlog: boo
         ax.set_yscale("symlog", linthresh=100)
     ax.set_ylabel("$/MWh")
     load = ax.twinx()
-    lx, site_mw = _envelope(x, rows["site_kw"].to_numpy(np.float64) / 1000, "both")
-    load.plot(lx, site_mw, drawstyle="steps-post", color="tab:blue", linewidth=0.7,
-              label="site MW")  # fmt: skip
+    site_mw = rows["site_kw"].to_numpy(np.float64) / 1000
+    if symlog:
+        # a year of on/off minutes is a solid block at any width: show each day's mean load
+        lx, site_mw = _daily_mean(x, site_mw)
+        load.fill_between(lx, 0, site_mw, step="post", color="tab:blue", alpha=0.15, linewidth=0)
+        label = "site MW (daily mean)"
+    else:
+        lx, label = x, "site MW"
+    load.plot(lx, site_mw, drawstyle="steps-post", color="tab:blue", linewidth=0.7, label=label)
     load.set_ylabel("site MW")
     load.set_ylim(bottom=0, top=max(1e-3, float(rows["baseline_kw"].max()) / 1000 * 1.08))
     cx, cut = _envelope(x, rows["curtailed"].to_numpy(np.float64), "max")
