@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from datetime import time
 from pathlib import Path
@@ -28,10 +27,19 @@ from pydantic import (
 )
 
 from agent.config_drivers import DriverConfig, expand
+from agent.config_issues import (
+    ConfigFileError,
+    ConfigIssue,
+    data_loc,
+    format_path,
+    line_of,
+    shown_value,
+    substitute_env,
+)
+from agent.config_openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.settings import FourCpWindow, Policy, Posture, StalePosture
 from agent.domain.signals import EmergencyLevel
-from agent.errors import ConfigError
 
 __all__ = [
     "ConfigFileError",
@@ -214,78 +222,6 @@ class ServiceConfig(_Strict):
     restore_batch_interval_s: float = Field(default=5, ge=0, le=600)
 
 
-# -- OpenADR 2.0b: the agent as a VEN of a utility or aggregator program ---------------------
-class OpenAdrLevelConfig(_Strict):
-    """What one SIMPLE level (0 normal, 1 moderate, 2 high, 3 special) asks of the site:
-    exactly one of a posture, a site ceiling or an amount to shed."""
-
-    posture: Posture | None = None
-    ceiling_kw: float | None = Field(default=None, ge=0)
-    shed_kw: float | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> OpenAdrLevelConfig:
-        given = [v for v in (self.posture, self.ceiling_kw, self.shed_kw) if v is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of posture, ceiling_kw, shed_kw")
-        # A VEN sees the site through SiteView, whose floors are "all sheddable load off"
-        # (curtail_flexible) and "protected load off too" (curtail_protected); interruptible
-        # alone has no site-wide floor, so it would have to be guessed. Say so at load time.
-        if self.posture is Posture.CURTAIL_INTERRUPTIBLE:
-            raise ValueError(
-                "posture curtail_interruptible has no site-wide ceiling: use none, "
-                "curtail_flexible, curtail_protected, or give ceiling_kw / shed_kw"
-            )
-        return self
-
-
-class OpenAdrSetpointConfig(_Strict):
-    """How a LOAD_DISPATCH / LOAD_CONTROL value is read: the site's ceiling, or kW to shed."""
-
-    meaning: Literal["ceiling", "shed"]
-    unit: Literal["W", "kW", "MW"] = Field(
-        default="kW", description="when the signal carries no itemBase of its own"
-    )
-
-
-class OpenAdrConfig(_Strict):
-    vtn_url: str = Field(min_length=1, pattern=r"^https?://")
-    ven_name: str = Field(min_length=1, max_length=128)
-    ven_id: str | None = Field(default=None, description="default: the id the VTN assigns")
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    key_passphrase: SecretStr | None = None
-    ca_file: Path | None = None
-    vtn_fingerprint: str | None = Field(
-        default=None, pattern=r"^([0-9A-Fa-f]{2}:){9}[0-9A-Fa-f]{2}$"
-    )
-    allow_plain_http: bool = False
-    poll_interval_s: float | None = Field(
-        default=None, gt=0, le=86_400, description="default: the oadrPollFreq the VTN asks for"
-    )
-    simple_levels: dict[Annotated[int, Field(ge=0, le=3)], OpenAdrLevelConfig] = Field(
-        default_factory=lambda: {0: OpenAdrLevelConfig(posture=Posture.NONE)}
-    )
-    load_dispatch: OpenAdrSetpointConfig | None = None
-    load_control: OpenAdrSetpointConfig | None = None
-    opt_out_when_infeasible: bool = True
-    report_resource_id: str = Field(default="site", min_length=1)
-
-    @model_validator(mode="after")
-    def _transport(self) -> OpenAdrConfig:
-        if self.vtn_url.startswith("http://"):
-            if not self.allow_plain_http:
-                raise ValueError(
-                    "plain HTTP sends dispatch unauthenticated: use https://, or set "
-                    "allow_plain_http: true (test rigs only)"
-                )
-            return self
-        missing = [n for n in ("cert_file", "key_file", "ca_file") if getattr(self, n) is None]
-        if missing:
-            raise ValueError(f"an https VTN needs {', '.join(missing)} (OpenADR 2.0b mutual TLS)")
-        return self
-
-
 class SiteConfig(_Strict):
     site: SiteInfo
     classes: dict[str, LoadClassConfig] = Field(min_length=1)
@@ -365,99 +301,8 @@ class SiteConfig(_Strict):
         return prefix or f"gridflex/{self.site.id}"
 
 
-# -- loading and error reporting -------------------------------------------------------------
-class ConfigIssue(BaseModel):
-    """One problem in a site file, located for the person who has to fix it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    file: str
-    path: str
-    line: int | None
-    value: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        shown = f" (got {self.value})" if self.value else ""
-        return f"{where}: {self.path or '<top>'}: {self.message}{shown}"
-
-
+# -- loading -------------------------------------------------------------------------------
 _OVER_MQTT = frozenset({"mqtt", "gpu_node"})  # driver types that need the site's MQTT connection
-_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SECRET_WORDS = ("password", "secret", "token", "key")
-
-
-def _format_path(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _substitute_env(
-    node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], missing: list[tuple[Any, ...]]
-) -> Any:
-    if isinstance(node, str):
-
-        def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in env:
-                missing.append((*loc, name))
-                return ""
-            return env[name]
-
-        return _ENV_PATTERN.sub(replace, node)
-    if isinstance(node, dict):
-        return {k: _substitute_env(v, (*loc, str(k)), env, missing) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute_env(v, (*loc, i), env, missing) for i, v in enumerate(node)]
-    return node
-
-
-def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """The 1-based line of the YAML node at `loc`, or of its nearest ancestor in the file."""
-    node, line = root, None
-    for part in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if k.value == str(part)), None)
-        elif (
-            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
-        ):
-            child = node.value[part]
-        node = child
-    return line if node is None else node.start_mark.line + 1
-
-
-def _data_loc(data: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """Drop the union tags pydantic puts in locations (`driver.modbus.port` -> `driver.port`)."""
-    kept: list[int | str] = []
-    node = data
-    for pos, part in enumerate(loc):
-        if isinstance(node, dict) and part not in node:
-            following = loc[pos + 1] if pos + 1 < len(loc) else None
-            if following is not None and following in node:
-                continue
-        kept.append(part)
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            node = None
-    return tuple(kept)
-
-
-def _shown_value(loc: tuple[int | str, ...], value: Any) -> str:
-    if any(word in str(part).lower() for part in loc for word in _SECRET_WORDS):
-        return "<hidden>"
-    if isinstance(value, dict | list):
-        return ""
-    return repr(value)
 
 
 def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
@@ -520,18 +365,18 @@ def parse_config(
         mark = getattr(exc, "problem_mark", None)
         line = None if mark is None else mark.line + 1
         issue = ConfigIssue(file=file, path="", line=line, value="", message=f"not YAML: {exc}")
-        raise _config_error([issue]) from None
+        raise ConfigFileError([issue]) from None
     if not isinstance(raw, dict):
         issue = ConfigIssue(file=file, path="", line=1, value="", message="must be a mapping")
-        raise _config_error([issue])
+        raise ConfigFileError([issue])
 
     missing: list[tuple[Any, ...]] = []
-    data = _substitute_env(raw, (), environment, missing)
+    data = substitute_env(raw, (), environment, missing)
     issues = [
         ConfigIssue(
             file=file,
-            path=_format_path(m[:-1]),
-            line=_line_of(root, m[:-1]),
+            path=format_path(m[:-1]),
+            line=line_of(root, m[:-1]),
             value="",
             message=f"environment variable {m[-1]} is not set",
         )
@@ -541,9 +386,9 @@ def parse_config(
         issues.append(
             ConfigIssue(
                 file=file,
-                path=_format_path(loc),
-                line=_line_of(root, loc),
-                value=_shown_value(loc, value),
+                path=format_path(loc),
+                line=line_of(root, loc),
+                value=shown_value(loc, value),
                 message=message,
             )
         )
@@ -551,22 +396,22 @@ def parse_config(
         config = SiteConfig.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
-            loc = _data_loc(data, tuple(error["loc"]))
+            loc = data_loc(data, tuple(error["loc"]))
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown key"
             issues.append(
                 ConfigIssue(
                     file=file,
-                    path=_format_path(loc),
-                    line=_line_of(root, loc),
-                    value=_shown_value(loc, error.get("input")),
+                    path=format_path(loc),
+                    line=line_of(root, loc),
+                    value=shown_value(loc, error.get("input")),
                     message=message,
                 )
             )
         config = None
     if issues:
-        raise _config_error(issues)
+        raise ConfigFileError(issues)
     assert config is not None
     return config
 
@@ -576,19 +421,5 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> SiteConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         issue = ConfigIssue(file=str(path), path="", line=None, value="", message=str(exc))
-        raise _config_error([issue]) from None
+        raise ConfigFileError([issue]) from None
     return parse_config(text, file=str(path), env=env)
-
-
-class ConfigFileError(ConfigError):
-    """A site file that cannot be used; `issues` holds every problem, in file order."""
-
-    def __init__(self, issues: list[ConfigIssue]) -> None:
-        self.issues = sorted(issues, key=lambda i: (i.line or 0, i.path))
-        count = len(self.issues)
-        lines = "\n".join(f"  {issue}" for issue in self.issues)
-        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the site file:\n{lines}")
-
-
-def _config_error(issues: list[ConfigIssue]) -> ConfigFileError:
-    return ConfigFileError(issues)
