@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CANONICAL_PRICE_COLUMNS",
     "Capability",
+    "Clock",
     "DeviceCommand",
     "DeviceDriver",
     "DeviceReading",
@@ -33,7 +34,17 @@ __all__ = [
     "SignalSink",
     "SignalSource",
     "SiteView",
+    "utc_now",
 ]
+
+
+# Every adapter and the shell take their time from a Clock, so tests can leap it.
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The production clock: timezone-aware UTC."""
+    return datetime.now(UTC)
 
 
 class Capability(StrEnum):

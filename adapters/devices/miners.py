@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from agent.config_drivers import MinerDriverConfig
@@ -36,7 +36,7 @@ from agent.errors import (
     DeviceTimeoutError,
     DeviceUnavailableError,
 )
-from agent.ports import Capability, DeviceCommand, DeviceReading
+from agent.ports import Capability, DeviceCommand, DeviceReading, utc_now
 
 __all__ = [
     "MinerDriver",
@@ -86,10 +86,6 @@ async def cgminer_call(
     return dict(reply)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class MinerDriver:
     """A LuxOS miner: `curtail` sleeps/wakes it, `profileset <N>W` caps it, `power` reads it."""
 
@@ -98,7 +94,7 @@ class MinerDriver:
         device_id: str,
         config: MinerDriverConfig,
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._device_id = device_id
         self._config = config

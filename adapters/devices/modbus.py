@@ -9,23 +9,15 @@ returns that measurement so the caller does not read the device a second time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from datetime import UTC, datetime
 
 from adapters.devices.codec import decode, encode
 from adapters.devices.profile import Profile, Register, load_profile
 from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
 from agent.config_drivers import ModbusDriverConfig
 from agent.errors import DeviceRejectedError, VerificationError
-from agent.ports import Capability, DeviceCommand, DeviceReading
+from agent.ports import Capability, Clock, DeviceCommand, DeviceReading, utc_now
 
 __all__ = ["ModbusDriver", "capabilities_of"]
-
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def capabilities_of(profile: Profile) -> frozenset[Capability]:
@@ -50,7 +42,7 @@ class ModbusDriver:
         pool: ModbusPool,
         *,
         profile: Profile | None = None,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._profile = profile or load_profile(config.profile)
         if config.channel > self._profile.channels:

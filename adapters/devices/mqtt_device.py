@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from adapters.transport.mqtt_session import MqttError, MqttSession
 from agent.config_drivers import GpuNodeDriverConfig, MqttDriverConfig
 from agent.errors import DeviceTimeoutError, DeviceUnavailableError
-from agent.ports import Capability, DeviceCommand, DeviceReading
+from agent.ports import Capability, DeviceCommand, DeviceReading, utc_now
 
 __all__ = ["MqttDriver", "command_payload", "echo_matches", "node_topics"]
 
@@ -46,10 +46,6 @@ def echo_matches(command: DeviceCommand, state: dict[str, Any]) -> bool:
     return abs(float(state["kw"]) - command.kw) <= max(_KW_TOLERANCE, command.kw * _KW_TOLERANCE)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class MqttDriver:
     def __init__(
         self,
@@ -57,7 +53,7 @@ class MqttDriver:
         config: MqttDriverConfig | GpuNodeDriverConfig,
         session: MqttSession,
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if isinstance(config, GpuNodeDriverConfig):
             self._command_topic, self._state_topic = node_topics(config.node_id)

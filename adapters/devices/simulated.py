@@ -8,20 +8,13 @@ be exercised without a network.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from agent.config_drivers import SimulatedDriverConfig
 from agent.errors import DeviceUnavailableError
-from agent.ports import Capability, DeviceCommand, DeviceReading
+from agent.ports import Capability, Clock, DeviceCommand, DeviceReading, utc_now
 
 __all__ = ["SimulatedDriver"]
-
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class SimulatedDriver:
@@ -32,7 +25,7 @@ class SimulatedDriver:
         *,
         rated_kw: float,
         idle_kw: float = 0.0,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._device_id = device_id
         self._lag = timedelta(seconds=config.lag_s)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pandas as pd
 
@@ -21,7 +21,7 @@ from adapters.signals.ercot_normalize import ERCOT_TZ
 from adapters.signals.ercot_products import PRODUCTS
 from agent.domain.signals import PriceSignal
 from agent.errors import SignalError
-from agent.ports import PriceHistory, SignalSink
+from agent.ports import PriceHistory, SignalSink, utc_now
 
 __all__ = ["ErcotLivePriceSource"]
 
@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 
 AsyncSleep = Callable[[float], Awaitable[None]]
 Now = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class ErcotLivePriceSource:
@@ -47,7 +43,7 @@ class ErcotLivePriceSource:
         publication_lag_s: float = 120.0,
         retry_every_s: float = 30.0,
         stale_after_s: float = 45 * 60.0,
-        now: Now = _utc_now,
+        now: Now = utc_now,
         sleep: AsyncSleep = asyncio.sleep,
         source: str = "ercot-api",
     ) -> None:

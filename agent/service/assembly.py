@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -18,7 +17,7 @@ from pydantic import BaseModel
 from adapters.transport.modbus_pool import ModbusPool
 from adapters.transport.mqtt_session import MqttSession
 from agent.config import SiteConfig
-from agent.ports import DeviceDriver
+from agent.ports import Clock, DeviceDriver
 from agent.service.drivers import build_drivers
 from agent.service.events import EventBook
 from agent.service.grid import GridIntake
@@ -30,8 +29,6 @@ from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
 __all__ = ["MemoryOutbox", "Outbox", "Service", "ack_of", "assemble"]
-
-Clock = Callable[[], datetime]
 
 
 class Outbox(Protocol):

@@ -8,9 +8,7 @@ the shell uses to re-send a command a miner has forgotten (reboot, auto-tuning).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from adapters.devices.miners import MinerDriver, drifted
 from adapters.devices.modbus import ModbusDriver
@@ -28,12 +26,10 @@ from agent.config_drivers import (
     SimulatedDriverConfig,
 )
 from agent.errors import ConfigError
-from agent.ports import DeviceDriver
+from agent.ports import Clock, DeviceDriver
 from agent.service.shell import DriftCheck
 
 __all__ = ["SiteDrivers", "build_drivers"]
-
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True, slots=True)

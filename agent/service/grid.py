@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from agent.domain.settings import Policy, Posture
 from agent.domain.signals import EmergencyLevel, EmergencySignal, PeakWarning
+from agent.ports import Clock
 from agent.service.intake import MessageChecks, RejectedError
 from agent.service.messages import EmergencyMessage, GridAck, PeakWarningMessage
 from agent.service.metrics import Metrics
@@ -38,7 +39,6 @@ __all__ = ["EMERGENCY", "FOURCP", "GridIntake", "fourcp_in_force"]
 
 log = logging.getLogger("gridflex.grid")
 
-Clock = Callable[[], datetime]
 GridMessage = EmergencyMessage | PeakWarningMessage
 Topic = Literal["grid/emergency", "grid/4cp"]
 

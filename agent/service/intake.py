@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent.domain.fleet import Fleet
 from agent.domain.signals import Override, OverrideAction
+from agent.ports import Clock
 from agent.service.events import EventBook
 from agent.service.messages import DispatchAck, DispatchMessage, OverrideAck, OverrideMessage
 from agent.service.snapshot import SnapshotStore
@@ -30,8 +31,6 @@ from agent.service.store import EventRecord, Store
 __all__ = ["Intake", "IntakeLimits", "MessageChecks", "RejectedError", "sign"]
 
 log = logging.getLogger("gridflex.intake")
-
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from agent.domain.signals import Obligation, ObligationCancel
 from agent.errors import SignalAuthError
-from agent.ports import SignalSink
+from agent.ports import Clock, SignalSink
 from agent.service.assembly import Service
 
 if TYPE_CHECKING:  # openleadr is an optional extra: imported only when the site enrols
@@ -35,8 +33,6 @@ log = logging.getLogger("gridflex.openadr")
 
 SOURCE = "openadr"  # Obligation.source of the VEN's obligations (openadr_events.SOURCE)
 _RETRY_S = 30.0
-
-Clock = Callable[[], datetime]
 
 
 @dataclass

@@ -18,13 +18,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 
 from agent.config import SiteConfig
-from agent.ports import SignalSource
+from agent.ports import Clock, SignalSource, utc_now
 from agent.service.assembly import MemoryOutbox, Outbox, Service, assemble
 from agent.service.grid import EMERGENCY, FOURCP, fourcp_in_force
 from agent.service.messages import DecisionMessage, SetpointOut, TelemetryMessage
@@ -39,12 +38,6 @@ __all__ = ["Runner", "decision_message", "run_service", "serve", "telemetry_mess
 log = logging.getLogger("gridflex.service")
 
 TELEMETRY_EVERY_S = 2.0
-
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
@@ -142,7 +135,7 @@ class Runner:
 
     async def telemetry(self) -> None:
         while True:
-            self.service.outbox.send("telemetry", telemetry_message(self.service, _utc_now()))
+            self.service.outbox.send("telemetry", telemetry_message(self.service, utc_now()))
             await asyncio.sleep(TELEMETRY_EVERY_S)
 
     async def shutdown_posture(self) -> None:
@@ -180,7 +173,7 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
         link = MqttLink(config.mqtt, config.topic_prefix, client_id)
         outbox = link
     session = None if link is None else link.session  # MQTT devices share it
-    service = assemble(config, clock=_utc_now, outbox=outbox, mqtt_session=session)
+    service = assemble(config, clock=utc_now, outbox=outbox, mqtt_session=session)
     if link is not None:
         intake = service.intake
         link.on("dispatch", lambda data: _count(service, "dispatch", intake.dispatch(data)))
@@ -197,7 +190,7 @@ async def serve(
     stop: asyncio.Event,
     *,
     link: MqttLink | None = None,
-    clock: Clock = _utc_now,
+    clock: Clock = utc_now,
 ) -> None:
     """Run an assembled service until `stop` is set: cycles, device reads, telemetry, the price
     source and the OpenADR VEN (when the site is enrolled); then the shutdown posture."""

@@ -23,7 +23,7 @@ from agent.domain.settings import Policy
 from agent.domain.signals import Signals
 from agent.errors import DeviceError, DeviceTimeoutError
 from agent.policy import Decision, Memory, decide
-from agent.ports import Capability, DeviceCommand, DeviceDriver, DeviceReading
+from agent.ports import Capability, Clock, DeviceCommand, DeviceDriver, DeviceReading
 from agent.service.events import EventBook
 from agent.service.metrics import Metrics
 from agent.service.snapshot import SnapshotStore
@@ -33,7 +33,6 @@ __all__ = ["CycleReport", "DriftCheck", "Shell", "ShellSettings"]
 
 log = logging.getLogger("gridflex.shell")
 
-Clock = Callable[[], datetime]
 # True when a device no longer does what it was last told (adapters.devices.miners.drifted)
 DriftCheck = Callable[[DeviceCommand, DeviceReading], bool]
 _EPS_KW = 1e-6
