@@ -11,14 +11,14 @@ __all__ = ["main"]
 
 # name -> "module:attribute" of a click command. Each module wires adapters to the core.
 _COMMANDS: dict[str, str] = {
-    "backtest": "agent.commands.backtest:backtest",
-    "audit": "agent.commands.events:audit",
-    "demo": "agent.commands.demo:demo",
-    "events": "agent.commands.events:events",
-    "run": "agent.commands.run:run",
-    "check-config": "agent.commands.check_config:check_config",
-    "node": "agent.commands.node:node",
-    "prices": "agent.commands.prices:prices",
+    "backtest": "agent.app.commands.backtest:backtest",
+    "audit": "agent.app.commands.events:audit",
+    "demo": "agent.app.commands.demo:demo",
+    "events": "agent.app.commands.events:events",
+    "run": "agent.app.commands.run:run",
+    "check-config": "agent.app.commands.check_config:check_config",
+    "node": "agent.app.commands.node:node",
+    "prices": "agent.app.commands.prices:prices",
 }
 
 

@@ -105,7 +105,7 @@ def _start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 def _start_devices(devices: int) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.devices.sim_modbus_server", "--devices", str(devices),
+        [sys.executable, "-m", "adapters.sim.modbus_server", "--devices", str(devices),
          "--first-host", FIRST_HOST, "--port", str(PORT)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """Fan-out: write and verify one setpoint on each of N simulated Modbus devices.
 
 The devices are outlets of simulated rack PDUs (24 outlets per PDU, one PDU per loopback address)
-served by a separate process (adapters.devices.sim_modbus_server). For each N the script times
+served by a separate process (adapters.sim.modbus_server). For each N the script times
   - gridflex: ModbusDriver.apply() on every device at once (pooled connections, retries,
     deadlines, write + read-back + measured-power verification), and
   - plain: a bare pymodbus loop doing the same requests (write coil, read the coil back, and
@@ -28,7 +28,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from adapters.devices.modbus import ModbusDriver
 from adapters.transport.modbus_pool import ModbusPool
-from agent.config_drivers import ModbusDriverConfig
+from agent.config.drivers import ModbusDriverConfig
 from agent.ports import DeviceCommand
 
 SIZES = (100, 1000, 5000)
@@ -46,7 +46,7 @@ def _start_server(devices: int) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "adapters.devices.sim_modbus_server",
+            "adapters.sim.modbus_server",
             "--devices",
             str(devices),
             "--first-host",

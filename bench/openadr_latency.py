@@ -1,7 +1,7 @@
 """OpenADR latency: from the VTN creating an event to the devices verified at the new target.
 
 Everything is the real path: an openleadr VTN on loopback asking for its default oadrPollFreq
-(10 s), the service as `gridflex run` serves it (agent.service.runner.serve: the VEN started by
+(10 s), the service as `gridflex run` serves it (agent.app.runner.serve: the VEN started by
 the service, its events through the event book, the shell's cycle), and the site's 48 PDU
 outlets and 2 throttled loads as simulated Modbus devices on loopback. The VEN polls at the
 VTN's rate (poll_interval_s unset). Each trial publishes a SIMPLE level-2 event starting now, at
@@ -27,14 +27,14 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.devices.sim_modbus_server import SimModbusSite
 from adapters.signals.openadr_ven import DEFAULT_POLL_S
+from adapters.sim.modbus_server import SimModbusSite
+from agent.app.assembly import assemble
+from agent.app.runner import serve
+from agent.app.simsite import endpoints_for
 from agent.config import OpenAdrConfig
 from agent.domain.signals import PriceSignal
-from agent.service.assembly import assemble
 from agent.service.messages import DispatchAck
-from agent.service.runner import serve
-from agent.service.simsite import endpoints_for
 from tests.adapters.signals.openadr_rig import Vtn, wait_until
 from tests.conftest import free_port
 from tests.service.site import site_config

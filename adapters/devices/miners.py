@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from agent.config_drivers import MinerDriverConfig
+from agent.config.drivers import MinerDriverConfig
 from agent.errors import (
     DeviceRejectedError,
     DeviceTimeoutError,

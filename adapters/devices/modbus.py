@@ -13,7 +13,7 @@ import asyncio
 from adapters.devices.codec import decode, encode
 from adapters.devices.profile import Profile, Register, load_profile
 from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
-from agent.config_drivers import ModbusDriverConfig
+from agent.config.drivers import ModbusDriverConfig
 from agent.errors import DeviceRejectedError, VerificationError
 from agent.ports import Capability, Clock, DeviceCommand, DeviceReading, utc_now
 

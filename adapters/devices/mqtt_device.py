@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from adapters.transport.mqtt_session import MqttError, MqttSession
-from agent.config_drivers import GpuNodeDriverConfig, MqttDriverConfig
+from agent.config.drivers import GpuNodeDriverConfig, MqttDriverConfig
 from agent.errors import DeviceTimeoutError, DeviceUnavailableError
 from agent.ports import Capability, DeviceCommand, DeviceReading, utc_now
 

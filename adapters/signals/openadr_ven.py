@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from openleadr import OpenADRClient, objects
+from openleadr import OpenADRClient
 
+from adapters.signals.openadr_client import build_client, offer_site_power_report, reset_reports
 from adapters.signals.openadr_events import (
     SOURCE,
     EventPlan,
@@ -60,9 +61,6 @@ DEFAULT_POLL_S = 10.0
 _RETRY_FIRST_S = 1.0
 _RETRY_MAX_S = 60.0
 # What the VEN offers the VTN to sample: from once a second to once an hour.
-_REPORT_MIN_PERIOD = timedelta(seconds=1)
-_REPORT_MAX_PERIOD = timedelta(hours=1)
-_REPORT_BUFFER = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,34 +140,11 @@ class OpenAdrVen:
 
     # -- openleadr client --------------------------------------------------------------------
     def _build_client(self) -> OpenADRClient:
-        cfg = self._config
-        secure = not cfg.vtn_url.startswith("http://")
-        client = OpenADRClient(
-            ven_name=cfg.ven_name,
-            vtn_url=cfg.vtn_url,
-            ven_id=cfg.ven_id,
-            cert=str(cfg.cert_file) if secure and cfg.cert_file else None,
-            key=str(cfg.key_file) if secure and cfg.key_file else None,
-            passphrase=cfg.key_passphrase.get_secret_value() if cfg.key_passphrase else None,
-            ca_file=str(cfg.ca_file) if secure and cfg.ca_file else None,
-            vtn_fingerprint=cfg.vtn_fingerprint.upper() if cfg.vtn_fingerprint else None,
-            show_fingerprint=False,
-            disable_signature=not secure,
-        )
+        client = build_client(self._config)
         client.add_handler("on_event", self._on_event)
         client.add_handler("on_update_event", self._on_event)
         client.add_hook("after_parse_xml", self._after_parse)
-        client.add_report(
-            callback=self._report_site_kw,
-            resource_id=cfg.report_resource_id,
-            measurement="real_power",
-            unit="W",
-            scale="k",  # values in kW
-            report_duration=_REPORT_BUFFER,
-            sampling_rate=objects.SamplingRate(
-                min_period=_REPORT_MIN_PERIOD, max_period=_REPORT_MAX_PERIOD, on_change=False
-            ),
-        )
+        offer_site_power_report(client, self._config, self._report_site_kw)
         return client
 
     async def _register(self, client: OpenADRClient) -> bool:
@@ -189,7 +164,7 @@ class OpenAdrVen:
             )
             return False
         self._set_reachable(True)
-        self._reset_reports(client)
+        reset_reports(client)
         await client.register_reports(client.reports)
         if not client.scheduler.running:
             client.scheduler.start()  # runs only openleadr's report jobs; polling is ours
@@ -204,17 +179,6 @@ class OpenAdrVen:
             self._config.vtn_url, client.ven_id, client.registration_id, self._poll_s(client),
         )  # fmt: skip
         return True
-
-    def _reset_reports(self, client: OpenADRClient) -> None:
-        """Drop report jobs of an earlier registration: the VTN asks afresh, and stale jobs
-        would send duplicate reports under report request ids it no longer knows."""
-        for request in client.report_requests or []:
-            job = request.get("job")
-            if job is not None:
-                with contextlib.suppress(Exception):  # already removed by openleadr
-                    job.remove()
-        client.report_requests = []
-        client.incomplete_reports = {}
 
     def _poll_s(self, client: OpenADRClient) -> float:
         if self._config.poll_interval_s is not None:

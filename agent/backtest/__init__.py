@@ -1,7 +1,7 @@
 """The backtest: replay the production decide() over a price history and settle what it earned.
 
 Pure computation on frames and arrays; reading and writing files is the command's job
-(agent/commands/backtest.py).
+(agent/app/commands/backtest.py).
 """
 
 from agent.backtest.decisions import backtest_frame

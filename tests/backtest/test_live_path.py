@@ -8,13 +8,13 @@ import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from adapters.devices.simulated import SimulatedDriver
+from adapters.sim.simulated import SimulatedDriver
 from agent.backtest import replay, trace_of
 from agent.backtest.replay import Intervals
-from agent.config_drivers import SimulatedDriverConfig
+from agent.config.drivers import SimulatedDriverConfig
 from agent.domain.signals import Obligation, ObligationKind, PriceSignal
 from agent.policy import Decision, Rule
-from agent.service.shell import Shell, ShellSettings
+from agent.service.cycle import Shell, ShellSettings
 from agent.service.snapshot import SnapshotStore
 from tests.backtest.helpers import assert_same_decisions, example, local_slice, year_2024
 

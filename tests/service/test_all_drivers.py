@@ -18,17 +18,17 @@ import pytest
 from click.testing import CliRunner
 
 from adapters.devices.gpu_nvml import GpuNode, NvmlGpus
-from adapters.devices.sim_miners import FakeMinerFleet
-from adapters.devices.sim_modbus_server import SimModbusSite
+from adapters.sim.miners import FakeMinerFleet
+from adapters.sim.modbus_server import SimModbusSite
 from adapters.transport.mqtt_session import MqttSession, MqttSettings
+from agent.app.assembly import MemoryOutbox, Service, assemble
+from agent.app.commands.node import run_node
+from agent.app.mqtt_link import MqttLink
+from agent.app.runner import run_service
+from agent.app.simsite import endpoints_for
 from agent.cli import main as cli_main
-from agent.commands.node import run_node
 from agent.config import SiteConfig, parse_config
-from agent.service.assembly import MemoryOutbox, Service, assemble
 from agent.service.messages import DispatchAck
-from agent.service.mqtt_link import MqttLink
-from agent.service.runner import run_service
-from agent.service.simsite import endpoints_for
 from tests.adapters.devices.peers import FakeNvml, echoing_device
 from tests.conftest import Broker, free_port
 from tests.service.site import FakeClock

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from adapters.transport.mqtt_session import MqttSession, MqttSettings
 from agent.cli import main
-from agent.service.demo import DemoMqtt, DemoOptions, DemoSummary, run_demo
+from agent.demo.run import DemoMqtt, DemoOptions, DemoSummary, run_demo
 from agent.service.messages import DecisionMessage, DispatchAck, TelemetryMessage
 from tests.conftest import Broker, free_port
 

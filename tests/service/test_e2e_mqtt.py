@@ -96,7 +96,7 @@ def now_iso() -> str:
 def modbus_site() -> Iterator[int]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.devices.sim_modbus_server", "--devices", "48",
+        [sys.executable, "-m", "adapters.sim.modbus_server", "--devices", "48",
          "--first-host", "127.0.5.1", "--port", str(port)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters.devices.sim_modbus_server import SimModbusSite
+from adapters.sim.modbus_server import SimModbusSite
 from adapters.transport.mqtt_session import MqttSession, MqttSettings
+from agent.app.assembly import MemoryOutbox, Service, assemble
+from agent.app.runner import run_service, telemetry_message
+from agent.app.simsite import endpoints_for
 from agent.config import SiteConfig, parse_config
 from agent.domain.signals import EmergencyLevel
 from agent.policy import Rule
-from agent.service.assembly import MemoryOutbox, Service, assemble
 from agent.service.intake import sign
 from agent.service.messages import GridAck, TelemetryMessage
-from agent.service.runner import run_service, telemetry_message
-from agent.service.simsite import endpoints_for
 from tests.conftest import Broker, free_port
 from tests.service.site import FakeClock
 

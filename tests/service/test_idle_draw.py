@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from adapters.devices.simulated import SimulatedDriver
+from adapters.sim.simulated import SimulatedDriver
 from agent.config import parse_config
-from agent.config_drivers import SimulatedDriverConfig
+from agent.config.drivers import SimulatedDriverConfig
 from agent.domain.signals import Obligation, ObligationKind, PriceSignal
-from agent.service.shell import Shell
+from agent.service.cycle import Shell
 from agent.service.snapshot import SnapshotStore
 
 SITE = """

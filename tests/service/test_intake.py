@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.service.assembly import MemoryOutbox, Service, assemble
+from agent.app.assembly import MemoryOutbox, Service, assemble
 from agent.service.intake import sign
 from agent.service.messages import DispatchAck, GridAck, OverrideAck
 from tests.service.site import FakeClock, site_config

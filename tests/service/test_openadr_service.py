@@ -20,15 +20,15 @@ import pytest
 from click.testing import CliRunner
 from openleadr import utils
 
-from adapters.devices.sim_modbus_server import SimModbusSite
+from adapters.sim.modbus_server import SimModbusSite
+from agent.app.assembly import MemoryOutbox, Service, assemble
+from agent.app.runner import serve
+from agent.app.simsite import endpoints_for
 from agent.cli import main as gridflex
 from agent.config import OpenAdrConfig, SiteConfig
 from agent.domain.signals import Obligation, ObligationKind, PriceSignal
-from agent.service.assembly import MemoryOutbox, Service, assemble
 from agent.service.events import EventBook
 from agent.service.messages import DispatchAck
-from agent.service.runner import serve
-from agent.service.simsite import endpoints_for
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import Store
 from tests.adapters.signals.openadr_rig import Vtn, wait_until

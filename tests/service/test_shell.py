@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters.devices.sim_modbus_server import SimModbusSite
+from adapters.sim.modbus_server import SimModbusSite
+from agent.app.assembly import MemoryOutbox, Service, assemble
+from agent.app.simsite import endpoints_for
 from agent.domain.signals import PriceSignal
-from agent.service.assembly import MemoryOutbox, Service, assemble
 from agent.service.messages import DispatchAck
-from agent.service.simsite import endpoints_for
 from tests.conftest import free_port
 from tests.service.site import FakeClock, site_config
 

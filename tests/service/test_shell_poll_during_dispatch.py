@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.devices.sim_modbus_server import SimModbusSite
-from agent.service.assembly import assemble
-from agent.service.shell import ShellSettings
-from agent.service.simsite import endpoints_for
+from adapters.sim.modbus_server import SimModbusSite
+from agent.app.assembly import assemble
+from agent.app.simsite import endpoints_for
+from agent.service.cycle import ShellSettings
 from tests.conftest import free_port
 from tests.service.site import FakeClock, site_config
 from tests.service.test_shell import dispatch, site_power_kw

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from pymodbus.constants import ExcCodes
 
-from adapters.devices.sim_modbus_server import SimEndpoint, SimModbusSite
-from agent.service.assembly import assemble
-from agent.service.simsite import endpoints_for
+from adapters.sim.modbus_server import SimEndpoint, SimModbusSite
+from agent.app.assembly import assemble
+from agent.app.simsite import endpoints_for
 from tests.conftest import free_port
 from tests.service.site import FakeClock, site_config
 from tests.service.test_shell import price

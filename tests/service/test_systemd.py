@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.service.systemd import notify
+from agent.app.systemd import notify
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "gridflex.service"
 

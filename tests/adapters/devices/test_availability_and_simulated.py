@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from adapters.devices.availability import TrackedDriver
-from adapters.devices.simulated import SimulatedDriver
-from agent.config_drivers import SimulatedDriverConfig
+from adapters.sim.simulated import SimulatedDriver
+from agent.config.drivers import SimulatedDriverConfig
 from agent.errors import DeviceUnavailableError
 from agent.ports import DeviceCommand, DeviceDriver
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from adapters.devices.miners import MinerDriver, drifted
-from adapters.devices.sim_miners import FakeMinerFleet
-from agent.config_drivers import MinerDriverConfig
+from adapters.sim.miners import FakeMinerFleet
+from agent.config.drivers import MinerDriverConfig
 from agent.errors import DeviceRejectedError, DeviceTimeoutError, DeviceUnavailableError
 from agent.ports import DeviceCommand, DeviceReading
 

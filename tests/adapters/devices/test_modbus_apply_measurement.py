@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from adapters.devices.modbus import ModbusDriver
-from adapters.devices.sim_modbus_server import SimModbusSite, pdu_site
+from adapters.sim.modbus_server import SimModbusSite, pdu_site
 from adapters.transport.modbus_pool import ModbusPool
-from agent.config_drivers import ModbusDriverConfig
+from agent.config.drivers import ModbusDriverConfig
 from agent.ports import DeviceCommand
 from tests.conftest import free_port
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from adapters.devices.gpu_nvml import GpuNode, NvmlGpus
 from adapters.devices.mqtt_device import MqttDriver
 from adapters.transport.mqtt_session import MqttSession, MqttSettings
+from agent.app.commands.node import run_node
 from agent.cli import main as cli_main
-from agent.commands.node import run_node
-from agent.config_drivers import GpuNodeDriverConfig, MqttDriverConfig
+from agent.config.drivers import GpuNodeDriverConfig, MqttDriverConfig
 from agent.errors import DeviceRejectedError, DeviceTimeoutError, DeviceUnavailableError
 from agent.ports import DeviceCommand
 from tests.adapters.devices.peers import FakeNvml, echoing_device

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from agent.config_drivers import SimulatedDriverConfig
+from agent.config.drivers import SimulatedDriverConfig
 from agent.errors import DeviceUnavailableError
 from agent.ports import Capability, Clock, DeviceCommand, DeviceReading, utc_now
 

@@ -19,10 +19,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.app.assembly import Service
 from agent.domain.signals import Obligation, ObligationCancel
 from agent.errors import SignalAuthError
 from agent.ports import Clock, SignalSink
-from agent.service.assembly import Service
 
 if TYPE_CHECKING:  # openleadr is an optional extra: imported only when the site enrols
     from adapters.signals.openadr_ven import OpenAdrVen, OptDecision

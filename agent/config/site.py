@@ -1,57 +1,45 @@
 """The site file: pydantic models of everything a site engineer configures.
 
-Strict by design: unknown keys are errors, every error is reported at once with its path,
-nothing is clamped silently. `${ENV_VAR}` anywhere in a string is replaced from the
-environment at load time, so secrets stay out of the file; secret fields are SecretStr and
-never printed.
+Every model forbids unknown keys and is frozen; secret fields are SecretStr and never printed.
+How a file is read and its problems reported is agent.config.load.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from agent.config_drivers import DriverConfig, expand
-from agent.config_issues import (
-    ConfigFileError,
-    ConfigIssue,
-    data_loc,
-    format_path,
-    line_of,
-    shown_value,
-    substitute_env,
-)
-from agent.config_openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
+from agent.config.drivers import DriverConfig, expand
+from agent.config.openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.settings import FourCpWindow, Policy, Posture, StalePosture
 from agent.domain.signals import EmergencyLevel
 
 __all__ = [
-    "ConfigFileError",
-    "ConfigIssue",
     "DeviceConfig",
+    "FourCpConfig",
     "LoadClassConfig",
+    "MqttConfig",
     "OpenAdrConfig",
     "OpenAdrLevelConfig",
     "OpenAdrSetpointConfig",
+    "PolicyConfig",
+    "PricesConfig",
+    "ServiceConfig",
     "SiteConfig",
-    "load_config",
-    "parse_config",
+    "SiteInfo",
+    "TlsConfig",
 ]
 
 
@@ -299,127 +287,3 @@ class SiteConfig(_Strict):
     def topic_prefix(self) -> str:
         prefix = self.mqtt.topic_prefix if self.mqtt is not None else None
         return prefix or f"gridflex/{self.site.id}"
-
-
-# -- loading -------------------------------------------------------------------------------
-_OVER_MQTT = frozenset({"mqtt", "gpu_node"})  # driver types that need the site's MQTT connection
-
-
-def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
-    """Checks that span fields, run on the raw data so they report alongside pydantic's."""
-    problems: list[tuple[tuple[int | str, ...], Any, str]] = []
-    if not isinstance(raw, dict):
-        return problems
-    classes = raw.get("classes") if isinstance(raw.get("classes"), dict) else {}
-    assert isinstance(classes, dict)
-    for name, spec in classes.items():
-        follows = spec.get("follows") if isinstance(spec, dict) else None
-        if follows is not None and follows not in classes:
-            problems.append((("classes", str(name), "follows"), follows, "names no load class"))
-    devices = raw.get("devices") if isinstance(raw.get("devices"), list) else []
-    assert isinstance(devices, list)
-    seen: dict[str, int] = {}
-    for i, device in enumerate(devices):
-        if not isinstance(device, dict):
-            continue
-        load_class = device.get("class")
-        if load_class is not None and classes and load_class not in classes:
-            known = ", ".join(sorted(map(str, classes)))
-            problems.append((("devices", i, "class"), load_class, f"unknown class (have {known})"))
-        rated = device.get("rated_kw")
-        for field_name in ("min_kw", "idle_kw"):
-            value = device.get(field_name)
-            if isinstance(rated, int | float) and isinstance(value, int | float) and value > rated:
-                problems.append(
-                    (
-                        ("devices", i, field_name),
-                        value,
-                        f"exceeds rated_kw {rated}: must be <= rated",
-                    )
-                )
-        driver = device.get("driver")
-        if isinstance(driver, dict) and driver.get("type") in _OVER_MQTT and not raw.get("mqtt"):
-            problems.append(
-                (("devices", i, "driver", "type"), driver.get("type"),
-                 "this device is reached over MQTT but the site file has no `mqtt` section")
-            )  # fmt: skip
-        device_id = device.get("id")
-        if isinstance(device_id, str):
-            if device_id in seen:
-                problems.append(
-                    (("devices", i, "id"), device_id, f"duplicate of devices[{seen[device_id]}].id")
-                )
-            seen.setdefault(device_id, i)
-    return problems
-
-
-def parse_config(
-    text: str, *, file: str = "<site>", env: Mapping[str, str] | None = None
-) -> SiteConfig:
-    """Parse and validate a site file; raises ConfigError listing every issue (see .issues)."""
-    environment = os.environ if env is None else env
-    try:
-        root = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = None if mark is None else mark.line + 1
-        issue = ConfigIssue(file=file, path="", line=line, value="", message=f"not YAML: {exc}")
-        raise ConfigFileError([issue]) from None
-    if not isinstance(raw, dict):
-        issue = ConfigIssue(file=file, path="", line=1, value="", message="must be a mapping")
-        raise ConfigFileError([issue])
-
-    missing: list[tuple[Any, ...]] = []
-    data = substitute_env(raw, (), environment, missing)
-    issues = [
-        ConfigIssue(
-            file=file,
-            path=format_path(m[:-1]),
-            line=line_of(root, m[:-1]),
-            value="",
-            message=f"environment variable {m[-1]} is not set",
-        )
-        for m in missing
-    ]
-    for loc, value, message in _cross_checks(data):
-        issues.append(
-            ConfigIssue(
-                file=file,
-                path=format_path(loc),
-                line=line_of(root, loc),
-                value=shown_value(loc, value),
-                message=message,
-            )
-        )
-    try:
-        config = SiteConfig.model_validate(data)
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            loc = data_loc(data, tuple(error["loc"]))
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            issues.append(
-                ConfigIssue(
-                    file=file,
-                    path=format_path(loc),
-                    line=line_of(root, loc),
-                    value=shown_value(loc, error.get("input")),
-                    message=message,
-                )
-            )
-        config = None
-    if issues:
-        raise ConfigFileError(issues)
-    assert config is not None
-    return config
-
-
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> SiteConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        issue = ConfigIssue(file=str(path), path="", line=None, value="", message=str(exc))
-        raise ConfigFileError([issue]) from None
-    return parse_config(text, file=str(path), env=env)

@@ -1,7 +1,7 @@
 """The demo over a real broker: the service's own MQTT link, and a QSE that dispatches over MQTT.
 
 When a broker answers, `gridflex demo` runs the same MQTT interface as `gridflex run`
-(agent/service/mqtt_link.py): retained `<prefix>/status` ("online", last will "offline"),
+(agent/app/mqtt_link.py): retained `<prefix>/status` ("online", last will "offline"),
 `<prefix>/telemetry` every cycle, `<prefix>/decision` on change, `<prefix>/dispatch/ack` on every
 change of an event's status, and the scripted dispatch arrives as a real message on
 `<prefix>/dispatch`, sent by a second client playing the QSE, so the ack flow is production's.
@@ -21,11 +21,11 @@ import numpy as np
 from pydantic import BaseModel
 
 from adapters.transport.mqtt_session import MqttError, MqttSession, MqttSettings
+from agent.app.assembly import MemoryOutbox, Service
+from agent.app.mqtt_link import MqttLink
+from agent.app.runner import decision_message, telemetry_message
 from agent.config import MqttConfig
-from agent.service.assembly import MemoryOutbox, Service
-from agent.service.mqtt_link import MqttLink
-from agent.service.runner import decision_message, telemetry_message
-from agent.service.shell import CycleReport
+from agent.service.cycle import CycleReport
 
 __all__ = ["DemoMqtt", "DemoMqttLink", "DemoOutbox", "open_demo_mqtt"]
 

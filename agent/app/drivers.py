@@ -14,11 +14,11 @@ from adapters.devices.miners import MinerDriver, drifted
 from adapters.devices.modbus import ModbusDriver
 from adapters.devices.mqtt_device import MqttDriver
 from adapters.devices.profile import Profile, load_profile
-from adapters.devices.simulated import SimulatedDriver
+from adapters.sim.simulated import SimulatedDriver
 from adapters.transport.modbus_pool import ModbusPool
 from adapters.transport.mqtt_session import MqttSession
 from agent.config import SiteConfig
-from agent.config_drivers import (
+from agent.config.drivers import (
     GpuNodeDriverConfig,
     MinerDriverConfig,
     ModbusDriverConfig,
@@ -27,7 +27,7 @@ from agent.config_drivers import (
 )
 from agent.errors import ConfigError
 from agent.ports import Clock, DeviceDriver
-from agent.service.shell import DriftCheck
+from agent.service.cycle import DriftCheck
 
 __all__ = ["SiteDrivers", "build_drivers"]
 

@@ -6,7 +6,7 @@ nothing when off. Options make a channel *stuck* (accepts every write, its power
 the miner that says "OK" and keeps hashing) or *rejecting* (answers writes with a Modbus exception).
 
 Used by the demo, the service's end-to-end tests and bench/fanout.py. Run standalone:
-    python -m adapters.devices.sim_modbus_server --devices 1000 --first-host 127.0.1.1 --port 15020
+    python -m adapters.sim.modbus_server --devices 1000 --first-host 127.0.1.1 --port 15020
 """
 
 from __future__ import annotations

@@ -16,15 +16,15 @@ from pydantic import BaseModel
 
 from adapters.transport.modbus_pool import ModbusPool
 from adapters.transport.mqtt_session import MqttSession
+from agent.app.drivers import build_drivers
 from agent.config import SiteConfig
 from agent.ports import Clock, DeviceDriver
-from agent.service.drivers import build_drivers
+from agent.service.cycle import DriftCheck, Shell, ShellSettings
 from agent.service.events import EventBook
 from agent.service.grid import GridIntake
 from agent.service.intake import Intake, IntakeLimits, MessageChecks
 from agent.service.messages import DispatchAck
 from agent.service.metrics import Metrics
-from agent.service.shell import DriftCheck, Shell, ShellSettings
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
@@ -90,7 +90,7 @@ def assemble(
     """Build the service; resumes live events, overrides, the grid condition and engine memory
     from the database.
 
-    Without `drivers`, every configured device gets its driver (agent.service.drivers); those
+    Without `drivers`, every configured device gets its driver (agent.app.drivers); those
     reached over MQTT use `mqtt_session`, the service's session (ConfigError when there is none).
     """
     outbox = outbox or MemoryOutbox()

@@ -35,7 +35,7 @@ def run(config_path: Path, log_level: str) -> None:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    from agent.service.runner import run_service  # noqa: PLC0415 - keep --help fast
+    from agent.app.runner import run_service  # noqa: PLC0415 - keep --help fast
 
     try:
         asyncio.run(run_service(config))

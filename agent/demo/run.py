@@ -1,6 +1,6 @@
 """`gridflex demo`: one real ERCOT day on a simulated site, with a grid dispatch in the middle.
 
-The site (agent/data/demo-site.yaml: 240 PDU outlets of miners, 4 immersion tanks, 16 GPU nodes,
+The site (agent/demo/demo-site.yaml: 240 PDU outlets of miners, 4 immersion tanks, 16 GPU nodes,
 2 dry coolers, ~1.5 MW) is served by simulated Modbus devices on loopback in this process, and
 the real 2024 real-time prices of HB_HUBAVG shipped in agent/data are replayed through the same
 service code `gridflex run` uses (snapshot, decide, apply over Modbus, verify, events, audit).
@@ -9,7 +9,7 @@ deployment arrives as a dispatch message (the same JSON an operator would send o
 PDU stops obeying mid-event, to show the service planning around it.
 
 When a broker answers (127.0.0.1:1883 unless told otherwise), the service runs its real MQTT
-interface and the dispatch arrives over MQTT (agent/service/demo_mqtt.py), so a SCADA integrator
+interface and the dispatch arrives over MQTT (agent/demo/mqtt.py), so a SCADA integrator
 can watch with `mosquitto_sub -t 'gridflex/#' -v`; otherwise one line says why not, and the
 dispatch is handed to the service in-process.
 """
@@ -23,30 +23,27 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 
-from adapters.devices.sim_modbus_server import SimModbusSite
 from adapters.signals.replay import load_canonical_prices, price_schedule
+from adapters.sim.modbus_server import SimModbusSite
 from adapters.transport.mqtt_session import MqttError
+from agent.app.assembly import Service, assemble
+from agent.app.simsite import sim_site_for
 from agent.config import SiteConfig, parse_config
+from agent.demo.mqtt import DemoMqtt, DemoMqttLink, DemoOutbox, open_demo_mqtt
+from agent.demo.view import DemoSummary, NoLive, View, print_summary
 from agent.domain.signals import PriceSignal
-from agent.policy import Rule
-from agent.service.assembly import Service, assemble
-from agent.service.demo_mqtt import DemoMqtt, DemoMqttLink, DemoOutbox, open_demo_mqtt
+from agent.service.cycle import CycleReport
 from agent.service.messages import DispatchAck
-from agent.service.shell import CycleReport
-from agent.service.simsite import sim_site_for
 
 __all__ = ["DemoMqtt", "DemoOptions", "DemoSummary", "run_demo"]
 
@@ -67,23 +64,6 @@ class DemoOptions:
     mqtt: DemoMqtt | None = None  # where to look for a broker; None: in-process only
 
 
-@dataclass
-class DemoSummary:
-    cycles: int = 0
-    energy_mwh: float = 0.0
-    cost_usd: float = 0.0
-    flat_energy_mwh: float = 0.0
-    flat_cost_usd: float = 0.0
-    max_price: float = 0.0
-    commands: int = 0
-    failed_devices: set[str] = field(default_factory=set)
-    acks: list[DispatchAck] = field(default_factory=list)
-    wall_s: float = 0.0
-    max_cycle_s: float = 0.0
-    mqtt: str = "not used"  # where the demo published, or why it did not
-    mqtt_prefix: str | None = None
-
-
 def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -91,7 +71,7 @@ def free_loopback_port() -> int:
 
 
 def load_demo_config(port: int, database: str = ":memory:") -> SiteConfig:
-    text = resources.files("agent.data").joinpath("demo-site.yaml").read_text(encoding="utf-8")
+    text = resources.files("agent.demo").joinpath("demo-site.yaml").read_text(encoding="utf-8")
     config = parse_config(text, file="demo-site.yaml", env={"GRIDFLEX_DEMO_PORT": str(port)})
     service = config.service.model_copy(update={"database": Path(database)})
     return config.model_copy(update={"service": service})
@@ -150,11 +130,11 @@ async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
         mqtt = await _connect(options.mqtt, service, outbox, summary, console)
         try:
             await service.shell.poll()
-            view = _View(service, zone, options.dispatch_target_kw)
+            view = View(service, zone, options.dispatch_target_kw)
             send = _dispatcher(service, mqtt)
             pending = list(prices)
             with Live(view.render(None, summary), console=console, auto_refresh=False,
-                      transient=False) if live else _NoLive() as screen:  # fmt: skip
+                      transient=False) if live else NoLive() as screen:  # fmt: skip
                 for step in range(steps):
                     tick = time.perf_counter()
                     clock.now = start + step * STEP
@@ -178,7 +158,7 @@ async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
                 await mqtt.close()
             await service.close()
     summary.wall_s = time.perf_counter() - began
-    _print_summary(console, summary, service, options)
+    print_summary(console, summary, service, options.day)
     return summary
 
 
@@ -272,7 +252,7 @@ async def _scripted(  # noqa: PLR0917 - the scene's cast
     dispatch_at: datetime,
     send: Dispatcher,
     sim: SimModbusSite,
-    view: _View,
+    view: View,
     options: DemoOptions,
 ) -> None:
     """The day's script: the QSE's dispatch, then a PDU that stops obeying and is repaired."""
@@ -329,168 +309,3 @@ def _account(
         topic, message = outbox.memory.sent.popleft()
         if topic == "dispatch/ack" and isinstance(message, DispatchAck):
             summary.acks.append(message)
-
-
-class _NoLive:
-    def __enter__(self) -> _NoLive:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
-
-    def update(self, *_args: object, **_kwargs: object) -> None:
-        return None
-
-
-class _View:
-    """The live terminal view: price, site kW against its ceiling, classes, reasons, events."""
-
-    def __init__(self, service: Service, zone: ZoneInfo, target_kw: float) -> None:
-        self._service = service
-        self._zone = zone
-        self._rated_kw = float(service.shell.fleet.rated_kw.sum())
-        self._target_kw = target_kw
-        self._notes: list[str] = []
-        self.fresh_notes = False
-        self._history: list[float] = []
-        self._seen_statuses: set[str] = set()
-        self._down: set[int] = set()
-
-    def note(self, at: datetime, text: str) -> None:
-        self._notes.append(f"{at.astimezone(self._zone):%H:%M} {text}")
-        self.fresh_notes = True
-
-    def observe(self, report: CycleReport) -> None:
-        self._history.append(self._service.shell.site_kw())
-        for event in self._service.events.live:
-            key = f"{event.event_id}:{event.status}"
-            if key not in self._seen_statuses:
-                self._seen_statuses.add(key)
-                self.note(report.at_utc, f"event {event.event_id} {event.status}: {event.reason}")
-        down = set(np.flatnonzero(~self._service.shell.available).tolist())
-        if down - self._down:
-            self.note(
-                report.at_utc,
-                f"{len(down - self._down)} device(s) draw more than commanded or fail "
-                "verification: unavailable, counted at their measured kW, others shed instead",
-            )
-        if self._down - down:
-            self.note(report.at_utc, f"{len(self._down - down)} device(s) recovered")
-        self._down = down
-
-    def line(self, report: CycleReport) -> str:
-        d = report.decision
-        local = report.at_utc.astimezone(self._zone)
-        price = "  n/a " if d.price_usd_per_mwh is None else f"{d.price_usd_per_mwh:8.2f}"
-        ceiling = "" if d.site_ceiling_kw is None else f"  ceiling {d.site_ceiling_kw:6.0f} kW"
-        notes = "".join(f"\n  - {n}" for n in self._notes[-3:]) if self.fresh_notes else ""
-        return (
-            f"{local:%H:%M}  price {price} $/MWh  site {self._service.shell.site_kw():7.1f} kW"
-            f"{ceiling}  | {_top_reason(report)}{notes}"
-        )
-
-    def render(self, report: CycleReport | None, summary: DemoSummary) -> Panel:
-        if report is None:
-            return Panel("starting the simulated site...", title="gridflex demo")
-        d = report.decision
-        local = report.at_utc.astimezone(self._zone)
-        site_kw = self._service.shell.site_kw()
-        head = Table.grid(padding=(0, 2))
-        head.add_row(
-            Text(f"{local:%Y-%m-%d %H:%M} {local.tzname()}", style="bold"),
-            Text(
-                "price n/a" if d.price_usd_per_mwh is None
-                else f"price {d.price_usd_per_mwh:,.2f} $/MWh",
-                style="red bold" if (d.price_usd_per_mwh or 0) > 200 else "green",
-            ),
-            Text(f"site {site_kw:,.0f} kW of {self._rated_kw:,.0f}", style="bold"),
-            Text("" if d.site_ceiling_kw is None else f"ceiling {d.site_ceiling_kw:,.0f} kW",
-                 style="yellow bold"),
-        )  # fmt: skip
-        bar = _bar(site_kw, self._rated_kw, d.site_ceiling_kw)
-        classes = Table(box=None, show_header=True, header_style="dim")
-        classes.add_column("class")
-        classes.add_column("kW", justify="right")
-        for name, kw in d.class_kw_by_name().items():
-            classes.add_row(name, f"{kw:,.0f}")
-        reasons = Table(box=None, show_header=True, header_style="dim")
-        reasons.add_column("devices", justify="right")
-        reasons.add_column("why")
-        for count, rule, text in _reasons(report)[:6]:
-            reasons.add_row(str(count), f"[dim]{rule}[/dim] {text}")
-        available = int(self._service.shell.available.sum())
-        status = Text(
-            f"devices {available}/{len(self._service.shell.fleet)} available   "
-            f"commands {summary.commands}   cycles {summary.cycles}   "
-            f"cost so far ${summary.cost_usd:,.0f} (run-flat ${summary.flat_cost_usd:,.0f})",
-            style="dim",
-        )
-        notes = Text("\n".join(self._notes[-5:]) or "-", style="cyan")
-        spark = Text(_sparkline(self._history[-96:]), style="blue")
-        return Panel(
-            Group(head, bar, spark, classes, reasons, notes, status),
-            title="gridflex demo: ERCOT HB_HUBAVG real-time prices, simulated Modbus site",
-        )
-
-
-def _reasons(report: CycleReport) -> list[tuple[int, str, str]]:
-    d = report.decision
-    counts = np.bincount(d.reason_index, minlength=len(d.reasons))
-    rules: dict[int, str] = {}
-    for i, r in zip(d.reason_index, d.rule, strict=True):
-        rules.setdefault(int(i), Rule(int(r)).label)
-    rows = [(int(c), rules.get(i, ""), d.reasons[i]) for i, c in enumerate(counts) if c]
-    return sorted(rows, key=lambda row: -row[0])
-
-
-def _top_reason(report: CycleReport) -> str:
-    rows = [r for r in _reasons(report) if r[1] not in ("critical", "protected")]
-    if not rows:
-        return "all running"
-    count, _rule, text = rows[0]
-    return f"{count} dev: {text}"
-
-
-def _bar(site_kw: float, rated_kw: float, ceiling_kw: float | None, width: int = 60) -> Text:
-    filled = round(width * site_kw / rated_kw) if rated_kw else 0
-    text = Text("█" * filled + "·" * (width - filled), style="green")
-    if ceiling_kw is not None and rated_kw:
-        mark = min(width - 1, round(width * ceiling_kw / rated_kw))
-        text.stylize("yellow", mark, mark + 1)
-    return text
-
-
-def _sparkline(values: list[float]) -> str:
-    if not values:
-        return ""
-    blocks = " ▁▂▃▄▅▆▇█"
-    top = max(values) or 1.0
-    return "".join(blocks[round(8 * v / top)] for v in values)
-
-
-def _print_summary(
-    console: Console, summary: DemoSummary, service: Service, options: DemoOptions
-) -> None:
-    saved = summary.flat_cost_usd - summary.cost_usd
-    curtailed = summary.flat_energy_mwh - summary.energy_mwh
-    table = Table(title=f"gridflex demo: {options.day.isoformat()} in {summary.wall_s:.1f} s")
-    table.add_column("")
-    table.add_column("", justify="right")
-    table.add_row("cycles (5 simulated minutes each)", str(summary.cycles))
-    table.add_row("highest real-time price", f"{summary.max_price:,.2f} $/MWh")
-    table.add_row("energy drawn", f"{summary.energy_mwh:,.2f} MWh")
-    table.add_row("energy cost at real-time prices", f"${summary.cost_usd:,.0f}")
-    table.add_row("same site running flat out", f"${summary.flat_cost_usd:,.0f}")
-    table.add_row("curtailed", f"{curtailed:,.2f} MWh, ${saved:,.0f} not spent")
-    table.add_row("device commands sent (verified over Modbus)", f"{summary.commands:,}")
-    table.add_row("devices that disobeyed or failed verification (planned around)",
-                  str(len(summary.failed_devices)))  # fmt: skip
-    table.add_row("slowest cycle", f"{summary.max_cycle_s * 1000:.0f} ms")
-    table.add_row("MQTT", summary.mqtt)
-    for ack in summary.acks:
-        achieved = "" if ack.achieved_kw is None else f", achieved {ack.achieved_kw:,.0f} kW"
-        table.add_row(
-            f"dispatch {ack.event_id}: {ack.status}",
-            f"{ack.at.astimezone(ZoneInfo(service.config.site.timezone)):%H:%M}{achieved}",
-        )
-    console.print(table)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from adapters.devices.profile import load_profile
-from adapters.devices.sim_modbus_server import SimEndpoint, SimModbusSite
+from adapters.sim.modbus_server import SimEndpoint, SimModbusSite
 from agent.config import SiteConfig
-from agent.config_drivers import ModbusDriverConfig
+from agent.config.drivers import ModbusDriverConfig
 
 __all__ = ["endpoints_for", "sim_site_for"]
 

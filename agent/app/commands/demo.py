@@ -8,7 +8,7 @@ from datetime import date
 import click
 from rich.console import Console
 
-from agent.service.demo import DemoMqtt, DemoOptions, run_demo
+from agent.demo.run import DemoMqtt, DemoOptions, run_demo
 
 __all__ = ["demo"]
 

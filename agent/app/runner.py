@@ -22,16 +22,16 @@ from datetime import datetime
 
 import numpy as np
 
+from agent.app.assembly import MemoryOutbox, Outbox, Service, assemble
+from agent.app.mqtt_link import MqttLink
+from agent.app.openadr import openadr_link, run_openadr
+from agent.app.prices import price_source
+from agent.app.systemd import notify
 from agent.config import SiteConfig
 from agent.ports import Clock, SignalSource, utc_now
-from agent.service.assembly import MemoryOutbox, Outbox, Service, assemble
+from agent.service.cycle import CycleReport
 from agent.service.grid import EMERGENCY, FOURCP, fourcp_in_force
 from agent.service.messages import DecisionMessage, SetpointOut, TelemetryMessage
-from agent.service.mqtt_link import MqttLink
-from agent.service.openadr import openadr_link, run_openadr
-from agent.service.prices import price_source
-from agent.service.shell import CycleReport
-from agent.service.systemd import notify
 
 __all__ = ["Runner", "decision_message", "run_service", "serve", "telemetry_message"]
 

@@ -19,6 +19,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from adapters.signals.canonical_file import load_canonical_prices
+from agent.app.commands.backtest_output import (
+    Plotter,
+    fourcp_table,
+    months_table,
+    summary_table,
+    write_outputs,
+)
 from agent.backtest import (
     BacktestInputError,
     Contract,
@@ -33,13 +40,6 @@ from agent.backtest import (
     replay,
     replay_plain,
     settle,
-)
-from agent.commands.backtest_output import (
-    Plotter,
-    fourcp_table,
-    months_table,
-    summary_table,
-    write_outputs,
 )
 from agent.config import ConfigFileError, load_config
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority

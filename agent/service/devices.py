@@ -1,0 +1,194 @@
+"""What the shell knows of each device, and how it judges it: reachable, obeying, measured kW.
+
+One `DeviceBank` per fleet holds, as columns, what the drivers last saw of each device (reachable,
+measured kW) and what was last applied to it. Polling reads devices on their own cadence; a
+reading is judged here (drifted firmware re-sent, a device drawing above its command marked
+down), and each change of availability is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.domain.fleet import Fleet, FloatArray
+from agent.errors import DeviceError
+from agent.ports import DeviceCommand, DeviceDriver, DeviceReading
+from agent.service.metrics import Metrics
+
+__all__ = ["EPS_KW", "DeviceBank", "DriftCheck", "ShellSettings"]
+
+log = logging.getLogger("gridflex.shell")
+
+# True when a device no longer does what it was last told (adapters.devices.miners.drifted)
+DriftCheck = Callable[[DeviceCommand, DeviceReading], bool]
+EPS_KW = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class ShellSettings:
+    max_concurrency: int = 512
+    verify_timeout_s: float = 10.0
+    restore_batch_size: int = 50
+    restore_batch_interval_s: float = 5.0
+    # read measured power after a command whose driver did not return the measurement proving it
+    read_after_apply: bool = True
+
+
+class DeviceBank:
+    """Per-device state of one fleet, and the polling that keeps it current."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        drivers: Mapping[str, DeviceDriver],
+        settings: ShellSettings,
+        *,
+        metrics: Metrics | None = None,
+        drift_checks: Mapping[str, DriftCheck] | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.settings = settings
+        self.metrics = metrics
+        self.drivers = [drivers.get(device_id) for device_id in fleet.device_ids]
+        n = len(fleet)
+        self.has_driver = np.array([d is not None for d in self.drivers], dtype=np.bool_)
+        self.available = np.ones(n, dtype=np.bool_)
+        self.measured_kw: FloatArray = np.full(n, np.nan)
+        self.applied_kw: FloatArray = np.full(n, np.nan)  # nan: unknown, (re)assert next cycle
+        self.commanded_kw: FloatArray = np.full(n, np.nan)  # last sent, whether it took or not
+        checks = drift_checks or {}
+        self._drift_checks = [checks.get(device_id) for device_id in fleet.device_ids]
+        self._drift_resent = np.zeros(n, dtype=np.bool_)  # re-sent once since it last obeyed
+        self.semaphore = asyncio.Semaphore(settings.max_concurrency)
+        # Bumped when a command to the device starts and again when it ends (odd: in flight). A
+        # poll reading that overlapped a command may predate it: the command's own verification
+        # speaks for the device, the reading is dropped (else a device read just before it was
+        # switched off would be judged "drawing against 0 kW commanded" and marked down).
+        self.command_seq = np.zeros(n, dtype=np.int64)
+        self._applies = 0
+        self._no_apply = asyncio.Event()  # set while no command fan-out runs: polls may read
+        self._no_apply.set()
+
+    def verified_kw(self, planned_kw: FloatArray) -> FloatArray:
+        """Each device's draw as best known: measured, else applied, else planned (no driver:
+        rated)."""
+        kw = np.where(np.isnan(self.measured_kw), self.applied_kw, self.measured_kw)
+        planned = np.nan_to_num(planned_kw, nan=0.0)
+        return np.where(np.isnan(kw), np.where(self.has_driver, planned, self.fleet.rated_kw), kw)
+
+    @asynccontextmanager
+    async def commanding(self) -> AsyncIterator[None]:
+        """Mark a command fan-out as running: polls wait for it to end before their next read."""
+        self._applies += 1
+        self._no_apply.clear()
+        try:
+            yield
+        finally:
+            self._applies -= 1
+            if not self._applies:
+                self._no_apply.set()
+
+    # -- reading devices (their own cadence) -------------------------------------------------
+    async def poll(self, indices: np.ndarray | None = None) -> None:
+        """Read devices (all by default); an unreachable one becomes unavailable, a reachable
+        one available again. Each change is logged once."""
+        idx = np.flatnonzero(self.has_driver) if indices is None else indices
+        todo = iter(idx.tolist())
+
+        # A bounded set of readers, each waiting out a command fan-out before its next read: a
+        # dispatch cycle never queues behind a whole poll of the site for connections and slots.
+        async def reader() -> None:
+            for i in todo:
+                await self._no_apply.wait()
+                await self._read_one(i)
+
+        workers = min(len(idx), self.settings.max_concurrency)
+        await asyncio.gather(*(reader() for _ in range(workers)))
+        if self.metrics is not None:
+            self.metrics.devices_available.set(int(self.available.sum()))
+
+    async def _read_one(self, i: int) -> None:
+        driver = self.drivers[i]
+        assert driver is not None
+        seq = int(self.command_seq[i])
+        try:
+            async with self.semaphore, asyncio.timeout(self.settings.verify_timeout_s):
+                reading = await driver.read()
+        except (DeviceError, TimeoutError) as exc:
+            if self._overlapped(i, seq):
+                return
+            self.mark_down(i, str(exc))
+            return
+        if self._overlapped(i, seq):
+            return
+        if reading.power_kw is not None:
+            self.measured_kw[i] = reading.power_kw
+            if self._resend_if_drifted(i, reading):
+                return
+            excess = self._excess_kw(i, reading.power_kw)
+            if excess:
+                self.mark_down(i, excess)
+                return
+        if not self.available[i]:
+            self.available[i] = True
+            self.applied_kw[i] = np.nan  # re-assert its setpoint next cycle
+            log.info("%s recovered", self.fleet.device_ids[i])
+
+    def _overlapped(self, i: int, seq_before: int) -> bool:
+        """Whether a command to device i ran during a read that began at `seq_before`."""
+        return seq_before % 2 == 1 or int(self.command_seq[i]) != seq_before
+
+    def _resend_if_drifted(self, i: int, reading: DeviceReading) -> bool:
+        """A miner that drifted back (firmware reboot, auto-tuning) is sent its command again.
+
+        Once: the next cycle re-sends the setpoint. If it still draws too much after that
+        (firmware that answers OK and keeps hashing), the excess check below judges it as it
+        judges any device.
+        """
+        check, commanded = self._drift_checks[i], float(self.commanded_kw[i])
+        if check is None or np.isnan(commanded) or not self.available[i]:
+            return False
+        rated = float(self.fleet.rated_kw[i])
+        command = DeviceCommand(reading.device_id, commanded > EPS_KW, commanded,
+                                100.0 * commanded / rated if rated else 0.0)  # fmt: skip
+        if not check(command, reading):
+            self._drift_resent[i] = False
+            return False
+        if self._drift_resent[i]:
+            # re-sent already: judge it, unless the cycle has not re-sent it yet
+            return bool(np.isnan(self.applied_kw[i]))
+        self._drift_resent[i] = True
+        self.applied_kw[i] = np.nan  # the next cycle re-sends the setpoint
+        log.info("%s drifted to %.2f kW against %.2f kW commanded; re-sending",
+                 self.fleet.device_ids[i], reading.power_kw, commanded)  # fmt: skip
+        return True
+
+    def _excess_kw(self, i: int, power_kw: float) -> str:
+        """Why a device draws more than it was told to ('' when it obeys).
+
+        Drawing less is fine (a load ramps up in its own time); drawing more than the command
+        plus 10 % and a noise floor is a device ignoring us, whatever it answered.
+        """
+        commanded = float(self.commanded_kw[i])
+        if np.isnan(commanded):
+            return ""
+        # off is not zero for every load: a GPU server with its jobs paused still idles
+        expected_kw = max(commanded, float(self.fleet.idle_kw[i]))
+        floor_kw = max(0.025, 0.05 * float(self.fleet.rated_kw[i]))
+        if power_kw <= expected_kw * 1.1 + floor_kw:
+            return ""
+        return f"draws {power_kw:.2f} kW against {commanded:.2f} kW commanded"
+
+    def mark_down(self, i: int, why: str) -> None:
+        self.applied_kw[i] = np.nan  # unknown now: re-asserted once the device is back
+        if self.available[i]:
+            self.available[i] = False
+            log.warning("%s unavailable: %s", self.fleet.device_ids[i], why)
+            if self.metrics is not None:
+                self.metrics.errors.labels(kind="device").inc()

@@ -1,0 +1,66 @@
+"""The command fan-out: send setpoints to many devices at once, bounded, each with a deadline.
+
+A driver that proves its command by measured power returns that measurement; otherwise the
+device is read once after the command (when it can be read). A device that fails or times out
+is marked unavailable in the bank, so the next decide() plans around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from agent.domain.fleet import FloatArray
+from agent.errors import DeviceError, DeviceTimeoutError
+from agent.ports import Capability, DeviceCommand, DeviceDriver
+from agent.service.devices import EPS_KW, DeviceBank
+
+__all__ = ["apply_setpoints"]
+
+
+async def apply_setpoints(
+    bank: DeviceBank, indices: np.ndarray, target: FloatArray
+) -> dict[str, str]:
+    """Apply `target` to the devices at `indices` concurrently; returns {device id: why failed}."""
+    async with bank.commanding():
+        results = await asyncio.gather(*(_apply_one(bank, int(i), target) for i in indices))
+    ids = bank.fleet.device_ids
+    return {ids[i]: why for i, why in zip(indices, results, strict=True) if why}
+
+
+async def _apply_one(bank: DeviceBank, i: int, target: FloatArray) -> str:
+    driver = bank.drivers[i]
+    assert driver is not None
+    kw = float(target[i])
+    rated = float(bank.fleet.rated_kw[i])
+    device_id = bank.fleet.device_ids[i]
+    command = DeviceCommand(device_id, kw > EPS_KW, kw, 100.0 * kw / rated if rated else 0.0)
+    bank.commanded_kw[i] = kw
+    bank.command_seq[i] += 1
+    timeout_s = bank.settings.verify_timeout_s
+    try:
+        async with bank.semaphore, asyncio.timeout(timeout_s):
+            # A driver that proved the command by measured power returns that measurement:
+            # reading the device again would cost a second round trip for nothing.
+            reading = await driver.apply(command)
+            bank.applied_kw[i] = kw
+            bank.measured_kw[i] = np.nan
+            if (reading is None or reading.power_kw is None) and _reads_after(bank, driver):
+                reading = await driver.read()
+            if reading is not None and reading.power_kw is not None:
+                bank.measured_kw[i] = reading.power_kw
+    except TimeoutError:
+        why = str(DeviceTimeoutError(device_id, f"no verified apply within {timeout_s} s"))
+        bank.mark_down(i, why)
+        return why
+    except DeviceError as exc:
+        bank.mark_down(i, str(exc))
+        return str(exc)
+    finally:
+        bank.command_seq[i] += 1  # over: readings from now on see what it left
+    return ""
+
+
+def _reads_after(bank: DeviceBank, driver: DeviceDriver) -> bool:
+    return bank.settings.read_after_apply and Capability.POWER_READING in driver.capabilities

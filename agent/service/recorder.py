@@ -1,0 +1,112 @@
+"""What a cycle leaves behind: setpoints and engine state in the store, an audit row, metrics.
+
+The store is written in one transaction per cycle, so a restart resumes from a consistent state.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+
+from agent.domain.fleet import Fleet, FloatArray
+from agent.policy import Memory
+from agent.service.metrics import Metrics
+from agent.service.report import CycleReport
+from agent.service.store import Store
+
+__all__ = ["Recorder"]
+
+
+class Recorder:
+    """Writes each cycle's outcome to the store and the metrics (either may be absent)."""
+
+    def __init__(self, fleet: Fleet, store: Store | None, metrics: Metrics | None) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.metrics = metrics
+
+    def cycle(
+        self,
+        report: CycleReport,
+        memory: Memory,
+        applied_kw: FloatArray,
+        changed: np.ndarray,
+        failed_idx: np.ndarray,
+    ) -> None:
+        if self.store is None:
+            return
+        store, decision, ids = self.store, report.decision, self.fleet.device_ids
+        ok = np.setdiff1d(changed, failed_idx)
+        with store.transaction():
+            store.save_setpoints(
+                [
+                    (ids[i], float(memory.setpoint_kw[i]), float(memory.changed_at_s[i]))
+                    for i in ok
+                    if not np.isnan(memory.setpoint_kw[i])
+                ]
+            )
+            store.save_state(
+                "engine",
+                {
+                    "baselines_kw": dict(memory.baselines_kw),
+                    "class_running": {
+                        c.name: r
+                        for c, r in zip(self.fleet.classes, memory.class_running, strict=True)
+                    },
+                    "decided_at_utc": report.at_utc.isoformat(),
+                },
+            )
+            if report.setpoints_changed or len(changed):
+                store.audit(
+                    report.at_utc,
+                    "decision",
+                    "site",
+                    {
+                        "planned_kw": round(decision.site_kw, 3),
+                        "verified_kw": round(report.site_kw, 3),
+                        "ceiling_kw": decision.site_ceiling_kw,
+                        "price_usd_per_mwh": decision.price_usd_per_mwh,
+                        "reasons": list(decision.reasons),
+                        "commands": {ids[i]: round(float(applied_kw[i]), 3) for i in ok[:2000]},
+                        "held_back": report.held_back,
+                    },
+                )
+            for device_id, why in report.failed.items():
+                store.audit(report.at_utc, "device-failed", device_id, {"error": why})
+
+    def restore_batch(
+        self,
+        at: datetime,
+        indices: np.ndarray,
+        target: FloatArray,
+        memory: Memory,
+        failed: dict[str, str],
+    ) -> None:
+        if self.store is None:
+            return
+        ids = self.fleet.device_ids
+        with self.store.transaction():
+            self.store.save_setpoints(
+                [(ids[i], float(target[i]), float(memory.changed_at_s[i]))
+                 for i in indices if ids[i] not in failed]
+            )  # fmt: skip
+            self.store.audit(at, "restore-batch", "site",
+                             {"devices": len(indices), "failed": failed})  # fmt: skip
+
+    def observe(self, report: CycleReport, devices_available: int) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        m.cycle_seconds.observe(report.duration_s)
+        m.site_kw.set(report.site_kw)
+        m.planned_kw.set(report.decision.site_kw)
+        for name, kw in report.decision.class_kw_by_name().items():
+            m.class_kw.labels(load_class=name).set(kw)
+        if report.decision.price_usd_per_mwh is not None:
+            m.price.set(report.decision.price_usd_per_mwh)
+        m.devices_available.set(devices_available)
+        m.devices_total.set(len(self.fleet))
+        m.active_events.set(len(report.signals.obligations))
+        m.commands.labels(result="ok").inc(len(report.commanded) - len(report.failed))
+        m.commands.labels(result="failed").inc(len(report.failed))
