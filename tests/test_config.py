@@ -159,3 +159,49 @@ def test_unusable_files_get_a_clear_error(text: str, problem: str) -> None:
 def test_a_missing_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="No such file"):
         load_config(tmp_path / "absent.yaml")
+
+
+FOLLOWERS = """\
+site: {id: s}
+classes:
+  s19: {priority: interruptible, economics: {kind: fixed, value_usd_per_mwh: 60}}
+  empty: {priority: interruptible, economics: {kind: fixed, value_usd_per_mwh: 60}}
+  fans: {priority: flexible, follows: s19}
+  loop: {priority: flexible, follows: loop}
+  chain: {priority: flexible, follows: fans}
+  idle: {priority: flexible, follows: empty}
+  paid: {priority: flexible, follows: s19, economics: {kind: fixed, value_usd_per_mwh: 9}}
+devices:
+  - {id: m, kind: miner, class: s19, rated_kw: 3}
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ("classes.loop.follows", "a class cannot follow itself"),
+        ("classes.chain.follows", "fans follows s19 itself"),
+        ("classes.idle.follows", "that class has no devices"),
+        ("classes.paid.economics", "has no economics of its own"),
+    ],
+)
+def test_followers_that_cannot_follow_are_refused(path: str, text: str) -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        parse_config(FOLLOWERS, file="site.yaml", env={})
+    assert any(i.path == path and text in i.message for i in caught.value.issues), (
+        caught.value.issues
+    )
+    assert not any(i.path == "classes.fans.follows" for i in caught.value.issues)
+
+
+@pytest.mark.parametrize(("market", "stale_s", "warned"),
+                         [("rt15", 1020, True), ("rt15", 1800, False), ("sced5", 300, True),
+                          ("dam", 7200, False)])  # fmt: skip
+def test_a_staleness_shorter_than_the_feeds_rhythm_is_warned_about(
+    market: str, stale_s: int, warned: bool
+) -> None:
+    text = MINIMAL + f"prices: {{market: {market}}}\npolicy: {{price_stale_after_s: {stale_s}}}\n"
+    warnings = parse_config(text).warnings()
+    assert bool(warnings) is warned
+    if warned:
+        assert "price_stale_after_s" in warnings[0]

@@ -89,6 +89,7 @@ class ErcotLivePriceSource:
             return False
         self._set_available(True, "")
         known = self._known_by(frame, now)
+        fetched_at = self._now()  # observed when the answer came, not when it was asked for
         newer = (
             known
             if self.latest is None
@@ -101,7 +102,7 @@ class ErcotLivePriceSource:
                 price_usd_per_mwh=float(row["price_usd_per_mwh"]),
                 interval_start_utc=pd.Timestamp(row["interval_start_utc"]).to_pydatetime(),
                 interval_end_utc=pd.Timestamp(row["interval_end_utc"]).to_pydatetime(),
-                observed_at_utc=now,
+                observed_at_utc=fetched_at,
                 settlement_point=self.settlement_point,
                 market=self.market,
                 source=self._source,

@@ -25,6 +25,7 @@ from agent.service.grid import GridIntake
 from agent.service.intake import Intake, IntakeLimits, MessageChecks
 from agent.service.messages import DispatchAck
 from agent.service.metrics import Metrics
+from agent.service.outcomes import OverrideOutcomes
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
@@ -96,7 +97,7 @@ def assemble(
     outbox = outbox or MemoryOutbox()
     wake = asyncio.Event()
     metrics = Metrics()
-    snapshot = SnapshotStore(on_urgent=wake.set)
+    snapshot = SnapshotStore(on_urgent=wake.set, started_at_utc=clock())
     pool = ModbusPool()
     drift_checks: Mapping[str, DriftCheck] = {}
     if drivers is None:  # first: a device that cannot be driven stops the start here
@@ -154,12 +155,16 @@ def assemble(
         events=events,
         metrics=metrics,
         drift_checks=drift_checks,
+        overrides=OverrideOutcomes(store, lambda ack: outbox.send("override/ack", ack)),
     )
     # resume: engine memory, overrides, the grid condition, then live events (in that order:
     # the events' shed baselines live in the memory)
     saved = store.load_memory()
     if saved is not None:
         shell.restore_memory(saved)
+    last_price = store.load_price()
+    if last_price is not None:  # decided on while fresh, judged stale by its interval's age
+        snapshot(last_price)
     now = clock()
     for override in store.overrides():
         if override.is_active(now):

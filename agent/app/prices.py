@@ -13,8 +13,10 @@ from agent.ports import PriceHistory, SignalSink, SignalSource
 __all__ = ["price_source"]
 
 
-class _ObservedNow:
-    """A replayed file's prices are observed now (for `gridflex run` on recorded prices)."""
+class _AsIfLive:
+    """A replayed file's prices as if published now (for `gridflex run` on recorded prices):
+    each interval is moved so that it was just published, a real-time price ending now and a
+    day-ahead one starting now, so staleness (judged by the interval's age) behaves as live."""
 
     def __init__(self, inner: SignalSource) -> None:
         self._inner = inner
@@ -22,7 +24,11 @@ class _ObservedNow:
     async def run(self, sink: SignalSink) -> None:
         def restamp(signal: object) -> None:
             if isinstance(signal, PriceSignal):
-                sink(replace(signal, observed_at_utc=datetime.now(UTC)))
+                now = datetime.now(UTC)
+                length = signal.interval_end_utc - signal.interval_start_utc
+                start = now if signal.market == "dam" else now - length
+                sink(replace(signal, interval_start_utc=start, interval_end_utc=start + length,
+                             observed_at_utc=now))  # fmt: skip
 
         await self._inner.run(restamp)
 
@@ -36,7 +42,7 @@ def price_source(config: SiteConfig) -> SignalSource | None:
 
         if prices.replay_path is None:
             raise ConfigError("prices.replay_path is required for source: replay")
-        return _ObservedNow(
+        return _AsIfLive(
             ReplayPriceSource.from_file(prices.replay_path, speedup=prices.replay_speedup)
         )
     from adapters.signals.ercot_live import ErcotLivePriceSource  # noqa: PLC0415
@@ -57,4 +63,6 @@ def price_source(config: SiteConfig) -> SignalSource | None:
         market=prices.market,
         settlement_point=config.site.settlement_point,
         source=prices.source,
+        retry_every_s=prices.poll_interval_s,
+        stale_after_s=config.policy.price_stale_after_s,
     )

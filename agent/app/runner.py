@@ -162,6 +162,8 @@ class Runner:
 
 async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
+    for warning in config.warnings():
+        log.warning("site file: %s", warning)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

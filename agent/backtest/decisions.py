@@ -29,6 +29,7 @@ def backtest_frame(
             "interval_start_local": iso_local(start, timezone),
             "price_usd_per_mwh": settled["price_usd_per_mwh"].to_numpy(),
             "site_kw": trace.site_kw,
+            "decided_on_usd_per_mwh": settled["decided_on_usd_per_mwh"].to_numpy(),
         }
     )
     for c, name in enumerate(trace.classes):

@@ -47,9 +47,13 @@ _UNSET = -1  # class rule of a class without devices
 class Intervals:
     """The intervals to decide on, in UTC nanoseconds, with the price known at each.
 
-    `observed_ns` / `price_start_ns` / `price_end_ns` name the price interval that was last
-    published: the interval itself, or for a gap in the file the last one before it (the price
-    then ages and may go stale, as it would live).
+    `price_usd_per_mwh` / `price_start_ns` / `price_end_ns` are the price each interval is
+    decided on and the interval that price is for: without foresight the latest one published
+    before the interval starts (a real-time price is published after its interval ends, so the
+    previous interval's; a day-ahead price is known the day before, so its own); with foresight
+    the interval's own. For a gap in the file it is the last one before it (it then ages and may
+    go stale, as it would live). `settle_usd_per_mwh` is what each interval's energy costs: its
+    own price (None: the decision price).
     """
 
     start_ns: Int64Array
@@ -59,13 +63,25 @@ class Intervals:
     price_end_ns: Int64Array
     market: str = "rt15"
     settlement_point: str = "HB_HUBAVG"
+    settle_usd_per_mwh: FloatArray | None = None
+    foresight: bool = True
 
     def __len__(self) -> int:
         return len(self.start_ns)
 
     @property
+    def settle_prices(self) -> FloatArray:
+        return (
+            self.price_usd_per_mwh if self.settle_usd_per_mwh is None else self.settle_usd_per_mwh
+        )
+
+    @property
     def priced(self) -> BoolArray:
-        priced: BoolArray = self.price_start_ns == self.start_ns
+        """Whether the decision price is the freshest there could be (not a gap's held one):
+        the interval's own, or the one that ended as it starts."""
+        priced: BoolArray = (self.price_start_ns == self.start_ns) | (
+            self.price_end_ns == self.start_ns
+        )
         return priced
 
     def hours(self) -> FloatArray:
@@ -94,9 +110,8 @@ def _signals(intervals: Intervals, i: int, obligations: Sequence[Obligation]) ->
         price_usd_per_mwh=float(intervals.price_usd_per_mwh[i]),
         interval_start_utc=_utc(int(intervals.price_start_ns[i])),
         interval_end_utc=_utc(int(intervals.price_end_ns[i])),
-        # The backtest knows each interval's price when the interval starts (settled prices
-        # are published after it ends; docs/backtest.md says what that assumes).
-        observed_at_utc=_utc(int(intervals.price_start_ns[i])),
+        # observed when the decided interval starts: what was published by then (Intervals)
+        observed_at_utc=_utc(int(intervals.start_ns[i])),
         settlement_point=intervals.settlement_point,
         market=intervals.market,
         source="backtest",

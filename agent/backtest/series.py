@@ -17,9 +17,16 @@ __all__ = ["intervals_from_prices"]
 
 
 def intervals_from_prices(
-    frame: pd.DataFrame, settlement_point: str | None = None
+    frame: pd.DataFrame, settlement_point: str | None = None, *, foresight: bool = False
 ) -> tuple[Intervals, list[str]]:
-    """Intervals of one settlement point and the warnings a site engineer should read."""
+    """Intervals of one settlement point and the warnings a site engineer should read.
+
+    Without `foresight` each interval is decided on the latest price published before it starts:
+    a real-time price (rt15, sced5) is published after its interval ends, so that is the previous
+    interval's; a day-ahead price is known the day before, so its own. The first interval of a
+    real-time file has no earlier price and is decided on its own. Energy is always settled at
+    each interval's own price. With `foresight` each interval is decided on its own price.
+    """
     warnings: list[str] = []
     frame, point = _one_point(frame, settlement_point, warnings)
     markets = sorted(frame["market"].astype(str).unique())
@@ -52,14 +59,20 @@ def intervals_from_prices(
     missing = known < 0
     if missing.any():
         warnings.append(_gap_warning(grid, missing, step))
+    decided = held
+    if not foresight and markets[0] != "dam":
+        # the last price whose interval ended by the time this one starts
+        decided = np.concatenate([held[:1], held[:-1]])
     intervals = Intervals(
         start_ns=grid,
         end_ns=grid + step,
-        price_usd_per_mwh=price[held],
-        price_start_ns=start[held],
-        price_end_ns=end[held],
+        price_usd_per_mwh=price[decided],
+        price_start_ns=start[decided],
+        price_end_ns=end[decided],
         market=markets[0],
         settlement_point=point,
+        settle_usd_per_mwh=price[held],
+        foresight=foresight or markets[0] == "dam",
     )
     return intervals, warnings
 

@@ -54,7 +54,7 @@ def settle(
     capacity_usd_per_mw_h: FloatArray | None = None,
 ) -> Settlement:
     hours = intervals.hours()
-    price = intervals.price_usd_per_mwh
+    price = intervals.settle_prices
     rated_kw = np.array([float(fleet.rated_kw[m].sum()) for m in fleet.members])
     values = np.array([c.value_usd_per_mwh for c in fleet.classes])
     values = np.where(np.isfinite(values), values, 0.0)
@@ -66,6 +66,7 @@ def settle(
             "interval_start_utc": start,
             "hours": hours,
             "price_usd_per_mwh": price,
+            "decided_on_usd_per_mwh": intervals.price_usd_per_mwh,
             "site_kw": trace.site_kw,
             "baseline_kw": np.full(len(hours), float(rated_kw.sum())),
             "energy_mwh": energy,

@@ -28,6 +28,7 @@ from agent.config.site import SiteConfig
 
 __all__ = ["load_config", "parse_config"]
 
+Problem = tuple[tuple[int | str, ...], Any, str]  # where, the value, why
 _OVER_MQTT = frozenset({"mqtt", "gpu_node"})  # driver types that need the site's MQTT connection
 
 
@@ -38,10 +39,7 @@ def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
         return problems
     classes = raw.get("classes") if isinstance(raw.get("classes"), dict) else {}
     assert isinstance(classes, dict)
-    for name, spec in classes.items():
-        follows = spec.get("follows") if isinstance(spec, dict) else None
-        if follows is not None and follows not in classes:
-            problems.append((("classes", str(name), "follows"), follows, "names no load class"))
+    problems.extend(_follower_checks(raw, classes))
     devices = raw.get("devices") if isinstance(raw.get("devices"), list) else []
     assert isinstance(devices, list)
     seen: dict[str, int] = {}
@@ -76,6 +74,33 @@ def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
                     (("devices", i, "id"), device_id, f"duplicate of devices[{seen[device_id]}].id")
                 )
             seen.setdefault(device_id, i)
+    return problems
+
+
+def _follower_checks(raw: Any, classes: dict[Any, Any]) -> list[Problem]:
+    """A follower (cooling) must have a leader it can follow: another class with devices, that
+    is not itself a follower, and no economics of its own (it runs for its leader)."""
+    devices = raw.get("devices") if isinstance(raw.get("devices"), list) else []
+    with_devices = {d.get("class") for d in devices if isinstance(d, dict)}
+    problems: list[Problem] = []
+    for name, spec in classes.items():
+        follows = spec.get("follows") if isinstance(spec, dict) else None
+        if follows is None:
+            continue
+        at = ("classes", str(name), "follows")
+        leader = classes.get(follows)
+        if leader is None:
+            problems.append((at, follows, "names no load class"))
+        elif follows == name:
+            problems.append((at, follows, "a class cannot follow itself"))
+        elif isinstance(leader, dict) and leader.get("follows") is not None:
+            problems.append((at, follows, f"{follows} follows {leader.get('follows')} itself: "
+                             "follow the class that draws the load"))  # fmt: skip
+        elif follows not in with_devices:
+            problems.append((at, follows, "that class has no devices: nothing to follow"))
+        if isinstance(spec, dict) and spec.get("economics") is not None:
+            why = "a follower runs for its leader and has no economics of its own"
+            problems.append((("classes", str(name), "economics"), "", why))
     return problems
 
 

@@ -47,6 +47,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+# How old a price may be on a healthy feed, measured from the end of its interval: ERCOT posts a
+# real-time 15-minute SPP a few minutes after its interval ends (allow 5), so the latest one can
+# be a whole interval plus that lag old; SCED 5-minute LMPs likewise; day-ahead hourly prices are
+# known the day before, so only the hour in force ages.
+PUBLICATION_RHYTHM_S = {"rt15": 15 * 60 + 5 * 60, "sced5": 5 * 60 + 5 * 60, "dam": 3600}
+
+
 # -- economics: every load class ends with a value of energy, its breakeven price ------------
 class FixedValue(_Strict):
     kind: Literal["fixed"]
@@ -167,6 +174,11 @@ class PolicyConfig(_Strict):
     stale_posture: StalePosture = StalePosture.HOLD_LAST
     emergency_postures: dict[EmergencyLevel, Posture] = Field(default_factory=dict)
     fourcp: FourCpConfig | None = None
+    overrides_may_exceed_grid: bool = Field(
+        default=False,
+        description="an engineer's override beats grid obligations and emergency postures "
+        "(never the import limit), with a declared shortfall; off: the grid comes first",
+    )
 
 
 class PricesConfig(_Strict):
@@ -176,7 +188,12 @@ class PricesConfig(_Strict):
     market: Literal["rt15", "sced5", "dam"] = "rt15"
     replay_path: Path | None = None
     replay_speedup: float = Field(default=1.0, gt=0, le=1e6)
-    poll_interval_s: float = Field(default=60, gt=0, le=3600)
+    poll_interval_s: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="while the next expected price is not yet published, ask again this often",
+    )
     base_url: str | None = None
     auth_url: str | None = None
 
@@ -281,7 +298,21 @@ class SiteConfig(_Strict):
             stale_posture=p.stale_posture,
             emergency_postures={**defaults, **p.emergency_postures},
             fourcp=fourcp,
+            overrides_may_exceed_grid=p.overrides_may_exceed_grid,
         )
+
+    def warnings(self) -> list[str]:
+        """What is valid but probably not meant (check-config prints them, run logs them)."""
+        found = []
+        rhythm_s = PUBLICATION_RHYTHM_S[self.prices.market]
+        stale_s = self.policy.price_stale_after_s
+        if self.prices.source != "none" and stale_s < rhythm_s:
+            found.append(
+                f"policy.price_stale_after_s {stale_s:g} s is shorter than the {self.prices.market}"
+                f" feed's rhythm (a price can be {rhythm_s} s past its interval before the next"
+                " one is published): a healthy feed will read as stale"
+            )
+        return found
 
     @property
     def topic_prefix(self) -> str:

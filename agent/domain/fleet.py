@@ -173,6 +173,8 @@ class FleetState:
     fleet: Fleet
     available: BoolArray
     measured_kw: FloatArray  # nan where unknown
+    # the verified site load the shell measured (None: decide() sums what it knows)
+    site_kw: float | None = None
 
     @classmethod
     def all_available(cls, fleet: Fleet) -> FleetState:

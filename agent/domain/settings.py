@@ -74,3 +74,6 @@ class Policy:
         default_factory=_default_emergency_postures
     )
     fourcp: FourCpWindow | None = None
+    # An engineer's override beats grid obligations and emergency postures (never the import
+    # limit): it then applies with a declared shortfall. Off by default: the grid comes first.
+    overrides_may_exceed_grid: bool = False

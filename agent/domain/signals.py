@@ -111,6 +111,7 @@ class Override:
     limit_kw: float | None = None
     limit_pct: float | None = None
     issued_by: str = "unknown"
+    issued_at_utc: datetime | None = None  # on one target the latest issued override wins
 
     def is_active(self, now_utc: datetime) -> bool:
         return now_utc < self.expires_at_utc
@@ -125,3 +126,5 @@ class Signals:
     emergency: EmergencySignal | None = None
     peak_warning: PeakWarning | None = None
     overrides: tuple[Override, ...] = field(default_factory=tuple)
+    # when the service started: until a price arrives it holds devices as they are (decide())
+    started_at_utc: datetime | None = None

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from agent.domain.fleet import ControlMode, Fleet
 
-__all__ = ["Decision", "Memory", "ObligationStatus", "Rule", "Setpoint"]
+__all__ = ["Decision", "Memory", "ObligationStatus", "OverrideStatus", "Rule", "Setpoint"]
 
 
 class Rule(IntEnum):
@@ -45,6 +45,12 @@ class Memory:
     class_running: tuple[bool, ...]  # economics state per load class (for hysteresis)
     baselines_kw: Mapping[str, float] = field(default_factory=dict)  # shed events: site kW at start
     decided_at_utc: datetime | None = None
+    # learned from measurements (nan: not seen yet; None: nothing learned): what each device
+    # draws when commanded off, and an on/off device when on (learn.py)
+    off_draw_kw: npt.NDArray[np.float64] | None = None
+    on_draw_kw: npt.NDArray[np.float64] | None = None
+    # while starting up without a price: the state each device had at the start (inf: free)
+    startup_hold_kw: npt.NDArray[np.float64] | None = None
 
     @classmethod
     def initial(cls, fleet: Fleet) -> Memory:
@@ -62,6 +68,19 @@ class ObligationStatus:
     ceiling_kw: float
     planned_kw: float
     shortfall_kw: float  # > 0 when the fleet cannot get down to the ceiling
+    baseline_kw: float | None = None  # a shed: the site load drawn when it started
+    cause: str = ""  # why there is a shortfall, when there is one
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideStatus:
+    """What became of one active override this decision: applied, partly, or not, and why."""
+
+    override_id: str
+    status: str  # "applied" | "partial" | "not_applied"
+    reason: str
+    asked_kw: float  # on: the kW it asked to run; off/limit: the kW it asked to cut to
+    applied_kw: float  # what its targets are planned at
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +109,7 @@ class Decision:
     price_usd_per_mwh: float | None
     price_stale: bool
     memory: Memory
+    overrides: tuple[OverrideStatus, ...] = ()
 
     @property
     def shortfall_kw(self) -> float:

@@ -1,36 +1,42 @@
 """decide(): how much each load may draw right now, and why. Pure: no IO, no clock, no logging.
 
-Rules run in priority order and may only tighten what earlier rules set (see plan.py):
+Rules run in precedence order and may only tighten what earlier rules set (see plan.py and the
+precedence table in docs/decisions.md):
 
   1. safety: unreachable devices are held and counted; critical loads run at rated
-  2. manual overrides (site engineer), until they expire
-  3. dwell: a device switched off recently stays off until its min_off has passed
-  4. site ceiling: the import limit and grid dispatch obligations, met in merit order,
-     regardless of dwell (the grid comes first)
-  5. emergency postures (ERCOT EEA 1-3, conservation appeals)
-  6. 4CP windows
-  7. economics (or the stale-signal posture), with hysteresis, honouring min_on
-  8. cooling that follows its load class; ramp limits on the way up
+  2. the grid emergency posture (ERCOT EEA 1-3, conservation appeals)
+  3. manual overrides (site engineer), until they expire, latest issued first; `on` only within
+     what the grid posture leaves (unless the site lets overrides beat the grid)
+  4. dwell: a device switched off recently stays off until its min_off has passed
+  5. 4CP windows
+  6. economics (or the stale-signal and start-up postures), with hysteresis, honouring min_on
+  7. site ceilings: the import limit (binds everything, overrides included) and grid dispatch
+     obligations, met in merit order on the load that would otherwise run, regardless of dwell
+  8. cooling set to what its running leader needs; ramp limits on the way up
+
+What a device draws is planned from measurements where they exist (learn.py): the plan sheds
+until the measured site load is under a ceiling, not the modelled one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from agent.domain.fleet import BoolArray, FleetState, Priority
 from agent.domain.settings import Policy, Posture, StalePosture
-from agent.domain.signals import EmergencyLevel, Obligation, ObligationKind, Override, Signals
-from agent.domain.signals import OverrideAction as Action
+from agent.domain.signals import EmergencyLevel, Obligation, ObligationKind, Signals
 from agent.policy.decision import Decision, Memory, ObligationStatus, Rule
-from agent.policy.follow import follower_ceilings
+from agent.policy.follow import apply_followers
+from agent.policy.learn import learned_draws
 from agent.policy.merit import shed_to_ceiling
-from agent.policy.plan import EPS_KW, Index, Plan
+from agent.policy.overrides import AppliedOverride, apply_overrides, override_statuses
+from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
-__all__ = ["decide"]
+__all__ = ["decide", "price_age_s"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +68,30 @@ def decide(
         now_s=now.timestamp(),
         was_on=np.nan_to_num(memory.setpoint_kw, nan=0.0) > EPS_KW,
     )
-    plan = Plan(fleet, fleet_state.available)
+    off_draw, on_draw = learned_draws(fleet_state, memory, cycle.now_s)
+    plan = Plan(
+        fleet,
+        fleet_state.available,
+        idle_kw=np.where(np.isnan(off_draw), fleet.idle_kw, off_draw),
+        on_kw=np.where(np.isnan(on_draw), fleet.rated_kw, on_draw),
+    )
+    grid_first = not policy.overrides_may_exceed_grid
     _safety(plan, cycle)
-    _overrides(plan, cycle)
+    if grid_first:
+        _emergency(plan, cycle)
+    applied = apply_overrides(plan, signals, now)
+    if not grid_first:
+        _emergency(plan, cycle)
     _hold_off(plan, cycle)
-    ceiling_kw, ceilings, baselines = _site_ceiling(plan, cycle)
-    _emergency(plan, cycle)
     _fourcp(plan, cycle)
-    price, stale, running = _economics(plan, cycle)
-    _follow(plan, cycle)
+    price, stale, running, held = _economics(plan, cycle)
+    apply_followers(plan, cycle.was_on)
+    # merit order re-applies the followers after every class it cuts (merit.py)
+    ceiling_kw, ceilings, baselines = _site_ceiling(plan, cycle, grid_first=grid_first)
     _ramp(plan, cycle)
 
     setpoint_kw = plan.feasible()
-    drawn_kw = plan.drawn_kw()
+    drawn_kw = plan.drawn_kw(setpoint=setpoint_kw)
     site_kw = float(drawn_kw.sum())
     # a first decision counts as a switch: the device is commanded into that state now
     turned = ((setpoint_kw > EPS_KW) != cycle.was_on) | np.isnan(memory.setpoint_kw)
@@ -89,7 +106,8 @@ def decide(
         class_kw=tuple(float(drawn_kw[m].sum()) for m in fleet.members),
         site_ceiling_kw=ceiling_kw,
         obligations=tuple(
-            ObligationStatus(event, kw, site_kw, max(0.0, site_kw - kw)) for event, kw in ceilings
+            _status(plan, applied, event, ceiling_kw=kw, site_kw=site_kw, baselines=baselines)
+            for event, kw in ceilings
         ),
         price_usd_per_mwh=price,
         price_stale=stale,
@@ -99,7 +117,11 @@ def decide(
             class_running=running,
             baselines_kw=baselines,
             decided_at_utc=now,
+            off_draw_kw=off_draw,
+            on_draw_kw=on_draw,
+            startup_hold_kw=held,
         ),
+        overrides=override_statuses(plan, applied),
     )
 
 
@@ -121,96 +143,14 @@ def _safety(plan: Plan, cycle: _Cycle) -> None:
             plan.fix(idx, fleet.rated_kw[idx], Rule.CRITICAL, "critical load: never curtailed")
 
 
-# -- 2. overrides ----------------------------------------------------------------------------
-def _override_targets(plan: Plan, override: Override) -> Index:
-    fleet = plan.fleet
-    if override.device_id is not None:
-        i = fleet.index_of.get(override.device_id)
-        return np.array([], dtype=np.intp) if i is None else np.array([i], dtype=np.intp)
-    if override.load_class is not None:
-        try:
-            return fleet.members[fleet.class_named(override.load_class)]
-        except KeyError:
-            return np.array([], dtype=np.intp)
-    return np.array([], dtype=np.intp)
-
-
-def _overrides(plan: Plan, cycle: _Cycle) -> None:
-    for override in cycle.signals.overrides:
-        if not override.is_active(cycle.now):
-            continue
-        idx = _override_targets(plan, override)
-        until = override.expires_at_utc.strftime("%Y-%m-%d %H:%M UTC")
-        text = f"override {override.override_id} by {override.issued_by}: {override.action}"
-        if override.action is Action.ON:
-            plan.force_on(idx, Rule.OVERRIDE, f"{text} until {until}")
-        elif override.action is Action.OFF:
-            plan.cap(idx, 0.0, Rule.OVERRIDE, f"{text} until {until}")
-        else:
-            rated = plan.fleet.rated_kw[idx]
-            limit = np.full(len(idx), np.inf)
-            if override.limit_kw is not None:
-                limit = np.minimum(limit, override.limit_kw)
-            if override.limit_pct is not None:
-                limit = np.minimum(limit, rated * override.limit_pct / 100.0)
-            plan.cap(idx, limit, Rule.OVERRIDE, f"{text} until {until}")
-
-
-# -- 3. dwell (staying off) ------------------------------------------------------------------
-def _hold_off(plan: Plan, cycle: _Cycle) -> None:
-    """A device switched off less than min_off ago stays off (protects compressors, PSUs)."""
-    memory = cycle.memory
-    off_for_s = cycle.now_s - memory.changed_at_s
-    held = np.flatnonzero(~cycle.was_on & (off_for_s < plan.fleet.min_off_s) & ~plan.bound)
-    held = held[~np.isnan(memory.setpoint_kw[held])]
-    plan.cap(held, 0.0, Rule.DWELL, "held off: minimum off time not yet passed")
-
-
-# -- 4. site ceiling: import limit and grid obligations --------------------------------------
-def _site_ceiling(
-    plan: Plan, cycle: _Cycle
-) -> tuple[float | None, list[tuple[str, float]], dict[str, float]]:
-    policy, memory = cycle.policy, cycle.memory
-    active = sorted(
-        (o for o in cycle.signals.obligations if o.is_active(cycle.now)), key=lambda o: o.event_id
-    )
-    planned_kw = plan.total_kw()
-    baselines = {
-        o.event_id: memory.baselines_kw.get(o.event_id, planned_kw)
-        for o in active
-        if o.kind is ObligationKind.SHED
-    }
-    ceilings = [(o.event_id, _ceiling_of(o, baselines)) for o in active]
-    if policy.import_limit_kw is not None:
-        limit_kw = policy.import_limit_kw
-        shed_to_ceiling(plan, limit_kw, Rule.SAFETY, f"site import limit {limit_kw:.0f} kW")
-    if ceilings:
-        event_id, ceiling_kw = min(ceilings, key=lambda item: item[1])
-        obligation = next(o for o in active if o.event_id == event_id)
-        text = (
-            f"grid dispatch {event_id} ({obligation.program}): "
-            f"site ceiling {ceiling_kw:.0f} kW, least valuable load first"
-        )
-        shed_to_ceiling(plan, ceiling_kw, Rule.DISPATCH, text)
-    all_ceilings = [c for _, c in ceilings]
-    if policy.import_limit_kw is not None:
-        all_ceilings.append(policy.import_limit_kw)
-    return (min(all_ceilings) if all_ceilings else None), ceilings, baselines
-
-
-def _ceiling_of(obligation: Obligation, baselines: dict[str, float]) -> float:
-    if obligation.kind is ObligationKind.LIMIT:
-        return obligation.kw
-    return max(0.0, baselines[obligation.event_id] - obligation.kw)
-
-
-# -- 5, 6. emergency postures and 4CP --------------------------------------------------------
+# -- 2. the grid emergency posture, and 4CP --------------------------------------------------
 def _curtail_posture(plan: Plan, posture: Posture, rule: Rule, text: str) -> None:
     deepest = posture.deepest_priority
     if deepest is None:
         return
     for pos, load_class in enumerate(plan.fleet.classes):
-        if load_class.priority <= deepest:
+        # followers are not curtailed by a posture: they follow what their leader still runs
+        if load_class.priority <= deepest and load_class.follows is None:
             plan.cap(plan.fleet.members[pos], 0.0, rule, text)
 
 
@@ -246,20 +186,56 @@ def _fourcp(plan: Plan, cycle: _Cycle) -> None:
     _curtail_posture(plan, window.posture, Rule.FOURCP, text)
 
 
-# -- 7. economics ----------------------------------------------------------------------------
-def _economics(plan: Plan, cycle: _Cycle) -> tuple[float | None, bool, tuple[bool, ...]]:
-    policy, memory = cycle.policy, cycle.memory
-    price = cycle.signals.price
-    age_s = None if price is None else (cycle.now - price.observed_at_utc).total_seconds()
-    stale = price is None or age_s is None or age_s > policy.price_stale_after_s
+# -- 4. dwell (staying off) ------------------------------------------------------------------
+def _hold_off(plan: Plan, cycle: _Cycle) -> None:
+    """A device switched off less than min_off ago stays off (protects compressors, PSUs)."""
+    memory = cycle.memory
+    off_for_s = cycle.now_s - memory.changed_at_s
+    held = np.flatnonzero(~cycle.was_on & (off_for_s < plan.fleet.min_off_s) & ~plan.bound)
+    held = held[~np.isnan(memory.setpoint_kw[held])]
+    plan.cap(held, 0.0, Rule.DWELL, "held off: minimum off time not yet passed")
+
+
+# -- 6. economics ----------------------------------------------------------------------------
+def price_age_s(signals: Signals, now: datetime) -> float | None:
+    """How old the price is: seconds since its interval ended (0 while it is in force)."""
+    price = signals.price
+    if price is None:
+        return None
+    return max(0.0, (now - price.interval_end_utc).total_seconds())
+
+
+def _economics(
+    plan: Plan, cycle: _Cycle
+) -> tuple[float | None, bool, tuple[bool, ...], FloatArray | None]:
+    policy, memory, signals = cycle.policy, cycle.memory, cycle.signals
+    price = signals.price
+    age_s = price_age_s(signals, cycle.now)
+    stale = age_s is None or age_s > policy.price_stale_after_s
+    starting = _starting_up(cycle)
+    held = None if starting is None else _state_at_start(plan, cycle)
     running: list[bool] = []
     for pos, load_class in enumerate(plan.fleet.classes):
         idx = plan.fleet.members[pos]
         was_running = memory.class_running[pos]
+        if load_class.follows is not None:
+            running.append(True)
+            plan.describe(idx, Rule.FOLLOW, f"follows class {load_class.follows}")
+            continue
         if load_class.priority >= Priority.PROTECTED:
             running.append(True)
             label = "critical" if load_class.priority is Priority.CRITICAL else "protected"
             plan.describe(idx, Rule.PROTECTED, f"{label} load of class {load_class.name}: running")
+            continue
+        if starting is not None and held is not None:
+            # a class keeps its economic state (restored, else running); a device never
+            # decided before keeps the state it was measured in
+            running.append(was_running)
+            if was_running:
+                plan.describe(idx, Rule.STALE_SIGNAL, starting)
+                plan.cap(idx, held[idx], Rule.STALE_SIGNAL, starting)
+            else:
+                _stop_respecting_dwell(plan, cycle, idx, Rule.STALE_SIGNAL, starting)
             continue
         if stale:
             runs, rule, text = _stale_posture(policy, load_class.priority, was_running, age_s)
@@ -275,7 +251,39 @@ def _economics(plan: Plan, cycle: _Cycle) -> tuple[float | None, bool, tuple[boo
             plan.describe(idx, rule, text)
         else:
             _stop_respecting_dwell(plan, cycle, idx, rule, text)
-    return (None if price is None else price.price_usd_per_mwh), stale, tuple(running)
+    price_usd = None if price is None else price.price_usd_per_mwh
+    return price_usd, stale, tuple(running), held
+
+
+def _starting_up(cycle: _Cycle) -> str | None:
+    """The start-up posture's reason while it holds: no price yet since the service started,
+    and less than price_stale_after_s since then (docs/decisions.md, start-up)."""
+    started = cycle.signals.started_at_utc
+    if cycle.signals.price is not None or started is None:
+        return None
+    until = started + timedelta(seconds=cycle.policy.price_stale_after_s)
+    if cycle.now >= until:
+        return None
+    return (
+        "starting up with no price yet: devices hold their present state until a price "
+        f"arrives (at the latest until {until:%H:%M} UTC)"
+    )
+
+
+def _state_at_start(plan: Plan, cycle: _Cycle) -> FloatArray:
+    """What the start-up posture holds each device at: a device decided before the start (a
+    restart) is free (inf), its class's restored economic state decides; one never decided is
+    held off when measured off, else free. Fixed on the first decision after the start and
+    carried in memory while the posture holds."""
+    if cycle.memory.startup_hold_kw is not None:
+        return cycle.memory.startup_hold_kw
+    last = cycle.memory.setpoint_kw
+    measured = cycle.state.measured_kw
+    # the shell's noise floor for "drawing nothing": 25 W or 5 % of rated above idle
+    quiet_kw = plan.idle_kw + np.maximum(0.025, 0.05 * plan.fleet.rated_kw)
+    measured_off = np.isnan(last) & ~np.isnan(measured) & (measured <= quiet_kw)
+    held: FloatArray = np.where(measured_off, 0.0, np.inf)
+    return held
 
 
 def _price_rule(
@@ -313,15 +321,84 @@ def _stop_respecting_dwell(plan: Plan, cycle: _Cycle, idx: Index, rule: Rule, te
     plan.describe(idx[young], Rule.DWELL, f"held on: minimum on time not yet passed ({text})")
 
 
-# -- 8. cooling that follows, ramps ----------------------------------------------------------
-def _follow(plan: Plan, cycle: _Cycle) -> None:
-    for idx, ceiling, text in follower_ceilings(plan):
-        if ceiling is None:
-            _stop_respecting_dwell(plan, cycle, idx, Rule.FOLLOW, text)
-        else:
-            plan.cap(idx, ceiling, Rule.FOLLOW, text)
+# -- 7. site ceiling: import limit and grid obligations --------------------------------------
+def _site_ceiling(
+    plan: Plan, cycle: _Cycle, *, grid_first: bool
+) -> tuple[float | None, list[tuple[str, float]], dict[str, float]]:
+    policy, memory = cycle.policy, cycle.memory
+    active = sorted(
+        (o for o in cycle.signals.obligations if o.is_active(cycle.now)), key=lambda o: o.event_id
+    )
+    sheds = [o for o in active if o.kind is ObligationKind.SHED]
+    drawn_now_kw = _site_drawn_kw(cycle) if sheds else 0.0
+    baselines = {o.event_id: memory.baselines_kw.get(o.event_id, drawn_now_kw) for o in sheds}
+    ceilings = [(o.event_id, _ceiling_of(o, baselines)) for o in active]
+    if policy.import_limit_kw is not None:
+        limit_kw = policy.import_limit_kw
+        shed_to_ceiling(plan, limit_kw, Rule.SAFETY, f"site import limit {limit_kw:.0f} kW",
+                        was_on=cycle.was_on, cut_forced=True)  # fmt: skip
+    if ceilings:
+        event_id, ceiling_kw = min(ceilings, key=lambda item: item[1])
+        obligation = next(o for o in active if o.event_id == event_id)
+        text = (
+            f"grid dispatch {event_id} ({obligation.program}): "
+            f"site ceiling {ceiling_kw:.0f} kW, least valuable load first"
+        )
+        shed_to_ceiling(plan, ceiling_kw, Rule.DISPATCH, text,
+                        was_on=cycle.was_on, cut_forced=grid_first)  # fmt: skip
+    all_ceilings = [c for _, c in ceilings]
+    if policy.import_limit_kw is not None:
+        all_ceilings.append(policy.import_limit_kw)
+    return (min(all_ceilings) if all_ceilings else None), ceilings, baselines
 
 
+def _site_drawn_kw(cycle: _Cycle) -> float:
+    """What the site draws now: the shell's verified figure, else what is known per device
+    (measured, else the last setpoint with its idle draw, else rated). A shed's baseline."""
+    state = cycle.state
+    if state.site_kw is not None:
+        return state.site_kw
+    fleet, memory = state.fleet, cycle.memory
+    last = np.maximum(memory.setpoint_kw, fleet.idle_kw)
+    kw: FloatArray = np.where(np.isnan(state.measured_kw), last, state.measured_kw)
+    return float(np.where(np.isnan(kw), fleet.rated_kw, kw).sum())
+
+
+def _ceiling_of(obligation: Obligation, baselines: dict[str, float]) -> float:
+    if obligation.kind is ObligationKind.LIMIT:
+        return obligation.kw
+    return max(0.0, baselines[obligation.event_id] - obligation.kw)
+
+
+def _status(
+    plan: Plan,
+    applied: list[AppliedOverride],
+    event_id: str,
+    *,
+    ceiling_kw: float,
+    site_kw: float,
+    baselines: dict[str, float],
+) -> ObligationStatus:
+    over = site_kw - ceiling_kw
+    shortfall = over if over > EPS_KW else 0.0  # not float noise of a site landed on it
+    cause = "" if shortfall == 0.0 else _shortfall_cause(plan, applied)
+    baseline_kw = baselines.get(event_id)
+    return ObligationStatus(event_id, ceiling_kw, site_kw, shortfall, baseline_kw, cause)
+
+
+def _shortfall_cause(plan: Plan, applied: list[AppliedOverride]) -> str:
+    held = []
+    for a in applied:
+        on = a.claimed[plan.forced[a.claimed] & (plan.feasible(a.claimed) > EPS_KW)]
+        if len(on):
+            kw = float(plan.drawn_kw(on).sum())
+            held.append(f"override {a.override.override_id} holds {kw:.0f} kW on")
+    if held:
+        return "; ".join(held)
+    return "the load that cannot be cut (critical, unreachable, cooling of running load) exceeds it"
+
+
+# -- 8. ramps --------------------------------------------------------------------------------
 def _ramp(plan: Plan, cycle: _Cycle) -> None:
     memory = cycle.memory
     if memory.decided_at_utc is None:

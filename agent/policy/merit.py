@@ -1,10 +1,17 @@
 """Bring the site under a ceiling in merit order: the least valuable energy goes first.
 
+Classes are taken by priority tier (interruptible, flexible, protected; critical never), and
+within a tier least valuable first. Devices an engineer forced on are cut only after every other
+device of their tier, and only when the ceiling may bind overrides (the import limit always, a
+grid obligation unless the site lets overrides beat the grid): an override never makes a more
+valuable tier give way. Followers (cooling) are never cut directly; they drop with their leader
+and that drop counts before the next class is touched.
+
 Within one load class, devices that can be throttled (power_limit, percent) are turned down
 together, in proportion to their headroom, so the site lands on the target instead of tripping
 whole machines. Only when throttling a class to its minimums is not enough are devices switched
 off (on/off devices first); any overshoot from switching is handed back to the class's throttled
-devices. Critical loads are never touched; protected loads sort last.
+devices.
 """
 
 from __future__ import annotations
@@ -13,42 +20,61 @@ import numpy as np
 
 from agent.domain.fleet import BoolArray, Fleet, Priority
 from agent.policy.decision import Rule
-from agent.policy.follow import follower_ceilings
+from agent.policy.follow import apply_followers
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
-__all__ = ["merit_order", "shed_to_ceiling"]
+__all__ = ["merit_order", "shed_class", "shed_to_ceiling"]
+
+_TIERS = (Priority.INTERRUPTIBLE, Priority.FLEXIBLE, Priority.PROTECTED)
 
 
 def merit_order(fleet: Fleet) -> list[int]:
-    """Class indices, least valuable first: by priority, then value, then name (deterministic)."""
+    """Class indices, least valuable first: by priority, then value, then name (deterministic).
+    Critical classes and followers are never cut directly, so they are not in it."""
     classes = fleet.classes
     return sorted(
-        (i for i, c in enumerate(classes) if c.priority is not Priority.CRITICAL),
+        (
+            i
+            for i, c in enumerate(classes)
+            if c.priority is not Priority.CRITICAL and c.follows is None
+        ),
         key=lambda i: (int(classes[i].priority), classes[i].value_usd_per_mwh, classes[i].name),
     )
 
 
-def shed_to_ceiling(plan: Plan, ceiling_kw: float, rule: Rule, text: str) -> float:
+def shed_to_ceiling(
+    plan: Plan, ceiling_kw: float, rule: Rule, text: str, *, was_on: BoolArray, cut_forced: bool
+) -> float:
     """Cut load in merit order until the site is at or below `ceiling_kw`; returns the shortfall."""
+    order = merit_order(plan.fleet)
     excess = plan.total_kw() - ceiling_kw
-    for class_pos in merit_order(plan.fleet):
-        if excess <= EPS_KW:
-            break
-        _shed_class(plan, plan.fleet.members[class_pos], excess, rule, text)
-        # cooling that follows what was just shed drops with it: count that before cutting
-        # the next, more valuable class
-        for idx, ceiling, why in follower_ceilings(plan):
-            plan.cap(idx, 0.0 if ceiling is None else ceiling, Rule.FOLLOW, why)
-        excess = plan.total_kw() - ceiling_kw
+    for tier in _TIERS:
+        classes = [c for c in order if plan.fleet.classes[c].priority is tier]
+        for forced_pass in (False, True):
+            if forced_pass and not cut_forced:
+                continue
+            for class_pos in classes:
+                if excess <= EPS_KW:
+                    return 0.0
+                members = plan.fleet.members[class_pos]
+                idx = members[plan.forced[members] == forced_pass]
+                if len(idx) == 0:
+                    continue
+                if forced_pass:
+                    plan.release(idx)
+                shed_class(plan, idx, excess, rule, text)
+                apply_followers(plan, was_on)  # cooling drops with what was shed
+                excess = plan.total_kw() - ceiling_kw
     return max(0.0, excess)
 
 
-def _shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) -> None:
-    """Cut up to `excess` kW from one class (what it cannot cut, the next class must)."""
+def shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) -> None:
+    """Cut up to `excess` kW from these devices of one class (what they cannot cut, the next
+    class must)."""
     f = plan.fleet
     current = plan.feasible(idx)
     continuous = f.continuous[idx]
-    idle = np.where(plan.available[idx], f.idle_kw[idx], 0.0)
+    idle = np.where(plan.available[idx], plan.idle_kw[idx], 0.0)
     # throttling below what a device draws anyway (its minimum, its idle draw) saves nothing
     throttle_floor = np.maximum(np.maximum(f.min_kw[idx], plan.lo[idx]), idle)
     headroom = np.where(continuous & (current > throttle_floor), current - throttle_floor, 0.0)
@@ -63,8 +89,10 @@ def _shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) ->
     # loses the fine control that lands the site on its target).
     can_stop = np.flatnonzero((target > EPS_KW) & (plan.lo[idx] <= EPS_KW))
     can_stop = can_stop[np.argsort(continuous[can_stop], kind="stable")]
-    # switching a device off saves what it draws less what it still draws when off
-    steps = target[can_stop] - idle[can_stop]
+    # switching a device off saves what it draws (an on/off one: as measured when on) less
+    # what it still draws when off
+    drawn = np.where(continuous, target, plan.on_kw[idx])
+    steps = np.maximum(drawn[can_stop] - idle[can_stop], 0.0)
     cumulative = np.cumsum(steps)
     count = int(np.searchsorted(cumulative, excess - EPS_KW)) + 1
     count = min(count, len(can_stop))

@@ -2,7 +2,13 @@
 
 A rule may raise a floor or lower a ceiling, never loosen what an earlier rule set: the first
 rule to bind a device is the one recorded, which is how a later, less important rule (economics)
-can never undo an earlier, more important one (a grid obligation).
+can never undo an earlier, more important one (a grid obligation). Two exceptions, both named:
+the site ceilings may lower a floor an engineer's override raised (the import limit always, a
+grid obligation unless the site lets overrides beat the grid), and cooling is set to what its
+running leader needs whatever capped it (follow.py).
+
+What a device draws is planned from what was measured where that is known: the draw it was seen
+at when off (idle) and, for an on/off device, when on (learn.py), else its configured figures.
 """
 
 from __future__ import annotations
@@ -23,15 +29,30 @@ Index = npt.NDArray[np.intp] | npt.NDArray[np.int32]
 class Plan:
     """Floors, ceilings and attributions of every device while rules run (local to decide())."""
 
-    def __init__(self, fleet: Fleet, available: npt.NDArray[np.bool_]) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        available: npt.NDArray[np.bool_],
+        *,
+        idle_kw: FloatArray | None = None,
+        on_kw: FloatArray | None = None,
+    ) -> None:
         n = len(fleet)
         self.fleet = fleet
         self.available = available
+        # what a device draws when off, and an on/off device when on (learned, else configured)
+        self.idle_kw: FloatArray = fleet.idle_kw if idle_kw is None else idle_kw
+        self.on_kw: FloatArray = fleet.rated_kw if on_kw is None else on_kw
         self.lo: FloatArray = np.zeros(n)
         self.hi: FloatArray = fleet.rated_kw.copy()
         self.rule = np.full(n, int(Rule.ECONOMICS), dtype=np.int8)
         self.reason_index = np.zeros(n, dtype=np.int32)
         self.bound = np.zeros(n, dtype=np.bool_)  # a limiting rule has claimed the device
+        self.forced = np.zeros(n, dtype=np.bool_)  # floor raised by an engineer's override
+        self.follower = np.zeros(n, dtype=np.bool_)  # cooling: set by follow.py, not cut directly
+        for pos, load_class in enumerate(fleet.classes):
+            if load_class.follows is not None:
+                self.follower[fleet.members[pos]] = True
         self._reasons: dict[str, int] = {}
 
     # -- reasons -----------------------------------------------------------------------------
@@ -49,7 +70,8 @@ class Plan:
 
     # -- values ------------------------------------------------------------------------------
     def feasible(self, idx: Index | None = None) -> FloatArray:
-        """The most each device can draw within its ceiling, given what its hardware allows."""
+        """The setpoint each device gets within its ceiling, given what its hardware allows: an
+        on/off device runs at rated only when its ceiling allows rated, never at a fraction."""
         f = self.fleet
         sel: Index | slice = slice(None) if idx is None else idx
         hi, lo = self.hi[sel], self.lo[sel]
@@ -58,13 +80,19 @@ class Plan:
         value = np.where(continuous, np.minimum(hi, rated), rated)
         return np.maximum(np.where(runs, value, 0.0), lo)
 
-    def drawn_kw(self, idx: Index | None = None) -> FloatArray:
-        """What each device will draw: its feasible setpoint, and never less than its idle draw
-        (what it draws when off). An unreachable device's pinned value is already a measurement.
-        """
+    def drawn_kw(self, idx: Index | None = None, setpoint: FloatArray | None = None) -> FloatArray:
+        """What each device will draw: its setpoint (an on/off device running: what it was
+        measured drawing when on), and never less than its idle draw. An unreachable device's
+        pinned value is already a measurement. `setpoint`: feasible(idx), when already known."""
+        f = self.fleet
         sel: Index | slice = slice(None) if idx is None else idx
-        idle = np.where(self.available[sel], self.fleet.idle_kw[sel], 0.0)
-        return np.maximum(self.feasible(idx), idle)
+        if setpoint is None:
+            setpoint = self.feasible(idx)
+        available = self.available[sel]
+        on_off_running = available & ~f.continuous[sel] & (setpoint > EPS_KW)
+        drawn = np.where(on_off_running, self.on_kw[sel], setpoint)
+        idle = np.where(available, self.idle_kw[sel], 0.0)
+        return np.maximum(drawn, idle)
 
     def total_kw(self) -> float:
         return float(self.drawn_kw().sum())
@@ -76,12 +104,19 @@ class Plan:
         self.hi[idx] = kw
         self._claim(idx, rule, text)
 
-    def force_on(self, idx: Index, rule: Rule, text: str) -> None:
-        """Raise the floor to rated, within the ceilings earlier rules set."""
-        target = np.clip(self.fleet.rated_kw[idx], self.lo[idx], self.hi[idx])
-        self.lo[idx] = target
-        self.hi[idx] = target
-        self._claim(idx[~self.bound[idx]], rule, text)
+    def force_on(self, idx: Index, rule: Rule, text: str) -> Index:
+        """Raise the floor to rated within the ceilings earlier rules set (an on/off device only
+        when rated fits: never a fraction); returns the devices whose floor rose."""
+        f = self.fleet
+        target = np.clip(f.rated_kw[idx], self.lo[idx], self.hi[idx])
+        fits = f.continuous[idx] | (target >= f.rated_kw[idx] - EPS_KW)
+        fits &= target > self.lo[idx] + EPS_KW
+        raised = idx[fits]
+        self.lo[raised] = target[fits]
+        self.hi[raised] = target[fits]
+        self.forced[raised] = True
+        self._claim(raised[~self.bound[raised]], rule, text)
+        return raised
 
     def cap(self, idx: Index, ceiling_kw: FloatArray | float, rule: Rule, text: str) -> None:
         """Lower ceilings; devices whose feasible draw drops are attributed to `rule`."""
@@ -91,6 +126,23 @@ class Plan:
         self.hi[idx] = np.maximum(self.lo[idx], np.minimum(self.hi[idx], ceiling_kw))
         dropped = idx[self.feasible(idx) < before - EPS_KW]
         self._claim(dropped, rule, text)
+
+    def release(self, idx: Index) -> None:
+        """Lower an override's raised floor so a site ceiling can cut the device (the import
+        limit binds overrides; a grid obligation does unless the site lets overrides win)."""
+        forced = idx[self.forced[idx]]
+        self.lo[forced] = 0.0
+
+    def set_to(self, idx: Index, kw: FloatArray, rule: Rule, text: str) -> None:
+        """Set devices to exactly `kw` whatever earlier rules set (cooling that follows its
+        leader: safety of the load it cools). Only devices whose value changes are claimed."""
+        if len(idx) == 0:
+            return
+        before = self.feasible(idx)
+        self.lo[idx] = kw
+        self.hi[idx] = kw
+        changed = idx[np.abs(self.feasible(idx) - before) > EPS_KW]
+        self._claim(changed, rule, text)
 
     def _claim(self, idx: Index, rule: Rule, text: str) -> None:
         if len(idx) == 0:

@@ -25,6 +25,7 @@ from agent.service.devices import EPS_KW, DeviceBank, DriftCheck, ShellSettings
 from agent.service.events import EventBook
 from agent.service.fanout import apply_setpoints
 from agent.service.metrics import Metrics
+from agent.service.outcomes import OverrideOutcomes
 from agent.service.recorder import Recorder
 from agent.service.report import CycleReport
 from agent.service.snapshot import SnapshotStore
@@ -51,6 +52,7 @@ class Shell:
         events: EventBook | None = None,
         metrics: Metrics | None = None,
         drift_checks: Mapping[str, DriftCheck] | None = None,
+        overrides: OverrideOutcomes | None = None,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -58,6 +60,7 @@ class Shell:
         self.settings = settings or ShellSettings()
         self._clock = clock
         self._events = events
+        self._overrides = overrides
         self.devices = DeviceBank(
             fleet, drivers, self.settings, metrics=metrics, drift_checks=drift_checks
         )
@@ -123,11 +126,14 @@ class Shell:
     async def cycle(self) -> CycleReport:
         started = time.perf_counter()
         now = self._clock()
-        ended, _ = self.snapshot.expire(now)
+        ended, lapsed = self.snapshot.expire(now)
         for obligation in ended:
             log.info("event %s ended", obligation.event_id)
         signals = self.snapshot.freeze(now)
-        state = FleetState(self.fleet, self.available.copy(), self.measured_kw.copy())
+        # the verified load is what a shed starting now is measured from
+        state = FleetState(
+            self.fleet, self.available.copy(), self.measured_kw.copy(), site_kw=self.site_kw()
+        )
         decision = decide(signals, state, self.policy, self.memory, now)
 
         target = self._staggered(decision.setpoint_kw, now)
@@ -163,6 +169,8 @@ class Shell:
         self._recorder.cycle(report, self.memory, self.applied_kw, changed, failed_idx)
         if self._events is not None:
             self._events.after_cycle(now, decision, site_kw)
+        if self._overrides is not None:
+            self._overrides.after_cycle(now, decision, lapsed)
         self.follow_up = bool(failed)
         self.last = report
         self._recorder.observe(report, int(self.available.sum()))

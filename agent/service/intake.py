@@ -297,4 +297,5 @@ def _to_override(message: OverrideMessage, now: datetime, *, expires: datetime) 
         limit_kw=message.limit_kw,
         limit_pct=message.limit_pct,
         issued_by=message.issued_by,
+        issued_at_utc=message.issued_at.astimezone(now.tzinfo),
     )

@@ -164,7 +164,12 @@ class OverrideAck(BaseModel):
     """`<prefix>/override/ack`: the outcome of each override message."""
 
     override_id: str
-    status: Literal["accepted", "rejected", "cleared"]
+    status: Literal[
+        "accepted", "rejected", "cleared", "applied", "partial", "not_applied", "expired"
+    ] = Field(
+        description="accepted/rejected/cleared: the message; applied/partial/not_applied: what "
+        "the engine made of it (published when that changes, with the rule in the way); expired"
+    )
     reason: str
     at: AwareDatetime
 

@@ -10,6 +10,7 @@ from datetime import datetime
 import numpy as np
 
 from agent.domain.fleet import Fleet, FloatArray
+from agent.domain.signals import PriceSignal
 from agent.policy import Memory
 from agent.service.metrics import Metrics
 from agent.service.report import CycleReport
@@ -25,6 +26,7 @@ class Recorder:
         self.fleet = fleet
         self.store = store
         self.metrics = metrics
+        self._saved_price: PriceSignal | None = None
 
     def cycle(
         self,
@@ -57,6 +59,16 @@ class Recorder:
                     "decided_at_utc": report.at_utc.isoformat(),
                 },
             )
+            price = report.signals.price
+            if price is not None and price != self._saved_price:
+                store.save_price(price)
+                store.audit(report.at_utc, "price", price.settlement_point, {
+                    "price_usd_per_mwh": price.price_usd_per_mwh, "market": price.market,
+                    "interval_start_utc": price.interval_start_utc.isoformat(),
+                    "interval_end_utc": price.interval_end_utc.isoformat(),
+                    "source": price.source,
+                })  # fmt: skip
+                self._saved_price = price
             if report.setpoints_changed or len(changed):
                 store.audit(
                     report.at_utc,

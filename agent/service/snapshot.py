@@ -42,8 +42,11 @@ class SnapshotStore:
         self,
         on_urgent: Callable[[], None] | None = None,
         on_grid_lapsed: Callable[[GridSignal], None] | None = None,
+        started_at_utc: datetime | None = None,
     ) -> None:
         self._on_urgent = on_urgent
+        # when the service started: decide() holds devices as they are until a price arrives
+        self.started_at_utc = started_at_utc
         # told of the emergency or warning that lapsed (its value before it lapsed)
         self.on_grid_lapsed = on_grid_lapsed
         self._prices: dict[datetime, PriceSignal] = {}
@@ -92,6 +95,13 @@ class SnapshotStore:
     def peak_warning(self) -> tuple[PeakWarning | None, datetime | None]:
         """The 4CP warning held now and when it lapses (None: until replaced)."""
         return self._peak_warning, self._peak_warning_expires
+
+    @property
+    def latest_price(self) -> PriceSignal | None:
+        """The most recent price received (what a restart resumes from)."""
+        if not self._prices:
+            return None
+        return max(self._prices.values(), key=lambda p: (p.interval_start_utc, p.observed_at_utc))
 
     @property
     def obligations(self) -> dict[str, Obligation]:
@@ -151,4 +161,5 @@ class SnapshotStore:
             emergency=self._emergency,
             peak_warning=self._peak_warning,
             overrides=tuple(sorted(self._overrides.values(), key=lambda o: o.override_id)),
+            started_at_utc=self.started_at_utc,
         )

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.domain.signals import Obligation, ObligationKind, Override, OverrideAction
+from agent.domain.signals import Obligation, ObligationKind, Override, OverrideAction, PriceSignal
 
 __all__ = ["AuditRow", "EventRecord", "SavedMemory", "Store"]
 
@@ -141,6 +141,8 @@ def _override_json(override: Override) -> str:
     data = asdict(override)
     data["action"] = override.action.value
     data["expires_at_utc"] = _iso(override.expires_at_utc)
+    issued = override.issued_at_utc
+    data["issued_at_utc"] = None if issued is None else _iso(issued)
     return json.dumps(data, sort_keys=True)
 
 
@@ -148,6 +150,8 @@ def _override_from_json(text: str) -> Override:
     data = json.loads(text)
     data["action"] = OverrideAction(data["action"])
     data["expires_at_utc"] = datetime.fromisoformat(data["expires_at_utc"])
+    issued = data.get("issued_at_utc")
+    data["issued_at_utc"] = None if issued is None else datetime.fromisoformat(issued)
     return Override(**data)
 
 
@@ -257,6 +261,41 @@ class Store:
     def load_state(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
+
+    def save_price(self, price: PriceSignal) -> None:
+        """The last price, with its interval: a restart decides on it while it is fresh."""
+        self.save_state(
+            "price",
+            {
+                "price_usd_per_mwh": price.price_usd_per_mwh,
+                "interval_start_utc": _iso(price.interval_start_utc),
+                "interval_end_utc": _iso(price.interval_end_utc),
+                "observed_at_utc": _iso(price.observed_at_utc),
+                "settlement_point": price.settlement_point,
+                "market": price.market,
+                "source": price.source,
+            },
+        )
+
+    def load_price(self) -> PriceSignal | None:
+        """The persisted last price; None when there is none or the row does not make sense
+        (a restart must never fail on what it stored: it then waits for a fresh price)."""
+        data = self.load_state("price")
+        try:
+            price = PriceSignal(
+                price_usd_per_mwh=float(data["price_usd_per_mwh"]),
+                interval_start_utc=datetime.fromisoformat(data["interval_start_utc"]),
+                interval_end_utc=datetime.fromisoformat(data["interval_end_utc"]),
+                observed_at_utc=datetime.fromisoformat(data["observed_at_utc"]),
+                settlement_point=str(data["settlement_point"]),
+                market=str(data["market"]),
+                source=str(data["source"]),
+            )
+        except (TypeError, KeyError, ValueError, OverflowError):
+            return None
+        finite = abs(price.price_usd_per_mwh) < float("inf")
+        aware = price.interval_start_utc.tzinfo is not None and price.interval_end_utc.tzinfo
+        return price if finite and aware else None
 
     def load_memory(self) -> SavedMemory | None:
         rows = self._db.execute("SELECT device_id, kw, changed_at_s FROM setpoints").fetchall()

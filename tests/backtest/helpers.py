@@ -46,6 +46,8 @@ def local_slice(intervals: Intervals, first_day: str, end_day: str) -> Intervals
         intervals.price_end_ns[keep],
         intervals.market,
         intervals.settlement_point,
+        None if intervals.settle_usd_per_mwh is None else intervals.settle_usd_per_mwh[keep],
+        intervals.foresight,
     )
 
 

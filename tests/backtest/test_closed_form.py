@@ -5,9 +5,10 @@ must equal a direct pandas computation."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from agent.backtest import Contract, replay, settle
+from agent.backtest import Contract, intervals_from_prices, replay, settle
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.settings import Policy
 from tests.backtest.helpers import prices_2024, year_2024
@@ -23,12 +24,21 @@ def one_class(breakeven: float, dwell_s: float = 0.0) -> Fleet:
     return Fleet.build([load], [device])
 
 
+def _known_before(prices: pd.Series) -> pd.Series:
+    """The price published before each interval: the previous one's (the first: its own)."""
+    return prices.shift(1).fillna(prices.iloc[0])
+
+
+@pytest.mark.parametrize("foresight", [False, True])
 @pytest.mark.parametrize("breakeven", [25.0, 60.0, 141.6])
-def test_curtailed_exactly_when_price_above_breakeven(breakeven: float) -> None:
-    intervals = year_2024()
-    trace = replay(one_class(breakeven), Policy(), intervals)
+def test_curtailed_exactly_when_price_above_breakeven(breakeven: float, foresight: bool) -> None:
     frame = prices_2024()
-    above = (frame["price_usd_per_mwh"] > breakeven).to_numpy()
+    intervals, _ = intervals_from_prices(frame, foresight=foresight)
+    trace = replay(one_class(breakeven), Policy(), intervals)
+    decided = frame["price_usd_per_mwh"]
+    if not foresight:
+        decided = _known_before(decided)
+    above = (decided > breakeven).to_numpy()
     assert len(trace.site_kw) == len(frame) == 35_136
     np.testing.assert_array_equal(trace.site_kw == 0.0, above)
     np.testing.assert_array_equal(trace.site_kw[~above], LOAD_MW * 1000)
@@ -45,7 +55,7 @@ def test_money_matches_a_direct_pandas_computation() -> None:
 
     df = prices_2024()
     hours = (df["interval_end_utc"] - df["interval_start_utc"]).dt.total_seconds() / 3600
-    runs = df["price_usd_per_mwh"] <= breakeven
+    runs = _known_before(df["price_usd_per_mwh"]) <= breakeven  # settled at its own price
     mwh = LOAD_MW * hours * runs
     cost = (mwh * df["price_usd_per_mwh"]).sum()
     revenue = (mwh * breakeven).sum()

@@ -53,7 +53,7 @@ def test_what_if_year_with_contract_capacity_dispatch_and_4cp(tmp_path: Path) ->
     dispatch = tmp_path / "events.csv"
     dispatch.write_text(
         "event_id,kind,kw,start,end,program\n"
-        "ers-1,limit,2500,2024-01-16T07:00:00-06:00,2024-01-16T09:00:00-06:00,ERS\n"
+        "ers-1,limit,2500,2024-01-16T13:00:00-06:00,2024-01-16T15:00:00-06:00,ERS\n"
     )
     capacity = tmp_path / "capacity.csv"
     hours = pd.date_range("2024-01-01T06:00Z", "2025-01-01T05:00Z", freq="h")
@@ -102,10 +102,14 @@ def test_what_if_year_with_contract_capacity_dispatch_and_4cp(tmp_path: Path) ->
     assert list(decisions.columns[:4]) == [
         "interval_start_utc", "interval_start_local", "price_usd_per_mwh", "site_kw",
     ]  # fmt: skip
-    jan16 = decisions[decisions["interval_start_utc"] == "2024-01-16T13:30:00Z"].iloc[0]
+    # an afternoon of prices under the 60 $/MWh breakeven: the dispatch is what binds
+    jan16 = decisions[decisions["interval_start_utc"] == "2024-01-16T19:30:00Z"].iloc[0]
     assert jan16["rule_load"] == "dispatch"
     assert "grid dispatch ers-1 (ERS)" in jan16["reason"]
-    above = decisions["price_usd_per_mwh"] > 60
+    # decided without foresight: on the price published before each interval
+    above = decisions["decided_on_usd_per_mwh"] > 60
+    assert (decisions["decided_on_usd_per_mwh"].iloc[1:].to_numpy()
+            == decisions["price_usd_per_mwh"].iloc[:-1].to_numpy()).all()  # fmt: skip
     assert (decisions.loc[above & (decisions["rule_load"] == "economics"), "site_kw"] == 0).all()
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

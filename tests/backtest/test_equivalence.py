@@ -45,8 +45,9 @@ EVENTS = (
         "shed-may",
         ObligationKind.SHED,
         0.0,
-        _utc("2024-05-08T16:00:00-05:00"),
-        _utc("2024-05-08T20:00:00-05:00"),
+        # a cheap late morning: the shed is cut from a site running flat out
+        _utc("2024-05-08T10:00:00-05:00"),
+        _utc("2024-05-08T14:00:00-05:00"),
     ),
     Obligation(
         "open-aug",

@@ -216,7 +216,8 @@ CASES = [
         {"m1": Rule.STALE_SIGNAL, "b1": Rule.STALE_SIGNAL},
         site_kw=35,
         policy=replace(POLICY, stale_posture=StalePosture.CURTAIL_INTERRUPTIBLE),
-        reason_has={"m1": "price signal stale (last price 120 min old): posture curtail_int"},
+        # the age of a price runs from the end of its interval (16:00-16:15, decided at 18:00)
+        reason_has={"m1": "price signal stale (last price 105 min old): posture curtail_int"},
     ),
     Case(
         "no price at all with run_all runs everything, and says why",

@@ -189,5 +189,6 @@ def test_overrides_are_validated_applied_and_cleared(tmp_path: Path) -> None:
     report = asyncio.run(service.shell.cycle())
     assert report.decision.class_kw_by_name()["miners"] > 0.0
     statuses = [m.status for t, m in outbox.sent if isinstance(m, OverrideAck)]
-    assert statuses == ["rejected", "accepted", "cleared"]
+    # the message's outcome, then what the engine made of it, then the clear
+    assert statuses == ["rejected", "accepted", "applied", "cleared"]
     service.store.close()

@@ -192,6 +192,12 @@ _OPTIONS = [
         help="transmission rate the 4CP tag is billed at",
     ),
     click.option("--plain", is_flag=True, help="decide() on every device every interval (slow)"),
+    click.option(
+        "--foresight",
+        is_flag=True,
+        help="decide each interval on its own price (not yet published then); default: on the "
+        "latest price published before it",
+    ),
     click.option("--no-plot", is_flag=True, help="skip plot.png"),
 ]
 
@@ -228,7 +234,7 @@ def _inputs(
     if options["start"] is not None or options["end"] is not None:
         prices = _local_window(prices, options["start"], options["end"], site.policy.timezone)
     point = options["settlement_point"] or site.settlement_point
-    intervals, warnings = intervals_from_prices(prices, point)
+    intervals, warnings = intervals_from_prices(prices, point, foresight=options["foresight"])
     events: list[Obligation] = []
     if options["dispatch"] is not None:
         path = options["dispatch"]
@@ -261,6 +267,11 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
     summary |= {
         "settlement_point": intervals.settlement_point,
         "market": intervals.market,
+        "decided_on": (
+            "each interval's own price (foresight)"
+            if options["foresight"]
+            else "the latest price published before each interval"
+        ),
         "dispatch_events": len(events),
         "warnings": warnings,
     }

@@ -88,4 +88,6 @@ def check_config(file: Path) -> None:
     console.print(summary_table(config))
     for line in _site_lines(config):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    for warning in config.warnings():
+        console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
     console.print(f"[green]OK[/]: {file}")
