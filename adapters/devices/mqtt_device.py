@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from adapters.transport.mqtt_session import MqttError, MqttSession
 from agent.config.drivers import GpuNodeDriverConfig, MqttDriverConfig
-from agent.errors import DeviceTimeoutError, DeviceUnavailableError
+from agent.errors import DeviceRejectedError, DeviceTimeoutError, DeviceUnavailableError
 from agent.ports import Capability, DeviceCommand, DeviceReading, utc_now
 
 __all__ = ["MqttDriver", "command_payload", "echo_matches", "node_topics"]
@@ -39,11 +40,16 @@ def command_payload(command: DeviceCommand) -> bytes:
 
 
 def echo_matches(command: DeviceCommand, state: dict[str, Any]) -> bool:
-    if bool(state.get("on")) != command.on:
+    """Whether a device's echoed state says it took the command ("on" must be a JSON bool and
+    "kw" a finite number: anything else is no echo of ours)."""
+    if state.get("on") is not command.on:
         return False
     if not command.on or "kw" not in state:
         return True
-    return abs(float(state["kw"]) - command.kw) <= max(_KW_TOLERANCE, command.kw * _KW_TOLERANCE)
+    kw = state["kw"]
+    if isinstance(kw, bool) or not isinstance(kw, int | float) or not math.isfinite(kw):
+        return False
+    return abs(float(kw) - command.kw) <= max(_KW_TOLERANCE, command.kw * _KW_TOLERANCE)
 
 
 class MqttDriver:
@@ -102,11 +108,20 @@ class MqttDriver:
         if self._state is None or self._observed_at is None:
             return DeviceReading(self._device_id, self._clock())  # not heard from yet: unknown
         power = self._state.get("power_kw")
+        if power is not None and (
+            isinstance(power, bool)
+            or not isinstance(power, int | float)
+            or not math.isfinite(power)
+        ):
+            raise DeviceRejectedError(
+                self._device_id, f"state power_kw {str(power)[:40]!r} is not a finite number"
+            )
+        on = self._state.get("on")
         return DeviceReading(
             self._device_id,
             self._observed_at,
             power_kw=None if power is None else float(power),
-            running=bool(self._state.get("on")),
+            running=on if isinstance(on, bool) else None,  # "false" is not a state
         )
 
     def _on_state(self, _topic: str, payload: bytes) -> None:

@@ -206,8 +206,17 @@ async def _execute(
     if request.write:
         return []
     if request.table in ("coil", "discrete"):
-        return [1 if bit else 0 for bit in response.bits[: request.count]]
-    return list(response.registers)
+        values = [1 if bit else 0 for bit in response.bits[: request.count]]
+    else:
+        values = list(response.registers)
+    if len(values) != request.count:
+        # a reply shorter than asked would fail (or, worse, decode wrong) further in: it is the
+        # device's fault, said here in our terms
+        raise DeviceRejectedError(
+            target.device_id,
+            f"short reply: {len(values)} of {request.count} for {request.describe(target.unit_id)}",
+        )
+    return values
 
 
 async def _read_call(client: AsyncModbusTcpClient, request: _Request, unit_id: int) -> Any:

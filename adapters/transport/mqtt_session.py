@@ -142,6 +142,7 @@ class MqttSession:
         # SUBSCRIBEs the broker has not acknowledged yet: until it has, a message published on
         # another connection to that topic may not reach us
         self._unacked_subscriptions: set[int] = set()
+        self.handler_failures = 0  # messages left unacknowledged because handling them failed
         self._subscriptions_settled = asyncio.Event()
         self._subscriptions_settled.set()
 
@@ -338,9 +339,16 @@ class MqttSession:
         try:
             for handler in handlers:
                 handler(topic, payload)
-        finally:
-            if self._settings.manual_acks:
-                self._client.ack(mid, qos)
+        except Exception:  # a handler that could not commit its outcome: do not acknowledge
+            self.handler_failures += 1
+            _log.exception(
+                "handling a message on %s failed: not acknowledged, the broker keeps it and "
+                "redelivers it when the session resumes",
+                topic,
+            )
+            return
+        if self._settings.manual_acks:
+            self._client.ack(mid, qos)
 
     def _on_subscribe(
         self,

@@ -23,7 +23,7 @@ from agent.service.cycle import DriftCheck, Shell, ShellSettings
 from agent.service.events import EventBook
 from agent.service.grid import GridIntake
 from agent.service.intake import Intake, IntakeLimits, MessageChecks
-from agent.service.messages import DispatchAck
+from agent.service.messages import ComplianceOut, DispatchAck
 from agent.service.metrics import Metrics
 from agent.service.outcomes import OverrideOutcomes
 from agent.service.snapshot import SnapshotStore
@@ -50,6 +50,18 @@ class MemoryOutbox:
 
 
 def ack_of(record: EventRecord) -> DispatchAck:
+    c = record.compliance
+    compliance = None
+    if c is not None:
+        compliance = ComplianceOut(
+            baseline_kw=None if c.baseline_kw is None else round(c.baseline_kw, 3),
+            cycles=c.cycles,
+            compliant_cycles=c.compliant_cycles,
+            worst_over_kw=c.worst_over_kw,
+            worst_at=c.worst_at_utc,
+            asked_kwh=round(c.asked_kwh, 3),
+            delivered_kwh=round(c.delivered_kwh, 3),
+        )
     return DispatchAck(
         event_id=record.event_id,
         status=record.status,
@@ -57,6 +69,7 @@ def ack_of(record: EventRecord) -> DispatchAck:
         requested_kw=record.requested_kw,
         achieved_kw=record.achieved_kw,
         at=record.updated_at_utc,
+        compliance=compliance,
     )
 
 
@@ -110,7 +123,7 @@ def assemble(
         metrics.dispatch_verified_seconds.observe(latency_s)
 
     events = EventBook(
-        store, snapshot, lambda r: outbox.send("dispatch/ack", ack_of(r)), on_verified
+        store, snapshot, lambda r: outbox.send("dispatch/ack", ack_of(r)), on_verified, metrics
     )
     mqtt = config.mqtt
     secret = mqtt.hmac_secret if mqtt is not None else None

@@ -129,13 +129,17 @@ class Runner:
         self.service.outbox.send("decision", message)
 
     async def devices(self) -> None:
+        guard = _Guard("device polling", self.service)
         while True:
             await asyncio.sleep(self.service.config.service.cycle_s)
-            await self.service.shell.poll()
+            with guard:
+                await self.service.shell.poll()
 
     async def telemetry(self) -> None:
+        guard = _Guard("telemetry", self.service)
         while True:
-            self.service.outbox.send("telemetry", telemetry_message(self.service, utc_now()))
+            with guard:
+                self.service.outbox.send("telemetry", telemetry_message(self.service, utc_now()))
             await asyncio.sleep(TELEMETRY_EVERY_S)
 
     async def shutdown_posture(self) -> None:
@@ -222,6 +226,35 @@ async def serve(
             await link.stop()
         await service.close()
         log.info("stopped")
+
+
+class _Guard:
+    """Keeps a long-lived task alive through what it did not expect: each failure is counted
+    (gridflex_errors{kind=<task>}); the change to failing is logged once with its traceback, and
+    the recovery once."""
+
+    def __init__(self, task: str, service: Service) -> None:
+        self._task = task
+        self._service = service
+        self._failing = False
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 _tb: object) -> bool:  # fmt: skip
+        if exc is None:
+            if self._failing:
+                log.info("%s recovered", self._task)
+                self._failing = False
+            return False
+        if not isinstance(exc, Exception):
+            return False  # cancellation and exits go through
+        self._service.metrics.errors.labels(kind=self._task).inc()
+        if not self._failing:
+            log.error("%s failed; it keeps running", self._task, exc_info=exc)
+            self._failing = True
+        return True
 
 
 def _count(service: Service, topic: str, outcome: str) -> None:

@@ -68,7 +68,7 @@ class ObligationStatus:
     ceiling_kw: float
     planned_kw: float
     shortfall_kw: float  # > 0 when the fleet cannot get down to the ceiling
-    baseline_kw: float | None = None  # a shed: the site load drawn when it started
+    baseline_kw: float | None = None  # the site load drawn when it started (a shed's base)
     cause: str = ""  # why there is a shortfall, when there is one
 
 

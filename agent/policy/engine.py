@@ -329,9 +329,10 @@ def _site_ceiling(
     active = sorted(
         (o for o in cycle.signals.obligations if o.is_active(cycle.now)), key=lambda o: o.event_id
     )
-    sheds = [o for o in active if o.kind is ObligationKind.SHED]
-    drawn_now_kw = _site_drawn_kw(cycle) if sheds else 0.0
-    baselines = {o.event_id: memory.baselines_kw.get(o.event_id, drawn_now_kw) for o in sheds}
+    # every event's baseline: a shed's ceiling is measured from it, and each event's energy
+    # delivered against asked (agent.service.events) too
+    drawn_now_kw = _site_drawn_kw(cycle) if active else 0.0
+    baselines = {o.event_id: memory.baselines_kw.get(o.event_id, drawn_now_kw) for o in active}
     ceilings = [(o.event_id, _ceiling_of(o, baselines)) for o in active]
     if policy.import_limit_kw is not None:
         limit_kw = policy.import_limit_kw

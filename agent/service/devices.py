@@ -21,13 +21,19 @@ from agent.errors import DeviceError
 from agent.ports import DeviceCommand, DeviceDriver, DeviceReading
 from agent.service.metrics import Metrics
 
-__all__ = ["EPS_KW", "DeviceBank", "DriftCheck", "ShellSettings"]
+__all__ = ["EPS_KW", "DeviceBank", "DriftCheck", "ShellSettings", "why"]
 
 log = logging.getLogger("gridflex.shell")
 
 # True when a device no longer does what it was last told (adapters.devices.miners.drifted)
 DriftCheck = Callable[[DeviceCommand, DeviceReading], bool]
 EPS_KW = 1e-6
+
+
+def why(exc: BaseException) -> str:
+    """An error as a reason a person can read: never empty (str(TimeoutError()) is '')."""
+    text = str(exc)
+    return text if text else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,10 @@ class DeviceBank:
         except (DeviceError, TimeoutError) as exc:
             if self._overlapped(i, seq):
                 return
-            self.mark_down(i, str(exc))
+            self.mark_down(i, why(exc))
+            return
+        except Exception as exc:  # a driver bug must not end the polling of the whole site
+            self.unexpected(i, exc)
             return
         if self._overlapped(i, seq):
             return
@@ -185,10 +194,20 @@ class DeviceBank:
             return ""
         return f"draws {power_kw:.2f} kW against {commanded:.2f} kW commanded"
 
-    def mark_down(self, i: int, why: str) -> None:
+    def mark_down(self, i: int, reason: str) -> None:
         self.applied_kw[i] = np.nan  # unknown now: re-asserted once the device is back
         if self.available[i]:
             self.available[i] = False
-            log.warning("%s unavailable: %s", self.fleet.device_ids[i], why)
+            log.warning("%s unavailable: %s", self.fleet.device_ids[i], reason)
             if self.metrics is not None:
                 self.metrics.errors.labels(kind="device").inc()
+
+    def unexpected(self, i: int, exc: Exception) -> None:
+        """An error no driver should raise: the device is down (planned around), the error is
+        counted, and its traceback logged once (when the device goes down), never the task."""
+        if self.metrics is not None:
+            self.metrics.errors.labels(kind="unexpected").inc()
+        if self.available[i]:
+            log.error("%s: unexpected %s from its driver", self.fleet.device_ids[i],
+                      type(exc).__name__, exc_info=exc)  # fmt: skip
+        self.mark_down(i, f"unexpected {type(exc).__name__}: {why(exc)}")

@@ -1,11 +1,20 @@
-"""The life of a dispatch event: accepted -> active -> completed (or expired), each change acked.
+"""The life of a dispatch event: accepted -> active <-> non_compliant -> completed (or expired),
+each change acked, metered and audited.
 
-  accepted   the message is valid and the obligation is in the snapshot
-  active     the site's *verified* load (measured, else the applied setpoint) is at or below the
-             event's ceiling; `achieved_kw` says how low it got
-  completed  released by the grid, or its end passed after it was active
-  expired    its end passed and the load never got under the ceiling
-  rejected   (never stored as an event) the message could not be taken; the reason says why
+  accepted       the message is valid and the obligation is in the snapshot
+  active         the site's *verified* load (measured, else the applied setpoint) is at or below
+                 the event's ceiling; `achieved_kw` says how low it got
+  non_compliant  after being active, a cycle verified the load over the ceiling; the reason gives
+                 the kW over and the cause ("override maint-7 holds 24 kW on"); back under it, the
+                 event is active again
+  completed      released by the grid, or its end passed after it was active; with a shortfall
+                 when any cycle since its start was over the ceiling
+  expired        its end passed and the load never got under the ceiling
+  rejected       (never stored as an event) the message could not be taken; the reason says why
+
+Every cycle of a live event is judged (agent.service.compliance): the record of compliant cycles,
+worst exceedance, energy delivered against asked and the baseline is stored with the event and
+carried by every ack, the final one included.
 
 A duplicate event_id changes nothing: the first message wins, later ones are audited and dropped.
 
@@ -26,20 +35,15 @@ from datetime import datetime
 
 from agent.domain.signals import Obligation, ObligationCancel
 from agent.policy import Decision
+from agent.policy.decision import ObligationStatus
+from agent.service.compliance import Compliance, verified_under
+from agent.service.metrics import Metrics
 from agent.service.snapshot import SnapshotStore
-from agent.service.store import FINAL_STATUSES, EventRecord, Store
+from agent.service.store import FINAL_STATUSES, LIVE_STATUSES, EventRecord, Store
 
 __all__ = ["Ack", "EventBook", "verified_under"]
 
 log = logging.getLogger("gridflex.events")
-
-# Meter noise and float rounding: a ceiling counts as met within 0.5 % (or 0.1 kW).
-_TOLERANCE_FRACTION = 0.005
-_TOLERANCE_KW = 0.1
-
-
-def verified_under(achieved_kw: float, ceiling_kw: float) -> bool:
-    return achieved_kw <= ceiling_kw + max(_TOLERANCE_KW, _TOLERANCE_FRACTION * ceiling_kw)
 
 
 Ack = Callable[[EventRecord], None]
@@ -55,9 +59,11 @@ class EventBook:
         snapshot: SnapshotStore,
         ack: Ack,
         on_verified: Latency | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._snapshot = snapshot
+        self._metrics = metrics
         self._ack = ack
         self._on_verified = on_verified
         self._live: dict[str, EventRecord] = {}
@@ -174,36 +180,82 @@ class EventBook:
         return done
 
     def after_cycle(self, now: datetime, decision: Decision, achieved_kw: float) -> None:
-        """Move events on from what the cycle verified."""
-        ceilings = {s.event_id: s.ceiling_kw for s in decision.obligations}
+        """Judge every live event on the load this cycle verified, and move it on."""
+        statuses = {s.event_id: s for s in decision.obligations}
         for record in list(self._live.values()):
             if record.end_utc is not None and now >= record.end_utc:
                 self._finish(record, now)
                 continue
-            ceiling = ceilings.get(record.event_id)
-            if ceiling is None or record.status != "accepted":
-                continue
-            if verified_under(achieved_kw, ceiling):
-                asked_at = record.revised_at_utc or record.received_at_utc
-                latency_s = (now - asked_at).total_seconds()
-                active = replace(
-                    record,
-                    status="active",
-                    reason=f"site verified at {achieved_kw:.1f} kW, ceiling {ceiling:.1f} kW",
-                    achieved_kw=round(achieved_kw, 3),
-                    verified_at_utc=now,
-                    updated_at_utc=now,
-                )
-                self._live[record.event_id] = active
-                self._save(active)
-                log.info("event %s active: %s", record.event_id, active.reason)
-                if self._on_verified is not None:
-                    self._on_verified(active, latency_s)
+            status = statuses.get(record.event_id)
+            if status is None:
+                continue  # not started yet
+            judged = (record.compliance or Compliance()).judge(
+                now, status.ceiling_kw, achieved_kw, status.baseline_kw
+            )
+            current = replace(record, compliance=judged)
+            self._live[record.event_id] = current
+            if self._move(current, status, now, achieved_kw) is None:
+                self._store.put_event(current)  # the record, quietly: no status change
+        if self._metrics is not None:
+            over = sum(1 for r in self._live.values() if r.status == "non_compliant")
+            self._metrics.events_non_compliant.set(over)
+
+    def _move(
+        self, record: EventRecord, status: ObligationStatus, now: datetime, achieved_kw: float
+    ) -> EventRecord | None:
+        ceiling = status.ceiling_kw
+        under = verified_under(achieved_kw, ceiling)
+        if record.status == "accepted" and under:
+            asked_at = record.revised_at_utc or record.received_at_utc
+            moved = replace(
+                record,
+                status="active",
+                reason=f"site verified at {achieved_kw:.1f} kW, ceiling {ceiling:.1f} kW",
+                achieved_kw=round(achieved_kw, 3),
+                verified_at_utc=now,
+                updated_at_utc=now,
+            )
+            if self._on_verified is not None:
+                self._on_verified(moved, (now - asked_at).total_seconds())
+        elif record.status == "active" and not under:
+            cause = status.cause or (
+                "the verified load is above the plan: devices still settling or not obeying"
+            )
+            moved = replace(
+                record,
+                status="non_compliant",
+                reason=f"site verified at {achieved_kw:.1f} kW, {achieved_kw - ceiling:.1f} kW "
+                f"over the {ceiling:.1f} kW ceiling: {cause}",
+                achieved_kw=round(achieved_kw, 3),
+                updated_at_utc=now,
+            )
+            if self._metrics is not None:
+                self._metrics.events_went_non_compliant.inc()
+        elif record.status == "non_compliant" and under:
+            moved = replace(
+                record,
+                status="active",
+                reason=f"back under the ceiling: site verified at {achieved_kw:.1f} kW, "
+                f"ceiling {ceiling:.1f} kW",
+                achieved_kw=round(achieved_kw, 3),
+                updated_at_utc=now,
+            )
+        else:
+            return None
+        self._live[record.event_id] = moved
+        self._save(moved)
+        log.info("event %s %s: %s", moved.event_id, moved.status, moved.reason)
+        return moved
 
     def _finish(self, record: EventRecord, now: datetime) -> None:
         del self._live[record.event_id]
-        if record.status == "active":
-            done = replace(record, status="completed", reason="event ended", updated_at_utc=now)
+        if record.status in {"active", "non_compliant"}:
+            c = record.compliance
+            short = c is not None and c.compliant_cycles < c.cycles
+            why = "event ended"
+            if c is not None:
+                why += f" with a shortfall: {c.summary()}" if short else f": {c.summary()}"
+            done = replace(record, status="completed", reason=why, updated_at_utc=now)
         else:
             done = replace(
                 record,
@@ -221,7 +273,7 @@ class EventBook:
         audit_kind: str | None = None,
         before: EventRecord | None = None,
     ) -> None:
-        assert record.status in FINAL_STATUSES | {"accepted", "active"}
+        assert record.status in FINAL_STATUSES | LIVE_STATUSES
         detail: dict[str, object] = {
             "kind": record.kind,
             "requested_kw": record.requested_kw,
@@ -233,6 +285,14 @@ class EventBook:
             detail["revision"] = record.revision
             detail["start_utc"] = record.start_utc.isoformat()
             detail["end_utc"] = None if record.end_utc is None else record.end_utc.isoformat()
+        if record.compliance is not None:
+            c = record.compliance
+            detail["compliance"] = {
+                "baseline_kw": c.baseline_kw, "cycles": c.cycles,
+                "compliant_cycles": c.compliant_cycles, "worst_over_kw": c.worst_over_kw,
+                "worst_at_utc": None if c.worst_at_utc is None else c.worst_at_utc.isoformat(),
+                "asked_kwh": c.asked_kwh, "delivered_kwh": c.delivered_kwh,
+            }  # fmt: skip
         if before is not None:
             detail["was"] = {"kind": before.kind, "requested_kw": before.requested_kw,
                              "revision": before.revision}  # fmt: skip

@@ -14,7 +14,7 @@ import numpy as np
 from agent.domain.fleet import FloatArray
 from agent.errors import DeviceError, DeviceTimeoutError
 from agent.ports import Capability, DeviceCommand, DeviceDriver
-from agent.service.devices import EPS_KW, DeviceBank
+from agent.service.devices import EPS_KW, DeviceBank, why
 
 __all__ = ["apply_setpoints"]
 
@@ -51,12 +51,15 @@ async def _apply_one(bank: DeviceBank, i: int, target: FloatArray) -> str:
             if reading is not None and reading.power_kw is not None:
                 bank.measured_kw[i] = reading.power_kw
     except TimeoutError:
-        why = str(DeviceTimeoutError(device_id, f"no verified apply within {timeout_s} s"))
-        bank.mark_down(i, why)
-        return why
+        reason = str(DeviceTimeoutError(device_id, f"no verified apply within {timeout_s} s"))
+        bank.mark_down(i, reason)
+        return reason
     except DeviceError as exc:
-        bank.mark_down(i, str(exc))
-        return str(exc)
+        bank.mark_down(i, why(exc))
+        return why(exc)
+    except Exception as exc:  # a driver bug fails this device, never the fan-out of the site
+        bank.unexpected(i, exc)
+        return f"unexpected {type(exc).__name__}: {why(exc)}"
     finally:
         bank.command_seq[i] += 1  # over: readings from now on see what it left
     return ""

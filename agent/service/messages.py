@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "ComplianceOut",
     "DecisionMessage",
     "DispatchAck",
     "DispatchMessage",
@@ -149,15 +150,36 @@ class PeakWarningMessage(_GridIn):
         return self
 
 
+class ComplianceOut(BaseModel):
+    """An event's compliance record, judged on verified site power every cycle."""
+
+    baseline_kw: float | None = Field(description="site load drawn when the event started")
+    cycles: int = Field(description="cycles judged since the event's start")
+    compliant_cycles: int = Field(description="of which the verified load was under the ceiling")
+    worst_over_kw: float = Field(description="largest verified excess over the ceiling")
+    worst_at: AwareDatetime | None
+    asked_kwh: float = Field(description="energy below the baseline the ceiling asked for")
+    delivered_kwh: float = Field(description="energy below the baseline, as verified")
+
+
 class DispatchAck(BaseModel):
     """`<prefix>/dispatch/ack`: published on every change of an event's status."""
 
     event_id: str
-    status: Literal["accepted", "rejected", "active", "completed", "expired"]
+    status: Literal["accepted", "rejected", "active", "non_compliant", "completed", "expired"] = (
+        Field(
+            description="active: the verified site load is under the ceiling; non_compliant: it "
+            "went over after that (the reason gives the kW over and the cause); completed: it "
+            "ended after being active (the reason says whether with a shortfall)"
+        )
+    )
     reason: str
     requested_kw: float | None
     achieved_kw: float | None
     at: AwareDatetime
+    compliance: ComplianceOut | None = Field(
+        default=None, description="the event's record so far, judged every cycle"
+    )
 
 
 class OverrideAck(BaseModel):

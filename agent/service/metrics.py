@@ -49,6 +49,16 @@ class Metrics:
         self.fourcp_warning = Gauge(
             "gridflex_fourcp_warning", "1 while a 4CP peak warning is on", registry=r
         )
+        self.events_non_compliant = Gauge(
+            "gridflex_events_non_compliant",
+            "Live events whose verified site load is over their ceiling now",
+            registry=r,
+        )
+        self.events_went_non_compliant = Counter(
+            "gridflex_events_went_non_compliant",
+            "Times a live event went over its ceiling after being verified under it",
+            registry=r,
+        )
         self.commands = Counter(
             "gridflex_device_commands", "Device commands applied", ["result"], registry=r
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.domain.signals import Obligation, ObligationKind, Override, OverrideAction, PriceSignal
+from agent.service.compliance import Compliance
 
 __all__ = ["AuditRow", "EventRecord", "SavedMemory", "Store"]
 
@@ -56,6 +57,8 @@ CREATE TABLE IF NOT EXISTS state (
 
 # Statuses after which an event no longer binds the site.
 FINAL_STATUSES = frozenset({"completed", "expired", "rejected"})
+# Statuses of a live event: taken, verified under its ceiling, verified over it after that.
+LIVE_STATUSES = frozenset({"accepted", "active", "non_compliant"})
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -87,6 +90,8 @@ class EventRecord:
     # number) and when the obligation last changed. MQTT events keep None: a repeat is a duplicate.
     revision: int | None = None
     revised_at_utc: datetime | None = None
+    # judged on verified power every cycle from the event's first (agent.service.compliance)
+    compliance: Compliance | None = None
 
     def obligation(self) -> Obligation:
         return Obligation(
@@ -104,6 +109,10 @@ class EventRecord:
         for key, value in data.items():
             if isinstance(value, datetime):
                 data[key] = _iso(value)
+        if isinstance(data.get("compliance"), dict):
+            compliance = data["compliance"]
+            for key in ("worst_at_utc", "last_judged_utc"):
+                compliance[key] = _iso(compliance[key])
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -114,6 +123,11 @@ class EventRecord:
             "revised_at_utc",
         ):  # fmt: skip
             data[key] = _parse(data.get(key))  # a row written before a field existed lacks it
+        compliance = data.get("compliance")
+        if isinstance(compliance, dict):
+            for key in ("worst_at_utc", "last_judged_utc"):
+                compliance[key] = _parse(compliance.get(key))
+            data["compliance"] = Compliance(**compliance)
         return cls(**data)
 
 
