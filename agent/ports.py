@@ -82,6 +82,13 @@ class DeviceDriver(Protocol):
     @property
     def capabilities(self) -> frozenset[Capability]: ...
 
+    @property
+    def settle_s(self) -> float:
+        """How long after a command the device's power may still be moving towards it (a relay:
+        its meter's update; a miner: spinning down or ramping up). Until then a device drawing
+        more than commanded is settling, not disobeying."""
+        ...
+
     async def apply(self, command: DeviceCommand) -> DeviceReading | None:
         """Apply an absolute command; return once it holds as far as the driver can prove.
 

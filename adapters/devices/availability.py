@@ -60,6 +60,10 @@ class TrackedDriver:
         return self._inner.device_id
 
     @property
+    def settle_s(self) -> float:
+        return self._inner.settle_s
+
+    @property
     def capabilities(self) -> frozenset[Capability]:
         return self._inner.capabilities
 

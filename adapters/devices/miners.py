@@ -109,6 +109,10 @@ class MinerDriver:
     def capabilities(self) -> frozenset[Capability]:
         return frozenset({Capability.ON_OFF, Capability.POWER_LIMIT, Capability.POWER_READING})
 
+    @property
+    def settle_s(self) -> float:
+        return self._config.settle_s
+
     async def apply(self, command: DeviceCommand) -> None:
         session = await self._session()
         if not command.on:

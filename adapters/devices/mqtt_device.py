@@ -67,6 +67,7 @@ class MqttDriver:
             self._command_topic, self._state_topic = config.command_topic, config.state_topic
         self._device_id = device_id
         self._echo_timeout_s = config.echo_timeout_s
+        self._settle_s = config.settle_s
         self._session = session
         self._clock = clock
         self._state: dict[str, Any] | None = None
@@ -78,6 +79,10 @@ class MqttDriver:
     @property
     def device_id(self) -> str:
         return self._device_id
+
+    @property
+    def settle_s(self) -> float:
+        return self._settle_s
 
     @property
     def capabilities(self) -> frozenset[Capability]:

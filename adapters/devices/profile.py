@@ -142,7 +142,8 @@ class VerifyPolicy(_Strict):
     """How the driver proves a command took effect after reading it back.
 
     `off_max_w`: a device commanded off must measure at most this much (PDUs meter a few watts of
-    idle draw). `settle_s`: how long to keep re-reading power before calling the command failed.
+    idle draw). `settle_s`: how long power may take to follow a command (the shell does not call
+    a device disobedient before that).
     `limit_tolerance`: measured power may exceed a W/kW setpoint by this fraction.
     """
 

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,10 @@ class FakeMiner:
     rated_w: float = 3250.0
     idle_w: float = 0.0
     lies: bool = False
+    # a sleeping miner's hashboards and fans wind down over this long (0: at once)
+    spin_down_s: float = 0.0
     sleeping: bool = False
+    _slept_at: float | None = None
     target_w: float | None = None
     session_id: str = ""
     commands: list[str] = field(default_factory=list)
@@ -37,9 +41,13 @@ class FakeMiner:
 
     @property
     def power_w(self) -> float:
-        if self.sleeping and not self.lies:
+        awake_w = min(self.rated_w, self.target_w) if self.target_w is not None else self.rated_w
+        if not self.sleeping or self.lies:
+            return awake_w
+        if self._slept_at is None or self.spin_down_s <= 0:
             return self.idle_w
-        return min(self.rated_w, self.target_w) if self.target_w is not None else self.rated_w
+        done = min(1.0, (time.monotonic() - self._slept_at) / self.spin_down_s)
+        return awake_w + (self.idle_w - awake_w) * done
 
     def drift_back(self) -> None:
         """What a reboot does on some firmware: awake, default profile, full power."""
@@ -96,6 +104,8 @@ class FakeMiner:
             return {"STATUS": _status(361, "Invalid session id", ok=False)}
         if args[:1] not in (["sleep"], ["wakeup"]):
             return {"STATUS": _status(334, "Invalid curtail action", ok=False)}
+        if args[0] == "sleep" and not self.sleeping:
+            self._slept_at = time.monotonic()
         self.sleeping = args[0] == "sleep"
         return {
             "CURTAIL": [{"Action": f"{args[0]} mode"}],

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import ipaddress
 import sys
+import time
 from dataclasses import dataclass, field
 
 from pymodbus.constants import ExcCodes
@@ -40,16 +41,27 @@ class SimEndpoint:
     rated_w: float = 3250.0
     stuck_channels: frozenset[int] = frozenset()
     rejecting_channels: frozenset[int] = frozenset()
+    # Real loads do not follow a command at once: after a write, a channel's power moves from
+    # what it drew to its new value linearly over `power_lag_s` (a meter's refresh, a miner
+    # spinning down, a tank ramping). 0: at once.
+    power_lag_s: float = 0.0
     # engineering value (register unit) of each control register per channel: the device model
     controls: dict[tuple[str, int], float] = field(default_factory=dict)
+    # per channel: (monotonic time of the last write, power drawn just before it)
+    _moving: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.reboot()
+
+    def reboot(self) -> None:
+        """What a power cycle of the device does: every relay closed, setpoints at maximum."""
         actions = self.profile.actions
         for channel in range(1, self.profile.channels + 1):
             if actions.on_off is not None:
                 self.controls[(actions.on_off.ref, channel)] = float(actions.on_off.on_value)
             if actions.setpoint is not None:
                 self.controls[(actions.setpoint.ref, channel)] = actions.setpoint.max_value
+        self._moving.clear()
 
     def is_on(self, channel: int) -> bool:
         on_off = self.profile.actions.on_off
@@ -58,6 +70,18 @@ class SimEndpoint:
         return self.controls[(on_off.ref, channel)] == on_off.on_value
 
     def power_w(self, channel: int) -> float:
+        """What the channel draws now: on its way to what its controls ask for."""
+        target = self._target_w(channel)
+        moving = self._moving.get(channel)
+        if moving is None or self.power_lag_s <= 0:
+            return target
+        since_s = time.monotonic() - moving[0]
+        if since_s >= self.power_lag_s:
+            return target
+        start_w = moving[1]
+        return start_w + (target - start_w) * since_s / self.power_lag_s
+
+    def _target_w(self, channel: int) -> float:
         if channel in self.stuck_channels:
             return self.rated_w
         if not self.is_on(channel):
@@ -102,7 +126,9 @@ class SimEndpoint:
                 return ExcCodes.DEVICE_FAILURE
             words = [int(v) for v in values[first - address : first - address + register.count]]
             if len(words) == register.count:
+                drawing_w = self.power_w(channel)
                 self.controls[(name, channel)] = decode(register, words)
+                self._moving[channel] = (time.monotonic(), drawing_w)
         return None
 
     def _fill_readings(

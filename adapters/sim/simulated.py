@@ -43,6 +43,10 @@ class SimulatedDriver:
         return self._device_id
 
     @property
+    def settle_s(self) -> float:
+        return self._lag.total_seconds()  # it draws exactly what it was told once lag_s passed
+
+    @property
     def capabilities(self) -> frozenset[Capability]:
         return frozenset(
             {

@@ -47,6 +47,9 @@ class ModbusDriverConfig(_Strict):
         default=None, ge=1, description="for groups: members fill a host's channels, then the next"
     )
     timeout_s: float = Field(default=1.0, gt=0, le=30)
+    settle_s: float | None = Field(
+        default=None, ge=0, le=600, description="overrides the profile's settle time"
+    )
 
     def member(self, index: int) -> ModbusDriverConfig:
         if self.channels_per_host is None:
@@ -70,6 +73,11 @@ class MinerDriverConfig(_Strict):
     # other firmware would refuse every command, so the site file may not name it.
     firmware: Literal["luxos"] = "luxos"
     timeout_s: float = Field(default=2.0, gt=0, le=30)
+    # A sleeping miner's hashboards stop within seconds, its fans and PSU settle over tens of
+    # seconds; waking re-tunes the boards for longer. Overridable for firmware that is slower.
+    settle_s: float = Field(
+        default=20.0, ge=0, le=600, description="power settles this long after a command"
+    )
 
     def member(self, index: int) -> MinerDriverConfig:
         return self.model_copy(update={"host": _offset_host(self.host, index)})
@@ -82,6 +90,9 @@ class MqttDriverConfig(_Strict):
     command_topic: str = Field(min_length=1)
     state_topic: str = Field(min_length=1)
     echo_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    settle_s: float = Field(
+        default=5.0, ge=0, le=600, description="power settles this long after a command"
+    )
 
     def member(self, index: int) -> MqttDriverConfig:
         k = str(index + 1)
@@ -99,6 +110,10 @@ class GpuNodeDriverConfig(_Strict):
     type: Literal["gpu_node"]
     node_id: str = Field(min_length=1)
     echo_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # NVML applies a power limit within a second or two; the board's draw follows the workload
+    settle_s: float = Field(
+        default=5.0, ge=0, le=600, description="power settles this long after a command"
+    )
 
     def member(self, index: int) -> GpuNodeDriverConfig:
         return self.model_copy(update={"node_id": self.node_id.replace("{k}", str(index + 1))})

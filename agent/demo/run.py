@@ -303,7 +303,8 @@ def _account(
     summary.failed_devices.update(report.failed)
     # a device that accepted its command but kept drawing shows up on the read, not the apply
     ids = service.shell.fleet.device_ids
-    summary.failed_devices.update(ids[i] for i in np.flatnonzero(~service.shell.available))
+    down = ~service.shell.devices.planned_available  # unreachable, or not obeying
+    summary.failed_devices.update(ids[i] for i in np.flatnonzero(down))
     summary.max_cycle_s = max(summary.max_cycle_s, report.duration_s)
     while outbox.memory.sent:
         topic, message = outbox.memory.sent.popleft()

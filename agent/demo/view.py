@@ -73,12 +73,12 @@ class View:
             if key not in self._seen_statuses:
                 self._seen_statuses.add(key)
                 self.note(report.at_utc, f"event {event.event_id} {event.status}: {event.reason}")
-        down = set(np.flatnonzero(~self._service.shell.available).tolist())
+        down = set(np.flatnonzero(~self._service.shell.devices.planned_available).tolist())
         if down - self._down:
             self.note(
                 report.at_utc,
                 f"{len(down - self._down)} device(s) draw more than commanded or fail "
-                "verification: unavailable, counted at their measured kW, others shed instead",
+                "verification: planned around at their measured kW, others shed instead",
             )
         if self._down - down:
             self.note(report.at_utc, f"{len(self._down - down)} device(s) recovered")

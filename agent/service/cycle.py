@@ -132,13 +132,23 @@ class Shell:
         signals = self.snapshot.freeze(now)
         # the verified load is what a shed starting now is measured from
         state = FleetState(
-            self.fleet, self.available.copy(), self.measured_kw.copy(), site_kw=self.site_kw()
+            self.fleet,
+            self.devices.planned_available.copy(),  # a device not obeying is planned around
+            self.measured_kw.copy(),
+            site_kw=self.site_kw(),
         )
         decision = decide(signals, state, self.policy, self.memory, now)
 
         target = self._staggered(decision.setpoint_kw, now)
-        changed = np.flatnonzero(self.has_driver & self.available & ~_same(target, self.applied_kw))
-        failed = await apply_setpoints(self.devices, changed, target)
+        obeying = self.available & self.devices.obeying
+        changed = np.flatnonzero(self.has_driver & obeying & ~_same(target, self.applied_kw))
+        # a device not obeying gets its last command again, on its backoff
+        resend = self.devices.resend_due()
+        send = target.copy()
+        send[resend] = self.devices.commanded_kw[resend]
+        changed = np.union1d(changed, resend).astype(np.intp)
+        failed = await apply_setpoints(self.devices, changed, send)
+        self.devices.resent(resend)
         failed_idx = np.array([self.fleet.index_of[d] for d in failed], dtype=np.intp)
 
         # What the next decide() remembers is what the devices were really left at.
@@ -180,6 +190,7 @@ class Shell:
         """Hold back devices switching on beyond one batch per restore interval."""
         current = np.where(np.isnan(self.applied_kw), self.measured_kw, self.applied_kw)
         turning_on = (setpoint_kw > EPS_KW) & (current <= EPS_KW) & self.has_driver
+        turning_on &= self.devices.planned_available  # one not obeying is not being released
         if not turning_on.any():
             return setpoint_kw
         now_s = now.timestamp()

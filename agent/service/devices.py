@@ -1,15 +1,26 @@
 """What the shell knows of each device, and how it judges it: reachable, obeying, measured kW.
 
 One `DeviceBank` per fleet holds, as columns, what the drivers last saw of each device (reachable,
-measured kW) and what was last applied to it. Polling reads devices on their own cadence; a
-reading is judged here (drifted firmware re-sent, a device drawing above its command marked
-down), and each change of availability is logged once.
+measured kW) and what was last applied to it. Polling reads devices on their own cadence and
+judges each reading:
+
+  settling     drawing more than commanded within its settle window after a command (the
+               driver's `settle_s`: a relay's meter, a miner spinning down): counted at its
+               measured draw in the verified site load, never failed
+  not obeying  still drawing more after the window: planned around (decide() counts it at its
+               reading), its command re-sent with a doubling backoff, and obeying again as soon
+               as a reading agrees; a device back from a reboot with its relays closed is
+               caught here and commanded again
+  unavailable  unreachable (timeouts, refused connections): planned around until it answers
+
+Each change is logged once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +39,10 @@ log = logging.getLogger("gridflex.shell")
 # True when a device no longer does what it was last told (adapters.devices.miners.drifted)
 DriftCheck = Callable[[DeviceCommand, DeviceReading], bool]
 EPS_KW = 1e-6
+# Re-sending a command to a device that does not obey: first after this long (or its settle
+# window, if longer), doubling up to the maximum, so a stuck relay is not hammered every cycle.
+RESEND_FIRST_S = 5.0
+RESEND_MAX_S = 300.0
 
 
 def why(exc: BaseException) -> str:
@@ -57,12 +72,21 @@ class DeviceBank:
         *,
         metrics: Metrics | None = None,
         drift_checks: Mapping[str, DriftCheck] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
         self.settings = settings
         self.metrics = metrics
         self.drivers = [drivers.get(device_id) for device_id in fleet.device_ids]
         n = len(fleet)
+        # devices settle in real time, whatever clock the cycle decides on
+        self._monotonic = monotonic
+        self.settle_s = np.array([0.0 if d is None else d.settle_s for d in self.drivers])
+        self.commanded_at_s = np.full(n, -np.inf)  # monotonic time the last command ended
+        self.obeying = np.ones(n, dtype=np.bool_)
+        self.settling = np.zeros(n, dtype=np.bool_)
+        self._resend_at_s = np.full(n, np.inf)
+        self._resend_every_s = np.zeros(n)
         self.has_driver = np.array([d is not None for d in self.drivers], dtype=np.bool_)
         self.available = np.ones(n, dtype=np.bool_)
         self.measured_kw: FloatArray = np.full(n, np.nan)
@@ -80,6 +104,9 @@ class DeviceBank:
         self._applies = 0
         self._no_apply = asyncio.Event()  # set while no command fan-out runs: polls may read
         self._no_apply.set()
+
+    def monotonic_s(self) -> float:
+        return self._monotonic()
 
     def verified_kw(self, planned_kw: FloatArray) -> FloatArray:
         """Each device's draw as best known: measured, else applied, else planned (no driver:
@@ -141,9 +168,18 @@ class DeviceBank:
             if self._resend_if_drifted(i, reading):
                 return
             excess = self._excess_kw(i, reading.power_kw)
-            if excess:
-                self.mark_down(i, excess)
+            settling = (
+                bool(excess) and self._monotonic() - self.commanded_at_s[i] < self.settle_s[i]
+            )
+            self.settling[i] = settling
+            if excess and not settling:
+                self._disobeys(i, excess)
                 return
+            if not excess and not self.obeying[i]:
+                self.obeying[i] = True
+                self._resend_at_s[i] = np.inf
+                self._resend_every_s[i] = 0.0
+                log.info("%s obeys its command again", self.fleet.device_ids[i])
         if not self.available[i]:
             self.available[i] = True
             self.applied_kw[i] = np.nan  # re-assert its setpoint next cycle
@@ -193,6 +229,36 @@ class DeviceBank:
         if power_kw <= expected_kw * 1.1 + floor_kw:
             return ""
         return f"draws {power_kw:.2f} kW against {commanded:.2f} kW commanded"
+
+    def _disobeys(self, i: int, reason: str) -> None:
+        if self.obeying[i]:
+            self.obeying[i] = False
+            log.warning(
+                "%s not obeying: %s after its %.0f s settle window; planned around, re-sending",
+                self.fleet.device_ids[i], reason, self.settle_s[i],
+            )  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.errors.labels(kind="not_obeying").inc()
+        if np.isinf(self._resend_at_s[i]):
+            self._resend_every_s[i] = max(RESEND_FIRST_S, float(self.settle_s[i]))
+            self._resend_at_s[i] = self._monotonic()  # at once, then with the backoff
+
+    def resend_due(self) -> np.ndarray:
+        """Devices not obeying whose command is due to be sent again (the cycle sends it)."""
+        due = ~self.obeying & self.available & self.has_driver
+        due &= self._monotonic() >= self._resend_at_s
+        return np.flatnonzero(due)
+
+    def resent(self, indices: np.ndarray) -> None:
+        now_s = self._monotonic()
+        self._resend_at_s[indices] = now_s + self._resend_every_s[indices]
+        self._resend_every_s[indices] = np.minimum(RESEND_MAX_S, 2 * self._resend_every_s[indices])
+
+    @property
+    def planned_available(self) -> np.ndarray:
+        """What decide() may command as it plans: reachable and obeying."""
+        available: np.ndarray = self.available & self.obeying
+        return available
 
     def mark_down(self, i: int, reason: str) -> None:
         self.applied_kw[i] = np.nan  # unknown now: re-asserted once the device is back

@@ -62,6 +62,7 @@ async def _apply_one(bank: DeviceBank, i: int, target: FloatArray) -> str:
         return f"unexpected {type(exc).__name__}: {why(exc)}"
     finally:
         bank.command_seq[i] += 1  # over: readings from now on see what it left
+        bank.commanded_at_s[i] = bank.monotonic_s()  # its settle window starts now
     return ""
 
 

@@ -16,10 +16,10 @@ classes:
 devices:
   - {{id: pdu, kind: pdu_outlet, class: miners, count: {outlets}, rated_kw: 3.25, min_on_s: 0,
      min_off_s: 0, driver: {{type: modbus, host: {host_a}, port: {port}, profile: rack_pdu_switched,
-     channels_per_host: 24, timeout_s: 0.5}}}}
+     channels_per_host: 24, timeout_s: 0.5, settle_s: {settle_s}}}}}
   - {{id: tank, kind: miner, class: tanks, count: 2, rated_kw: 100, min_kw: 20, control: percent,
      min_on_s: 0, min_off_s: 0, driver: {{type: modbus, host: {host_b}, port: {port},
-     profile: load_controller_percent, timeout_s: 0.5}}}}
+     profile: load_controller_percent, timeout_s: 0.5, settle_s: {settle_s}}}}}
   - {{id: controls, kind: other, class: controls, rated_kw: 5}}
 policy: {{hysteresis_usd_per_mwh: 0, min_dwell_s: 0}}
 prices: {{source: none}}
@@ -51,8 +51,16 @@ def site_config(
     host_a: str = "127.0.1.1",
     host_b: str = "127.0.1.101",
     mqtt: str = "",
+    settle_s: float = 0.0,  # the simulated devices obey at once unless a test gives them a lag
 ) -> SiteConfig:
     text = SITE.format(
-        tag=tag, outlets=outlets, host_a=host_a, host_b=host_b, port=port, db=db, mqtt=mqtt
+        tag=tag,
+        outlets=outlets,
+        host_a=host_a,
+        host_b=host_b,
+        port=port,
+        db=db,
+        mqtt=mqtt,
+        settle_s=settle_s,
     )
     return parse_config(text, env={})
