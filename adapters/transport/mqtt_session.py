@@ -143,6 +143,8 @@ class MqttSession:
         # another connection to that topic may not reach us
         self._unacked_subscriptions: set[int] = set()
         self.handler_failures = 0  # messages left unacknowledged because handling them failed
+        # what the broker said at the last connect: it still held our persistent session
+        self.session_present: bool | None = None
         self._subscriptions_settled = asyncio.Event()
         self._subscriptions_settled.set()
 
@@ -294,6 +296,7 @@ class MqttSession:
         if reason_code.is_failure:
             _log.warning("MQTT broker refused the connection: %s", reason_code)
             return
+        self.session_present = bool(flags.session_present)
         for topic_filter in (*self._exact, *self._wildcard):
             if self._subscribe(client, topic_filter):
                 self._in_loop(self._subscriptions_settled.clear)

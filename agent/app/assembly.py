@@ -7,12 +7,8 @@ same code; only the clock, the outbox (MQTT or none) and the drivers differ.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
-
-from pydantic import BaseModel
+from dataclasses import dataclass
 
 from adapters.transport.modbus_pool import ModbusPool
 from adapters.transport.mqtt_session import MqttSession
@@ -25,28 +21,12 @@ from agent.service.grid import GridIntake
 from agent.service.intake import Intake, IntakeLimits, MessageChecks
 from agent.service.messages import ComplianceOut, DispatchAck
 from agent.service.metrics import Metrics
+from agent.service.outbox import ConfirmedPublisher, MemoryOutbox, Outbox, PersistedOutbox
 from agent.service.outcomes import OverrideOutcomes
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
 __all__ = ["MemoryOutbox", "Outbox", "Service", "ack_of", "assemble"]
-
-
-class Outbox(Protocol):
-    """Where outgoing messages go: topic relative to the site prefix ("dispatch/ack")."""
-
-    def send(self, topic: str, message: BaseModel | str, *, retain: bool = False) -> None: ...
-
-
-@dataclass
-class MemoryOutbox:
-    """Keeps the last messages (no broker: the demo, and a record for tests)."""
-
-    sent: deque[tuple[str, BaseModel | str]] = field(default_factory=lambda: deque(maxlen=10_000))
-
-    def send(self, topic: str, message: BaseModel | str, *, retain: bool = False) -> None:
-        del retain
-        self.sent.append((topic, message))
 
 
 def ack_of(record: EventRecord) -> DispatchAck:
@@ -117,6 +97,8 @@ def assemble(
         built = build_drivers(config, pool, mqtt=mqtt_session, clock=clock)
         drivers, drift_checks = built.drivers, built.drift_checks
     store = Store(config.service.database)
+    if isinstance(outbox, ConfirmedPublisher):
+        outbox = PersistedOutbox(store, outbox)  # acks are stored before they are published
 
     def on_verified(record: EventRecord, latency_s: float) -> None:
         del record

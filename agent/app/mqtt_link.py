@@ -81,6 +81,7 @@ class MqttLink:
         session_expiry_s: int = SESSION_EXPIRY_S,
     ) -> None:
         self.prefix = prefix
+        self.client_id = client_id
         self.session = MqttSession(
             session_settings(config, prefix, client_id, session_expiry_s=session_expiry_s)
         )
@@ -108,6 +109,10 @@ class MqttLink:
             self.session.publish_nowait(f"{self.prefix}/{topic}", payload, retain=retain)
         except MqttError as exc:
             log.warning("%s", exc)
+
+    async def publish_confirmed(self, topic: str, payload: str, *, retain: bool) -> None:
+        """Publish under the site prefix and wait for the broker's PUBACK (MqttError if none)."""
+        await self.session.publish(f"{self.prefix}/{topic}", payload, retain=retain)
 
     async def stop(self) -> None:
         """Say "offline" (retained) and disconnect cleanly, waiting for the broker's PUBACK."""

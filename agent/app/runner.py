@@ -32,6 +32,7 @@ from agent.ports import Clock, SignalSource, utc_now
 from agent.service.cycle import CycleReport
 from agent.service.grid import EMERGENCY, FOURCP, fourcp_in_force
 from agent.service.messages import DecisionMessage, SetpointOut, TelemetryMessage
+from agent.service.outbox import PersistedOutbox
 
 __all__ = ["Runner", "decision_message", "run_service", "serve", "telemetry_message"]
 
@@ -188,7 +189,21 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
         link.on(EMERGENCY, lambda data: _count(service, EMERGENCY, grid.emergency(data)))
         link.on(FOURCP, lambda data: _count(service, FOURCP, grid.peak_warning(data)))
         await link.start()
+        _check_session(service, link)
     await serve(service, stop, link=link)
+
+
+def _check_session(service: Service, link: MqttLink) -> None:
+    """A restart should find the broker holding our session: if it does not, whatever was sent
+    to us while we were away is gone (a broker without persistence, or one that restarted)."""
+    had_session = service.store.load_state("mqtt_session") is not None
+    if had_session and link.session.session_present is False:
+        log.warning(
+            "the MQTT broker kept no session for %s: messages sent while the service was away "
+            "are lost; give the broker persistence and a session expiry (docs/install.md)",
+            link.client_id,
+        )
+    service.store.save_state("mqtt_session", {"client_id": link.client_id})
 
 
 async def serve(
@@ -209,6 +224,8 @@ async def serve(
     await service.shell.poll()
     source = price_source(config)
     tasks = [asyncio.create_task(runner.devices()), asyncio.create_task(runner.telemetry())]
+    if isinstance(service.outbox, PersistedOutbox):  # what a crash or an outage left unsent
+        tasks.append(asyncio.create_task(service.outbox.flush_forever()))
     if source is not None:
         tasks.append(asyncio.create_task(_run_source(source, service)))
     openadr = openadr_link(service, clock)

@@ -79,6 +79,12 @@ class EventBook:
             self._snapshot(record.obligation())
         return self.live
 
+    def ack_again(self, event_id: str) -> None:
+        """Publish the ack of an event as it stands (live, else as stored) once more."""
+        record = self._live.get(event_id) or self._store.event(event_id)
+        if record is not None:
+            self._ack(record)
+
     def known(self, event_id: str) -> bool:
         return event_id in self._live or self._store.event(event_id) is not None
 
@@ -305,4 +311,4 @@ class EventBook:
                 detail,
                 record.source,
             )
-        self._ack(record)
+            self._ack(record)  # a persisted outbox stores it in this same transaction

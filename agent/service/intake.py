@@ -178,6 +178,9 @@ class Intake:
             return "released"
         if self._events.known(message.event_id):
             self._events.accept(self._record(message, now, source))  # audits the duplicate
+            # a redelivery (the sender never saw our ack, or we crashed before it left) gets
+            # the event's ack again, as it stands now
+            self._events.ack_again(message.event_id)
             return "duplicate"
         start = message.start or now
         if message.end is not None and message.end <= now:

@@ -50,12 +50,17 @@ event is committed to the database. Times are ISO-8601 with an offset. MQTT devi
 ## Event statuses
 
 `accepted` (valid, in the plan) -> `active` (the site's verified load, measured where devices
-report it, is at or below the ceiling; `achieved_kw` says how low) -> `completed` (released, or
-its end passed after it was active) or `expired` (its end passed before the load was verified).
+report it, is at or below the ceiling; `achieved_kw` says how low) <-> `non_compliant` (verified
+over the ceiling after being active: the reason gives the kW over and the cause) ->
+`completed` (released, or its end passed after it was active; "with a shortfall" when any cycle
+was over) or `expired` (its end passed before the load was verified). Every event is judged on
+verified power every cycle, and each ack carries its `compliance` record so far.
 `rejected` carries the reason: bad JSON, a schema violation, a missing or bad signature, issued
 outside the replay window or in the future beyond 30 s of clock skew, already ended, starting
 more than 7 days ahead, a shed larger than the site's rated load, releasing an unknown event.
-A second message with a known `event_id` changes nothing and gets no ack.
+A second message with a known `event_id` changes nothing; it gets the event's ack as it stands
+again (a redelivery: its sender may not have seen the first). Acks are stored before they are
+published and re-sent after a restart until the broker confirms them: at least once, never lost.
 
 ## Grid conditions: emergencies and 4CP warnings
 

@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    retain INTEGER NOT NULL
+);
 """
 
 # Statuses after which an event no longer binds the site.
@@ -265,6 +271,24 @@ class Store:
         self._db.executemany(
             "INSERT OR REPLACE INTO setpoints(device_id, kw, changed_at_s) VALUES (?, ?, ?)", rows
         )
+
+    def outbox_put(self, topic: str, payload: str, *, retain: bool) -> int:
+        """Keep an outgoing message until the broker confirmed it (agent.service.outbox)."""
+        cursor = self._db.execute(
+            "INSERT INTO outbox(topic, payload, retain) VALUES (?, ?, ?)",
+            (topic, payload, int(retain)),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def outbox_done(self, row_id: int) -> None:
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+
+    def outbox_pending(self) -> list[tuple[int, str, str, bool]]:
+        rows = self._db.execute(
+            "SELECT id, topic, payload, retain FROM outbox ORDER BY id"
+        ).fetchall()
+        return [(int(i), str(t), str(p), bool(r)) for i, t, p, r in rows]
 
     def save_state(self, key: str, value: Any) -> None:
         self._db.execute(

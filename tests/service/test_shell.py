@@ -114,14 +114,16 @@ async def _dispatch_limit_throttles_devices_and_acks_achieved_kw(
     assert active.achieved_kw == pytest.approx(report.site_kw, abs=1e-3)
     assert active.requested_kw == 150.0
 
-    # duplicate: nothing changes, no ack
+    # duplicate: nothing changes; its sender gets the event's ack as it stands again
     assert service.intake.dispatch(dispatch(clock, "ev-1", kind="limit", target_kw=10.0)) == (
         "duplicate"
     )
     clock.leap(2)
     again = await service.shell.cycle()
     assert again.commanded == ()
-    assert len(acks(service.outbox, "ev-1")) == 2  # type: ignore[arg-type]
+    told = acks(service.outbox, "ev-1")  # type: ignore[arg-type]
+    assert [a.status for a in told] == ["accepted", "active", "active"]
+    assert told[-1].requested_kw == 150.0  # the event's, not the duplicate's 10 kW
 
     # release: completed, load comes back
     assert service.intake.dispatch(dispatch(clock, "ev-1", kind="release")) == "released"
