@@ -28,10 +28,12 @@ from agent.app.openadr import openadr_link, run_openadr
 from agent.app.prices import price_source
 from agent.app.systemd import notify
 from agent.config import SiteConfig
+from agent.policy import Rule
 from agent.ports import Clock, SignalSource, utc_now
 from agent.service.cycle import CycleReport
+from agent.service.devices import id_ranges
 from agent.service.grid import EMERGENCY, FOURCP, fourcp_in_force
-from agent.service.messages import DecisionMessage, SetpointOut, TelemetryMessage
+from agent.service.messages import DecisionGroup, DecisionMessage, SetpointOut, TelemetryMessage
 from agent.service.outbox import PersistedOutbox
 
 __all__ = ["Runner", "decision_message", "run_service", "serve", "telemetry_message"]
@@ -73,13 +75,28 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
 
 def decision_message(report: CycleReport, previous_kw: np.ndarray | None) -> DecisionMessage:
     d = report.decision
-    by_reason: dict[str, list[str]] = {}
-    for i, reason_index in enumerate(d.reason_index):
-        by_reason.setdefault(d.reasons[int(reason_index)], []).append(d.fleet.device_ids[i])
-    changed_idx = np.arange(len(d.fleet)) if previous_kw is None else d.changed_devices(previous_kw)
+    fleet = d.fleet
+    keys = (d.rule.astype(np.int64) * len(fleet.classes) + fleet.class_index) * (
+        len(d.reasons) + 1
+    ) + d.reason_index
+    groups = []
+    for key in np.unique(keys):
+        members = np.flatnonzero(keys == key)
+        first = int(members[0])
+        groups.append(
+            DecisionGroup(
+                rule=Rule(int(d.rule[first])).label,
+                load_class=fleet.classes[int(fleet.class_index[first])].name,
+                reason=d.reasons[int(d.reason_index[first])],
+                devices=len(members),
+                kw=round(float(d.setpoint_kw[members].sum()), 3),
+                ids=id_ranges(fleet, members.tolist()),
+            )
+        )
+    changed_idx = np.arange(len(fleet)) if previous_kw is None else d.changed_devices(previous_kw)
     changed = []
-    for i in changed_idx[:500]:
-        sp = d.setpoint(d.fleet.device_ids[int(i)])
+    for i in changed_idx[:20]:
+        sp = d.setpoint(fleet.device_ids[int(i)])
         changed.append(SetpointOut(device_id=sp.device_id, kw=round(sp.kw, 3),
                                    rule=sp.rule.label, reason=sp.reason))  # fmt: skip
     return DecisionMessage(
@@ -87,7 +104,8 @@ def decision_message(report: CycleReport, previous_kw: np.ndarray | None) -> Dec
         planned_kw=round(d.site_kw, 3),
         site_ceiling_kw=d.site_ceiling_kw,
         price_usd_per_mwh=d.price_usd_per_mwh,
-        reasons=by_reason,
+        groups=groups,
+        changed_devices=len(changed_idx),
         changed=changed,
     )
 

@@ -176,7 +176,10 @@ class Shell:
             setpoints_changed=self.last is None
             or not np.array_equal(self.last.decision.setpoint_kw, decision.setpoint_kw),
         )
-        self._recorder.cycle(report, self.memory, self.applied_kw, changed, failed_idx)
+        device_changes, self.devices.changes = self.devices.changes, []
+        self._recorder.cycle(
+            report, self.memory, self.applied_kw, changed, failed_idx, device_changes=device_changes
+        )
         if self._events is not None:
             self._events.after_cycle(now, decision, site_kw)
         if self._overrides is not None:

@@ -46,9 +46,25 @@ RESEND_MAX_S = 300.0
 
 
 def why(exc: BaseException) -> str:
-    """An error as a reason a person can read: never empty (str(TimeoutError()) is '')."""
+    """An error as a reason a person can read, without the device id (the log and the audit
+    name the device): never empty (str(TimeoutError()) is '')."""
     text = str(exc)
+    if isinstance(exc, DeviceError):
+        text = text.removeprefix(f"{exc.device_id}: ")
     return text if text else type(exc).__name__
+
+
+def id_ranges(fleet: Fleet, indices: list[int]) -> str:
+    """Device ids as runs of consecutive devices: 'pdu-0001..pdu-0024, tank-0002'."""
+    ordered = sorted(set(indices))
+    runs: list[tuple[int, int]] = []
+    for i in ordered:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    ids = fleet.device_ids
+    return ", ".join(ids[a] if a == b else f"{ids[a]}..{ids[b]}" for a, b in runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +103,10 @@ class DeviceBank:
         self.settling = np.zeros(n, dtype=np.bool_)
         self._resend_at_s = np.full(n, np.inf)
         self._resend_every_s = np.zeros(n)
+        # changes of state since the recorder last took them (it audits them), and the ones not
+        # logged yet: logged as one line per (change, reason) when a poll or fan-out ends
+        self.changes: list[tuple[str, str, str]] = []  # (device id, change, reason)
+        self._unlogged: dict[tuple[str, str, int], list[int]] = {}
         self.has_driver = np.array([d is not None for d in self.drivers], dtype=np.bool_)
         self.available = np.ones(n, dtype=np.bool_)
         self.measured_kw: FloatArray = np.full(n, np.nan)
@@ -143,6 +163,7 @@ class DeviceBank:
 
         workers = min(len(idx), self.settings.max_concurrency)
         await asyncio.gather(*(reader() for _ in range(workers)))
+        self.flush_log()
         if self.metrics is not None:
             self.metrics.devices_available.set(int(self.available.sum()))
 
@@ -179,11 +200,11 @@ class DeviceBank:
                 self.obeying[i] = True
                 self._resend_at_s[i] = np.inf
                 self._resend_every_s[i] = 0.0
-                log.info("%s obeys its command again", self.fleet.device_ids[i])
+                self._changed(i, "obeys its command again", "", logging.INFO)
         if not self.available[i]:
             self.available[i] = True
             self.applied_kw[i] = np.nan  # re-assert its setpoint next cycle
-            log.info("%s recovered", self.fleet.device_ids[i])
+            self._changed(i, "recovered", "", logging.INFO)
 
     def _overlapped(self, i: int, seq_before: int) -> bool:
         """Whether a command to device i ran during a read that began at `seq_before`."""
@@ -233,10 +254,8 @@ class DeviceBank:
     def _disobeys(self, i: int, reason: str) -> None:
         if self.obeying[i]:
             self.obeying[i] = False
-            log.warning(
-                "%s not obeying: %s after its %.0f s settle window; planned around, re-sending",
-                self.fleet.device_ids[i], reason, self.settle_s[i],
-            )  # fmt: skip
+            why_text = f"{reason} after its {self.settle_s[i]:.0f} s settle window; re-sending"
+            self._changed(i, "not obeying", why_text, logging.WARNING)
             if self.metrics is not None:
                 self.metrics.errors.labels(kind="not_obeying").inc()
         if np.isinf(self._resend_at_s[i]):
@@ -264,9 +283,22 @@ class DeviceBank:
         self.applied_kw[i] = np.nan  # unknown now: re-asserted once the device is back
         if self.available[i]:
             self.available[i] = False
-            log.warning("%s unavailable: %s", self.fleet.device_ids[i], reason)
+            self._changed(i, "unavailable", reason, logging.WARNING)
             if self.metrics is not None:
                 self.metrics.errors.labels(kind="device").inc()
+
+    def _changed(self, i: int, change: str, reason: str, level: int) -> None:
+        self.changes.append((self.fleet.device_ids[i], change, reason))
+        self._unlogged.setdefault((change, reason, level), []).append(i)
+
+    def flush_log(self) -> None:
+        """One line per change and reason: 'pdu-0001..pdu-0024 unavailable (24): no answer
+        from 127.0.1.1:502 ...', never one line per outlet."""
+        for (change, reason, level), indices in self._unlogged.items():
+            count = f" ({len(indices)})" if len(indices) > 1 else ""
+            tail = f": {reason}" if reason else ""
+            log.log(level, "%s %s%s%s", id_ranges(self.fleet, indices), change, count, tail)
+        self._unlogged.clear()
 
     def unexpected(self, i: int, exc: Exception) -> None:
         """An error no driver should raise: the device is down (planned around), the error is

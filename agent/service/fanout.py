@@ -25,6 +25,7 @@ async def apply_setpoints(
     """Apply `target` to the devices at `indices` concurrently; returns {device id: why failed}."""
     async with bank.commanding():
         results = await asyncio.gather(*(_apply_one(bank, int(i), target) for i in indices))
+    bank.flush_log()
     ids = bank.fleet.device_ids
     return {ids[i]: why for i, why in zip(indices, results, strict=True) if why}
 

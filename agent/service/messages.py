@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 __all__ = [
     "ComplianceOut",
+    "DecisionGroup",
     "DecisionMessage",
     "DispatchAck",
     "DispatchMessage",
@@ -237,12 +238,25 @@ class SetpointOut(BaseModel):
     reason: str
 
 
+class DecisionGroup(BaseModel):
+    """Devices of one class that one rule bound for one reason."""
+
+    rule: str
+    load_class: str
+    reason: str
+    devices: int
+    kw: float = Field(description="their setpoints, summed")
+    ids: str = Field(description="device id ranges: 'pdu-0001..pdu-0024, tank-0002'")
+
+
 class DecisionMessage(BaseModel):
-    """`<prefix>/decision`, whenever the setpoints change. Setpoints grouped by reason."""
+    """`<prefix>/decision`, whenever the setpoints change: compact at any fleet size, one group
+    per (rule, class, reason); the audit log (`gridflex audit --device ID`) has each device's."""
 
     at: AwareDatetime
     planned_kw: float
     site_ceiling_kw: float | None
     price_usd_per_mwh: float | None
-    reasons: dict[str, list[str]] = Field(description="reason -> device ids")
-    changed: list[SetpointOut] = Field(description="devices whose setpoint changed (first 500)")
+    groups: list[DecisionGroup] = Field(description="every device, by rule, class and reason")
+    changed_devices: int = Field(description="devices whose setpoint changed this decision")
+    changed: list[SetpointOut] = Field(description="the first 20 of them, with setpoints")

@@ -11,7 +11,7 @@ import numpy as np
 
 from agent.domain.fleet import Fleet, FloatArray
 from agent.domain.signals import PriceSignal
-from agent.policy import Memory
+from agent.policy import Memory, Rule
 from agent.service.metrics import Metrics
 from agent.service.report import CycleReport
 from agent.service.store import Store
@@ -27,6 +27,7 @@ class Recorder:
         self.store = store
         self.metrics = metrics
         self._saved_price: PriceSignal | None = None
+        self._last_why: np.ndarray | None = None  # per device: (rule, reason) last audited
 
     def cycle(
         self,
@@ -35,12 +36,18 @@ class Recorder:
         applied_kw: FloatArray,
         changed: np.ndarray,
         failed_idx: np.ndarray,
+        *,
+        device_changes: list[tuple[str, str, str]] | None = None,
     ) -> None:
         if self.store is None:
             return
         store, decision, ids = self.store, report.decision, self.fleet.device_ids
         ok = np.setdiff1d(changed, failed_idx)
         with store.transaction():
+            for device_id, change, reason in device_changes or ():
+                store.audit(report.at_utc, f"device-{change.split()[0]}", device_id,
+                            {"change": change, "reason": reason})  # fmt: skip
+            self._audit_reasons(report)
             store.save_setpoints(
                 [
                     (ids[i], float(memory.setpoint_kw[i]), float(memory.changed_at_s[i]))
@@ -86,6 +93,24 @@ class Recorder:
                 )
             for device_id, why in report.failed.items():
                 store.audit(report.at_utc, "device-failed", device_id, {"error": why})
+
+    def _audit_reasons(self, report: CycleReport) -> None:
+        """A row per device whose binding rule or reason changed: `gridflex audit --device ID`
+        answers why that device was off at 14:05."""
+        assert self.store is not None
+        d = report.decision
+        reasons = np.array(d.reasons, dtype=object)[d.reason_index]
+        why = np.char.add(d.rule.astype(str).astype(object), reasons)
+        moved = (
+            np.arange(len(why)) if self._last_why is None else np.flatnonzero(why != self._last_why)
+        )
+        ids = self.fleet.device_ids
+        for i in moved.tolist():
+            self.store.audit(report.at_utc, "setpoint", ids[i], {
+                "kw": round(float(d.setpoint_kw[i]), 3),
+                "rule": Rule(int(d.rule[i])).label, "reason": str(reasons[i]),
+            })  # fmt: skip
+        self._last_why = why
 
     def restore_batch(
         self,

@@ -218,12 +218,21 @@ class Store:
             (_iso(at), kind, subject, source, json.dumps(detail, sort_keys=True, default=str)),
         )
 
-    def audit_since(self, since: datetime, limit: int = 10_000) -> list[AuditRow]:
-        rows = self._db.execute(
-            "SELECT at_utc, kind, subject, source, detail FROM audit WHERE at_utc >= ? "
-            "ORDER BY id LIMIT ?",
-            (_iso(since), limit),
-        ).fetchall()
+    def audit_since(
+        self, since: datetime, limit: int = 10_000, *, subject: str | None = None
+    ) -> list[AuditRow]:
+        if subject is None:
+            rows = self._db.execute(
+                "SELECT at_utc, kind, subject, source, detail FROM audit WHERE at_utc >= ? "
+                "ORDER BY id LIMIT ?",
+                (_iso(since), limit),
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT at_utc, kind, subject, source, detail FROM audit WHERE at_utc >= ? "
+                "AND subject = ? ORDER BY id LIMIT ?",
+                (_iso(since), subject, limit),
+            ).fetchall()
         return [
             AuditRow(datetime.fromisoformat(at), kind, subject, source, json.loads(detail))
             for at, kind, subject, source, detail in rows

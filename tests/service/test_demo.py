@@ -137,7 +137,10 @@ def test_demo_over_a_broker_publishes_as_the_service_and_takes_its_dispatch_over
         t.active_events == ["ercot-rrs-0508"] and t.site_ceiling_kw == 700.0 for t in telemetry
     )
     decisions = [DecisionMessage.model_validate_json(p) for p in by_topic["decision"]]
-    assert any(any("grid dispatch ercot-rrs-0508" in r for r in d.reasons) for d in decisions)
+    assert any(any("grid dispatch ercot-rrs-0508" in g.reason for g in d.groups) for d in decisions)
+    assert all(sum(g.devices for g in d.groups) == 263 for d in decisions)  # every device
+    # compact at any fleet size: it was 20.8 KB listing every device id per reason
+    assert max(len(p) for p in by_topic["decision"]) < 8_000
     # the scripted dispatch went over the broker, and its acks came back the production way
     assert [b'"event_id": "ercot-rrs-0508"' in p for p in by_topic["dispatch"]] == [True]
     acks = [DispatchAck.model_validate_json(p) for p in by_topic["dispatch/ack"]]

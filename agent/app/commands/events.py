@@ -75,10 +75,17 @@ def _since(text: str) -> datetime:
     "--since", "since_text", default="1h", show_default=True, help="ISO time or 30m/2h/7d"
 )
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
-def audit(config_path: Path | None, database: Path | None, since_text: str, as_json: bool) -> None:
+@click.option("--device", "device_id", help="only this device (or event, override) id")
+def audit(
+    config_path: Path | None,
+    database: Path | None,
+    since_text: str,
+    as_json: bool,
+    device_id: str | None,
+) -> None:
     """The audit log: every signal, decision, command and result, with when, why and from whom."""
     store = _open(_database(config_path, database))
-    rows = store.audit_since(_since(since_text))
+    rows = store.audit_since(_since(since_text), subject=device_id)
     store.close()
     for row in rows:
         if as_json:

@@ -30,6 +30,10 @@ def run(config_path: Path, log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s"
     )
+    # pymodbus logs each failed request with a hex dump; the pool translates every failure into
+    # the device's state, logged once per change, so its own lines are chatter unless debugging
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
         config = load_config(config_path)
     except ConfigError as exc:
