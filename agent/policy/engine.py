@@ -28,12 +28,12 @@ import numpy as np
 
 from agent.domain.fleet import BoolArray, FleetState, Priority
 from agent.domain.settings import Policy, Posture, StalePosture
-from agent.domain.signals import EmergencyLevel, Obligation, ObligationKind, Signals
-from agent.policy.decision import Decision, Memory, ObligationStatus, Rule
+from agent.domain.signals import EmergencyLevel, Signals
+from agent.policy.ceilings import obligation_status, site_ceiling
+from agent.policy.decision import Decision, Memory, Rule
 from agent.policy.follow import apply_followers
 from agent.policy.learn import learned_draws
-from agent.policy.merit import shed_to_ceiling
-from agent.policy.overrides import AppliedOverride, apply_overrides, override_statuses
+from agent.policy.overrides import apply_overrides, override_statuses
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
 __all__ = ["decide", "price_age_s"]
@@ -87,7 +87,10 @@ def decide(
     price, stale, running, held = _economics(plan, cycle)
     apply_followers(plan, cycle.was_on)
     # merit order re-applies the followers after every class it cuts (merit.py)
-    ceiling_kw, ceilings, baselines = _site_ceiling(plan, cycle, grid_first=grid_first)
+    ceiling_kw, ceilings, baselines = site_ceiling(
+        plan, signals, fleet_state, policy, memory,
+        now=now, was_on=cycle.was_on, grid_first=grid_first,
+    )  # fmt: skip
     _ramp(plan, cycle)
 
     setpoint_kw = plan.feasible()
@@ -106,7 +109,9 @@ def decide(
         class_kw=tuple(float(drawn_kw[m].sum()) for m in fleet.members),
         site_ceiling_kw=ceiling_kw,
         obligations=tuple(
-            _status(plan, applied, event, ceiling_kw=kw, site_kw=site_kw, baselines=baselines)
+            obligation_status(
+                plan, applied, event, ceiling_kw=kw, site_kw=site_kw, baselines=baselines
+            )
             for event, kw in ceilings
         ),
         price_usd_per_mwh=price,
@@ -319,84 +324,6 @@ def _stop_respecting_dwell(plan: Plan, cycle: _Cycle, idx: Index, rule: Rule, te
     young = cycle.was_on[idx] & (on_for_s < plan.fleet.min_on_s[idx])
     plan.cap(idx[~young], 0.0, rule, text)
     plan.describe(idx[young], Rule.DWELL, f"held on: minimum on time not yet passed ({text})")
-
-
-# -- 7. site ceiling: import limit and grid obligations --------------------------------------
-def _site_ceiling(
-    plan: Plan, cycle: _Cycle, *, grid_first: bool
-) -> tuple[float | None, list[tuple[str, float]], dict[str, float]]:
-    policy, memory = cycle.policy, cycle.memory
-    active = sorted(
-        (o for o in cycle.signals.obligations if o.is_active(cycle.now)), key=lambda o: o.event_id
-    )
-    # every event's baseline: a shed's ceiling is measured from it, and each event's energy
-    # delivered against asked (agent.service.events) too
-    drawn_now_kw = _site_drawn_kw(cycle) if active else 0.0
-    baselines = {o.event_id: memory.baselines_kw.get(o.event_id, drawn_now_kw) for o in active}
-    ceilings = [(o.event_id, _ceiling_of(o, baselines)) for o in active]
-    if policy.import_limit_kw is not None:
-        limit_kw = policy.import_limit_kw
-        shed_to_ceiling(plan, limit_kw, Rule.SAFETY, f"site import limit {limit_kw:.0f} kW",
-                        was_on=cycle.was_on, cut_forced=True)  # fmt: skip
-    if ceilings:
-        event_id, ceiling_kw = min(ceilings, key=lambda item: item[1])
-        obligation = next(o for o in active if o.event_id == event_id)
-        text = (
-            f"grid dispatch {event_id} ({obligation.program}): "
-            f"site ceiling {ceiling_kw:.0f} kW, least valuable load first"
-        )
-        shed_to_ceiling(plan, ceiling_kw, Rule.DISPATCH, text,
-                        was_on=cycle.was_on, cut_forced=grid_first)  # fmt: skip
-    all_ceilings = [c for _, c in ceilings]
-    if policy.import_limit_kw is not None:
-        all_ceilings.append(policy.import_limit_kw)
-    return (min(all_ceilings) if all_ceilings else None), ceilings, baselines
-
-
-def _site_drawn_kw(cycle: _Cycle) -> float:
-    """What the site draws now: the shell's verified figure, else what is known per device
-    (measured, else the last setpoint with its idle draw, else rated). A shed's baseline."""
-    state = cycle.state
-    if state.site_kw is not None:
-        return state.site_kw
-    fleet, memory = state.fleet, cycle.memory
-    last = np.maximum(memory.setpoint_kw, fleet.idle_kw)
-    kw: FloatArray = np.where(np.isnan(state.measured_kw), last, state.measured_kw)
-    return float(np.where(np.isnan(kw), fleet.rated_kw, kw).sum())
-
-
-def _ceiling_of(obligation: Obligation, baselines: dict[str, float]) -> float:
-    if obligation.kind is ObligationKind.LIMIT:
-        return obligation.kw
-    return max(0.0, baselines[obligation.event_id] - obligation.kw)
-
-
-def _status(
-    plan: Plan,
-    applied: list[AppliedOverride],
-    event_id: str,
-    *,
-    ceiling_kw: float,
-    site_kw: float,
-    baselines: dict[str, float],
-) -> ObligationStatus:
-    over = site_kw - ceiling_kw
-    shortfall = over if over > EPS_KW else 0.0  # not float noise of a site landed on it
-    cause = "" if shortfall == 0.0 else _shortfall_cause(plan, applied)
-    baseline_kw = baselines.get(event_id)
-    return ObligationStatus(event_id, ceiling_kw, site_kw, shortfall, baseline_kw, cause)
-
-
-def _shortfall_cause(plan: Plan, applied: list[AppliedOverride]) -> str:
-    held = []
-    for a in applied:
-        on = a.claimed[plan.forced[a.claimed] & (plan.feasible(a.claimed) > EPS_KW)]
-        if len(on):
-            kw = float(plan.drawn_kw(on).sum())
-            held.append(f"override {a.override.override_id} holds {kw:.0f} kW on")
-    if held:
-        return "; ".join(held)
-    return "the load that cannot be cut (critical, unreachable, cooling of running load) exceeds it"
 
 
 # -- 8. ramps --------------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""Rule 7, the site ceilings: the import limit and grid obligations, met in merit order.
+
+A shed is measured from the verified site load when its event started (the baseline), kept in
+memory by event id; every obligation gets a baseline, from which agent.service.compliance counts
+the energy it asked and the energy delivered. A shortfall names its cause.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.domain.fleet import BoolArray, FleetState
+from agent.domain.settings import Policy
+from agent.domain.signals import Obligation, ObligationKind, Signals
+from agent.policy.decision import Memory, ObligationStatus, Rule
+from agent.policy.merit import shed_to_ceiling
+from agent.policy.overrides import AppliedOverride
+from agent.policy.plan import EPS_KW, FloatArray, Plan
+
+__all__ = ["obligation_status", "site_ceiling"]
+
+
+from datetime import datetime
+
+
+def site_ceiling(
+    plan: Plan,
+    signals: Signals,
+    state: FleetState,
+    policy: Policy,
+    memory: Memory,
+    *,
+    now: datetime,
+    was_on: BoolArray,
+    grid_first: bool,
+) -> tuple[float | None, list[tuple[str, float]], dict[str, float]]:
+    active = sorted((o for o in signals.obligations if o.is_active(now)), key=lambda o: o.event_id)
+    # every event's baseline: a shed's ceiling is measured from it, and each event's energy
+    # delivered against asked (agent.service.events) too
+    drawn_now_kw = _site_drawn_kw(state, memory) if active else 0.0
+    baselines = {o.event_id: memory.baselines_kw.get(o.event_id, drawn_now_kw) for o in active}
+    ceilings = [(o.event_id, _ceiling_of(o, baselines)) for o in active]
+    if policy.import_limit_kw is not None:
+        limit_kw = policy.import_limit_kw
+        shed_to_ceiling(plan, limit_kw, Rule.SAFETY, f"site import limit {limit_kw:.0f} kW",
+                        was_on=was_on, cut_forced=True)  # fmt: skip
+    if ceilings:
+        event_id, ceiling_kw = min(ceilings, key=lambda item: item[1])
+        obligation = next(o for o in active if o.event_id == event_id)
+        text = (
+            f"grid dispatch {event_id} ({obligation.program}): "
+            f"site ceiling {ceiling_kw:.0f} kW, least valuable load first"
+        )
+        shed_to_ceiling(plan, ceiling_kw, Rule.DISPATCH, text,
+                        was_on=was_on, cut_forced=grid_first)  # fmt: skip
+    all_ceilings = [c for _, c in ceilings]
+    if policy.import_limit_kw is not None:
+        all_ceilings.append(policy.import_limit_kw)
+    return (min(all_ceilings) if all_ceilings else None), ceilings, baselines
+
+
+def _site_drawn_kw(state: FleetState, memory: Memory) -> float:
+    """What the site draws now: the shell's verified figure, else what is known per device
+    (measured, else the last setpoint with its idle draw, else rated). A shed's baseline."""
+    if state.site_kw is not None:
+        return state.site_kw
+    fleet = state.fleet
+    last = np.maximum(memory.setpoint_kw, fleet.idle_kw)
+    kw: FloatArray = np.where(np.isnan(state.measured_kw), last, state.measured_kw)
+    return float(np.where(np.isnan(kw), fleet.rated_kw, kw).sum())
+
+
+def _ceiling_of(obligation: Obligation, baselines: dict[str, float]) -> float:
+    if obligation.kind is ObligationKind.LIMIT:
+        return obligation.kw
+    return max(0.0, baselines[obligation.event_id] - obligation.kw)
+
+
+def obligation_status(
+    plan: Plan,
+    applied: list[AppliedOverride],
+    event_id: str,
+    *,
+    ceiling_kw: float,
+    site_kw: float,
+    baselines: dict[str, float],
+) -> ObligationStatus:
+    over = site_kw - ceiling_kw
+    shortfall = over if over > EPS_KW else 0.0  # not float noise of a site landed on it
+    cause = "" if shortfall == 0.0 else _shortfall_cause(plan, applied)
+    baseline_kw = baselines.get(event_id)
+    return ObligationStatus(event_id, ceiling_kw, site_kw, shortfall, baseline_kw, cause)
+
+
+def _shortfall_cause(plan: Plan, applied: list[AppliedOverride]) -> str:
+    held = []
+    for a in applied:
+        on = a.claimed[plan.forced[a.claimed] & (plan.feasible(a.claimed) > EPS_KW)]
+        if len(on):
+            kw = float(plan.drawn_kw(on).sum())
+            held.append(f"override {a.override.override_id} holds {kw:.0f} kW on")
+    if held:
+        return "; ".join(held)
+    return "the load that cannot be cut (critical, unreachable, cooling of running load) exceeds it"
