@@ -46,17 +46,18 @@ def shed_to_ceiling(
     plan: Plan, ceiling_kw: float, rule: Rule, text: str, *, was_on: BoolArray, cut_forced: bool
 ) -> float:
     """Cut load in merit order until the site is at or below `ceiling_kw`; returns the shortfall."""
-    order = merit_order(plan.fleet)
+    fleet = plan.fleet
+    order = merit_order(fleet)
     excess = plan.total_kw() - ceiling_kw
     for tier in _TIERS:
-        classes = [c for c in order if plan.fleet.classes[c].priority is tier]
+        classes = [c for c in order if fleet.classes[c].priority is tier]
         for forced_pass in (False, True):
             if forced_pass and not cut_forced:
                 continue
             for class_pos in classes:
                 if excess <= EPS_KW:
                     return 0.0
-                members = plan.fleet.members[class_pos]
+                members = fleet.members[class_pos]
                 idx = members[plan.forced[members] == forced_pass]
                 if len(idx) == 0:
                     continue
@@ -65,7 +66,30 @@ def shed_to_ceiling(
                 shed_class(plan, idx, excess, rule, text)
                 apply_followers(plan, was_on)  # cooling drops with what was shed
                 excess = plan.total_kw() - ceiling_kw
+            if forced_pass and excess > EPS_KW:
+                # cooling an engineer forced on gives way like any override of its tier, down
+                # to what its running leader needs (never below: cooling is safety)
+                excess = _release_forced_followers(plan, tier, was_on, ceiling_kw, excess)
     return max(0.0, excess)
+
+
+def _release_forced_followers(
+    plan: Plan, tier: Priority, was_on: BoolArray, ceiling_kw: float, excess: float
+) -> float:
+    fleet = plan.fleet
+    released = False
+    for pos, load_class in enumerate(fleet.classes):
+        if load_class.follows is None or load_class.priority is not tier:
+            continue
+        members = fleet.members[pos]
+        forced = members[plan.forced[members]]
+        if len(forced):
+            plan.release(forced)
+            released = True
+    if not released:
+        return excess
+    apply_followers(plan, was_on)
+    return plan.total_kw() - ceiling_kw
 
 
 def shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) -> None:

@@ -132,6 +132,7 @@ class Plan:
         limit binds overrides; a grid obligation does unless the site lets overrides win)."""
         forced = idx[self.forced[idx]]
         self.lo[forced] = 0.0
+        self.forced[forced] = False  # the override gave way: no floor of its own any more
 
     def set_to(self, idx: Index, kw: FloatArray, rule: Rule, text: str) -> None:
         """Set devices to exactly `kw` whatever earlier rules set (cooling that follows its

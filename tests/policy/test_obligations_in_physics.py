@@ -376,3 +376,24 @@ def test_a_price_is_stale_by_the_age_of_its_interval_not_of_its_fetch() -> None:
     policy = replace(POLICY, price_stale_after_s=600)
     decision = once(Signals(price=old_interval), policy=policy, at_s=30 * 60)
     assert decision.price_stale  # ended 15 min ago, however recently it was fetched
+
+
+def test_the_import_limit_trims_cooling_forced_on_to_what_its_leader_needs() -> None:
+    # found by the hypothesis properties: an override "on" on a follower was never released
+    classes = [
+        LoadClass("inference", Priority.PROTECTED, 1500.0),
+        LoadClass("controls", Priority.CRITICAL, float("inf")),
+        LoadClass("gpu-cooling", Priority.INTERRUPTIBLE, float("inf"), follows="inference"),
+    ]
+    fleet = Fleet.build(classes, [
+        DeviceSpec("g", "inference", DeviceKind.GPU, 1.0, 0.0, ON_OFF),
+        DeviceSpec("c", "controls", DeviceKind.OTHER, 1.0, 0.0, ON_OFF),
+        DeviceSpec("fan", "gpu-cooling", DeviceKind.COOLING, 2.0, 0.0, ON_OFF),
+    ])  # fmt: skip
+    forced = override("fans-on", OverrideAction.ON, load_class="gpu-cooling")
+    policy = replace(POLICY, import_limit_kw=2.0)
+    decision = once(Signals(price=price(20), overrides=(forced,)), fleet=fleet, policy=policy)
+    # the GPU goes and its forced fan with it: what is left is the critical load
+    assert decision.site_kw <= 2.0 + 1e-6
+    assert decision.setpoint("c").kw == 1.0
+    assert decision.overrides[0].status == "not_applied"
