@@ -39,6 +39,11 @@ def command_payload(command: DeviceCommand) -> bytes:
     return json.dumps({"on": command.on, "kw": command.kw, "percent": command.percent}).encode()
 
 
+def _finite_number(value: Any) -> bool:
+    """A JSON number that means one (true/false and NaN/Infinity do not)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
 def echo_matches(command: DeviceCommand, state: dict[str, Any]) -> bool:
     """Whether a device's echoed state says it took the command ("on" must be a JSON bool and
     "kw" a finite number: anything else is no echo of ours)."""
@@ -47,7 +52,7 @@ def echo_matches(command: DeviceCommand, state: dict[str, Any]) -> bool:
     if not command.on or "kw" not in state:
         return True
     kw = state["kw"]
-    if isinstance(kw, bool) or not isinstance(kw, int | float) or not math.isfinite(kw):
+    if not _finite_number(kw):
         return False
     return abs(float(kw) - command.kw) <= max(_KW_TOLERANCE, command.kw * _KW_TOLERANCE)
 
@@ -113,11 +118,7 @@ class MqttDriver:
         if self._state is None or self._observed_at is None:
             return DeviceReading(self._device_id, self._clock())  # not heard from yet: unknown
         power = self._state.get("power_kw")
-        if power is not None and (
-            isinstance(power, bool)
-            or not isinstance(power, int | float)
-            or not math.isfinite(power)
-        ):
+        if power is not None and not _finite_number(power):
             raise DeviceRejectedError(
                 self._device_id, f"state power_kw {str(power)[:40]!r} is not a finite number"
             )

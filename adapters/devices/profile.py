@@ -149,7 +149,6 @@ class VerifyPolicy(_Strict):
 
     off_max_w: float = Field(default=25.0, ge=0)
     settle_s: float = Field(default=0.0, ge=0, le=60)
-    poll_interval_s: float = Field(default=0.05, gt=0, le=5)
     limit_tolerance: float = Field(default=0.05, ge=0, le=1)
 
 

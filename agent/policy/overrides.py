@@ -113,13 +113,13 @@ def _status(plan: Plan, a: AppliedOverride) -> OverrideStatus:
             over = planned > asked + EPS_KW
             short = idx if over else idx[:0]
         else:
-            ceiling = plan.fleet.rated_kw[idx] * 0.0 if o.action is Action.OFF else None
-            cap = ceiling if ceiling is not None else _device_cap(o, fleet.rated_kw[idx])
+            off = o.action is Action.OFF
+            cap = np.zeros(len(idx)) if off else _device_cap(o, fleet.rated_kw[idx])
             asked = float(cap.sum())
             short = idx[setpoint > cap + EPS_KW]
         got = planned
     if len(short) == 0:
-        return OverrideStatus(o.override_id, "applied", "applied", asked, got)
+        return OverrideStatus(o.override_id, "applied", "applied in full", asked, got)
     blocker = short[plan.rule[short] != int(Rule.OVERRIDE)]
     first = blocker[0] if len(blocker) else short[0]
     why = plan.reasons()[int(plan.reason_index[first])]

@@ -140,8 +140,8 @@ class Shell:
         decision = decide(signals, state, self.policy, self.memory, now)
 
         target = self._staggered(decision.setpoint_kw, now)
-        obeying = self.available & self.devices.obeying
-        changed = np.flatnonzero(self.has_driver & obeying & ~_same(target, self.applied_kw))
+        planned = self.devices.planned_available
+        changed = np.flatnonzero(self.has_driver & planned & ~_same(target, self.applied_kw))
         # a device not obeying gets its last command again, on its backoff
         resend = self.devices.resend_due()
         send = target.copy()

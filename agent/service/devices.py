@@ -100,7 +100,6 @@ class DeviceBank:
         self.settle_s = np.array([0.0 if d is None else d.settle_s for d in self.drivers])
         self.commanded_at_s = np.full(n, -np.inf)  # monotonic time the last command ended
         self.obeying = np.ones(n, dtype=np.bool_)
-        self.settling = np.zeros(n, dtype=np.bool_)
         self._resend_at_s = np.full(n, np.inf)
         self._resend_every_s = np.zeros(n)
         # changes of state since the recorder last took them (it audits them), and the ones not
@@ -189,10 +188,7 @@ class DeviceBank:
             if self._resend_if_drifted(i, reading):
                 return
             excess = self._excess_kw(i, reading.power_kw)
-            settling = (
-                bool(excess) and self._monotonic() - self.commanded_at_s[i] < self.settle_s[i]
-            )
-            self.settling[i] = settling
+            settling = self._monotonic() - self.commanded_at_s[i] < self.settle_s[i]
             if excess and not settling:
                 self._disobeys(i, excess)
                 return

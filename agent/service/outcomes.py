@@ -45,8 +45,6 @@ class OverrideOutcomes:
     def _tell(
         self, now: datetime, override_id: str, status: str, reason: str, detail: dict[str, float]
     ) -> None:
-        if status == "applied":
-            reason = "applied in full"
         self._publish(OverrideAck(override_id=override_id, status=status, reason=reason, at=now))
         if self._store is not None:
             self._store.audit(now, f"override-{status}", override_id, {"reason": reason, **detail})
