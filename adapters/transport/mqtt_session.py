@@ -26,7 +26,7 @@ import asyncio
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -48,7 +48,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes], None]
+# A handler may return an awaitable: the message is acknowledged once it resolves (its outcome
+# committed), and not at all if it raises.
+MessageHandler = Callable[[str, bytes], Awaitable[None] | None]
 
 
 class MqttError(GridflexError):
@@ -142,6 +144,7 @@ class MqttSession:
         # SUBSCRIBEs the broker has not acknowledged yet: until it has, a message published on
         # another connection to that topic may not reach us
         self._unacked_subscriptions: set[int] = set()
+        self._acking: set[asyncio.Future[None]] = set()  # PUBACKs waiting on a commit
         self.handler_failures = 0  # messages left unacknowledged because handling them failed
         # what the broker said at the last connect: it still held our persistent session
         self.session_present: bool | None = None
@@ -339,17 +342,42 @@ class MqttSession:
     def _deliver(
         self, handlers: list[MessageHandler], topic: str, payload: bytes, mid: int, qos: int
     ) -> None:
+        pending: list[Awaitable[None]] = []
         try:
             for handler in handlers:
-                handler(topic, payload)
+                outcome = handler(topic, payload)
+                if outcome is not None:
+                    pending.append(outcome)
         except Exception:  # a handler that could not commit its outcome: do not acknowledge
-            self.handler_failures += 1
-            _log.exception(
-                "handling a message on %s failed: not acknowledged, the broker keeps it and "
-                "redelivers it when the session resumes",
-                topic,
-            )
+            self._not_acknowledged(topic)
             return
+        if pending:
+            task = asyncio.ensure_future(self._ack_when_done(pending, topic, mid, qos))
+            self._acking.add(task)
+            task.add_done_callback(self._acking.discard)
+        else:
+            self._ack(mid, qos)
+
+    async def _ack_when_done(
+        self, pending: list[Awaitable[None]], topic: str, mid: int, qos: int
+    ) -> None:
+        try:
+            for outcome in pending:
+                await outcome
+        except Exception:
+            self._not_acknowledged(topic)
+            return
+        self._ack(mid, qos)
+
+    def _not_acknowledged(self, topic: str) -> None:
+        self.handler_failures += 1
+        _log.exception(
+            "handling a message on %s failed: not acknowledged, the broker keeps it and "
+            "redelivers it when the session resumes",
+            topic,
+        )
+
+    def _ack(self, mid: int, qos: int) -> None:
         if self._settings.manual_acks:
             self._client.ack(mid, qos)
 

@@ -69,7 +69,7 @@ class Service:
 
     async def close(self) -> None:
         await self.pool.close()
-        self.store.close()
+        await asyncio.to_thread(self.store.close)  # commits what is queued
 
 
 def assemble(
@@ -96,7 +96,7 @@ def assemble(
     if drivers is None:  # first: a device that cannot be driven stops the start here
         built = build_drivers(config, pool, mqtt=mqtt_session, clock=clock)
         drivers, drift_checks = built.drivers, built.drift_checks
-    store = Store(config.service.database)
+    store = Store(config.service.database, write_behind=True)
     if isinstance(outbox, ConfirmedPublisher):
         outbox = PersistedOutbox(store, outbox)  # acks are stored before they are published
 

@@ -14,7 +14,7 @@ reconnect.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 
@@ -31,7 +31,8 @@ __all__ = ["SESSION_EXPIRY_S", "MqttLink", "session_settings"]
 
 log = logging.getLogger("gridflex.mqtt")
 
-Handler = Callable[[bytes], object]
+# Returns what to await before the message is acknowledged to the broker (its outcome committed).
+Handler = Callable[[bytes], Awaitable[None] | None]
 
 # Long enough for any restart or host reboot to find its queued dispatches; short enough that a
 # decommissioned site's client id does not make the broker hoard messages for ever. Dispatches
@@ -88,10 +89,11 @@ class MqttLink:
         self._where = f"{config.host}:{config.port}"
 
     def on(self, suffix: str, handler: Handler) -> None:
-        """Call `handler(payload)` in the event loop for every message on `<prefix>/<suffix>`."""
+        """Call `handler(payload)` in the event loop for every message on `<prefix>/<suffix>`;
+        the PUBACK waits for what it returns."""
 
-        def deliver(_topic: str, payload: bytes) -> None:
-            handler(payload)
+        def deliver(_topic: str, payload: bytes) -> Awaitable[None] | None:
+            return handler(payload)
 
         self.session.subscribe(f"{self.prefix}/{suffix}", deliver)
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import numpy as np
@@ -200,12 +201,11 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
     session = None if link is None else link.session  # MQTT devices share it
     service = assemble(config, clock=utc_now, outbox=outbox, mqtt_session=session)
     if link is not None:
-        intake = service.intake
-        link.on("dispatch", lambda data: _count(service, "dispatch", intake.dispatch(data)))
-        link.on("override", lambda data: _count(service, "override", intake.override(data)))
-        grid = service.grid
-        link.on(EMERGENCY, lambda data: _count(service, EMERGENCY, grid.emergency(data)))
-        link.on(FOURCP, lambda data: _count(service, FOURCP, grid.peak_warning(data)))
+        intake, grid = service.intake, service.grid
+        link.on("dispatch", _committed(service, "dispatch", intake.dispatch))
+        link.on("override", _committed(service, "override", intake.override))
+        link.on(EMERGENCY, _committed(service, EMERGENCY, grid.emergency))
+        link.on(FOURCP, _committed(service, FOURCP, grid.peak_warning))
         await link.start()
         _check_session(service, link)
     await serve(service, stop, link=link)
@@ -292,8 +292,19 @@ class _Guard:
         return True
 
 
-def _count(service: Service, topic: str, outcome: str) -> None:
-    service.metrics.messages.labels(topic=topic, outcome=outcome).inc()
+def _committed(
+    service: Service, topic: str, handle: Callable[[bytes], str]
+) -> Callable[[bytes], Awaitable[None]]:
+    """Handle a message on the loop, then wait (off the loop) until its outcome is committed:
+    the PUBACK follows that, so a crash before the commit leaves the message with the broker."""
+
+    def on_message(data: bytes) -> Awaitable[None]:
+        mark = service.store.mark
+        outcome = handle(data)
+        service.metrics.messages.labels(topic=topic, outcome=outcome).inc()
+        return service.store.committed(after=mark)
+
+    return on_message
 
 
 async def _run_source(source: SignalSource, service: Service) -> None:

@@ -29,6 +29,7 @@ MQTT events are never revised: the duplicate rule above stands for them.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -40,6 +41,8 @@ from agent.service.compliance import Compliance, verified_under
 from agent.service.metrics import Metrics
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import FINAL_STATUSES, LIVE_STATUSES, EventRecord, Store
+
+FINISHED_KEPT = 10_000
 
 __all__ = ["Ack", "EventBook", "verified_under"]
 
@@ -67,6 +70,9 @@ class EventBook:
         self._ack = ack
         self._on_verified = on_verified
         self._live: dict[str, EventRecord] = {}
+        # events finished in this run, newest last: a duplicate is recognised, and re-acked, even
+        # while the final write is still on its way to the database (agent.service.writer)
+        self._finished: OrderedDict[str, EventRecord] = OrderedDict()
 
     @property
     def live(self) -> list[EventRecord]:
@@ -81,12 +87,15 @@ class EventBook:
 
     def ack_again(self, event_id: str) -> None:
         """Publish the ack of an event as it stands (live, else as stored) once more."""
-        record = self._live.get(event_id) or self._store.event(event_id)
+        record = self._live.get(event_id) or self._finished.get(event_id)
+        record = record or self._store.event(event_id)
         if record is not None:
             self._ack(record)
 
     def known(self, event_id: str) -> bool:
-        return event_id in self._live or self._store.event(event_id) is not None
+        if event_id in self._live or event_id in self._finished:
+            return True
+        return self._store.event(event_id) is not None
 
     def accept(self, record: EventRecord) -> bool:
         """Take a new event; False (and nothing changes) when its event_id is already known."""
@@ -302,6 +311,10 @@ class EventBook:
         if before is not None:
             detail["was"] = {"kind": before.kind, "requested_kw": before.requested_kw,
                              "revision": before.revision}  # fmt: skip
+        if record.status in FINAL_STATUSES:
+            self._finished[record.event_id] = record
+            while len(self._finished) > FINISHED_KEPT:
+                self._finished.popitem(last=False)
         with self._store.transaction():
             self._store.put_event(record)
             self._store.audit(

@@ -6,23 +6,39 @@ shed baselines) is kept in its own tables and rewritten as it changes, each cycl
 transaction, so a restart, even after kill -9, resumes an active event with the same baseline:
 no second shed on top of the first, no dropped event. WAL with synchronous=NORMAL survives a
 process crash (a committed transaction is in the log); only an OS crash may lose the last one.
+In the service the writes are committed by a writer thread (agent.service.writer): a kill -9
+loses only what was still queued (normally one cycle's rows, milliseconds old), and an inbound
+message is acknowledged to the broker only after its rows are committed.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.domain.signals import Obligation, ObligationKind, Override, OverrideAction, PriceSignal
-from agent.service.compliance import Compliance
+from agent.domain.signals import Override, PriceSignal
+from agent.service.records import (
+    FINAL_STATUSES,
+    LIVE_STATUSES,
+    AuditRow,
+    EventRecord,
+    SavedMemory,
+    iso,
+    override_from_json,
+    override_json,
+    parse,
+)
+from agent.service.writer import SqlWriter, Statement, StoreError, apply_batch
 
-__all__ = ["AuditRow", "EventRecord", "SavedMemory", "Store"]
+__all__ = [
+    "FINAL_STATUSES", "LIVE_STATUSES", "AuditRow", "EventRecord", "SavedMemory", "Store",
+    "StoreError",
+]  # fmt: skip
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -61,161 +77,96 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 """
 
-# Statuses after which an event no longer binds the site.
-FINAL_STATUSES = frozenset({"completed", "expired", "rejected"})
-# Statuses of a live event: taken, verified under its ceiling, verified over it after that.
-LIVE_STATUSES = frozenset({"accepted", "active", "non_compliant"})
-
-
-def _iso(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(UTC).isoformat()
-
-
-def _parse(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """A dispatch event as the site engineer and the ack topic see it."""
-
-    event_id: str
-    kind: str  # limit | shed
-    requested_kw: float
-    start_utc: datetime
-    end_utc: datetime | None
-    program: str
-    source: str
-    status: str  # accepted | active | completed | expired
-    reason: str
-    received_at_utc: datetime
-    updated_at_utc: datetime
-    achieved_kw: float | None = None
-    verified_at_utc: datetime | None = None
-    # Sources that revise an event in place (OpenADR): the sender's revision (modification
-    # number) and when the obligation last changed. MQTT events keep None: a repeat is a duplicate.
-    revision: int | None = None
-    revised_at_utc: datetime | None = None
-    # judged on verified power every cycle from the event's first (agent.service.compliance)
-    compliance: Compliance | None = None
-
-    def obligation(self) -> Obligation:
-        return Obligation(
-            event_id=self.event_id,
-            kind=ObligationKind(self.kind),
-            kw=self.requested_kw,
-            start_utc=self.start_utc,
-            end_utc=self.end_utc,
-            program=self.program,
-            source=self.source,
-        )
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        for key, value in data.items():
-            if isinstance(value, datetime):
-                data[key] = _iso(value)
-        if isinstance(data.get("compliance"), dict):
-            compliance = data["compliance"]
-            for key in ("worst_at_utc", "last_judged_utc"):
-                compliance[key] = _iso(compliance[key])
-        return json.dumps(data, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> EventRecord:
-        data = json.loads(text)
-        for key in (
-            "start_utc", "end_utc", "received_at_utc", "updated_at_utc", "verified_at_utc",
-            "revised_at_utc",
-        ):  # fmt: skip
-            data[key] = _parse(data.get(key))  # a row written before a field existed lacks it
-        compliance = data.get("compliance")
-        if isinstance(compliance, dict):
-            for key in ("worst_at_utc", "last_judged_utc"):
-                compliance[key] = _parse(compliance.get(key))
-            data["compliance"] = Compliance(**compliance)
-        return cls(**data)
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    at_utc: datetime
-    kind: str
-    subject: str
-    source: str
-    detail: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class SavedMemory:
-    """What the engine's memory needs to resume: per-device setpoints and shed baselines."""
-
-    setpoint_kw: dict[str, float]
-    changed_at_s: dict[str, float]
-    baselines_kw: dict[str, float]
-    class_running: dict[str, bool]
-    decided_at_utc: datetime | None
-
-
-def _override_json(override: Override) -> str:
-    data = asdict(override)
-    data["action"] = override.action.value
-    data["expires_at_utc"] = _iso(override.expires_at_utc)
-    issued = override.issued_at_utc
-    data["issued_at_utc"] = None if issued is None else _iso(issued)
-    return json.dumps(data, sort_keys=True)
-
-
-def _override_from_json(text: str) -> Override:
-    data = json.loads(text)
-    data["action"] = OverrideAction(data["action"])
-    data["expires_at_utc"] = datetime.fromisoformat(data["expires_at_utc"])
-    issued = data.get("issued_at_utc")
-    data["issued_at_utc"] = None if issued is None else datetime.fromisoformat(issued)
-    return Override(**data)
-
 
 class Store:
-    """One SQLite database. Use from one thread (the service's event loop)."""
+    """One SQLite database, used from the service's event loop.
 
-    def __init__(self, path: Path | str) -> None:
+    With `write_behind` (the service) every write is handed to a writer thread
+    (agent.service.writer) and the loop never waits on SQLite; reads see what is committed, and
+    whoever needs a write durable awaits `committed()`. Without it (the command-line tools,
+    unit tests) writes commit before the call returns.
+    """
+
+    def __init__(self, path: Path | str, *, write_behind: bool = False) -> None:
         path = Path(path)
-        if str(path) != ":memory:":
+        in_memory = str(path) == ":memory:"
+        if not in_memory:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA busy_timeout=1000")
         self._db.executescript(_SCHEMA)
         self._depth = 0
+        self._batch: list[Statement] = []
+        # an in-memory database is one connection's own: it cannot have a writer thread
+        self._writer = SqlWriter(str(path)) if write_behind and not in_memory else None
+        row = self._db.execute("SELECT max(id) FROM outbox").fetchone()
+        self._outbox_id = int(row[0] or 0)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self._db.close()
+
+    @property
+    def mark(self) -> int:
+        """Where the writes handed over so far end (for `committed(after=...)`)."""
+        return 0 if self._writer is None else self._writer.mark
+
+    @property
+    def writes_queued(self) -> int:
+        return 0 if self._writer is None else self._writer.queued
+
+    async def committed(self, *, after: int = 0) -> None:
+        """Return once every write made so far is committed; StoreError if one after `after`
+        was dropped. Immediate without a writer thread."""
+        if self._writer is not None:
+            await self._writer.committed(after=after)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Block until every write made so far is done; never from the service's loop."""
+        return True if self._writer is None else self._writer.flush(timeout_s)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group writes (one cycle) into one atomic commit; nests."""
-        if self._depth == 0:
-            self._db.execute("BEGIN")
+        """Group writes (one cycle) into one atomic commit; nests. An exception inside drops
+        the group."""
         self._depth += 1
         try:
             yield
         except BaseException:
             self._depth -= 1
             if self._depth == 0:
-                self._db.execute("ROLLBACK")
+                self._batch = []
             raise
         self._depth -= 1
         if self._depth == 0:
-            self._db.execute("COMMIT")
+            batch, self._batch = self._batch, []
+            self._hand_over(batch)
+
+    def _write(self, sql: str, params: Sequence[Any] = (), *, many: bool = False) -> None:
+        statement = Statement(sql, params, many)
+        if self._depth:
+            self._batch.append(statement)
+        else:
+            self._hand_over([statement])
+
+    def _hand_over(self, batch: list[Statement]) -> None:
+        if not batch:
+            return
+        if self._writer is None:
+            apply_batch(self._db, batch)
+        else:
+            self._writer.submit(batch)
 
     # -- audit -------------------------------------------------------------------------------
     def audit(
         self, at: datetime, kind: str, subject: str, detail: Mapping[str, Any], source: str = ""
     ) -> None:
-        self._db.execute(
+        self._write(
             "INSERT INTO audit(at_utc, kind, subject, source, detail) VALUES (?, ?, ?, ?, ?)",
-            (_iso(at), kind, subject, source, json.dumps(detail, sort_keys=True, default=str)),
+            (iso(at), kind, subject, source, json.dumps(detail, sort_keys=True, default=str)),
         )
 
     def audit_since(
@@ -225,13 +176,13 @@ class Store:
             rows = self._db.execute(
                 "SELECT at_utc, kind, subject, source, detail FROM audit WHERE at_utc >= ? "
                 "ORDER BY id LIMIT ?",
-                (_iso(since), limit),
+                (iso(since), limit),
             ).fetchall()
         else:
             rows = self._db.execute(
                 "SELECT at_utc, kind, subject, source, detail FROM audit WHERE at_utc >= ? "
                 "AND subject = ? ORDER BY id LIMIT ?",
-                (_iso(since), subject, limit),
+                (iso(since), subject, limit),
             ).fetchall()
         return [
             AuditRow(datetime.fromisoformat(at), kind, subject, source, json.loads(detail))
@@ -240,11 +191,11 @@ class Store:
 
     # -- events ------------------------------------------------------------------------------
     def put_event(self, record: EventRecord) -> None:
-        self._db.execute(
+        self._write(
             "INSERT INTO events(event_id, record, status, updated_at_utc) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(event_id) DO UPDATE SET record=excluded.record, status=excluded.status, "
             "updated_at_utc=excluded.updated_at_utc",
-            (record.event_id, record.to_json(), record.status, _iso(record.updated_at_utc)),
+            (record.event_id, record.to_json(), record.status, iso(record.updated_at_utc)),
         )
 
     def events(self, *, live_only: bool = False) -> list[EventRecord]:
@@ -262,36 +213,38 @@ class Store:
 
     # -- overrides ---------------------------------------------------------------------------
     def put_override(self, override: Override) -> None:
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO overrides(override_id, record) VALUES (?, ?)",
-            (override.override_id, _override_json(override)),
+            (override.override_id, override_json(override)),
         )
 
     def delete_override(self, override_id: str) -> None:
-        self._db.execute("DELETE FROM overrides WHERE override_id = ?", (override_id,))
+        self._write("DELETE FROM overrides WHERE override_id = ?", (override_id,))
 
     def overrides(self) -> list[Override]:
         rows = self._db.execute("SELECT record FROM overrides ORDER BY override_id").fetchall()
-        return [_override_from_json(text) for (text,) in rows]
+        return [override_from_json(text) for (text,) in rows]
 
     # -- the engine's memory -----------------------------------------------------------------
     def save_setpoints(self, rows: list[tuple[str, float, float]]) -> None:
         """(device_id, kw, changed_at_s) of the devices whose setpoint changed."""
-        self._db.executemany(
-            "INSERT OR REPLACE INTO setpoints(device_id, kw, changed_at_s) VALUES (?, ?, ?)", rows
+        self._write(
+            "INSERT OR REPLACE INTO setpoints(device_id, kw, changed_at_s) VALUES (?, ?, ?)",
+            rows,
+            many=True,
         )
 
     def outbox_put(self, topic: str, payload: str, *, retain: bool) -> int:
         """Keep an outgoing message until the broker confirmed it (agent.service.outbox)."""
-        cursor = self._db.execute(
-            "INSERT INTO outbox(topic, payload, retain) VALUES (?, ?, ?)",
-            (topic, payload, int(retain)),
+        self._outbox_id += 1  # ours, not SQLite's: the row may be committed later
+        self._write(
+            "INSERT INTO outbox(id, topic, payload, retain) VALUES (?, ?, ?, ?)",
+            (self._outbox_id, topic, payload, int(retain)),
         )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return self._outbox_id
 
     def outbox_done(self, row_id: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+        self._write("DELETE FROM outbox WHERE id = ?", (row_id,))
 
     def outbox_pending(self) -> list[tuple[int, str, str, bool]]:
         rows = self._db.execute(
@@ -300,7 +253,7 @@ class Store:
         return [(int(i), str(t), str(p), bool(r)) for i, t, p, r in rows]
 
     def save_state(self, key: str, value: Any) -> None:
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
             (key, json.dumps(value, sort_keys=True, default=str)),
         )
@@ -315,9 +268,9 @@ class Store:
             "price",
             {
                 "price_usd_per_mwh": price.price_usd_per_mwh,
-                "interval_start_utc": _iso(price.interval_start_utc),
-                "interval_end_utc": _iso(price.interval_end_utc),
-                "observed_at_utc": _iso(price.observed_at_utc),
+                "interval_start_utc": iso(price.interval_start_utc),
+                "interval_end_utc": iso(price.interval_end_utc),
+                "observed_at_utc": iso(price.observed_at_utc),
                 "settlement_point": price.settlement_point,
                 "market": price.market,
                 "source": price.source,
@@ -355,5 +308,5 @@ class Store:
             changed_at_s={device_id: changed for device_id, _, changed in rows},
             baselines_kw={k: float(v) for k, v in engine.get("baselines_kw", {}).items()},
             class_running={k: bool(v) for k, v in engine.get("class_running", {}).items()},
-            decided_at_utc=_parse(engine.get("decided_at_utc")),
+            decided_at_utc=parse(engine.get("decided_at_utc")),
         )

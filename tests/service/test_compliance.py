@@ -87,6 +87,7 @@ def test_an_event_held_over_its_ceiling_is_reported_non_compliant_and_completed_
                 assert 0 < record.delivered_kwh < record.asked_kwh
                 statuses = [a.status for a in acks(outbox, "ev-c")]
                 assert statuses == ["accepted", "active", "non_compliant", "active", "completed"]
+                service.store.flush()  # the writer thread has committed what the cycles wrote
                 kinds = [r.kind for r in service.store.audit_since(clock.now - timedelta(days=1))
                          if r.subject == "ev-c"]  # fmt: skip
                 assert "event-non_compliant" in kinds

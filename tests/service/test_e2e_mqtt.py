@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from queue import Empty, Queue
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -201,3 +203,64 @@ def test_dispatch_kill9_restart_and_broker_restart_lose_nothing(
     ).stdout  # fmt: skip
     assert "dispatch-rejected" in audit
     assert "event-active" in audit
+
+
+def test_a_write_locked_database_blocks_neither_the_loop_nor_loses_the_dispatch(
+    tmp_path: Path, own_mqtt_broker: Broker, modbus_site: int
+) -> None:
+    """Another process holds the database's write lock for 6 s (a backup, a stuck tool): the
+    service keeps publishing telemetry and acks the dispatch at once, and acknowledges the
+    message to the broker only once its event is committed. Killed before that, the restart
+    gets the message again from the broker and commits it."""
+    db = tmp_path / "gridflex.sqlite3"
+    config = tmp_path / "site.yaml"
+    config.write_text(SITE.format(modbus_port=modbus_site, mqtt_port=own_mqtt_broker.port, db=db))
+    watcher = Watcher(own_mqtt_broker)
+    service = start_service(config)
+    try:
+        watcher.wait_for("status", lambda p: p == "online")
+        watcher.wait_for("telemetry", lambda p: json.loads(p)["site_kw"] > RATED_KW - 1)
+        locker = sqlite3.connect(db, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # the write lock, held
+        watcher.drain()
+        locked_at = time.monotonic()
+        watcher.send("dispatch", {"event_id": "ev-lock", "kind": "limit", "target_kw": 80,
+                                  "issued_at": now_iso()})  # fmt: skip
+        watcher.wait_for("dispatch/ack", ack("ev-lock", "accepted"), timeout_s=3)
+        arrivals = []
+        while time.monotonic() - locked_at < 6.0:
+            try:
+                topic, _ = watcher.messages.get(timeout=0.1)
+            except Empty:
+                continue
+            if topic == f"{PREFIX}/telemetry":
+                arrivals.append(time.monotonic())
+        gaps = np.diff([locked_at, *arrivals, time.monotonic()])
+        assert gaps.max() < 3.5, gaps  # telemetry every 2 s: the loop never waited on SQLite
+
+        service.send_signal(signal.SIGKILL)  # before the lock is released: nothing committed
+        service.wait(timeout=10)
+        locker.execute("ROLLBACK")
+        locker.close()
+        assert _event_ids(db) == set()
+
+        watcher.drain()
+        service = start_service(config)  # the broker redelivers what was never acknowledged
+        watcher.wait_for("dispatch/ack", ack("ev-lock", "accepted"))
+        watcher.wait_for("dispatch/ack", ack("ev-lock", "active"))
+        deadline = time.monotonic() + 5
+        while "ev-lock" not in _event_ids(db) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _event_ids(db) == {"ev-lock"}
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=20) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+        watcher.client.loop_stop()
+        watcher.client.disconnect()
+
+
+def _event_ids(db: Path) -> set[str]:
+    with sqlite3.connect(db) as reader:
+        return {row[0] for row in reader.execute("SELECT event_id FROM events")}

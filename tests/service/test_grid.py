@@ -89,6 +89,7 @@ def level_held(service: Service) -> EmergencyLevel | None:
 
 
 def audit_kinds(service: Service) -> list[str]:
+    service.store.flush()  # what was handed to the writer thread is committed
     return [row.kind for row in service.store.audit_since(datetime(2000, 1, 1, tzinfo=UTC))]
 
 
@@ -205,6 +206,7 @@ def test_restart_keeps_an_active_emergency_and_honours_its_expiry(tmp_path: Path
         first.grid.emergency(message(clock, level="eea2"))  # no expiry: holds until changed
         await first.shell.cycle()
         assert drawn_kw(sim) == pytest.approx(0.0)
+        first.store.flush()  # a crash after the commits reached the disk
         await first.pool.close()  # no orderly shutdown: the database is left as it is
 
         clock.leap(3600)
@@ -219,6 +221,7 @@ def test_restart_keeps_an_active_emergency_and_honours_its_expiry(tmp_path: Path
         second.grid.emergency(message(clock, level="eea1", expires_at=in_minutes(clock, 10)))
         await second.shell.cycle()
         assert drawn_kw(sim) == pytest.approx(TANKS_KW)
+        second.store.flush()
         await second.pool.close()
 
         clock.leap(11 * 60)  # eea1 lapses while the service is down

@@ -49,6 +49,7 @@ def test_a_lost_endpoint_is_one_line_with_a_count_and_audited_per_device(
             assert any("pdu-0001..pdu-0024 unavailable (24): " in line for line in pdu_lines)
             assert all(line.split(": ", 1)[1] for line in lines)  # never an empty reason
             await service.shell.cycle()
+            service.store.flush()
             rows = service.store.audit_since(clock.now.replace(hour=0))
             down = [r for r in rows if r.kind == "device-unavailable"]
             assert len(down) == 48 + 2  # every outlet and both tanks, each once

@@ -156,6 +156,7 @@ def test_a_level_2_event_sheds_the_site_is_modified_survives_a_vtn_restart_and_i
             assert devices_kw(sim) < FULL_KW - 100  # the devices moved, not just the plan
             active = run.acks(event_id)[-1]
             assert active.achieved_kw == pytest.approx(run.site_kw(), abs=0.01)
+            run.service.store.flush()
             record = run.service.store.event(event_id)
             assert record is not None
             assert (record.source, record.program) == ("openadr", "http://program.example/dr")

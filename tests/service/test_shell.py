@@ -171,6 +171,7 @@ def test_restart_resumes_a_shed_event_with_its_baseline_not_shedding_twice(tmp_p
             shed = await first.shell.cycle()
             assert shed.site_kw <= RATED_KW - 100 + 0.5
             kept_kw = site_power_kw(sim)
+            first.store.flush()  # a crash after the cycle's commit reached the disk
             await first.pool.close()  # no orderly shutdown: the database is simply left as it is
 
             clock.leap(5)

@@ -104,6 +104,7 @@ def test_what_became_of_an_override_is_acked_and_audited(tmp_path: Path) -> None
                         if t == "override/ack" and isinstance(m, OverrideAck)]  # fmt: skip
                 assert [m.status for m in told] == ["accepted", "not_applied"]
                 assert "critical load" in told[-1].reason
+                service.store.flush()
                 rows = service.store.audit_since(clock.now.replace(hour=0))
                 assert any(r.kind == "override-not_applied" for r in rows)
                 clock.leap(7 * 3600)  # past its expiry
