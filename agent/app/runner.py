@@ -36,8 +36,11 @@ from agent.service.devices import id_ranges
 from agent.service.grid import EMERGENCY, FOURCP, fourcp_in_force
 from agent.service.messages import DecisionGroup, DecisionMessage, SetpointOut, TelemetryMessage
 from agent.service.outbox import PersistedOutbox
+from agent.service.queries import answer_device_query
 
-__all__ = ["Runner", "decision_message", "run_service", "serve", "telemetry_message"]
+__all__ = [
+    "Runner", "decision_message", "listen", "run_service", "serve", "telemetry_message",
+]  # fmt: skip
 
 log = logging.getLogger("gridflex.service")
 
@@ -201,14 +204,25 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
     session = None if link is None else link.session  # MQTT devices share it
     service = assemble(config, clock=utc_now, outbox=outbox, mqtt_session=session)
     if link is not None:
-        intake, grid = service.intake, service.grid
-        link.on("dispatch", _committed(service, "dispatch", intake.dispatch))
-        link.on("override", _committed(service, "override", intake.override))
-        link.on(EMERGENCY, _committed(service, EMERGENCY, grid.emergency))
-        link.on(FOURCP, _committed(service, FOURCP, grid.peak_warning))
+        listen(service, link)
         await link.start()
         _check_session(service, link)
     await serve(service, stop, link=link)
+
+
+def listen(service: Service, link: MqttLink) -> None:
+    """The service's inbound topics: what changes the site is PUBACKed once committed."""
+    intake, grid = service.intake, service.grid
+    link.on("dispatch", _committed(service, "dispatch", intake.dispatch))
+    link.on("override", _committed(service, "override", intake.override))
+    link.on(EMERGENCY, _committed(service, EMERGENCY, grid.emergency))
+    link.on(FOURCP, _committed(service, FOURCP, grid.peak_warning))
+
+    def on_query(data: bytes) -> None:
+        answer = answer_device_query(service.shell, data, utc_now())
+        service.outbox.send("decision/device", answer)
+
+    link.on("decision/request", on_query)
 
 
 def _check_session(service: Service, link: MqttLink) -> None:

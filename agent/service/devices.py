@@ -127,6 +127,20 @@ class DeviceBank:
     def monotonic_s(self) -> float:
         return self._monotonic()
 
+    def state_of(self, i: int) -> str:
+        """no_driver | unavailable | not_obeying | settling | ok, as the module docstring says."""
+        if not self.has_driver[i]:
+            return "no_driver"
+        if not self.available[i]:
+            return "unavailable"
+        if not self.obeying[i]:
+            return "not_obeying"
+        measured = float(self.measured_kw[i])
+        in_window = self._monotonic() - self.commanded_at_s[i] < self.settle_s[i]
+        if in_window and not np.isnan(measured) and self._excess_kw(i, measured):
+            return "settling"
+        return "ok"
+
     def verified_kw(self, planned_kw: FloatArray) -> FloatArray:
         """Each device's draw as best known: measured, else applied, else planned (no driver:
         rated)."""

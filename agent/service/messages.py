@@ -6,14 +6,24 @@ fields are rejected so a misspelt `target_kW` cannot be silently ignored.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 __all__ = [
     "ComplianceOut",
     "DecisionGroup",
     "DecisionMessage",
+    "DeviceAnswer",
+    "DeviceQuery",
+    "DeviceSetpoint",
     "DispatchAck",
     "DispatchMessage",
     "EmergencyMessage",
@@ -236,6 +246,30 @@ class SetpointOut(BaseModel):
     kw: float
     rule: str
     reason: str
+
+
+class DeviceQuery(_In):
+    """`<prefix>/decision/request`: ask for devices' own setpoints, answered on
+    `<prefix>/decision/device`."""
+
+    device_ids: list[Annotated[str, StringConstraints(max_length=128, pattern=_ID)]] = Field(
+        min_length=1, max_length=1000
+    )
+    request_id: Annotated[str, StringConstraints(max_length=128, pattern=_ID)] | None = None
+
+
+class DeviceSetpoint(SetpointOut):
+    load_class: str
+    measured_kw: float | None = Field(description="its last reading; null when never read")
+    state: str = Field(description="ok | settling | not_obeying | unavailable | no_driver")
+
+
+class DeviceAnswer(BaseModel):
+    at: AwareDatetime
+    request_id: str | None
+    devices: list[DeviceSetpoint]
+    unknown: list[str] = Field(description="asked-for ids the site does not have")
+    error: str | None = Field(default=None, description="why the request was refused")
 
 
 class DecisionGroup(BaseModel):

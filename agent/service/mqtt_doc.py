@@ -11,6 +11,8 @@ from pydantic import BaseModel
 
 from agent.service.messages import (
     DecisionMessage,
+    DeviceAnswer,
+    DeviceQuery,
     DispatchAck,
     DispatchMessage,
     EmergencyMessage,
@@ -46,6 +48,8 @@ event is committed to the database. Times are ISO-8601 with an offset. MQTT devi
 | `<prefix>/status` | out | yes | `online`; `offline` on SIGTERM, or by the last will on a crash |
 | `<prefix>/telemetry` | out | no | every 2 s |
 | `<prefix>/decision` | out | no | setpoints and their reasons, when they change |
+| `<prefix>/decision/request` | in | no | ask for devices' own setpoints by id |
+| `<prefix>/decision/device` | out | no | the answer: setpoint, rule, reason, reading, state |
 
 ## Event statuses
 
@@ -96,6 +100,17 @@ Telemetry shows the result: `grid_emergency`, `grid_emergency_expires_at`, `four
 (on, unexpired and fresh) and `fourcp_warning_expires_at`; Prometheus has
 `gridflex_grid_emergency_level` (0 normal .. 4 EEA3) and `gridflex_fourcp_warning`.
 
+## One device's setpoint
+
+`<prefix>/decision` groups devices by rule, class and reason, with id ranges, so it stays small
+at any fleet size. To see single devices, publish `{"device_ids": ["pdu-0007"], "request_id":
+"r1"}` (up to 1,000 ids; no signature needed: it changes nothing) to `decision/request`; the
+answer on `decision/device` gives each device's setpoint in the last decision with its rule and
+reason, its class, its last reading and its state (`ok`, `settling` within its settle window
+after a command, `not_obeying`, `unavailable`, `no_driver`). Unknown ids are listed; a request
+that cannot be read is answered with `error`. The audit log has each device's history
+(`gridflex audit --device ID --since ...`).
+
 ## Signatures (optional)
 
 With `mqtt.hmac_secret` set, every inbound message must carry `signature`: the lower-case hex
@@ -131,6 +146,8 @@ _TOPICS: list[tuple[str, type[BaseModel]]] = [
     ("`<prefix>/grid/ack` (out)", GridAck),
     ("`<prefix>/telemetry` (out)", TelemetryMessage),
     ("`<prefix>/decision` (out)", DecisionMessage),
+    ("`<prefix>/decision/request` (in)", DeviceQuery),
+    ("`<prefix>/decision/device` (out)", DeviceAnswer),
 ]
 
 

@@ -5,16 +5,24 @@ LuxOS miners on loopback; devices settle in real time, so the tests sleep as the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
+from adapters.devices.gpu_nvml import GpuNode, NvmlGpus
 from adapters.sim.miners import FakeMinerFleet
 from adapters.sim.modbus_server import SimModbusSite
+from adapters.transport.mqtt_session import MqttSession, MqttSettings
 from agent.app.assembly import MemoryOutbox, Service, assemble
+from agent.app.commands.node import run_node
 from agent.app.simsite import endpoints_for
 from agent.config import parse_config
+from tests.adapters.devices.peers import FakeNvml, echoing_device
 from tests.conftest import free_port
 from tests.service.site import FakeClock, site_config
 from tests.service.test_shell import acks, dispatch, price
@@ -186,5 +194,87 @@ def test_a_pdu_that_reboots_mid_event_is_commanded_again(tmp_path: Path) -> None
                 assert acks(outbox, "boot")[-1].status == "active"
             finally:
                 await service.close()
+
+    asyncio.run(main())
+
+
+LAGGING_SITE = """
+site: {{id: lag-{tag}}}
+classes:
+  cooling: {{priority: flexible, economics: {{kind: fixed, value_usd_per_mwh: 60}}}}
+  batch: {{priority: flexible, economics: {{kind: fixed, value_usd_per_mwh: 70}}}}
+  inference: {{priority: protected}}
+devices:
+  - {{id: chiller, kind: cooling, class: cooling, rated_kw: 18, min_on_s: 0, min_off_s: 0,
+     driver: {{type: mqtt, command_topic: "{base}/set", state_topic: "{base}/state",
+     echo_timeout_s: 2, settle_s: 4}}}}
+  - {{id: batch-gpu, kind: gpu, class: batch, rated_kw: 1.4, min_kw: 0.4, control: power_limit,
+     min_on_s: 0, min_off_s: 0,
+     driver: {{type: gpu_node, node_id: "node-{tag}", echo_timeout_s: 2, settle_s: 4}}}}
+  - {{id: gpu, kind: gpu, class: inference, count: 2, rated_kw: 10, min_kw: 4,
+     control: power_limit, driver: {{type: simulated}}}}
+policy: {{min_dwell_s: 0, hysteresis_usd_per_mwh: 0}}
+prices: {{source: none}}
+mqtt: {{host: {host}, port: {port}}}
+service: {{database: "{db}", metrics_port: null, verify_timeout_s: 3}}
+"""
+
+
+def test_mqtt_and_gpu_devices_whose_power_lags_settle_without_touching_protected_load(
+    tmp_path: Path, mqtt_broker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chiller over MQTT whose power follows its command 2 s later, and a GPU server whose board
+    power follows a new cap 2 s later (NVML at its functions), under a ceiling that leaves
+    just the protected GPUs and the server's floor: both settle, neither is failed, and the
+    protected GPUs keep every kW."""
+    nvml = FakeNvml(monkeypatch, power_lag_s=2.0)
+    tag = uuid.uuid4().hex[:6]
+    base = f"test/{tag}/chiller"
+    config = parse_config(LAGGING_SITE.format(tag=tag, base=base, host=mqtt_broker.host,
+                                              port=mqtt_broker.port, db=tmp_path / "db.sqlite3"),
+                          env={})  # fmt: skip
+
+    def session(name: str) -> MqttSession:
+        return MqttSession(MqttSettings(host=mqtt_broker.host, port=mqtt_broker.port,
+                                        client_id=f"{name}-{tag}"))  # fmt: skip
+
+    async def main() -> None:
+        clock = FakeClock()
+        agent, chiller, node = session("agent"), session("chiller"), session("node")
+        async with contextlib.AsyncExitStack() as stack:
+            for peer in (agent, chiller, node):
+                await peer.connect()
+                stack.push_async_callback(peer.close)
+            await echoing_device(chiller, f"{base}/set", f"{base}/state", power_lag_s=2.0)
+            stop = asyncio.Event()
+            serving = asyncio.create_task(run_node(f"node-{tag}", GpuNode(f"node-{tag}",
+                                          NvmlGpus(f"node-{tag}")), node,
+                                          publish_interval_s=0.3, stop=stop))  # fmt: skip
+            stack.push_async_callback(asyncio.wait_for, serving, 2)
+            stack.callback(stop.set)
+            outbox = MemoryOutbox()
+            service = assemble(config, clock=clock, outbox=outbox, mqtt_session=agent)
+            stack.push_async_callback(service.close)
+            await agent.subscriptions_settled()
+            service.snapshot(price(clock, 20.0))
+            until = time.monotonic() + 1.5
+            while time.monotonic() < until:  # everything on and measured at full draw
+                await service.shell.poll()
+                await service.shell.cycle()
+                await asyncio.sleep(0.2)
+            event = dispatch(clock, "lag-mqtt", kind="limit", target_kw=20.4)
+            assert service.intake.dispatch(event) == "accepted"
+            gpus = [service.shell.fleet.index_of[f"gpu-000{k}"] for k in (1, 2)]
+            until = time.monotonic() + 4.0
+            while time.monotonic() < until:
+                await service.shell.poll()
+                report = await service.shell.cycle()
+                assert (report.decision.setpoint_kw[gpus] == 10.0).all()  # protected: untouched
+                assert service.shell.available.all()  # settling is not failing
+                clock.leap(2)
+                await asyncio.sleep(0.2)
+            assert service.shell.devices.obeying.all()
+            assert nvml.limits_mw == [200_000, 200_000]
+            assert acks(outbox, "lag-mqtt")[-1].status == "active"
 
     asyncio.run(main())

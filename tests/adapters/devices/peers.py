@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pynvml
 import pytest
@@ -14,17 +15,28 @@ from adapters.transport.mqtt_session import MqttSession
 __all__ = ["FakeNvml", "echoing_device"]
 
 
-async def echoing_device(session: MqttSession, command_topic: str, state_topic: str) -> None:
-    """A device that applies absolute setpoints and echoes its state (as firmware would)."""
+async def echoing_device(
+    session: MqttSession, command_topic: str, state_topic: str, *, power_lag_s: float = 0.0
+) -> None:
+    """A device that applies absolute setpoints and echoes its state (as firmware would). Its
+    power follows `power_lag_s` later (a compressor or a fan winding down): the echo at once says
+    the new setpoint with the old power, a second state the settled power."""
 
     pending: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly: keep them alive
+    power_kw = [0.0]
+
+    async def report(on: bool, kw: float) -> None:
+        target_kw = kw if on else 0.0
+        if power_lag_s > 0:
+            await session.publish(state_topic, json.dumps({"on": on, "kw": kw,
+                                                           "power_kw": power_kw[0]}))  # fmt: skip
+            await asyncio.sleep(power_lag_s)
+        power_kw[0] = target_kw
+        await session.publish(state_topic, json.dumps({"on": on, "kw": kw, "power_kw": target_kw}))
 
     def on_command(_topic: str, payload: bytes) -> None:
         data = json.loads(payload)
-        state = {"on": data["on"], "kw": data["kw"], "power_kw": data["kw"] if data["on"] else 0.0}
-        task = asyncio.get_running_loop().create_task(
-            session.publish(state_topic, json.dumps(state))
-        )
+        task = asyncio.get_running_loop().create_task(report(data["on"], data["kw"]))
         pending.add(task)
         task.add_done_callback(pending.discard)
 
@@ -33,10 +45,14 @@ async def echoing_device(session: MqttSession, command_topic: str, state_topic: 
 
 
 class FakeNvml:
-    """Two 700 W boards that accept caps in [200, 700] W, as an H100 SXM reports."""
+    """Two 700 W boards that accept caps in [200, 700] W, as an H100 SXM reports. A new cap takes
+    `power_lag_s` to show in the board power (the driver's clocks and the workload adjust)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, power_lag_s: float = 0.0) -> None:
         self.limits_mw = [700_000, 700_000]
+        self.power_lag_s = power_lag_s
+        self._before_mw = list(self.limits_mw)
+        self._set_at = [0.0, 0.0]
         self.refuse_with: type[pynvml.NVMLError] | None = None
         self.set_calls: list[tuple[int, int]] = []
         for name in (
@@ -70,10 +86,17 @@ class FakeNvml:
         if self.refuse_with is not None:
             raise self.refuse_with(0)
         self.set_calls.append((handle, limit_mw))
+        if limit_mw != self.limits_mw[handle]:  # the same cap again changes nothing
+            self._before_mw[handle] = self._drawn_cap_mw(handle)
+            self._set_at[handle] = time.monotonic()
         self.limits_mw[handle] = limit_mw
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> int:  # noqa: N802 - NVML names
         return self.limits_mw[handle]
 
     def nvmlDeviceGetPowerUsage(self, handle: int) -> int:  # noqa: N802 - NVML names
-        return int(self.limits_mw[handle] * 0.9)  # a loaded GPU runs just under its cap
+        return int(self._drawn_cap_mw(handle) * 0.9)  # a loaded GPU runs just under its cap
+
+    def _drawn_cap_mw(self, handle: int) -> int:
+        settled = time.monotonic() - self._set_at[handle] >= self.power_lag_s
+        return self.limits_mw[handle] if settled else self._before_mw[handle]
