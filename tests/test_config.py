@@ -11,7 +11,10 @@ from agent.config import ConfigFileError, load_config, parse_config
 from agent.domain.fleet import Priority
 
 EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("deploy", "examples").glob("*.yaml"))
-ENV = {"GRIDFLEX_MQTT_PASSWORD": "s3cret-pw", "GRIDFLEX_DISPATCH_HMAC": "hmac-key"}
+ENV = {
+    "GRIDFLEX_MQTT_PASSWORD": "s3cret-pw",
+    "GRIDFLEX_DISPATCH_HMAC": "hmac-key-of-at-least-thirty-two-bytes",
+}
 
 MINIMAL = """
 site: {id: t}
@@ -124,7 +127,10 @@ def test_a_broken_file_reports_every_problem_at_once_with_line_and_path() -> Non
 
 
 def test_environment_variables_fill_secrets_which_are_never_shown() -> None:
-    text = MINIMAL + "mqtt: {username: gf, password: '${PW}', hmac_secret: 'x-${PW}'}\n"
+    text = (
+        MINIMAL
+        + "mqtt: {username: gf, password: '${PW}', hmac_secret: 'x-${PW}-${PW}-${PW}-${PW}'}\n"
+    )
     config = parse_config(text, env={"PW": "hunter2"})
     assert config.mqtt is not None
     assert config.mqtt.password is not None

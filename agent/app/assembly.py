@@ -15,14 +15,16 @@ from adapters.transport.mqtt_session import MqttSession
 from agent.app.drivers import build_drivers
 from agent.config import SiteConfig
 from agent.ports import Clock, DeviceDriver
+from agent.service.checks import IntakeLimits, MessageChecks
 from agent.service.cycle import DriftCheck, Shell, ShellSettings
 from agent.service.events import EventBook
 from agent.service.grid import GridIntake
-from agent.service.intake import Intake, IntakeLimits, MessageChecks
+from agent.service.intake import Intake
 from agent.service.messages import ComplianceOut, DispatchAck
 from agent.service.metrics import Metrics
 from agent.service.outbox import ConfirmedPublisher, MemoryOutbox, Outbox, PersistedOutbox
 from agent.service.outcomes import OverrideOutcomes
+from agent.service.replay import ReplayGuard
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
@@ -110,7 +112,13 @@ def assemble(
     mqtt = config.mqtt
     secret = mqtt.hmac_secret if mqtt is not None else None
     secret_bytes = None if secret is None else secret.get_secret_value().encode()
-    limits = IntakeLimits(replay_window_s=mqtt.replay_window_s if mqtt else 300.0)
+    keys = {} if mqtt is None else {k: v.get_secret_value().encode()
+                                    for k, v in mqtt.hmac_keys.items()}  # fmt: skip
+    limits = IntakeLimits() if mqtt is None else IntakeLimits(
+        replay_window_s=mqtt.replay_window_s, clock_skew_s=mqtt.clock_skew_s,
+        max_message_bytes=mqtt.max_message_bytes,
+    )  # fmt: skip
+    replay = ReplayGuard(store, limits.replay_window_s, clock())
     fleet = config.fleet()
     policy = config.decision_policy()
     intake = Intake(
@@ -122,7 +130,9 @@ def assemble(
         publish_dispatch_ack=lambda ack: outbox.send("dispatch/ack", ack),
         publish_override_ack=lambda ack: outbox.send("override/ack", ack),
         hmac_secret=secret_bytes,
+        hmac_keys=keys,
         limits=limits,
+        replay=replay,
     )
     grid = GridIntake(
         snapshot,
@@ -130,8 +140,9 @@ def assemble(
         policy,
         clock=clock,
         publish_ack=lambda ack: outbox.send("grid/ack", ack),
-        checks=MessageChecks(secret_bytes, limits),
+        checks=MessageChecks(secret_bytes, limits, keys),
         metrics=metrics,
+        replay=replay,
     )
     service_config = config.service
     shell = Shell(

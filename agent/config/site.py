@@ -7,6 +7,7 @@ How a file is read and its problems reported is agent.config.load.
 from __future__ import annotations
 
 import math
+import re
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,8 @@ from agent.config.openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpo
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.settings import FourCpWindow, Policy, Posture, StalePosture
 from agent.domain.signals import EmergencyLevel
+
+MIN_KEY_BYTES = 32  # HMAC-SHA256 keys: shorter ones can be guessed, an empty one is no key
 
 __all__ = [
     "DeviceConfig",
@@ -213,8 +216,34 @@ class MqttConfig(_Strict):
     tls: TlsConfig | None = None
     topic_prefix: str | None = Field(default=None, description="default gridflex/<site id>")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
-    hmac_secret: SecretStr | None = None
+    hmac_secret: SecretStr | None = Field(
+        default=None, description="the site key: signed messages without key_id (32+ bytes)"
+    )
+    hmac_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="one key per sender (QSE, SCADA, engineers), named by key_id (32+ bytes)",
+    )
     replay_window_s: float = Field(default=300, gt=0, le=86_400)
+    clock_skew_s: float = Field(default=5, ge=0, le=120)
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("hmac_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_KEY_BYTES:
+            raise ValueError(f"must be at least {MIN_KEY_BYTES} bytes (an empty or short key "
+                             "lets anyone sign)")  # fmt: skip
+        return value
+
+    @field_validator("hmac_keys")
+    @classmethod
+    def _keys_long_enough(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key_id, key in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.:@/-]{1,64}", key_id):
+                raise ValueError(f"key id {key_id!r}: letters, digits and _.:@/- only")
+            if len(key.get_secret_value().encode()) < MIN_KEY_BYTES:
+                raise ValueError(f"key {key_id}: must be at least {MIN_KEY_BYTES} bytes")
+        return value
 
 
 class ServiceConfig(_Strict):

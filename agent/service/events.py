@@ -92,6 +92,10 @@ class EventBook:
         if record is not None:
             self._ack(record)
 
+    def get(self, event_id: str) -> EventRecord | None:
+        """A live event, or one finished in this run."""
+        return self._live.get(event_id) or self._finished.get(event_id)
+
     def known(self, event_id: str) -> bool:
         if event_id in self._live or event_id in self._finished:
             return True

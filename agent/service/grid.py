@@ -29,9 +29,10 @@ from pydantic import ValidationError
 from agent.domain.settings import Policy, Posture
 from agent.domain.signals import EmergencyLevel, EmergencySignal, PeakWarning
 from agent.ports import Clock
-from agent.service.intake import MessageChecks, RejectedError
+from agent.service.checks import MessageChecks, RejectedError, safe_text
 from agent.service.messages import EmergencyMessage, GridAck, PeakWarningMessage
 from agent.service.metrics import Metrics
+from agent.service.replay import ReplayGuard
 from agent.service.snapshot import GridSignal, SnapshotStore
 from agent.service.store import Store
 
@@ -71,6 +72,7 @@ class GridIntake:
         publish_ack: Callable[[GridAck], None],
         checks: MessageChecks,
         metrics: Metrics | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._store = store
@@ -80,6 +82,10 @@ class GridIntake:
         self._checks = checks
         self._metrics = metrics
         self._held: dict[Topic, GridMessage] = {}  # the message in force, per topic
+        # ... and when it took effect: its issued_at, or when we received it if that was sooner
+        # (a message dated ahead of our clock must not outrank one that arrives after it)
+        self._held_at: dict[Topic, datetime] = {}
+        self._replay = replay or ReplayGuard(store, checks.limits.replay_window_s, clock())
         snapshot.on_grid_lapsed = self._lapsed
 
     def emergency(self, payload: bytes, source: str = "mqtt") -> str:
@@ -95,10 +101,11 @@ class GridIntake:
             raw = self._checks.decode(payload)
             self._checks.signature(raw)
             message = self._checks.schema(_MODELS[topic], raw)
+            self._checks.dates(message, now)
             self._checks.fresh(message.issued_at, now)
             if message.expires_at is not None and message.expires_at <= now:
                 raise RejectedError(f"expired: expires_at {message.expires_at.isoformat()} passed")
-            if self._is_duplicate(topic, message):
+            if self._is_duplicate(topic, message) or self._replay.seen(message.message_id):
                 self._store.audit(now, "grid-duplicate", topic, _detail(message), source)
                 return "duplicate"
             self._check_order(topic, message)
@@ -116,18 +123,22 @@ class GridIntake:
         return held is not None and _detail(held) == _detail(message)
 
     def _check_order(self, topic: Topic, message: GridMessage) -> None:
-        held = self._held.get(topic)
-        if held is not None and message.issued_at < held.issued_at:
+        held_at = self._held_at.get(topic)
+        if held_at is not None and message.issued_at < held_at:
             raise RejectedError(
                 f"superseded: issued {message.issued_at.isoformat()}, before the condition in "
-                f"force (issued {held.issued_at.isoformat()})"
+                f"force (in force since {held_at.isoformat()})"
             )
 
     def _take(self, topic: Topic, message: GridMessage, now: datetime, source: str) -> str:
+        effective = min(message.issued_at, now)
         with self._store.transaction():
-            self._store.save_state(topic, {"message": _detail(message), "via": source})
+            self._replay.remember(message.message_id, now)
+            self._store.save_state(topic, {"message": _detail(message), "via": source,
+                                           "effective_at": effective.isoformat()})  # fmt: skip
             self._store.audit(now, "grid", topic, _detail(message), source)
         self._held[topic] = message
+        self._held_at[topic] = effective
         signal = _signal(message, now)
         self._snapshot.set_grid(signal, _utc(message.expires_at, now))
         self._observe(signal)
@@ -146,10 +157,18 @@ class GridIntake:
                 continue
             try:
                 message = model.model_validate(saved.get("message"))
-            except ValidationError:  # written by an older version: say so, do not guess
-                log.warning("%s: saved state unreadable; waiting for the next message", topic)
+                self._checks.dates(message, now)  # a year 9999 must not stop every restart
+                effective = datetime.fromisoformat(
+                    saved.get("effective_at") or message.issued_at.isoformat()
+                )
+                effective = min(effective, message.issued_at)
+            except (ValidationError, RejectedError, TypeError, ValueError, OverflowError) as exc:
+                self._store.quarantine(now, "state", topic, saved, str(exc))
+                log.warning("%s: saved state unreadable (%s); quarantined, waiting for the next "
+                            "message", topic, safe_text(exc, 200))  # fmt: skip
                 continue
             self._held[topic] = message
+            self._held_at[topic] = effective
             if message.expires_at is not None and message.expires_at <= now:
                 continue  # lapsed while we were down: normal / inactive, as if never received
             signal = _signal(message, now)

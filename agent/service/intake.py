@@ -9,108 +9,26 @@ The first four (`MessageChecks`) also guard the grid topics (agent.service.grid)
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from agent.domain.fleet import Fleet
 from agent.domain.signals import Override, OverrideAction
 from agent.ports import Clock
+from agent.service.checks import IntakeLimits, MessageChecks, RejectedError, safe_text, sign
 from agent.service.events import EventBook
 from agent.service.messages import DispatchAck, DispatchMessage, OverrideAck, OverrideMessage
+from agent.service.replay import ReplayGuard
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
-__all__ = ["Intake", "IntakeLimits", "MessageChecks", "RejectedError", "sign"]
+__all__ = [
+    "Intake", "IntakeLimits", "MessageChecks", "RejectedError", "safe_text", "sign",
+]  # fmt: skip
 
 log = logging.getLogger("gridflex.intake")
-
-
-@dataclass(frozen=True, slots=True)
-class IntakeLimits:
-    replay_window_s: float = 300.0  # issued_at older than this: a replay or a stuck queue
-    clock_skew_s: float = 30.0  # issued_at later than now by more than this: a wrong clock
-    horizon_s: float = 7 * 86_400.0  # events scheduled further ahead are refused
-
-
-def sign(message: dict[str, Any], secret: bytes) -> str:
-    """HMAC-SHA256 (hex) of the message without `signature`: keys sorted, compact separators."""
-    body = {k: v for k, v in message.items() if k != "signature"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
-
-
-class RejectedError(Exception):
-    """A message that cannot be taken; its text is the reason the "rejected" ack carries."""
-
-
-Model = TypeVar("Model", bound=BaseModel)
-
-
-def _schema_reason(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False)[:3]:
-        where = ".".join(str(p) for p in error["loc"]) or "message"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-    return "schema: " + "; ".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class MessageChecks:
-    """The checks every inbound message passes, in order: JSON, signature, schema, freshness.
-
-    Shared by dispatch, overrides and grid conditions (agent.service.grid), so one site-wide
-    secret and replay window govern every topic. Each raises RejectedError with the reason.
-    """
-
-    secret: bytes | None = None
-    limits: IntakeLimits = IntakeLimits()
-
-    @staticmethod
-    def decode(payload: bytes) -> Any:
-        try:
-            return json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise RejectedError(f"bad JSON: {exc}") from None
-
-    def signature(self, raw: Any) -> None:
-        if self.secret is None:
-            return
-        if not isinstance(raw, dict) or not isinstance(raw.get("signature"), str):
-            raise RejectedError("unsigned: this site requires an HMAC-SHA256 signature")
-        try:
-            expected = sign(raw, self.secret)
-        except (TypeError, ValueError):
-            raise RejectedError("bad signature: message cannot be canonicalized") from None
-        if not hmac.compare_digest(expected, raw["signature"]):
-            raise RejectedError("bad signature")
-
-    @staticmethod
-    def schema(model: type[Model], raw: Any) -> Model:
-        try:
-            return model.model_validate(raw)
-        except ValidationError as exc:
-            raise RejectedError(_schema_reason(exc)) from None
-
-    def fresh(self, issued_at: datetime, now: datetime) -> None:
-        age_s = (now - issued_at).total_seconds()
-        if age_s > self.limits.replay_window_s:
-            raise RejectedError(
-                f"stale: issued {age_s:.0f} s ago, outside the "
-                f"{self.limits.replay_window_s:.0f} s replay window"
-            )
-        if -age_s > self.limits.clock_skew_s:
-            raise RejectedError(
-                f"issued_at {issued_at.isoformat()} is {-age_s:.0f} s in the future "
-                f"(more than the {self.limits.clock_skew_s:.0f} s clock skew allowed)"
-            )
 
 
 class Intake:
@@ -125,7 +43,9 @@ class Intake:
         publish_dispatch_ack: Callable[[DispatchAck], None],
         publish_override_ack: Callable[[OverrideAck], None],
         hmac_secret: bytes | None = None,
+        hmac_keys: Mapping[str, bytes] | None = None,
         limits: IntakeLimits | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self._fleet = fleet
         self._events = events
@@ -135,7 +55,8 @@ class Intake:
         self._dispatch_ack = publish_dispatch_ack
         self._override_ack = publish_override_ack
         self._limits = limits or IntakeLimits()
-        self._checks = MessageChecks(hmac_secret, self._limits)
+        self._checks = MessageChecks(hmac_secret, self._limits, hmac_keys or {})
+        self._replay = replay or ReplayGuard(store, self._limits.replay_window_s, clock())
         self._site_rated_kw = float(fleet.rated_kw.sum())
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -145,20 +66,26 @@ class Intake:
         raw: Any = None
         try:
             raw = self._checks.decode(payload)
-            self._checks.signature(raw)
+            key = self._checks.signature(raw)
             message = self._checks.schema(DispatchMessage, raw)
+            self._checks.dates(message, now)
             self._checks.fresh(message.issued_at, now)
-            return self._take_dispatch(message, now, source)
+            if self._replay.seen(message.message_id):
+                self._events.ack_again(message.event_id)  # the sender may not have seen it
+                return "duplicate"
+            owner = source if key in (None, "site") else f"{source}/{key}"
+            with self._store.transaction():
+                self._replay.remember(message.message_id, now)
+                return self._take_dispatch(message, now, owner)
         except RejectedError as exc:
             event_id = raw.get("event_id") if isinstance(raw, dict) else None
             requested = _requested_kw(raw)
-            self._store.audit(
-                now, "dispatch-rejected", str(event_id or "?"), {"reason": str(exc)}, source
-            )
-            log.warning("dispatch rejected: %s", exc)
+            subject = safe_text(event_id) if event_id is not None else "?"
+            self._store.audit(now, "dispatch-rejected", subject, {"reason": str(exc)}, source)
+            log.warning("dispatch %s rejected: %s", subject, exc)
             self._dispatch_ack(
                 DispatchAck(
-                    event_id=event_id[:128] if isinstance(event_id, str) else "",
+                    event_id=subject if isinstance(event_id, str) else "",
                     status="rejected",
                     reason=str(exc),
                     requested_kw=requested,
@@ -170,14 +97,27 @@ class Intake:
 
     def _take_dispatch(self, message: DispatchMessage, now: datetime, source: str) -> str:
         if message.kind == "release":
+            live = self._events.get(message.event_id)
+            if live is not None and live.source != source:
+                raise RejectedError(
+                    f"not yours: event {message.event_id} belongs to {live.source}; only its "
+                    "sender can release it"
+                )
             done = self._events.release(message.event_id, now, source)
             if done is None:
                 if self._events.known(message.event_id):
                     return "duplicate"  # released or finished already: nothing to change
                 raise RejectedError(f"no live event {message.event_id} to release")
             return "released"
-        if self._events.known(message.event_id):
-            self._events.accept(self._record(message, now, source))  # audits the duplicate
+        record = self._record(message, now, source)
+        known = self._events.get(message.event_id)
+        if known is not None or self._events.known(message.event_id):
+            if known is not None and _conflicts(known, record, message):
+                raise RejectedError(
+                    f"conflicting: event_id {message.event_id} is taken by a different event "
+                    f"({known.kind} {known.requested_kw:g} kW from {known.source})"
+                )
+            self._events.accept(record)  # audits the duplicate
             # a redelivery (the sender never saw our ack, or we crashed before it left) gets
             # the event's ack again, as it stands now
             self._events.ack_again(message.event_id)
@@ -195,7 +135,7 @@ class Intake:
                 f"impossible: shed_kw {message.shed_kw:.0f} exceeds the site's rated "
                 f"{self._site_rated_kw:.0f} kW"
             )
-        self._events.accept(self._record(message, now, source))
+        self._events.accept(record)
         return "accepted"
 
     @staticmethod
@@ -224,15 +164,19 @@ class Intake:
             raw = self._checks.decode(payload)
             self._checks.signature(raw)
             message = self._checks.schema(OverrideMessage, raw)
+            self._checks.dates(message, now)
             self._checks.fresh(message.issued_at, now)
-            status, reason = self._take_override(message, now, source)
+            if self._replay.seen(message.message_id):
+                return "duplicate"  # applied once already: a replay changes nothing
+            with self._store.transaction():
+                self._replay.remember(message.message_id, now)
+                status, reason = self._take_override(message, now, source)
         except RejectedError as exc:
             override_id = raw.get("override_id") if isinstance(raw, dict) else None
-            self._store.audit(
-                now, "override-rejected", str(override_id or "?"), {"reason": str(exc)}, source
-            )
-            log.warning("override rejected: %s", exc)
-            override_id = override_id[:128] if isinstance(override_id, str) else ""
+            subject = safe_text(override_id) if override_id is not None else "?"
+            self._store.audit(now, "override-rejected", subject, {"reason": str(exc)}, source)
+            log.warning("override %s rejected: %s", subject, exc)
+            override_id = subject if isinstance(override_id, str) else ""
             self._override_ack(OverrideAck(override_id=override_id, status="rejected",
                                            reason=str(exc), at=now))  # fmt: skip
             return "rejected"
@@ -276,6 +220,17 @@ class Intake:
         self._snapshot(override)
         target = message.device_id or f"class {message.load_class}"
         return "accepted", f"{message.action} {target} until {message.expires_at.isoformat()}"
+
+
+def _conflicts(known: EventRecord, new: EventRecord, message: DispatchMessage) -> bool:
+    """Whether a message reusing a known event_id asks for something else (a redelivery asks
+    for the same; its start may be implicit, "now", which then differs)."""
+    if (known.kind, known.requested_kw, known.program) != (new.kind, new.requested_kw,
+                                                           new.program):  # fmt: skip
+        return True
+    if message.start is not None and known.start_utc != new.start_utc:
+        return True
+    return known.end_utc != new.end_utc
 
 
 def _requested_kw(raw: Any) -> float | None:

@@ -43,6 +43,16 @@ class _In(BaseModel):
     # strict kW fields: `true` is not 1 kW
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    message_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=_ID,
+        description="unique per message; required when signed: a signed message is applied "
+        "once, a second copy within the replay window is a duplicate",
+    )  # fmt: skip
+    key_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=_ID,
+        description="which of the site's keys signed it (mqtt.hmac_keys); default the site key",
+    )  # fmt: skip
+
 
 class DispatchMessage(_In):
     """`<prefix>/dispatch`: the grid operator, QSE or site SCADA asks the site to limit or shed."""

@@ -111,13 +111,25 @@ after a command, `not_obeying`, `unavailable`, `no_driver`). Unknown ids are lis
 that cannot be read is answered with `error`. The audit log has each device's history
 (`gridflex audit --device ID --since ...`).
 
-## Signatures (optional)
+## Signatures, replays and ownership
 
-With `mqtt.hmac_secret` set, every inbound message must carry `signature`: the lower-case hex
-HMAC-SHA256, under the shared secret, of the message without `signature`, serialised with keys
-sorted and no whitespace (Python: `json.dumps(body, sort_keys=True, separators=(",", ":"))`).
-`issued_at` must be within `mqtt.replay_window_s` of the site's clock; a replayed event_id is a
-duplicate and changes nothing.
+With `mqtt.hmac_secret` (the site key) or `mqtt.hmac_keys` (one key per sender, 32 bytes or
+more each) set, every inbound message must carry `signature`: the lower-case hex HMAC-SHA256,
+under the key, of the message without `signature`, serialised with keys sorted and no whitespace
+(Python: `json.dumps(body, sort_keys=True, separators=(",", ":"))`). `key_id` names the key
+(default: the site key) and is signed with the rest. A signed message must carry a unique
+`message_id`: it is applied once, and a copy within the replay window (a redelivery, or a replay
+of a captured message) is a duplicate that changes nothing, across restarts too. `issued_at`
+must be within `mqtt.replay_window_s` of the site's clock and at most `mqtt.clock_skew_s`
+(default 5 s) ahead of it; a grid condition dated ahead of our clock takes effect when it was
+received, so it cannot outrank a message that arrives after it.
+
+An event belongs to whoever created it: the channel (`mqtt`, `openadr`) and, with per-sender
+keys, the key (`mqtt/qse`). Only the owner can release it (MQTT cannot end an OpenADR event), and
+an `event_id` already taken by a different event is rejected as conflicting. Every message is
+limited before parsing: `mqtt.max_message_bytes` (default 64 KiB), nesting at most 16 levels,
+integers of at most 30 digits, no NaN or Infinity, no NUL or lone surrogates in strings, and
+every time within 366 days of the site clock. docs/security.md gives the threat model.
 
 ## Examples
 

@@ -65,6 +65,17 @@ class EventRecord:
             source=self.source,
         )
 
+    def checked(self) -> EventRecord:
+        """Itself, once every time converts to UTC and every kW is finite (ValueError or
+        OverflowError if not): what a restart may resume from."""
+        for name in ("start_utc", "end_utc", "received_at_utc", "updated_at_utc"):
+            value = getattr(self, name)
+            if value is not None:
+                value.astimezone(UTC)
+        if not abs(self.requested_kw) < float("inf"):
+            raise ValueError(f"requested_kw {self.requested_kw}")
+        return self
+
     def to_json(self) -> str:
         data = asdict(self)
         for key, value in data.items():

@@ -17,7 +17,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,18 @@ CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen_messages (
+    message_id TEXT PRIMARY KEY,
+    at_utc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_utc TEXT NOT NULL,
+    source_table TEXT NOT NULL,
+    row_key TEXT NOT NULL,
+    content TEXT NOT NULL,
+    error TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -76,6 +88,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     retain INTEGER NOT NULL
 );
 """
+
+
+_DELETE_ROW = {
+    "events": "DELETE FROM events WHERE event_id = ?",
+    "overrides": "DELETE FROM overrides WHERE override_id = ?",
+    "state": "DELETE FROM state WHERE key = ?",
+}
 
 
 class Store:
@@ -199,8 +218,17 @@ class Store:
         )
 
     def events(self, *, live_only: bool = False) -> list[EventRecord]:
-        rows = self._db.execute("SELECT record FROM events ORDER BY updated_at_utc").fetchall()
-        records = [EventRecord.from_json(text) for (text,) in rows]
+        """Every event that can be read; a row that cannot is quarantined (a restart must never
+        fail on what it stored)."""
+        rows = self._db.execute(
+            "SELECT event_id, record FROM events ORDER BY updated_at_utc"
+        ).fetchall()
+        records = []
+        for event_id, text in rows:
+            try:
+                records.append(EventRecord.from_json(text).checked())
+            except (TypeError, ValueError, KeyError, OverflowError, RecursionError) as exc:
+                self.quarantine(datetime.now(UTC), "events", event_id, text, repr(exc))
         if live_only:
             records = [r for r in records if r.status not in FINAL_STATUSES]
         return records
@@ -222,8 +250,31 @@ class Store:
         self._write("DELETE FROM overrides WHERE override_id = ?", (override_id,))
 
     def overrides(self) -> list[Override]:
-        rows = self._db.execute("SELECT record FROM overrides ORDER BY override_id").fetchall()
-        return [override_from_json(text) for (text,) in rows]
+        rows = self._db.execute(
+            "SELECT override_id, record FROM overrides ORDER BY override_id"
+        ).fetchall()
+        out = []
+        for override_id, text in rows:
+            try:
+                override = override_from_json(text)
+                override.expires_at_utc.astimezone(UTC)  # a year 9999 with an offset overflows
+                out.append(override)
+            except (TypeError, ValueError, KeyError, OverflowError, RecursionError) as exc:
+                self.quarantine(datetime.now(UTC), "overrides", override_id, text, repr(exc))
+        return out
+
+    def quarantine(self, at: datetime, table: str, key: str, content: Any, error: str) -> None:
+        """Set aside a stored row that cannot be loaded: kept for an engineer in `quarantine`,
+        audited, and removed from the live state so the next start does not meet it again."""
+        text = content if isinstance(content, str) else json.dumps(content, default=str)
+        with self.transaction():
+            self._write(
+                "INSERT INTO quarantine(at_utc, source_table, row_key, content, error) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (iso(at), table, key, text, error[:500]),
+            )
+            self._write(_DELETE_ROW[table], (key,))
+            self.audit(at, "quarantined", key, {"table": table, "error": error[:500]}, "store")
 
     # -- the engine's memory -----------------------------------------------------------------
     def save_setpoints(self, rows: list[tuple[str, float, float]]) -> None:
@@ -252,6 +303,21 @@ class Store:
         ).fetchall()
         return [(int(i), str(t), str(p), bool(r)) for i, t, p, r in rows]
 
+    # -- replay memory (agent.service.replay) -------------------------------------------------
+    def remember_message(self, message_id: str, at: datetime) -> None:
+        self._write("INSERT OR IGNORE INTO seen_messages(message_id, at_utc) VALUES (?, ?)",
+                    (message_id, iso(at)))  # fmt: skip
+
+    def forget_messages_before(self, at: datetime) -> None:
+        self._write("DELETE FROM seen_messages WHERE at_utc < ?", (iso(at),))
+
+    def seen_messages(self, since: datetime) -> list[tuple[str, datetime]]:
+        rows = self._db.execute(
+            "SELECT message_id, at_utc FROM seen_messages WHERE at_utc >= ? ORDER BY at_utc",
+            (iso(since),),
+        ).fetchall()
+        return [(str(m), datetime.fromisoformat(a)) for m, a in rows]
+
     def save_state(self, key: str, value: Any) -> None:
         self._write(
             "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
@@ -260,7 +326,13 @@ class Store:
 
     def load_state(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except (ValueError, RecursionError) as exc:
+            self.quarantine(datetime.now(UTC), "state", key, row[0], repr(exc))
+            return None
 
     def save_price(self, price: PriceSignal) -> None:
         """The last price, with its interval: a restart decides on it while it is fresh."""
@@ -303,10 +375,17 @@ class Store:
         if not rows and engine is None:
             return None
         engine = engine or {}
-        return SavedMemory(
-            setpoint_kw={device_id: kw for device_id, kw, _ in rows},
-            changed_at_s={device_id: changed for device_id, _, changed in rows},
-            baselines_kw={k: float(v) for k, v in engine.get("baselines_kw", {}).items()},
-            class_running={k: bool(v) for k, v in engine.get("class_running", {}).items()},
-            decided_at_utc=parse(engine.get("decided_at_utc")),
-        )
+        try:
+            decided = parse(engine.get("decided_at_utc"))
+            if decided is not None:
+                decided.astimezone(UTC)
+            return SavedMemory(
+                setpoint_kw={str(d): float(kw) for d, kw, _ in rows},
+                changed_at_s={str(d): float(changed) for d, _, changed in rows},
+                baselines_kw={k: float(v) for k, v in engine.get("baselines_kw", {}).items()},
+                class_running={k: bool(v) for k, v in engine.get("class_running", {}).items()},
+                decided_at_utc=decided,
+            )
+        except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+            self.quarantine(datetime.now(UTC), "state", "engine", engine, repr(exc))
+            return None  # the engine starts without memory: devices are read, not guessed

@@ -14,7 +14,10 @@ from agent.config import SiteConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RT_2024 = ROOT / "agent/data/ercot_rt_spp_15min_hb_hubavg_2024.csv.gz"
-ENV = {"GRIDFLEX_MQTT_PASSWORD": "test-password", "GRIDFLEX_DISPATCH_HMAC": "test-secret"}
+ENV = {
+    "GRIDFLEX_MQTT_PASSWORD": "test-password",
+    "GRIDFLEX_DISPATCH_HMAC": "test-secret-of-at-least-32-bytes!!",
+}
 
 
 @cache

@@ -291,14 +291,14 @@ def test_malformed_stale_and_superseded_grid_messages_are_rejected_with_a_reason
 
 def test_grid_messages_need_the_dispatch_signature_when_a_secret_is_set(tmp_path: Path) -> None:
     clock = FakeClock()
-    config = grid_site(tmp_path, mqtt="mqtt: {hmac_secret: s3cret}")
+    config = grid_site(tmp_path, mqtt="mqtt: {hmac_secret: s3cret-key-of-thirty-two-bytes-or-more}")
     service = assemble(config, clock=clock, drivers={})
-    body = {"level": "eea3", "issued_at": clock.now.isoformat()}
+    body = {"level": "eea3", "issued_at": clock.now.isoformat(), "message_id": "g-1"}
     assert service.grid.emergency(json.dumps(body).encode()) == "rejected"
     assert "unsigned" in grid_acks(service)[-1].reason
     forged = {**body, "signature": sign(body, b"other")}
     assert service.grid.emergency(json.dumps(forged).encode()) == "rejected"
-    good = {**body, "signature": sign(body, b"s3cret")}
+    good = {**body, "signature": sign(body, b"s3cret-key-of-thirty-two-bytes-or-more")}
     assert service.grid.emergency(json.dumps(good).encode()) == "accepted"
     service.store.close()
 

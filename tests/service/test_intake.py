@@ -17,6 +17,7 @@ from agent.service.messages import DispatchAck, GridAck, OverrideAck
 from tests.service.site import FakeClock, site_config
 
 CLOCK = FakeClock()
+KEY = b"s3cret-key-of-thirty-two-bytes-or-more"
 
 
 def _service(tmp: Path, **mqtt: str) -> Service:
@@ -157,18 +158,23 @@ def test_a_storm_of_malformed_grid_messages_is_all_rejected_and_changes_nothing(
 
 
 def test_signed_messages_only_when_a_secret_is_set(tmp_path: Path) -> None:
-    service = _service(tmp_path, hmac_secret="s3cret", replay_window_s="60")
+    service = _service(tmp_path, hmac_secret=KEY.decode(), replay_window_s="60")
     outbox = service.outbox
     assert isinstance(outbox, MemoryOutbox)
     message = _valid(event_id="signed-1")
     assert service.intake.dispatch(json.dumps(message).encode()) == "rejected"
     assert "unsigned" in outbox.sent[-1][1].reason  # type: ignore[union-attr]
-    forged = {**message, "signature": sign(message, b"other")}
+    no_id = {**message, "signature": sign(message, KEY)}
+    assert service.intake.dispatch(json.dumps(no_id).encode()) == "rejected"
+    assert "message_id" in outbox.sent[-1][1].reason  # type: ignore[union-attr]
+    message["message_id"] = "m-1"
+    forged = {**message, "signature": sign(message, b"other-key-of-thirty-two-bytes-at-least")}
     assert service.intake.dispatch(json.dumps(forged).encode()) == "rejected"
-    good = {**message, "signature": sign(message, b"s3cret")}
+    good = {**message, "signature": sign(message, KEY)}
     assert service.intake.dispatch(json.dumps(good).encode()) == "accepted"
     late = _valid(event_id="signed-2", issued_at=(CLOCK.now - timedelta(seconds=61)).isoformat())
-    late["signature"] = sign(late, b"s3cret")
+    late["message_id"] = "m-2"
+    late["signature"] = sign(late, KEY)
     assert service.intake.dispatch(json.dumps(late).encode()) == "rejected"
     assert "replay window" in outbox.sent[-1][1].reason  # type: ignore[union-attr]
     service.store.close()

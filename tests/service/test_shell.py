@@ -115,15 +115,20 @@ async def _dispatch_limit_throttles_devices_and_acks_achieved_kw(
     assert active.requested_kw == 150.0
 
     # duplicate: nothing changes; its sender gets the event's ack as it stands again
-    assert service.intake.dispatch(dispatch(clock, "ev-1", kind="limit", target_kw=10.0)) == (
+    assert service.intake.dispatch(dispatch(clock, "ev-1", kind="limit", target_kw=150.0)) == (
         "duplicate"
+    )
+    # the same id for another event: refused with the reason, the first one stands
+    assert service.intake.dispatch(dispatch(clock, "ev-1", kind="limit", target_kw=10.0)) == (
+        "rejected"
     )
     clock.leap(2)
     again = await service.shell.cycle()
     assert again.commanded == ()
     told = acks(service.outbox, "ev-1")  # type: ignore[arg-type]
-    assert [a.status for a in told] == ["accepted", "active", "active"]
-    assert told[-1].requested_kw == 150.0  # the event's, not the duplicate's 10 kW
+    assert [a.status for a in told] == ["accepted", "active", "active", "rejected"]
+    assert told[-2].requested_kw == 150.0  # the event's
+    assert "conflicting" in told[-1].reason
 
     # release: completed, load comes back
     assert service.intake.dispatch(dispatch(clock, "ev-1", kind="release")) == "released"
