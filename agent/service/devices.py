@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,6 +40,10 @@ log = logging.getLogger("gridflex.shell")
 # True when a device no longer does what it was last told (adapters.devices.miners.drifted)
 DriftCheck = Callable[[DeviceCommand, DeviceReading], bool]
 EPS_KW = 1e-6
+# A reading above rated x this (plus 0.1 kW) is no device of that rating: a spoofed state topic,
+# a wrong register scale, a meter fault. Inrush and nameplate tolerance stay well inside.
+PLAUSIBLE_OVER_RATED = 1.5
+
 # Re-sending a command to a device that does not obey: first after this long (or its settle
 # window, if longer), doubling up to the maximum, so a stuck relay is not hammered every cycle.
 RESEND_FIRST_S = 5.0
@@ -109,6 +114,11 @@ class DeviceBank:
         self.has_driver = np.array([d is not None for d in self.drivers], dtype=np.bool_)
         self.available = np.ones(n, dtype=np.bool_)
         self.measured_kw: FloatArray = np.full(n, np.nan)
+        # readings are evidence, not truth: one outside physics is set aside (take_reading)
+        self._plausible_kw: FloatArray = np.full(n, np.nan)
+        self.implausible = np.zeros(n, dtype=np.bool_)
+        self._max_kw = fleet.rated_kw * PLAUSIBLE_OVER_RATED + 0.1
+        self._min_kw = -np.maximum(0.05, 0.02 * fleet.rated_kw)  # meter noise around zero
         self.applied_kw: FloatArray = np.full(n, np.nan)  # nan: unknown, (re)assert next cycle
         self.commanded_kw: FloatArray = np.full(n, np.nan)  # last sent, whether it took or not
         checks = drift_checks or {}
@@ -127,12 +137,35 @@ class DeviceBank:
     def monotonic_s(self) -> float:
         return self._monotonic()
 
+    def take_reading(self, i: int, power_kw: float) -> bool:
+        """Record device i's reading if it is physically plausible (finite, not below zero beyond
+        meter noise, at most rated x 1.5); if not, the device counts at its last plausible
+        reading, the change is logged once and counted, and False is returned."""
+        plausible = math.isfinite(power_kw) and self._min_kw[i] <= power_kw <= self._max_kw[i]
+        if plausible:
+            self.measured_kw[i] = self._plausible_kw[i] = power_kw
+            if self.implausible[i]:
+                self.implausible[i] = False
+                self._changed(i, "reads plausibly again", "", logging.INFO)
+            return True
+        self.measured_kw[i] = self._plausible_kw[i]
+        if self.metrics is not None:
+            self.metrics.errors.labels(kind="implausible_reading").inc()
+        if not self.implausible[i]:
+            self.implausible[i] = True
+            rated = float(self.fleet.rated_kw[i])
+            why_text = f"{power_kw!r} kW from a {rated:g} kW device; counted at its last plausible"
+            self._changed(i, "reading implausible", why_text, logging.WARNING)
+        return False
+
     def state_of(self, i: int) -> str:
-        """no_driver | unavailable | not_obeying | settling | ok, as the module docstring says."""
+        """no_driver | unavailable | implausible | not_obeying | settling | ok (module doc)."""
         if not self.has_driver[i]:
             return "no_driver"
         if not self.available[i]:
             return "unavailable"
+        if self.implausible[i]:
+            return "implausible"
         if not self.obeying[i]:
             return "not_obeying"
         measured = float(self.measured_kw[i])
@@ -197,24 +230,29 @@ class DeviceBank:
             return
         if self._overlapped(i, seq):
             return
-        if reading.power_kw is not None:
-            self.measured_kw[i] = reading.power_kw
-            if self._resend_if_drifted(i, reading):
-                return
-            excess = self._excess_kw(i, reading.power_kw)
-            settling = self._monotonic() - self.commanded_at_s[i] < self.settle_s[i]
-            if excess and not settling:
-                self._disobeys(i, excess)
-                return
-            if not excess and not self.obeying[i]:
-                self.obeying[i] = True
-                self._resend_at_s[i] = np.inf
-                self._resend_every_s[i] = 0.0
-                self._changed(i, "obeys its command again", "", logging.INFO)
+        # an implausible reading leaves the device unverified: neither obeying nor not
+        power_kw = reading.power_kw
+        judged = power_kw is not None and self.take_reading(i, power_kw)
+        if judged and (self._resend_if_drifted(i, reading) or not self._judge(i, reading)):
+            return
         if not self.available[i]:
             self.available[i] = True
             self.applied_kw[i] = np.nan  # re-assert its setpoint next cycle
             self._changed(i, "recovered", "", logging.INFO)
+
+    def _judge(self, i: int, reading: DeviceReading) -> bool:
+        """Settling, obeying, or not obeying (False) after its settle window."""
+        excess = self._excess_kw(i, float(reading.power_kw or 0.0))
+        settling = self._monotonic() - self.commanded_at_s[i] < self.settle_s[i]
+        if excess and not settling:
+            self._disobeys(i, excess)
+            return False
+        if not excess and not self.obeying[i]:
+            self.obeying[i] = True
+            self._resend_at_s[i] = np.inf
+            self._resend_every_s[i] = 0.0
+            self._changed(i, "obeys its command again", "", logging.INFO)
+        return True
 
     def _overlapped(self, i: int, seq_before: int) -> bool:
         """Whether a command to device i ran during a read that began at `seq_before`."""

@@ -50,7 +50,7 @@ async def _apply_one(bank: DeviceBank, i: int, target: FloatArray) -> str:
             if (reading is None or reading.power_kw is None) and _reads_after(bank, driver):
                 reading = await driver.read()
             if reading is not None and reading.power_kw is not None:
-                bank.measured_kw[i] = reading.power_kw
+                bank.take_reading(i, reading.power_kw)
     except TimeoutError:
         reason = str(DeviceTimeoutError(device_id, f"no verified apply within {timeout_s} s"))
         bank.mark_down(i, reason)

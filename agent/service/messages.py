@@ -271,7 +271,9 @@ class DeviceQuery(_In):
 class DeviceSetpoint(SetpointOut):
     load_class: str
     measured_kw: float | None = Field(description="its last reading; null when never read")
-    state: str = Field(description="ok | settling | not_obeying | unavailable | no_driver")
+    state: str = Field(
+        description="ok | settling | not_obeying | implausible | unavailable | no_driver"
+    )
 
 
 class DeviceAnswer(BaseModel):
