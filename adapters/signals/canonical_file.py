@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adapters.signals.ercot_normalize import PRICE_BOUNDS_USD_PER_MWH
 from agent.errors import SignalFormatError
 from agent.ports import CANONICAL_PRICE_COLUMNS
 
@@ -60,7 +61,8 @@ def load_canonical_prices(path: Path | str) -> pd.DataFrame:
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, dtype={"settlement_point": str, "dst_flag": str})
+            frame = pd.read_csv(path, dtype={"settlement_point": str, "dst_flag": str,
+                                             "price_usd_per_mwh": str})  # fmt: skip
     except (OSError, ValueError) as error:
         raise SignalFormatError(f"{path}: cannot read a price file: {error}") from error
     missing = [
@@ -71,12 +73,27 @@ def load_canonical_prices(path: Path | str) -> pd.DataFrame:
     for column in _TIME_COLUMNS:
         frame[column] = _utc(frame[column], path)
     frame["market"] = _markets(frame, path)
-    frame["price_usd_per_mwh"] = frame["price_usd_per_mwh"].astype("float64")
+    frame["price_usd_per_mwh"] = _prices(frame["price_usd_per_mwh"], path)
     labels = [c for c in frame.columns if c not in CANONICAL_PRICE_COLUMNS]
     frame = frame[[*CANONICAL_PRICE_COLUMNS, *labels]]
     return frame.sort_values(["interval_start_utc", "settlement_point"], kind="stable").reset_index(
         drop=True
     )
+
+
+def _prices(values: pd.Series, path: Path) -> pd.Series:
+    """Numbers within what ERCOT can publish; NaN, inf or text names its line (a NaN price
+    would look fresh and cheap and run everything)."""
+    prices = pd.to_numeric(values, errors="coerce").astype("float64")
+    low, high = PRICE_BOUNDS_USD_PER_MWH
+    bad = ~prices.between(low, high)  # False for NaN too
+    if bad.any():
+        row = int(bad.argmax())
+        raise SignalFormatError(
+            f"{path}: line {row + 2} has no usable price: {str(values.iloc[row])!r} (a number "
+            f"within [{low:g}, {high:g}] $/MWh is needed)"
+        )
+    return prices
 
 
 def _utc(values: pd.Series, path: Path) -> pd.Series:

@@ -152,3 +152,24 @@ def test_site_file_with_bad_dispatch_rows_reports_each(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "events.csv:2: kind 'curtail' is not limit or shed" in done.stderr
     assert "events.csv:3: start '2024-01-01T00:00:00' needs a UTC offset" in done.stderr
+
+
+@pytest.mark.parametrize("bad", ["NaN", "inf", "-1e308", "abc"])
+def test_a_price_that_is_no_number_is_refused_with_its_line(tmp_path: Path, bad: str) -> None:
+    prices = prices_2024().iloc[:96].copy()
+    path = tmp_path / "day.csv"
+    write_canonical_prices(prices, path)
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    column = header.index("price_usd_per_mwh")
+    row = lines[8].split(",")  # the 8th interval: line 9 of the file
+    row[column] = bad
+    lines[8] = ",".join(row)
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    done = _run("--prices", path, "--load-mw", "5", "--breakeven", "30", "--out", out, "--no-plot")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "line 9" in done.stderr
+    assert bad.lower() in done.stderr.lower()  # pandas reads "NaN" as nan
+    assert not (out / "summary.json").exists()
