@@ -104,13 +104,57 @@ def _follower_checks(raw: Any, classes: dict[Any, Any]) -> list[Problem]:
     return problems
 
 
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_EXPANDED_NODES = 200_000  # aliases expanded; a 10,000-device site uses `count`, not copies
+
+
+def _bounded_yaml(text: str) -> yaml.Node | None:
+    """Compose the file, refusing what would cost too much to build: a file over 4 MiB, or
+    aliases that expand to more than MAX_EXPANDED_NODES (a "billion laughs"). Raises
+    yaml.YAMLError."""
+    if len(text) > MAX_FILE_BYTES:
+        raise yaml.YAMLError(f"the file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB")
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None and _expanded_size(root) > MAX_EXPANDED_NODES:
+        raise yaml.YAMLError(
+            f"aliases (*name) expand to more than {MAX_EXPANDED_NODES:,} nodes: refused"
+        )
+    return root
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes the document has once every alias is expanded; linear in the distinct nodes."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()  # being counted: met again below itself means a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        children = [c for pair in node.value for c in pair] if isinstance(
+            node, yaml.MappingNode) else list(node.value)  # fmt: skip
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            open_.discard(id(node))
+            continue
+        if any(id(c) in open_ or c is node for c in children):
+            raise yaml.YAMLError("an alias refers to the node that contains it")
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def parse_config(
     text: str, *, file: str = "<site>", env: Mapping[str, str] | None = None
 ) -> SiteConfig:
     """Parse and validate a site file; raises ConfigError listing every issue (see .issues)."""
     environment = os.environ if env is None else env
     try:
-        root = yaml.compose(text)
+        root = _bounded_yaml(text)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -122,7 +166,8 @@ def parse_config(
         raise ConfigFileError([issue])
 
     missing: list[tuple[Any, ...]] = []
-    data = substitute_env(raw, (), environment, missing)
+    filled: set[tuple[int | str, ...]] = set()
+    data = substitute_env(raw, (), environment, missing, filled)
     issues = [
         ConfigIssue(
             file=file,
@@ -139,7 +184,7 @@ def parse_config(
                 file=file,
                 path=format_path(loc),
                 line=line_of(root, loc),
-                value=shown_value(loc, value),
+                value=shown_value(loc, value, filled),
                 message=message,
             )
         )
@@ -156,7 +201,7 @@ def parse_config(
                     file=file,
                     path=format_path(loc),
                     line=line_of(root, loc),
-                    value=shown_value(loc, error.get("input")),
+                    value=shown_value(loc, error.get("input"), filled),
                     message=message,
                 )
             )

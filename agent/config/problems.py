@@ -52,8 +52,14 @@ def format_path(loc: tuple[int | str, ...]) -> str:
 
 
 def substitute_env(
-    node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], missing: list[tuple[Any, ...]]
+    node: Any,
+    loc: tuple[int | str, ...],
+    env: Mapping[str, str],
+    missing: list[tuple[Any, ...]],
+    filled: set[tuple[int | str, ...]] | None = None,
 ) -> Any:
+    """Replace `${NAME}` from `env`; names not set go to `missing`, and the places filled from
+    the environment to `filled` (their values are never shown: they are where secrets live)."""
     if isinstance(node, str):
 
         def replace(match: re.Match[str]) -> str:
@@ -61,13 +67,16 @@ def substitute_env(
             if name not in env:
                 missing.append((*loc, name))
                 return ""
+            if filled is not None:
+                filled.add(loc)
             return env[name]
 
         return _ENV_PATTERN.sub(replace, node)
     if isinstance(node, dict):
-        return {k: substitute_env(v, (*loc, str(k)), env, missing) for k, v in node.items()}
+        return {k: substitute_env(v, (*loc, str(k)), env, missing, filled)
+                for k, v in node.items()}  # fmt: skip
     if isinstance(node, list):
-        return [substitute_env(v, (*loc, i), env, missing) for i, v in enumerate(node)]
+        return [substitute_env(v, (*loc, i), env, missing, filled) for i, v in enumerate(node)]
     return node
 
 
@@ -108,9 +117,15 @@ def data_loc(data: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(kept)
 
 
-def shown_value(loc: tuple[int | str, ...], value: Any) -> str:
+def shown_value(
+    loc: tuple[int | str, ...], value: Any, filled: set[tuple[int | str, ...]] | None = None
+) -> str:
+    """How a bad value is shown: never one named like a secret, nor one (or one inside a part)
+    that came from an environment variable, whatever the key is called (`pasword: ${PW}`)."""
     if any(word in str(part).lower() for part in loc for word in _SECRET_WORDS):
         return "<hidden>"
+    if filled and any(place[: len(loc)] == loc or loc[: len(place)] == place for place in filled):
+        return "<from the environment, hidden>"
     if isinstance(value, dict | list):
         return ""
     return repr(value)

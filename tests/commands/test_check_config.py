@@ -60,3 +60,37 @@ def test_a_missing_secret_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     result = gridflex("check-config", "deploy/examples/small-site.yaml")
     assert result.returncode == 2
     assert "environment variable GRIDFLEX_MQTT_PASSWORD is not set" in result.stderr
+
+
+SECRET = "s3cret-value-that-must-never-print-0123456789"
+LEAKY = """
+site: {id: leak}
+classes: {c: {priority: critical}}
+devices: [{id: d, kind: other, class: c, rated_kw: 1}]
+mqtt: {pasword: "${GF_SECRET}", port: "${GF_SECRET}", hmac_secret: "short-${GF_SECRET2}",
+       tls: {ca_file: "/nonexistent/${GF_SECRET}"}}
+"""
+
+
+def test_no_output_of_a_failing_check_config_or_run_shows_a_secret(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(LEAKY)
+    env = {**os.environ, "GF_SECRET": SECRET, "GF_SECRET2": "x"}
+    for args in (("check-config", str(site)), ("run", "--config", str(site))):
+        done = gridflex(*args, env=env)
+        assert done.returncode != 0, args
+        output = done.stdout + done.stderr
+        assert "mqtt.pasword" in output  # the typo is named ...
+        assert SECRET not in output, args  # ... and what came from the environment is not
+        assert SECRET[:12] not in output, args
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    site = tmp_path / "bomb.yaml"
+    site.write_text("\n".join(lines) + "\n")  # 350 bytes, 387 million nodes expanded
+    done = gridflex("check-config", str(site))
+    assert done.returncode != 0
+    assert "aliases (*name) expand to more than" in done.stdout + done.stderr
