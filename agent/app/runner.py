@@ -19,7 +19,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from agent.service.grid import EMERGENCY, FOURCP, fourcp_in_force
 from agent.service.messages import DecisionGroup, DecisionMessage, SetpointOut, TelemetryMessage
 from agent.service.outbox import PersistedOutbox
 from agent.service.queries import answer_device_query
+from agent.service.ratelimit import TopicRateLimit
 
 __all__ = [
     "Runner", "decision_message", "listen", "run_service", "serve", "telemetry_message",
@@ -45,6 +46,7 @@ __all__ = [
 log = logging.getLogger("gridflex.service")
 
 TELEMETRY_EVERY_S = 2.0
+HOUSEKEEPING_EVERY_S = 86_400.0
 
 
 def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
@@ -165,6 +167,15 @@ class Runner:
                 self.service.outbox.send("telemetry", telemetry_message(self.service, utc_now()))
             await asyncio.sleep(TELEMETRY_EVERY_S)
 
+    async def housekeeping(self) -> None:
+        """Daily: audit rows past the retention go (the replay memory prunes itself)."""
+        days = self.service.config.service.audit_retention_days
+        guard = _Guard("housekeeping", self.service)
+        while days is not None:
+            with guard:
+                self.service.store.prune_audit(utc_now() - timedelta(days=days))
+            await asyncio.sleep(HOUSEKEEPING_EVERY_S)
+
     async def shutdown_posture(self) -> None:
         """Leave the devices as configured: hold (as they are) or restore (all back on)."""
         service = self.service
@@ -213,12 +224,18 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
 def listen(service: Service, link: MqttLink) -> None:
     """The service's inbound topics: what changes the site is PUBACKed once committed."""
     intake, grid = service.intake, service.grid
-    link.on("dispatch", _committed(service, "dispatch", intake.dispatch))
-    link.on("override", _committed(service, "override", intake.override))
-    link.on(EMERGENCY, _committed(service, EMERGENCY, grid.emergency))
-    link.on(FOURCP, _committed(service, FOURCP, grid.peak_warning))
+    mqtt = service.config.mqtt
+    limit = TopicRateLimit(mqtt.max_messages_per_s if mqtt else 20.0,
+                           mqtt.max_burst if mqtt else 200)  # fmt: skip
+    link.on("dispatch", _committed(service, "dispatch", intake.dispatch, limit))
+    link.on("override", _committed(service, "override", intake.override, limit))
+    link.on(EMERGENCY, _committed(service, EMERGENCY, grid.emergency, limit))
+    link.on(FOURCP, _committed(service, FOURCP, grid.peak_warning, limit))
 
     def on_query(data: bytes) -> None:
+        if not limit.allow("decision/request"):
+            service.metrics.messages.labels(topic="decision/request", outcome="rate_limited").inc()
+            return
         answer = answer_device_query(service.shell, data, utc_now())
         service.outbox.send("decision/device", answer)
 
@@ -249,13 +266,14 @@ async def serve(
     source and the OpenADR VEN (when the site is enrolled); then the shutdown posture."""
     config = service.config
     if config.service.metrics_port is not None:
-        service.metrics.serve(config.service.metrics_port)
+        service.metrics.serve(config.service.metrics_port, config.service.metrics_host)
     for record in service.events.live:
         log.info("resumed event %s (%s)", record.event_id, record.status)
     runner = Runner(service, stop)
     await service.shell.poll()
     source = price_source(config)
-    tasks = [asyncio.create_task(runner.devices()), asyncio.create_task(runner.telemetry())]
+    tasks = [asyncio.create_task(runner.devices()), asyncio.create_task(runner.telemetry()),
+             asyncio.create_task(runner.housekeeping())]  # fmt: skip
     if isinstance(service.outbox, PersistedOutbox):  # what a crash or an outage left unsent
         tasks.append(asyncio.create_task(service.outbox.flush_forever()))
     if source is not None:
@@ -307,12 +325,15 @@ class _Guard:
 
 
 def _committed(
-    service: Service, topic: str, handle: Callable[[bytes], str]
-) -> Callable[[bytes], Awaitable[None]]:
+    service: Service, topic: str, handle: Callable[[bytes], str], limit: TopicRateLimit
+) -> Callable[[bytes], Awaitable[None] | None]:
     """Handle a message on the loop, then wait (off the loop) until its outcome is committed:
     the PUBACK follows that, so a crash before the commit leaves the message with the broker."""
 
-    def on_message(data: bytes) -> Awaitable[None]:
+    def on_message(data: bytes) -> Awaitable[None] | None:
+        if not limit.allow(topic):
+            service.metrics.messages.labels(topic=topic, outcome="rate_limited").inc()
+            return None
         mark = service.store.mark
         outcome = handle(data)
         service.metrics.messages.labels(topic=topic, outcome=outcome).inc()

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -226,6 +227,8 @@ class MqttConfig(_Strict):
     replay_window_s: float = Field(default=300, gt=0, le=86_400)
     clock_skew_s: float = Field(default=5, ge=0, le=120)
     max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_messages_per_s: float = Field(default=20, gt=0, description="per inbound topic")
+    max_burst: int = Field(default=200, ge=1, description="messages beyond the rate at once")
 
     @field_validator("hmac_secret")
     @classmethod
@@ -250,6 +253,15 @@ class ServiceConfig(_Strict):
     cycle_s: float = Field(default=2.0, gt=0, le=60)
     database: Path = Path("/var/lib/gridflex/gridflex.sqlite3")
     metrics_port: int | None = Field(default=9464, ge=1, le=65535)
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="where /metrics listens: loopback unless Prometheus scrapes from elsewhere "
+        "(then the site's address, behind its firewall)",
+    )
+    audit_retention_days: float | None = Field(
+        default=400, gt=0, description="audit rows older than this are deleted (daily); "
+        "null keeps them for ever. Settlement disputes reach back about a year.",
+    )  # fmt: skip
     shutdown_posture: Literal["hold", "restore"] = "hold"
     verify_timeout_s: float = Field(default=10, gt=0, le=600)
     restore_batch_size: int = Field(default=50, ge=1)
@@ -258,7 +270,12 @@ class ServiceConfig(_Strict):
 
 class SiteConfig(_Strict):
     site: SiteInfo
-    classes: dict[str, LoadClassConfig] = Field(min_length=1)
+    classes: dict[
+        Annotated[
+            str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+        ],
+        LoadClassConfig,
+    ] = Field(min_length=1)
     devices: list[DeviceConfig] = Field(min_length=1)
     policy: PolicyConfig = PolicyConfig()
     prices: PricesConfig = PricesConfig()

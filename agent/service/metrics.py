@@ -68,5 +68,5 @@ class Metrics:
             registry=r,
         )  # fmt: skip
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped remotely
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

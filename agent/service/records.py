@@ -110,6 +110,7 @@ class AuditRow:
     subject: str
     source: str
     detail: dict[str, Any]
+    row_id: int = 0  # the audit's own sequence: where a next page starts (--after)
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,24 +189,30 @@ class Store:
         )
 
     def audit_since(
-        self, since: datetime, limit: int = 10_000, *, subject: str | None = None
+        self,
+        since: datetime,
+        limit: int = 10_000,
+        *,
+        subject: str | None = None,
+        after_id: int = 0,
     ) -> list[AuditRow]:
-        if subject is None:
-            rows = self._db.execute(
-                "SELECT at_utc, kind, subject, source, detail FROM audit WHERE at_utc >= ? "
-                "ORDER BY id LIMIT ?",
-                (iso(since), limit),
-            ).fetchall()
-        else:
-            rows = self._db.execute(
-                "SELECT at_utc, kind, subject, source, detail FROM audit WHERE at_utc >= ? "
-                "AND subject = ? ORDER BY id LIMIT ?",
-                (iso(since), subject, limit),
-            ).fetchall()
+        """Rows at or after `since` (and after row `after_id`), oldest first, at most `limit`."""
+        where, args = "at_utc >= ? AND id > ?", [iso(since), after_id]
+        if subject is not None:
+            where, args = where + " AND subject = ?", [*args, subject]
+        rows = self._db.execute(
+            "SELECT id, at_utc, kind, subject, source, detail FROM audit WHERE "  # noqa: S608
+            f"{where} ORDER BY id LIMIT ?",
+            (*args, limit),
+        ).fetchall()
         return [
-            AuditRow(datetime.fromisoformat(at), kind, subject, source, json.loads(detail))
-            for at, kind, subject, source, detail in rows
+            AuditRow(datetime.fromisoformat(at), kind, subject, source, json.loads(detail), row_id)
+            for row_id, at, kind, subject, source, detail in rows
         ]
+
+    def prune_audit(self, before: datetime) -> None:
+        """Retention: rows older than `before` go (service.audit_retention_days)."""
+        self._write("DELETE FROM audit WHERE at_utc < ?", (iso(before),))
 
     # -- events ------------------------------------------------------------------------------
     def put_event(self, record: EventRecord) -> None:

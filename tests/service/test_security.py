@@ -19,6 +19,7 @@ from agent.config import parse_config
 from agent.errors import ConfigError
 from agent.service.intake import sign
 from agent.service.messages import DispatchAck, GridAck, OverrideAck
+from agent.service.ratelimit import TopicRateLimit
 from tests.service.site import FakeClock, site_config
 
 KEY = b"site-key-of-at-least-thirty-two-bytes"
@@ -261,3 +262,13 @@ def test_fuzz_every_topic_gets_one_ack_and_a_rejected_message_changes_nothing(
 
     one()
     service.store.close()
+
+
+def test_a_flooded_topic_is_held_to_its_rate_and_the_other_topics_are_not() -> None:
+    now = [0.0]
+    limit = TopicRateLimit(per_s=20, burst=100, monotonic=lambda: now[0])
+    taken = sum(limit.allow("dispatch") for _ in range(1000))  # a flood, all at once
+    assert taken == 100  # the burst
+    assert limit.allow("override")  # another topic has its own bucket
+    now[0] += 1.0
+    assert sum(limit.allow("dispatch") for _ in range(100)) == 20  # then the rate

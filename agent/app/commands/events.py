@@ -76,17 +76,25 @@ def _since(text: str) -> datetime:
 )
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
 @click.option("--device", "device_id", help="only this device (or event, override) id")
-def audit(
+@click.option("--limit", default=10_000, show_default=True, type=click.IntRange(1),
+              help="rows per page")  # fmt: skip
+@click.option("--after", "after_id", default=0, type=click.IntRange(0),
+              help="start after this row (the next page: printed when there is one)")  # fmt: skip
+def audit(  # noqa: PLR0917 - one parameter per click option
     config_path: Path | None,
     database: Path | None,
     since_text: str,
     as_json: bool,
     device_id: str | None,
+    limit: int,
+    after_id: int,
 ) -> None:
     """The audit log: every signal, decision, command and result, with when, why and from whom."""
     store = _open(_database(config_path, database))
-    rows = store.audit_since(_since(since_text), subject=device_id)
+    rows = store.audit_since(_since(since_text), limit + 1, subject=device_id, after_id=after_id)
     store.close()
+    more = len(rows) > limit
+    rows = rows[:limit]
     for row in rows:
         if as_json:
             click.echo(json.dumps({"at": row.at_utc.isoformat(), "kind": row.kind,
@@ -98,3 +106,5 @@ def audit(
             detail = detail[:157] + "..."
         source = f" from {row.source}" if row.source else ""
         click.echo(f"{row.at_utc:%Y-%m-%d %H:%M:%S} {row.kind:18} {row.subject}{source} {detail}")
+    if more:  # never cut short in silence
+        click.echo(f"more rows follow: run again with --after {rows[-1].row_id}", err=True)
