@@ -8,6 +8,7 @@ each register a `channel_stride`: channel k (1-based) lives at `address + (k - 1
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -221,8 +222,15 @@ def available_profiles() -> list[str]:
 
 @cache
 def load_profile(name: str) -> Profile:
-    """A shipped profile by name (file stem), or a path to a profile file of the site's own."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+    """A shipped profile by name (file stem), or a path to a profile file of the site's own
+    (ending .yaml or .yml: a path is never taken for a name, nor a name for a path)."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+    elif re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        path = PROFILE_DIR / f"{name}.yaml"
+    else:
+        raise ConfigError(f"profile {name!r} is neither a shipped profile's name nor a path "
+                          "to a .yaml file")  # fmt: skip
     if not path.is_file():
         raise ConfigError(f"no device profile {name!r}; shipped: {', '.join(available_profiles())}")
     return parse_profile(path.read_text(encoding="utf-8"), source=str(path))

@@ -29,7 +29,7 @@ def gridflex(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_is_accepted_with_a_summary(path: Path) -> None:
-    result = gridflex("check-config", str(path), env=ENV)
+    result = gridflex("check-config", "--away", str(path), env=ENV)
     assert result.returncode == 0, result.stderr
     assert "breakeven $/MWh" in result.stdout
     assert "OK" in result.stdout
@@ -37,7 +37,7 @@ def test_every_example_is_accepted_with_a_summary(path: Path) -> None:
 
 
 def test_the_summary_gives_kw_and_breakeven_per_class() -> None:
-    result = gridflex("check-config", "deploy/examples/west-50mw.yaml", env=ENV)
+    result = gridflex("check-config", "--away", "deploy/examples/west-50mw.yaml", env=ENV)
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "│" in line}
     assert "35,280.0" in rows["s21"]  # 10,080 outlets x 3.5 kW
     assert "114.33" in rows["s21"]  # 49 $/PH/day less 2 % at 17.5 J/TH
@@ -57,7 +57,7 @@ def test_a_broken_file_exits_2_and_names_every_problem(tmp_path: Path) -> None:
 
 def test_a_missing_secret_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GRIDFLEX_MQTT_PASSWORD", raising=False)
-    result = gridflex("check-config", "deploy/examples/small-site.yaml")
+    result = gridflex("check-config", "--away", "deploy/examples/small-site.yaml")
     assert result.returncode == 2
     assert "environment variable GRIDFLEX_MQTT_PASSWORD is not set" in result.stderr
 
@@ -94,3 +94,31 @@ def test_a_yaml_alias_bomb_is_refused_before_it_is_built(tmp_path: Path) -> None
     done = gridflex("check-config", str(site))
     assert done.returncode != 0
     assert "aliases (*name) expand to more than" in done.stdout + done.stderr
+
+
+STARTS_BADLY = """
+site: {{id: pre}}
+classes: {{c: {{priority: critical}}, m: {{priority: interruptible,
+           economics: {{kind: fixed, value_usd_per_mwh: 50}}}}}}
+devices:
+  - {{id: d, kind: other, class: c, rated_kw: 1}}
+  - {{id: pdu, kind: pdu_outlet, class: m, count: 2, rated_kw: 3,
+     driver: {{type: modbus, host: 127.0.0.1, profile: {profile}}}}}
+prices: {{source: replay}}
+mqtt: {{host: 127.0.0.1, tls: {{ca_file: /nonexistent/ca.pem}}}}
+"""
+
+
+def test_check_config_refuses_what_run_would_refuse_at_start(tmp_path: Path) -> None:
+    cases = [
+        ("rack_pdu_swtiched", "no device profile 'rack_pdu_swtiched'"),
+        ("../../etc/passwd", "neither a shipped profile's name"),
+    ]
+    for profile, fragment in cases:
+        site = tmp_path / "site.yaml"
+        site.write_text(STARTS_BADLY.format(profile=profile))
+        done = gridflex("check-config", str(site))
+        assert done.returncode == 2
+        assert fragment in done.stderr
+        assert "prices.replay_path is required" in done.stderr
+        assert "mqtt.tls.ca_file: no such file" in done.stderr

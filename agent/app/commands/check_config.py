@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from agent.app.preflight import preflight
 from agent.config import ConfigFileError, SiteConfig, load_config
 
 __all__ = ["check_config", "summary_table"]
@@ -73,8 +74,12 @@ def _site_lines(config: SiteConfig) -> list[str]:
 
 @click.command("check-config")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-def check_config(file: Path) -> None:
-    """Validate a site file. Exit 0 with a summary, or 2 listing every problem."""
+@click.option("--away", is_flag=True, help="checking the file away from its site: skip TLS "
+              "files, credentials and the live price source; drivers and profiles are still "
+              "built")  # fmt: skip
+def check_config(file: Path, away: bool) -> None:
+    """Validate a site file, and build what `gridflex run` builds at start (drivers, profiles,
+    price source, TLS files). Exit 0 with a summary, or 2 listing every problem."""
     console = Console()
     try:
         config = load_config(file)
@@ -84,6 +89,13 @@ def check_config(file: Path) -> None:
         err.print(f"[bold red]{file}: {count} problem{'s' if count != 1 else ''}[/]", markup=True)
         for issue in exc.issues:
             err.print(f"  {issue}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    problems = preflight(config, on_site_host=not away)  # what run would refuse at start
+    if problems:
+        err = Console(stderr=True, highlight=False)
+        err.print(f"[bold red]{file}: {len(problems)} problem(s) at start[/]", markup=True)
+        for problem in problems:
+            err.print(f"  {problem}", markup=False, soft_wrap=True)
         sys.exit(2)
     console.print(summary_table(config))
     for line in _site_lines(config):
