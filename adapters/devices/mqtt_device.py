@@ -9,17 +9,21 @@ an echo makes the device unavailable until it speaks again without reporting an 
 Wire format (also what `gridflex node` speaks):
   command topic  {"on": true, "kw": 40.0, "percent": 100.0}
   state topic    {"on": true, "kw": 40.0, "power_kw": 38.7}   (kw: the setpoint in force)
+With the driver's `hmac_key` both carry issued_at, message_id and signature, and a state that is
+unsigned, forged, stale or replayed is dropped (adapters.devices.node_protocol).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from adapters.devices.node_protocol import Freshness, node_topics, stamp
 from adapters.transport.mqtt_session import MqttError, MqttSession
 from agent.config.drivers import GpuNodeDriverConfig, MqttDriverConfig
 from agent.errors import DeviceRejectedError, DeviceTimeoutError, DeviceUnavailableError
@@ -27,16 +31,13 @@ from agent.ports import Capability, DeviceCommand, DeviceReading, utc_now
 
 __all__ = ["MqttDriver", "command_payload", "echo_matches", "node_topics"]
 
+_log = logging.getLogger("gridflex.devices")
+
 _KW_TOLERANCE = 0.01  # devices round setpoints (a GPU limit is whole watts per board)
 
 
-def node_topics(node_id: str) -> tuple[str, str]:
-    """(setpoint topic, state topic) of a GPU server running `gridflex node`."""
-    return f"gridflex/node/{node_id}/setpoint", f"gridflex/node/{node_id}/state"
-
-
-def command_payload(command: DeviceCommand) -> bytes:
-    return json.dumps({"on": command.on, "kw": command.kw, "percent": command.percent}).encode()
+def command_payload(command: DeviceCommand) -> dict[str, Any]:
+    return {"on": command.on, "kw": command.kw, "percent": command.percent}
 
 
 def _finite_number(value: Any) -> bool:
@@ -65,9 +66,10 @@ class MqttDriver:
         session: MqttSession,
         *,
         clock: Callable[[], datetime] = utc_now,
+        prefix: str = "gridflex",
     ) -> None:
         if isinstance(config, GpuNodeDriverConfig):
-            self._command_topic, self._state_topic = node_topics(config.node_id)
+            self._command_topic, self._state_topic = node_topics(prefix, config.node_id)
         else:
             self._command_topic, self._state_topic = config.command_topic, config.state_topic
         self._device_id = device_id
@@ -79,6 +81,11 @@ class MqttDriver:
         self._observed_at: datetime | None = None
         self._changed = asyncio.Event()
         self._unanswered: str | None = None  # why the last command got no matching echo
+        key = config.hmac_key
+        self._key = None if key is None else key.get_secret_value().encode()
+        self._freshness = None if self._key is None else Freshness(self._key)
+        self.refused_states = 0  # states dropped: unsigned, forged, stale or replayed
+        self._refusing: str | None = None
         session.subscribe(self._state_topic, self._on_state)
 
     @property
@@ -97,7 +104,8 @@ class MqttDriver:
         try:
             # the echo comes on our state topic: the broker must route it to us first
             await self._session.subscriptions_settled()
-            await self._session.publish(self._command_topic, command_payload(command), qos=1)
+            payload = stamp(command_payload(command), self._key, self._clock())
+            await self._session.publish(self._command_topic, payload, qos=1)
         except MqttError as exc:
             raise DeviceUnavailableError(self._device_id, str(exc)) from exc
         try:
@@ -135,6 +143,16 @@ class MqttDriver:
             state = json.loads(payload)
         except ValueError:
             return  # not ours to crash on; the echo wait times out and says what it last saw
+        if isinstance(state, dict) and self._freshness is not None:
+            refused = self._freshness.refuse(state, self._clock())
+            if refused is not None:
+                self.refused_states += 1
+                if refused != self._refusing:  # once per reason, not per message
+                    _log.warning("%s: state on %s refused: %s", self._device_id,
+                                 self._state_topic, refused)  # fmt: skip
+                self._refusing = refused
+                return
+            self._refusing = None
         if isinstance(state, dict):
             self._state, self._observed_at = state, self._clock()
             if not state.get("error"):  # `gridflex node` reports a refusal as state

@@ -60,7 +60,9 @@ def build_drivers(
             case MqttDriverConfig() | GpuNodeDriverConfig():
                 if mqtt is None:
                     raise ConfigError(f"{device_id} is reached over MQTT: no MQTT session given")
-                driver = MqttDriver(device_id, address, mqtt, clock=clock)
+                driver = MqttDriver(
+                    device_id, address, mqtt, clock=clock, prefix=config.topic_prefix
+                )
             case SimulatedDriverConfig():
                 spec = specs[device_id]
                 driver = SimulatedDriver(device_id, address, rated_kw=spec.rated_kw,

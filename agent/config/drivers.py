@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
     "DriverConfig",
@@ -20,6 +20,15 @@ __all__ = [
     "SimulatedDriverConfig",
     "expand",
 ]
+
+
+def _long_key(key: SecretStr) -> SecretStr:
+    if len(key.get_secret_value().encode()) < 32:
+        raise ValueError("must be at least 32 bytes (a short key can be guessed)")
+    return key
+
+
+DeviceKey = Annotated[SecretStr, AfterValidator(_long_key)]
 
 
 class _Strict(BaseModel):
@@ -93,6 +102,11 @@ class MqttDriverConfig(_Strict):
     settle_s: float = Field(
         default=5.0, ge=0, le=600, description="power settles this long after a command"
     )
+    hmac_key: DeviceKey | None = Field(
+        default=None,
+        description="sign setpoints and accept only signed, fresh states (32+ bytes; for "
+        "`gridflex node`, the key given to it)",
+    )
 
     def member(self, index: int) -> MqttDriverConfig:
         k = str(index + 1)
@@ -108,11 +122,16 @@ class GpuNodeDriverConfig(_Strict):
     """A GPU server running `gridflex node`, reached over MQTT by its node id."""
 
     type: Literal["gpu_node"]
-    node_id: str = Field(min_length=1)
+    node_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.{}-]+$")
     echo_timeout_s: float = Field(default=5.0, gt=0, le=120)
     # NVML applies a power limit within a second or two; the board's draw follows the workload
     settle_s: float = Field(
         default=5.0, ge=0, le=600, description="power settles this long after a command"
+    )
+    hmac_key: DeviceKey | None = Field(
+        default=None,
+        description="sign setpoints and accept only signed, fresh states (32+ bytes; for "
+        "`gridflex node`, the key given to it)",
     )
 
     def member(self, index: int) -> GpuNodeDriverConfig:

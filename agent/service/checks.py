@@ -16,7 +16,6 @@ sender-chosen text is written to logs and the audit: escaped, truncated.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Mapping
@@ -25,6 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from agent.domain.signing import sign
 
 __all__ = ["IntakeLimits", "MessageChecks", "RejectedError", "safe_text", "sign"]
 
@@ -43,13 +44,6 @@ class IntakeLimits:
 
 class RejectedError(Exception):
     """A message that cannot be taken; its text is the reason the "rejected" ack carries."""
-
-
-def sign(message: dict[str, Any], secret: bytes) -> str:
-    """HMAC-SHA256 (hex) of the message without `signature`: keys sorted, compact separators."""
-    body = {k: v for k, v in message.items() if k != "signature"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
 def safe_text(value: object, limit: int = 128) -> str:

@@ -22,7 +22,7 @@ from adapters.sim.miners import FakeMinerFleet
 from adapters.sim.modbus_server import SimModbusSite
 from adapters.transport.mqtt_session import MqttSession, MqttSettings
 from agent.app.assembly import MemoryOutbox, Service, assemble
-from agent.app.commands.node import run_node
+from agent.app.commands.node import NodeLink, run_node
 from agent.app.mqtt_link import MqttLink
 from agent.app.runner import run_service
 from agent.app.simsite import endpoints_for
@@ -114,7 +114,14 @@ def test_a_dispatch_is_applied_to_every_driver_type_and_verified(
             stop = asyncio.Event()
             gpu_node = GpuNode(node_id, NvmlGpus(node_id))
             serving = asyncio.create_task(
-                run_node(node_id, gpu_node, node, publish_interval_s=0.5, stop=stop)
+                run_node(
+                    node_id,
+                    gpu_node,
+                    node,
+                    publish_interval_s=0.5,
+                    stop=stop,
+                    link=NodeLink(prefix=config.topic_prefix),
+                )
             )
             stack.push_async_callback(asyncio.wait_for, serving, 2)
             stack.callback(stop.set)

@@ -19,7 +19,7 @@ from adapters.sim.miners import FakeMinerFleet
 from adapters.sim.modbus_server import SimModbusSite
 from adapters.transport.mqtt_session import MqttSession, MqttSettings
 from agent.app.assembly import MemoryOutbox, Service, assemble
-from agent.app.commands.node import run_node
+from agent.app.commands.node import NodeLink, run_node
 from agent.app.simsite import endpoints_for
 from agent.config import parse_config
 from tests.adapters.devices.peers import FakeNvml, echoing_device
@@ -249,7 +249,8 @@ def test_mqtt_and_gpu_devices_whose_power_lags_settle_without_touching_protected
             stop = asyncio.Event()
             serving = asyncio.create_task(run_node(f"node-{tag}", GpuNode(f"node-{tag}",
                                           NvmlGpus(f"node-{tag}")), node,
-                                          publish_interval_s=0.3, stop=stop))  # fmt: skip
+                                          publish_interval_s=0.3, stop=stop,
+                                          link=NodeLink(prefix=config.topic_prefix)))  # fmt: skip
             stack.push_async_callback(asyncio.wait_for, serving, 2)
             stack.callback(stop.set)
             outbox = MemoryOutbox()
