@@ -322,7 +322,13 @@ class Store:
             "SELECT message_id, at_utc FROM seen_messages WHERE at_utc >= ? ORDER BY at_utc",
             (iso(since),),
         ).fetchall()
-        return [(str(m), datetime.fromisoformat(a)) for m, a in rows]
+        out = []
+        for message_id, at in rows:
+            try:
+                out.append((str(message_id), datetime.fromisoformat(str(at))))
+            except ValueError:  # never a reason not to start: the row is simply forgotten
+                continue
+        return out
 
     def save_state(self, key: str, value: Any) -> None:
         self._write(

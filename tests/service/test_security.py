@@ -5,6 +5,7 @@ access to the site's broker sent."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -272,3 +273,23 @@ def test_a_flooded_topic_is_held_to_its_rate_and_the_other_topics_are_not() -> N
     assert limit.allow("override")  # another topic has its own bucket
     now[0] += 1.0
     assert sum(limit.allow("dispatch") for _ in range(100)) == 20  # then the rate
+
+
+@pytest.mark.parametrize(
+    ("class_name", "device_id", "where"),
+    [("c", "pdu\\nWARNING forged", "devices[0].id"),
+     ("c\\nINFO forged", "d", "classes")],
+)  # fmt: skip
+def test_names_that_reach_the_logs_cannot_carry_a_newline(
+    class_name: str, device_id: str, where: str
+) -> None:
+    device = f'{{id: "{device_id}", kind: other, class: "{class_name}", rated_kw: 1}}'
+    text = f'site: {{id: s}}\nclasses: {{"{class_name}": {{priority: critical}}}}\n'
+    text += f"devices: [{device}]\n"
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        parse_config(text, env={})
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise() -> None:
+    config = site_config(Path("/tmp/unused.sqlite3"), 1502)
+    assert config.service.metrics_host == "127.0.0.1"
