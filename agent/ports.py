@@ -5,7 +5,7 @@ Adapters implement these; the shell (agent.service) is the only place that wires
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         PeakWarning,
         PriceSignal,
     )
+    from agent.errors import DeviceError
 
 __all__ = [
     "CANONICAL_PRICE_COLUMNS",
@@ -30,6 +31,7 @@ __all__ = [
     "DeviceCommand",
     "DeviceDriver",
     "DeviceReading",
+    "EndpointBatch",
     "PriceHistory",
     "SignalSink",
     "SignalSource",
@@ -98,6 +100,24 @@ class DeviceDriver(Protocol):
         ...
 
     async def read(self) -> DeviceReading: ...
+
+
+class EndpointBatch(Protocol):
+    """Devices that share an endpoint (a PDU's outlets), commanded and read together in a few
+    requests. A driver that belongs to one has it as `batch`; verification stays per device."""
+
+    async def apply_many(
+        self, commands: Sequence[DeviceCommand]
+    ) -> list[DeviceReading | DeviceError | None]:
+        """Per command: the proving reading, None (nothing proven yet), or its DeviceError."""
+        ...
+
+    async def read_many(
+        self, device_ids: Sequence[str], *, with_state: bool = True
+    ) -> list[DeviceReading | DeviceError | None]:
+        """Per device: its reading or DeviceError; `with_state=False` reads power alone (right
+        after a command whose read-back proved the state)."""
+        ...
 
 
 # A live signal source pushes each new value into the shell's snapshot through a sink.

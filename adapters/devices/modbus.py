@@ -10,6 +10,7 @@ window (agent/service/devices.py), never on the first reading.
 from __future__ import annotations
 
 from adapters.devices.codec import decode, encode
+from adapters.devices.modbus_batch import ModbusEndpoint
 from adapters.devices.profile import Profile, Register, load_profile
 from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
 from agent.config.drivers import ModbusDriverConfig
@@ -42,6 +43,7 @@ class ModbusDriver:
         *,
         profile: Profile | None = None,
         clock: Clock = utc_now,
+        endpoint: ModbusEndpoint | None = None,
     ) -> None:
         self._profile = profile or load_profile(config.profile)
         if config.channel > self._profile.channels:
@@ -59,6 +61,10 @@ class ModbusDriver:
             device_id, config.host, config.port, config.unit_id, config.timeout_s
         )
         self._capabilities = capabilities_of(self._profile)
+        # the devices sharing this unit of this endpoint, commanded and read together
+        self.batch = endpoint
+        if endpoint is not None:
+            endpoint.add(device_id, self._channel, self.plan)
 
     @property
     def device_id(self) -> str:
@@ -84,7 +90,7 @@ class ModbusDriver:
     async def apply(self, command: DeviceCommand) -> DeviceReading | None:
         """Write, read back, prove by measured power where the command allows; the proving
         measurement (None when nothing could be proven yet: a load switched on ramps up)."""
-        writes = self._plan(command)
+        writes = self.plan(command)
         if not writes:
             raise DeviceRejectedError(self._device_id, "profile has no actions (read-only device)")
         for register, words in writes:
@@ -103,8 +109,9 @@ class ModbusDriver:
             return None
         return DeviceReading(self._device_id, self._clock(), power_kw=power_kw)
 
-    def _plan(self, command: DeviceCommand) -> list[tuple[Register, list[int]]]:
-        """Register writes for an absolute command, setpoint before the run command."""
+    def plan(self, command: DeviceCommand) -> list[tuple[Register, list[int]]]:
+        """Register writes for an absolute command, setpoint before the run command
+        (DeviceRejectedError when the profile cannot carry it)."""
         actions = self._profile.actions
         writes: list[tuple[Register, list[int]]] = []
         if actions.setpoint is not None and (command.on or actions.on_off is None):
@@ -135,12 +142,14 @@ class ModbusDriver:
         return await self._read_power_kw()
 
     def _power_ceiling_w(self, command: DeviceCommand) -> float | None:
-        """The most the device may draw once the command holds; None: nothing to prove yet."""
+        """The most the device may draw once the command holds; None: nothing to prove yet.
+        A percent or power-limit command is proven by power like an off (the shell judges the
+        reading against the command's kW, after the settle window)."""
         verify = self._profile.verify
         if not command.on:
             return verify.off_max_w
         setpoint = self._profile.actions.setpoint
-        if setpoint is not None and setpoint.unit in ("W", "kW"):
+        if setpoint is not None and setpoint.unit in ("W", "kW", "percent"):
             return command.kw * 1000.0 * (1.0 + verify.limit_tolerance) + verify.off_max_w
         return None  # switching on: a load ramps up in its own time
 

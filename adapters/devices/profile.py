@@ -153,6 +153,14 @@ class VerifyPolicy(_Strict):
     limit_tolerance: float = Field(default=0.05, ge=0, le=1)
 
 
+class RequestLimits(_Strict):
+    """The most one request may carry, when the device accepts less than the protocol allows
+    (Modbus v1.1b3: 1968 coils written, 2000 read; 123 registers written, 125 read)."""
+
+    max_bits_per_request: int = Field(default=1968, ge=1, le=2000)
+    max_registers_per_request: int = Field(default=123, ge=1, le=125)
+
+
 class Profile(_Strict):
     name: str = Field(min_length=1)
     vendor: str = Field(min_length=1)
@@ -162,6 +170,7 @@ class Profile(_Strict):
     actions: Actions = Actions()
     readings: Readings = Readings()
     verify: VerifyPolicy = VerifyPolicy()
+    limits: RequestLimits = RequestLimits()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Self:

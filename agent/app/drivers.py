@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from adapters.devices.miners import MinerDriver, drifted
 from adapters.devices.modbus import ModbusDriver
+from adapters.devices.modbus_batch import ModbusEndpoint
 from adapters.devices.mqtt_device import MqttDriver
 from adapters.devices.profile import Profile, load_profile
 from adapters.sim.simulated import SimulatedDriver
-from adapters.transport.modbus_pool import ModbusPool
+from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
 from adapters.transport.mqtt_session import MqttSession
 from agent.config import SiteConfig
 from agent.config.drivers import (
@@ -46,6 +47,7 @@ def build_drivers(
     addresses = config.device_drivers()
     specs = {spec.device_id: spec for spec in config.device_specs()}
     profiles: dict[str, Profile] = {}
+    endpoints: dict[tuple[str, int, int, str], ModbusEndpoint] = {}
     built = SiteDrivers()
     for device_id, address in addresses.items():
         match address:
@@ -53,7 +55,14 @@ def build_drivers(
                 profile = profiles.get(address.profile)
                 if profile is None:
                     profile = profiles[address.profile] = load_profile(address.profile)
-                driver: DeviceDriver = ModbusDriver(device_id, address, pool, profile=profile)
+                key = (address.host, address.port, address.unit_id, address.profile)
+                endpoint = endpoints.get(key)
+                if endpoint is None:  # the outlets of one PDU: commanded and read together
+                    target = ModbusTarget(device_id, address.host, address.port,
+                                          address.unit_id, address.timeout_s)  # fmt: skip
+                    endpoint = endpoints[key] = ModbusEndpoint(pool, target, profile, clock)
+                driver: DeviceDriver = ModbusDriver(device_id, address, pool, profile=profile,
+                                                    clock=clock, endpoint=endpoint)  # fmt: skip
             case MinerDriverConfig():
                 driver = MinerDriver(device_id, address, clock=clock)
                 built.drift_checks[device_id] = drifted

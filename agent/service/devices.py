@@ -30,7 +30,7 @@ import numpy as np
 
 from agent.domain.fleet import Fleet, FloatArray
 from agent.errors import DeviceError
-from agent.ports import DeviceCommand, DeviceDriver, DeviceReading
+from agent.ports import DeviceCommand, DeviceDriver, DeviceReading, EndpointBatch
 from agent.service.metrics import Metrics
 
 __all__ = ["EPS_KW", "DeviceBank", "DriftCheck", "ShellSettings", "why"]
@@ -193,21 +193,40 @@ class DeviceBank:
             if not self._applies:
                 self._no_apply.set()
 
+    def by_endpoint(
+        self, indices: np.ndarray
+    ) -> tuple[list[int], list[tuple[EndpointBatch, list[int]]]]:
+        """(devices on their own, [(endpoint batch, its devices among `indices`)])."""
+        singles: list[int] = []
+        batches: dict[int, tuple[EndpointBatch, list[int]]] = {}
+        for i in indices.tolist():
+            batch: EndpointBatch | None = getattr(self.drivers[i], "batch", None)
+            if batch is None:
+                singles.append(i)
+            else:
+                batches.setdefault(id(batch), (batch, []))[1].append(i)
+        return singles, list(batches.values())
+
     # -- reading devices (their own cadence) -------------------------------------------------
     async def poll(self, indices: np.ndarray | None = None) -> None:
-        """Read devices (all by default); an unreachable one becomes unavailable, a reachable
-        one available again. Each change is logged once."""
+        """Read devices (all by default), those sharing an endpoint together; an unreachable one
+        becomes unavailable, a reachable one available again. Each change is logged once."""
         idx = np.flatnonzero(self.has_driver) if indices is None else indices
-        todo = iter(idx.tolist())
+        singles, batches = self.by_endpoint(idx)
+        jobs: list[int | tuple[EndpointBatch, list[int]]] = [*batches, *singles]
+        todo = iter(jobs)
 
         # A bounded set of readers, each waiting out a command fan-out before its next read: a
         # dispatch cycle never queues behind a whole poll of the site for connections and slots.
         async def reader() -> None:
-            for i in todo:
+            for job in todo:
                 await self._no_apply.wait()
-                await self._read_one(i)
+                if isinstance(job, int):
+                    await self._read_one(job)
+                else:
+                    await self._read_batch(*job)
 
-        workers = min(len(idx), self.settings.max_concurrency)
+        workers = min(len(jobs), self.settings.max_concurrency)
         await asyncio.gather(*(reader() for _ in range(workers)))
         self.flush_log()
         if self.metrics is not None:
@@ -219,14 +238,30 @@ class DeviceBank:
         seq = int(self.command_seq[i])
         try:
             async with self.semaphore, asyncio.timeout(self.settings.verify_timeout_s):
-                reading = await driver.read()
-        except (DeviceError, TimeoutError) as exc:
-            if self._overlapped(i, seq):
-                return
-            self.mark_down(i, why(exc))
+                reading: DeviceReading | Exception = await driver.read()
+        except Exception as exc:  # judged in _take; cancellation goes through
+            reading = exc
+        self._take(i, seq, reading)
+
+    async def _read_batch(self, batch: EndpointBatch, members: list[int]) -> None:
+        seqs = [int(self.command_seq[i]) for i in members]
+        ids = [self.fleet.device_ids[i] for i in members]
+        try:
+            async with self.semaphore, asyncio.timeout(self.settings.verify_timeout_s):
+                results: list[DeviceReading | Exception | None] = list(await batch.read_many(ids))
+        except Exception as exc:
+            results = [exc] * len(members)
+        for i, seq, result in zip(members, seqs, results, strict=True):
+            self._take(i, seq, result if result is not None else TimeoutError("no reading"))
+
+    def _take(self, i: int, seq: int, reading: DeviceReading | Exception) -> None:
+        """Judge what a read of device i (begun at command `seq`) brought back."""
+        if isinstance(reading, DeviceError | TimeoutError):
+            if not self._overlapped(i, seq):
+                self.mark_down(i, why(reading))
             return
-        except Exception as exc:  # a driver bug must not end the polling of the whole site
-            self.unexpected(i, exc)
+        if isinstance(reading, Exception):  # a driver bug must not end the polling of the site
+            self.unexpected(i, reading)
             return
         if self._overlapped(i, seq):
             return

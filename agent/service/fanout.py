@@ -13,7 +13,7 @@ import numpy as np
 
 from agent.domain.fleet import FloatArray
 from agent.errors import DeviceError, DeviceTimeoutError
-from agent.ports import Capability, DeviceCommand, DeviceDriver
+from agent.ports import Capability, DeviceCommand, DeviceDriver, EndpointBatch
 from agent.service.devices import EPS_KW, DeviceBank, why
 
 __all__ = ["apply_setpoints"]
@@ -22,12 +22,76 @@ __all__ = ["apply_setpoints"]
 async def apply_setpoints(
     bank: DeviceBank, indices: np.ndarray, target: FloatArray
 ) -> dict[str, str]:
-    """Apply `target` to the devices at `indices` concurrently; returns {device id: why failed}."""
+    """Apply `target` to the devices at `indices` concurrently: those sharing an endpoint in one
+    batch (a PDU's outlets: a few requests for all of them), the others one by one. Returns
+    {device id: why failed}."""
+    reasons: dict[int, str] = {}
+
+    async def one(i: int) -> None:
+        reasons[i] = await _apply_one(bank, i, target)
+
+    async def together(batch: EndpointBatch, members: list[int]) -> None:
+        reasons.update(await _apply_batch(bank, batch, members, target))
+
+    singles, batches = bank.by_endpoint(indices)
     async with bank.commanding():
-        results = await asyncio.gather(*(_apply_one(bank, int(i), target) for i in indices))
+        await asyncio.gather(*(one(i) for i in singles),
+                             *(together(b, members) for b, members in batches))  # fmt: skip
     bank.flush_log()
     ids = bank.fleet.device_ids
-    return {ids[i]: why for i, why in zip(indices, results, strict=True) if why}
+    return {ids[i]: why for i, why in reasons.items() if why}
+
+
+def _command(bank: DeviceBank, i: int, target: FloatArray) -> DeviceCommand:
+    kw = float(target[i])
+    rated = float(bank.fleet.rated_kw[i])
+    bank.commanded_kw[i] = kw
+    bank.command_seq[i] += 1
+    device_id = bank.fleet.device_ids[i]
+    return DeviceCommand(device_id, kw > EPS_KW, kw, 100.0 * kw / rated if rated else 0.0)
+
+
+async def _apply_batch(
+    bank: DeviceBank, batch: EndpointBatch, members: list[int], target: FloatArray
+) -> dict[int, str]:
+    commands = [_command(bank, i, target) for i in members]
+    timeout_s = bank.settings.verify_timeout_s
+    reasons = dict.fromkeys(members, "")
+    try:
+        async with bank.semaphore, asyncio.timeout(timeout_s):
+            results = await batch.apply_many(commands)
+            unproven = [k for k, r in enumerate(results) if r is None]
+            if unproven and bank.settings.read_after_apply:
+                ids = [commands[k].device_id for k in unproven]
+                again = await batch.read_many(ids, with_state=False)  # the read-back proved it
+                for k, reading in zip(unproven, again, strict=True):
+                    results[k] = reading
+    except TimeoutError:
+        for i in members:
+            reason = str(DeviceTimeoutError(bank.fleet.device_ids[i],
+                                            f"no verified apply within {timeout_s} s"))  # fmt: skip
+            bank.mark_down(i, reason)
+            reasons[i] = reason
+        return reasons
+    except Exception as exc:  # a driver bug fails these devices, never the fan-out of the site
+        for i in members:
+            bank.unexpected(i, exc)
+            reasons[i] = f"unexpected {type(exc).__name__}: {why(exc)}"
+        return reasons
+    finally:
+        for i in members:
+            bank.command_seq[i] += 1
+            bank.commanded_at_s[i] = bank.monotonic_s()
+    for i, command, result in zip(members, commands, results, strict=True):
+        if isinstance(result, DeviceError):
+            bank.mark_down(i, why(result))
+            reasons[i] = why(result)
+            continue
+        bank.applied_kw[i] = command.kw
+        bank.measured_kw[i] = np.nan
+        if result is not None and result.power_kw is not None:
+            bank.take_reading(i, result.power_kw)
+    return reasons
 
 
 async def _apply_one(bank: DeviceBank, i: int, target: FloatArray) -> str:

@@ -1,9 +1,9 @@
-"""What one shed costs on the wire: the shell adds no Modbus request to the driver's own proof.
+"""What one shed costs on the wire: three requests per PDU, whatever its outlet count.
 
-The Modbus driver proves an "off" by writing the relay, reading it back and reading the outlet's
-power; it returns that measurement, so the shell must not read the device again (each extra read
-is one more serialized round trip on the PDU's single connection). A switch-on proves nothing by
-measurement, so there the shell still reads the device's power after the command.
+The outlets of one PDU share its endpoint, so the shell commands them together: one write of
+all the relays that change (FC15), one read-back of them (FC01), one read of every outlet's
+power (FC04), and the shell adds no request to that proof. A switch-on proves nothing by
+measurement, so there the shell still reads the outlets' power after the command: once per PDU.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class CountingEndpoint(SimEndpoint):
         )
 
 
-def test_a_shed_costs_the_drivers_three_requests_and_is_measured(tmp_path: Path) -> None:
+def test_a_shed_costs_each_pdu_three_requests_and_is_measured(tmp_path: Path) -> None:
     async def main() -> None:
         clock = FakeClock()
         config = site_config(tmp_path / "db.sqlite3", free_port(), host_a=PDU_HOSTS[0],
@@ -75,8 +75,8 @@ def test_a_shed_costs_the_drivers_three_requests_and_is_measured(tmp_path: Path)
                 shed = await shell.cycle()
                 assert len(shed.commanded) == 48
                 served = sum((p.requests for p in pdus), Counter())
-                # write coil (5), read it back (1), read the outlet's power (4): nothing more
-                assert served == Counter({5: 48, 1: 48, 4: 48})
+                # per PDU: write the coils (15), read them back (1), read the power (4)
+                assert served == Counter({15: 2, 1: 2, 4: 2})
                 assert (shell.measured_kw[outlets] == 0.0).all()  # measured, not assumed
 
                 for pdu in pdus:
@@ -86,8 +86,8 @@ def test_a_shed_costs_the_drivers_three_requests_and_is_measured(tmp_path: Path)
                 back = await shell.cycle()
                 assert len(back.commanded) == 48
                 served = sum((p.requests for p in pdus), Counter())
-                # the driver proves nothing by power on a switch-on: the shell reads the device
-                assert served[4] == 48
+                # the driver proves nothing by power on a switch-on: the shell reads the PDU
+                assert served == Counter({15: 2, 1: 2, 4: 2})
                 assert shell.measured_kw[outlets] == pytest.approx(np.full(48, 3.25))
             finally:
                 await service.close()
