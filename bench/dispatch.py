@@ -11,10 +11,11 @@ driver. So the figure is an upper bound on dispatch-to-verified (it includes the
 hop). Each size is dispatched ROUNDS times, at random phases of the agent's 2 s device poll
 (release and full restore between rounds, untimed); the median and the worst are printed.
 
-Beside it, in the same run and against the same device process, a plain pymodbus fan-out: one
-client per PDU, each outlet written off, its coil read back and its power read (the same three
-requests the agent's driver makes), with no service, no MQTT and no bookkeeping around them. Its
-rounds alternate with the agent's, the agent frozen (SIGSTOP) while the baseline runs.
+Beside it, in the same run and against the same device process, the plain pymodbus script a
+skilled integrator would write: one client per PDU, PDUs concurrent, per PDU one FC15 write of
+every outlet off, one FC01 read-back and one FC04 read of every outlet's power, with no service,
+no MQTT and no bookkeeping around them. Its rounds alternate with the agent's, the agent frozen
+(SIGSTOP) while the baseline runs. Target: the agent within 1.5x the script plus 0.25 s.
 The agent's peak RSS is its VmHWM, read from /proc before it is stopped. Prints one JSON line.
 """
 
@@ -45,7 +46,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.client import AsyncModbusTcpClient
 
-SIZES = (1000, 10_000)
+SIZES = tuple(int(n) for n in os.environ.get("DISPATCH_SIZES", "1000,10000,50000").split(","))
 ROUNDS = int(os.environ.get("DISPATCH_BENCH_ROUNDS", "5"))
 OUTLETS = 24
 RATED_KW = 3.25
@@ -277,14 +278,12 @@ def _agent(n: int, tmp: Path, mqtt_port: int) -> tuple[list[dict[str, float]], l
 
 # -- the plain baseline -------------------------------------------------------------------------
 async def _plain_pdu(client: AsyncModbusTcpClient, outlets: int) -> None:
-    for outlet in range(outlets):
-        await client.write_coil(outlet, False, device_id=1)
-        echoed = await client.read_coils(outlet, count=1, device_id=1)
-        assert not echoed.bits[0]
-        words = (
-            await client.read_input_registers(POWER_BASE + 2 * outlet, count=2, device_id=1)
-        ).registers
-        assert struct.unpack(">f", struct.pack(">HH", *words))[0] <= 25.0
+    await client.write_coils(0, [False] * outlets, device_id=1)
+    echoed = await client.read_coils(0, count=outlets, device_id=1)
+    assert not any(echoed.bits[:outlets])
+    reply = await client.read_input_registers(POWER_BASE, count=2 * outlets, device_id=1)
+    powers = struct.unpack(f">{outlets}f", struct.pack(f">{2 * outlets}H", *reply.registers))
+    assert max(powers) <= 25.0
 
 
 async def _plain(n: int) -> float:
@@ -327,8 +326,9 @@ def main() -> None:
                 results[str(n)] = {
                     "dispatch_to_verified_s": round(median_s, 3),
                     "dispatch_to_verified_max_s": round(max(agent_s), 3),
-                    "plain_pymodbus_s": round(plain_s, 3),
+                    "batched_plain_s": round(plain_s, 3),
                     "ratio": round(median_s / plain_s, 2),
+                    "target_le_1_5x_plus_0_25_s": median_s <= 1.5 * plain_s + 0.25,
                     "rounds_s": [round(s, 3) for s in agent_s],
                     "achieved_kw": max(r["achieved_kw"] for r in rounds),
                     "agent_peak_rss_mb": round(rss_mb, 1),
@@ -346,8 +346,6 @@ def main() -> None:
         "rounds": ROUNDS,
         "results": results,
         "agent_peak_rss_mb": round(peak_rss_mb, 1),
-        "target_1000_le_0_5_s": medians_s[1000] <= 0.5,
-        "target_10000_le_5_s": medians_s[10_000] <= 5.0,
         "target_rss_le_200_mb": peak_rss_mb <= 200,
     }))  # fmt: skip
 

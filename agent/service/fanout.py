@@ -13,7 +13,7 @@ import numpy as np
 
 from agent.domain.fleet import FloatArray
 from agent.errors import DeviceError, DeviceTimeoutError
-from agent.ports import Capability, DeviceCommand, DeviceDriver, EndpointBatch
+from agent.ports import Capability, DeviceCommand, DeviceDriver, DeviceReading, EndpointBatch
 from agent.service.devices import EPS_KW, DeviceBank, why
 
 __all__ = ["apply_setpoints"]
@@ -42,19 +42,23 @@ async def apply_setpoints(
     return {ids[i]: why for i, why in reasons.items() if why}
 
 
-def _command(bank: DeviceBank, i: int, target: FloatArray) -> DeviceCommand:
-    kw = float(target[i])
-    rated = float(bank.fleet.rated_kw[i])
-    bank.commanded_kw[i] = kw
-    bank.command_seq[i] += 1
-    device_id = bank.fleet.device_ids[i]
-    return DeviceCommand(device_id, kw > EPS_KW, kw, 100.0 * kw / rated if rated else 0.0)
+def _commands(bank: DeviceBank, idx: np.ndarray, target: FloatArray) -> list[DeviceCommand]:
+    """The absolute commands for `idx`, recorded as sent (columns at once: a PDU's outlets)."""
+    kw = target[idx].astype(np.float64)
+    rated = bank.fleet.rated_kw[idx]
+    percent = np.divide(100.0 * kw, rated, out=np.zeros_like(kw), where=rated > 0)
+    bank.commanded_kw[idx] = kw
+    bank.command_seq[idx] += 1
+    ids = bank.fleet.device_ids
+    rows = zip(idx.tolist(), kw.tolist(), percent.tolist(), strict=True)
+    return [DeviceCommand(ids[i], k > EPS_KW, k, p) for i, k, p in rows]
 
 
 async def _apply_batch(
     bank: DeviceBank, batch: EndpointBatch, members: list[int], target: FloatArray
 ) -> dict[int, str]:
-    commands = [_command(bank, i, target) for i in members]
+    idx = np.asarray(members, dtype=np.intp)
+    commands = _commands(bank, idx, target)
     timeout_s = bank.settings.verify_timeout_s
     reasons = dict.fromkeys(members, "")
     try:
@@ -79,17 +83,18 @@ async def _apply_batch(
             reasons[i] = f"unexpected {type(exc).__name__}: {why(exc)}"
         return reasons
     finally:
-        for i in members:
-            bank.command_seq[i] += 1
-            bank.commanded_at_s[i] = bank.monotonic_s()
-    for i, command, result in zip(members, commands, results, strict=True):
+        bank.command_seq[idx] += 1  # over: readings from now on see what it left
+        bank.commanded_at_s[idx] = bank.monotonic_s()  # their settle windows start now
+    ok = np.ones(len(members), dtype=np.bool_)
+    for k, (i, result) in enumerate(zip(members, results, strict=True)):
         if isinstance(result, DeviceError):
             bank.mark_down(i, why(result))
             reasons[i] = why(result)
-            continue
-        bank.applied_kw[i] = command.kw
-        bank.measured_kw[i] = np.nan
-        if result is not None and result.power_kw is not None:
+            ok[k] = False
+    bank.applied_kw[idx[ok]] = bank.commanded_kw[idx[ok]]
+    bank.measured_kw[idx[ok]] = np.nan
+    for i, result in zip(members, results, strict=True):
+        if isinstance(result, DeviceReading) and result.power_kw is not None:
             bank.take_reading(i, result.power_kw)
     return reasons
 

@@ -51,6 +51,7 @@ def test_a_keyed_node_obeys_only_signed_fresh_newer_setpoints(
         gpu_node = GpuNode(node_id, NvmlGpus(node_id))
         serving = asyncio.create_task(run_node(node_id, gpu_node, node, publish_interval_s=0.3,
                                                stop=stop, link=NodeLink(PREFIX, KEY)))  # fmt: skip
+        await asyncio.sleep(0.1)  # run_node subscribes when its task first runs
         await node.subscriptions_settled()
         config = GpuNodeDriverConfig(type="gpu_node", node_id=node_id, echo_timeout_s=3.0,
                                      hmac_key=SecretStr(KEY.decode()))  # fmt: skip
