@@ -14,9 +14,12 @@ replace the deprecated pyasic; `MinerFactory().get_miner(ip)`, `pause()`, `resum
     or two firmwares and needs exactly three verbs: sleep, wake, power target, plus power.
 The CGMiner API is one JSON object per TCP connection, answered by one JSON object ended by NUL;
 LuxOS adds `logon`/`session` for a session id that write commands take as first parameter
-(`curtail <sid>,sleep|wakeup`, `profileset <sid>,<N>W` selecting the profile nearest N watts;
-docs.luxor.tech/firmware/api). That is ~100 lines we can type, time out per request, translate
-into our errors, and test against fake miners speaking the same bytes.
+(docs.luxor.tech/firmware/api): `curtail <sid>,sleep|wakeup` to stop and start hashing, and
+`powertargetset <sid>,power=<W>` for a power limit, which the firmware's autotuner meets without
+a restart. `profileset` is never sent: Luxor documents that a profile change re-ramps the boards
+like a reboot, so it is a site engineer's choice, not a curtailment's. Power is read with the
+documented `power` command (no session needed for reads). That is ~100 lines we can type, time
+out per request, translate into our errors, and test against fake miners speaking the same bytes.
 
 Miners are known to answer "OK" to sleep and keep hashing, so the reply proves nothing: the
 service reads power afterwards and calls `drifted()` to decide whether to re-apply.
@@ -87,7 +90,7 @@ async def cgminer_call(
 
 
 class MinerDriver:
-    """A LuxOS miner: `curtail` sleeps/wakes it, `profileset <N>W` caps it, `power` reads it."""
+    """A LuxOS miner: `curtail` sleeps/wakes it, `powertargetset` caps it, `power` reads it."""
 
     def __init__(
         self,
@@ -119,7 +122,7 @@ class MinerDriver:
             await self._call("curtail", f"{session},sleep")
             return
         if command.kw > 0:
-            await self._call("profileset", f"{session},{round(command.kw * 1000)}W")
+            await self._call("powertargetset", f"{session},power={round(command.kw * 1000)}")
         await self._call("curtail", f"{session},wakeup")
 
     async def read(self) -> DeviceReading:

@@ -37,6 +37,7 @@ class FakeMiner:
     target_w: float | None = None
     session_id: str = ""
     commands: list[str] = field(default_factory=list)
+    ramps: int = 0  # profile changes: each re-ramps the hashboards, as a reboot would
     _server: asyncio.Server | None = None
 
     @property
@@ -119,7 +120,20 @@ class FakeMiner:
         if not args or not args[0].endswith("W") or not args[0][:-1].isdigit():
             return {"STATUS": _status(322, "Invalid profile", ok=False)}
         self.target_w = float(args[0][:-1])
+        self.ramps += 1
         return {"PROFILE": [{"Profile": args[0]}], "STATUS": _status(321, "Profile Set")}
+
+    def _cmd_powertargetset(self, parameter: str) -> dict[str, Any]:
+        """`powertargetset <sid>,power=<watts>`: the autotuner's target, met without a ramp."""
+        ok, args = self._authorized(parameter)
+        if not ok:
+            return {"STATUS": _status(361, "Invalid session id", ok=False)}
+        key, _, watts = (args[0] if args else "").partition("=")
+        if key != "power" or not watts.isdigit():
+            return {"STATUS": _status(343, "Invalid power target", ok=False)}
+        self.target_w = float(watts)
+        return {"POWERTARGET": [{"PowerTarget": int(watts)}],
+                "STATUS": _status(342, "Power target set")}  # fmt: skip
 
     def _cmd_power(self, _parameter: str) -> dict[str, Any]:
         return {

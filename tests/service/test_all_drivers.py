@@ -205,7 +205,8 @@ async def _dispatch_release_drift(
             assert len(awake) == 3  # the miners were in the first batch
             assert report.held_back == 28 - 10
     assert on_counts == [1 + 10, 1 + 20, 1 + 28]  # the GPU node ran throughout
-    assert miners.miners[2].target_w == 3250.0  # profileset back to rated, then wakeup
+    assert miners.miners[2].target_w == 3250.0  # power target back to rated, then wakeup
+    assert all(m.ramps == 0 for m in miners.miners)  # no profile change ever re-ramped a board
     assert sum(peers.sim.endpoints[0].power_w(c) for c in range(1, 25)) == 24 * 3250.0
     assert nvml.limits_mw == [700_000, 700_000]
     assert shell.measured_kw[index["chiller"]] == 20.0

@@ -44,7 +44,8 @@ def test_sixty_miners_on_their_own_addresses_sleep_cap_and_wake() -> None:
             assert {(r.power_kw, r.running) for r in readings} == {(0.0, False)}
             await drivers[7].apply(DeviceCommand("m7", on=True, kw=2.4, percent=0.0))
             assert (await drivers[7].read()).power_kw == 2.4
-            assert fleet.miners[7].commands[-3:] == ["profileset", "curtail", "power"]
+            assert fleet.miners[7].commands[-3:] == ["powertargetset", "curtail", "power"]
+            assert fleet.miners[7].ramps == 0  # a power target, never a profile change
             # the session id is obtained once and reused
             assert fleet.miners[7].commands.count("logon") == 1
 
