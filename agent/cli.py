@@ -20,11 +20,29 @@ _COMMANDS: dict[str, str] = {
     "node": "agent.app.commands.node:node",
     "prices": "agent.app.commands.prices:prices",
 }
+# What `gridflex --help` lists, without importing every command (pandas, pymodbus, paho...):
+# the first line of each command's help, kept equal to it by tests/commands/test_cli_help.py.
+SHORT_HELP: dict[str, str] = {
+    "audit": "The audit log: every signal, decision, command and result, with when, why and "
+    "from whom.",
+    "backtest": "Replay the policy over a price history: what it would have curtailed and earned.",
+    "check-config": "Validate a site file, and build what `gridflex run` builds at start.",
+    "demo": "Run a simulated 263-device site through a real ERCOT day.",
+    "events": "Dispatch events with their status, requested and achieved kW.",
+    "node": "Apply GPU power caps from MQTT setpoints on this server.",
+    "prices": "ERCOT market prices for study and backtests.",
+    "run": "Run the demand-response service for one site until SIGTERM.",
+}
 
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *_COMMANDS])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = _COMMANDS.get(cmd_name)
