@@ -50,7 +50,7 @@ event is committed to the database. Times are ISO-8601 with an offset. MQTT devi
 | `<prefix>/decision` | out | no | setpoints and their reasons, when they change |
 | `<prefix>/decision/request` | in | no | ask for devices' own setpoints by id |
 | `<prefix>/decision/device` | out | no | the answer: setpoint, rule, reason, reading, state |
-| `<prefix>/node/<node id>/setpoint` | out | no | a GPU server's setpoint, to `gridflex node` (docs/node.md) |
+| `<prefix>/node/<node id>/setpoint` | out | no | to `gridflex node` (docs/node.md) |
 | `<prefix>/node/<node id>/state` | in | no | what `gridflex node` applied and measures |
 
 ## Event statuses
