@@ -15,6 +15,8 @@ resume command once the setpoint again covers the GPUs' minimum.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,10 @@ import pynvml
 from agent.errors import DeviceRejectedError, DeviceUnavailableError
 
 __all__ = ["GpuNode", "NodeState", "NvmlGpus"]
+
+_log = logging.getLogger("gridflex.node")
+# "Instantaneous power reading:   512 Watts" (ipmitool dcmi power reading), "512 W", "512.5W"
+_WATTS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:Watts|W)\b")
 
 _UNAVAILABLE = (
     pynvml.NVMLError_GpuIsLost,
@@ -95,18 +101,25 @@ class NvmlGpus:
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
+    """`power_kw` is the whole server's: measured (`server_power_command`) where the server can
+    say, else the GPUs' board power plus the declared overhead (CPUs, fans, NICs, PSU losses)."""
+
     on: bool
     kw: float
     power_kw: float
     enforced_limit_kw: float
     jobs_paused: bool
     error: str | None = None
+    gpu_power_kw: float | None = None
+    power_source: str = "gpu"
 
     def as_json(self) -> dict[str, object]:
         return {
             "on": self.on,
             "kw": self.kw,
             "power_kw": self.power_kw,
+            "gpu_power_kw": self.gpu_power_kw,
+            "power_source": self.power_source,
             "enforced_limit_kw": self.enforced_limit_kw,
             "jobs_paused": self.jobs_paused,
             "error": self.error,
@@ -123,16 +136,22 @@ class GpuNode:
         *,
         pause_command: str | None = None,
         resume_command: str | None = None,
+        overhead_kw: float = 0.0,
+        server_power_command: str | None = None,
     ) -> None:
         self._device_id = device_id
         self._gpus = gpus
         self._pause = shlex.split(pause_command) if pause_command else None
         self._resume = shlex.split(resume_command) if resume_command else None
+        self._overhead_w = overhead_kw * 1000.0
+        self._server_power = shlex.split(server_power_command) if server_power_command else None
+        self._server_power_failing = False
         self.jobs_paused = False
 
     async def apply(self, on: bool, kw: float) -> NodeState:
+        """`kw` is for the whole server: the GPUs get what the overhead leaves of it."""
         low_w, high_w = await asyncio.to_thread(self._gpus.limits_range_w)
-        wanted_w = kw * 1000.0 if on else 0.0
+        wanted_w = max(0.0, kw * 1000.0 - self._overhead_w) if on else 0.0
         enforced_w = await asyncio.to_thread(self._gpus.set_total_limit_w, min(wanted_w, high_w))
         cap_is_enough = wanted_w >= low_w
         if not cap_is_enough and not self.jobs_paused and self._pause:
@@ -141,8 +160,37 @@ class GpuNode:
         elif cap_is_enough and self.jobs_paused and self._resume:
             await self._run(self._resume)
             self.jobs_paused = False
-        power_w = await asyncio.to_thread(self._gpus.power_w)
-        return NodeState(on, kw, power_w / 1000.0, enforced_w / 1000.0, self.jobs_paused)
+        gpu_w = await asyncio.to_thread(self._gpus.power_w)
+        server_w = await self._measured_server_w()
+        if server_w is None:
+            server_w, source = gpu_w + self._overhead_w, "gpu+declared overhead"
+        else:
+            source = "server"
+        return NodeState(on, kw, server_w / 1000.0, enforced_w / 1000.0, self.jobs_paused,
+                         gpu_power_kw=gpu_w / 1000.0, power_source=source)  # fmt: skip
+
+    async def _measured_server_w(self) -> float | None:
+        """The server's own power reading (DCMI through ipmitool, a Redfish client, the
+        server's PDU outlet: any command printing "<number> W" or "<number> Watts")."""
+        if self._server_power is None:
+            return None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._server_power, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(process.communicate(), timeout=5.0)
+            match = _WATTS.search(out.decode(errors="replace"))
+            if process.returncode != 0 or match is None:
+                raise ValueError(f"no power reading in {out[:80]!r}")
+            watts = float(match.group(1))
+        except (OSError, TimeoutError, ValueError) as exc:
+            if not self._server_power_failing:
+                _log.warning("server power reading failed (%s); reporting GPUs + overhead", exc)
+            self._server_power_failing = True
+            return None
+        self._server_power_failing = False
+        return watts
 
     async def _run(self, argv: list[str]) -> None:
         process = await asyncio.create_subprocess_exec(*argv)

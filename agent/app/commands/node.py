@@ -137,6 +137,12 @@ def _key_from_env(name: str) -> bytes | None:
     show_default=True,
     help="environment variable holding the signing key; when set, only signed setpoints are obeyed",
 )
+@click.option("--overhead-kw", default=0.0, show_default=True, type=click.FloatRange(0, 100),
+              help="the server's draw besides its GPUs (CPUs, fans, NICs, PSU losses): "
+              "setpoints are whole-server kW")  # fmt: skip
+@click.option("--server-power-command", default=None,
+              help='prints the whole server\'s power ("... 512 Watts"), e.g. '
+              '"ipmitool dcmi power reading"; else GPUs + overhead is reported')  # fmt: skip
 @click.option("--pause-command", default=None, help="run when caps alone cannot meet a setpoint")
 @click.option("--resume-command", default=None, help="run when caps suffice again")
 @click.option("--publish-interval-s", default=5.0, show_default=True,
@@ -151,6 +157,8 @@ def node(
     tls_cert: Path | None,
     tls_key: Path | None,
     key_env: str,
+    overhead_kw: float,
+    server_power_command: str | None,
     pause_command: str | None,
     resume_command: str | None,
     publish_interval_s: float,
@@ -183,8 +191,9 @@ def node(
         session = MqttSession(settings)
         gpus = NvmlGpus(node_id)
         gpu_node = GpuNode(
-            node_id, gpus, pause_command=pause_command, resume_command=resume_command
-        )
+            node_id, gpus, pause_command=pause_command, resume_command=resume_command,
+            overhead_kw=overhead_kw, server_power_command=server_power_command,
+        )  # fmt: skip
         try:
             await session.connect()
         except MqttError as exc:  # paho keeps trying with backoff; setpoints come when it is up

@@ -184,3 +184,29 @@ def test_node_command_is_registered() -> None:
     result = CliRunner().invoke(cli_main, ["node", "--help"])
     assert result.exit_code == 0
     assert "--node-id" in result.output
+
+
+def test_a_gpu_server_is_capped_and_reported_as_a_whole_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Setpoints are whole-server kW: the GPUs get what the declared overhead leaves, and the
+    state reports the server's own reading where it has one, else GPUs plus overhead."""
+    nvml = FakeNvml(monkeypatch)
+    declared = GpuNode("n1", NvmlGpus("n1"), overhead_kw=0.5)
+    state = asyncio.run(declared.apply(True, 1.5))
+    assert nvml.limits_mw == [500_000, 500_000]  # 1.5 kW - 0.5 kW overhead, shared by two GPUs
+    assert state.gpu_power_kw == pytest.approx(0.9)
+    assert state.power_kw == pytest.approx(1.4)
+    assert state.power_source == "gpu+declared overhead"
+
+    ipmi = tmp_path / "ipmitool"
+    ipmi.write_text("#!/bin/sh\necho '    Instantaneous power reading:                  1234 Watts'\n")
+    ipmi.chmod(0o755)
+    measured = GpuNode("n1", NvmlGpus("n1"), overhead_kw=0.5,
+                       server_power_command=f"{ipmi} dcmi power reading")  # fmt: skip
+    state = asyncio.run(measured.apply(True, 1.5))
+    assert (state.power_kw, state.power_source) == (pytest.approx(1.234), "server")
+
+    broken = GpuNode("n1", NvmlGpus("n1"), overhead_kw=0.5, server_power_command="false")
+    state = asyncio.run(broken.apply(True, 1.5))
+    assert state.power_source == "gpu+declared overhead"  # a failing reading falls back
