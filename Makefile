@@ -8,14 +8,17 @@ DEV_STAMP     := $(VENV)/.dev-installed
 .PHONY: demo test lint typecheck imports pytest bench clean
 
 $(BIN)/python:
+	@echo "creating $(VENV) with $(PYTHON) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing gridflex and its libraries into $(VENV) (pymodbus, paho-mqtt, pandas, pydantic, ...; a minute or two the first time) ..."
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing gridflex with its test tools into $(VENV) (pytest, ruff, mypy, import-linter; a minute or two the first time) ..."
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNTIME_STAMP)
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,11 +42,12 @@ from agent.app.simsite import sim_site_for
 from agent.config import SiteConfig, parse_config
 from agent.demo.mqtt import DemoMqtt, DemoMqttLink, DemoOutbox, open_demo_mqtt
 from agent.demo.view import DemoSummary, NoLive, View, print_summary
+from agent.domain.fleet import Fleet
 from agent.domain.signals import PriceSignal
 from agent.service.cycle import CycleReport
 from agent.service.messages import DispatchAck
 
-__all__ = ["DemoMqtt", "DemoOptions", "DemoSummary", "run_demo"]
+__all__ = ["DemoMqtt", "DemoOptions", "DemoSummary", "NoPricesError", "run_demo"]
 
 STEP = timedelta(minutes=5)
 PRICES_FILE = "ercot_rt_spp_15min_hb_hubavg_2024.csv.gz"
@@ -88,7 +90,17 @@ def _day_prices(day: date, zone: ZoneInfo) -> list[PriceSignal]:
         (frame["interval_end_utc"] >= start - timedelta(minutes=15))
         & (frame["interval_start_utc"] < end)
     ]
+    inside = window[window["interval_start_utc"] >= start]
+    if len(inside) < 92:  # 96 intervals a day (92 / 100 on DST days)
+        raise NoPricesError(
+            f"no real-time prices for {day.isoformat()}: the demo ships ERCOT's 2024 prices "
+            "(HB_HUBAVG); pick a day in 2024"
+        )
     return list(price_schedule(window, source="ercot-rt15-2024"))
+
+
+class NoPricesError(ValueError):
+    """The demo has no prices for the day asked."""
 
 
 class _Clock:
@@ -277,6 +289,22 @@ async def _scripted(  # noqa: PLR0917 - the scene's cast
         view.note(now, "PDU 4 repaired (relays reset open)")
 
 
+def _forgone_usd(report: CycleReport, fleet: Fleet, hours: float) -> float:
+    """What the load curtailed this step would have earned: each class's curtailed kW at the
+    class's own value ($/MWh: mining revenue, an inference contract). Classes without a value
+    of their own (cooling follows its load, critical load is never cut) earn nothing by running."""
+    planned = report.decision.setpoint_kw
+    usd = 0.0
+    for pos, load_class in enumerate(fleet.classes):
+        value = load_class.value_usd_per_mwh
+        if not math.isfinite(value) or load_class.follows is not None:
+            continue
+        members = fleet.members[pos]
+        curtailed_kw = float(fleet.rated_kw[members].sum() - planned[members].sum())
+        usd += max(0.0, curtailed_kw) * hours / 1000.0 * value
+    return usd
+
+
 async def _cycle(service: Service) -> CycleReport:
     # devices on their own cadence: read what every one draws, probe the unavailable ones
     await service.shell.poll()
@@ -306,6 +334,7 @@ def _account(
     down = ~service.shell.devices.planned_available  # unreachable, or not obeying
     summary.failed_devices.update(ids[i] for i in np.flatnonzero(down))
     summary.max_cycle_s = max(summary.max_cycle_s, report.duration_s)
+    summary.forgone_usd += _forgone_usd(report, service.shell.fleet, hours)
     while outbox.memory.sent:
         topic, message = outbox.memory.sent.popleft()
         if topic == "dispatch/ack" and isinstance(message, DispatchAck):

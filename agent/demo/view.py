@@ -20,6 +20,9 @@ from agent.service.messages import DispatchAck
 __all__ = ["DemoSummary", "NoLive", "View", "print_summary"]
 
 
+LINE_WIDTH = 80
+
+
 @dataclass
 class DemoSummary:
     cycles: int = 0
@@ -35,6 +38,8 @@ class DemoSummary:
     max_cycle_s: float = 0.0
     mqtt: str = "not used"  # where the demo published, or why it did not
     mqtt_prefix: str | None = None
+    # revenue the curtailed load would have earned (each class at its own $/MWh value)
+    forgone_usd: float = 0.0
 
 
 class NoLive:
@@ -90,10 +95,12 @@ class View:
         price = "  n/a " if d.price_usd_per_mwh is None else f"{d.price_usd_per_mwh:8.2f}"
         ceiling = "" if d.site_ceiling_kw is None else f"  ceiling {d.site_ceiling_kw:6.0f} kW"
         notes = "".join(f"\n  - {n}" for n in self._notes[-3:]) if self.fresh_notes else ""
-        return (
-            f"{local:%H:%M}  price {price} $/MWh  site {self._service.shell.site_kw():7.1f} kW"
-            f"{ceiling}  | {_top_reason(report)}{notes}"
-        )
+        head = f"{local:%H:%M} {price} $/MWh {self._service.shell.site_kw():7.1f} kW{ceiling} "
+        reason = _top_reason(report)
+        room = max(10, LINE_WIDTH - len(head) - 2)
+        if len(reason) > room:  # one line per hour: it fits an 80-column terminal
+            reason = reason[: room - 3] + "..."
+        return f"{head}| {reason}{notes}"
 
     def render(self, report: CycleReport | None, summary: DemoSummary) -> Panel:
         if report is None:
@@ -175,20 +182,23 @@ def _sparkline(values: list[float]) -> str:
 
 
 def print_summary(console: Console, summary: DemoSummary, service: Service, day: date) -> None:
-    saved = summary.flat_cost_usd - summary.cost_usd
+    avoided = summary.flat_cost_usd - summary.cost_usd
     curtailed = summary.flat_energy_mwh - summary.energy_mwh
+    net = avoided - summary.forgone_usd
     table = Table(title=f"gridflex demo: {day.isoformat()} in {summary.wall_s:.1f} s")
-    table.add_column("")
+    table.add_column("the simulated day")
     table.add_column("", justify="right")
     table.add_row("cycles (5 simulated minutes each)", str(summary.cycles))
     table.add_row("highest real-time price", f"{summary.max_price:,.2f} $/MWh")
-    table.add_row("energy drawn", f"{summary.energy_mwh:,.2f} MWh")
-    table.add_row("energy cost at real-time prices", f"${summary.cost_usd:,.0f}")
-    table.add_row("same site running flat out", f"${summary.flat_cost_usd:,.0f}")
-    table.add_row("curtailed", f"{curtailed:,.2f} MWh, ${saved:,.0f} not spent")
-    table.add_row("device commands sent (verified over Modbus)", f"{summary.commands:,}")
-    table.add_row("devices that disobeyed or failed verification (planned around)",
-                  str(len(summary.failed_devices)))  # fmt: skip
+    table.add_row("energy drawn / curtailed", f"{summary.energy_mwh:,.2f} / {curtailed:,.2f} MWh")
+    table.add_row("energy cost: as run / flat out", f"${summary.cost_usd:,.0f} / "
+                  f"${summary.flat_cost_usd:,.0f}")  # fmt: skip
+    table.add_row("energy cost avoided by curtailing", f"${avoided:,.0f}")
+    table.add_row("revenue forgone (mining, inference)", f"-${summary.forgone_usd:,.0f}")
+    table.add_row("program payments (RRS)", "not modelled")
+    table.add_row("net earned by curtailing", f"${net:,.0f}")
+    table.add_row("device commands sent, verified", f"{summary.commands:,}")
+    table.add_row("devices planned around", str(len(summary.failed_devices)))  # fmt: skip
     table.add_row("slowest cycle", f"{summary.max_cycle_s * 1000:.0f} ms")
     table.add_row("MQTT", summary.mqtt)
     for ack in summary.acks:

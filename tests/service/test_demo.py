@@ -64,8 +64,18 @@ def test_demo_command_runs_without_a_terminal_and_says_why_mqtt_is_not_used() ->
     assert text.count("MQTT not used") == 1
     assert f"MQTT not used: nothing answers on 127.0.0.1:{port}" in text.split("10:00")[0]
     assert "from the QSE: accepted" in text
-    assert "12:00  price" in result.output  # one line an hour when not on a terminal
+    hourly = [line for line in result.output.splitlines() if line[:3] in ("11:", "12:")]
+    assert any(line.startswith("12:00 ") and "$/MWh" in line for line in hourly)
+    assert all(len(line) <= 80 for line in hourly)  # one line an hour, 80 columns
     assert "dispatch ercot-rrs-0508: active" in result.output
+    assert "net earned by curtailing" in result.output
+    assert "revenue forgone" in result.output
+
+
+def test_a_day_without_prices_is_refused_before_anything_runs() -> None:
+    result = CliRunner().invoke(main, ["demo", "--day", "2023-05-08", "--no-mqtt"])
+    assert result.exit_code == 2
+    assert "no real-time prices for 2023-05-08" in result.output
 
 
 class _Watcher:

@@ -8,7 +8,7 @@ from datetime import date
 import click
 from rich.console import Console
 
-from agent.demo.run import DemoMqtt, DemoOptions, run_demo
+from agent.demo.run import DemoMqtt, DemoOptions, NoPricesError, run_demo
 
 __all__ = ["demo"]
 
@@ -66,4 +66,7 @@ def demo(  # noqa: PLR0917 - one argument per option
         to_hour=max(to_hour, from_hour + 1),
         mqtt=None if no_mqtt else DemoMqtt(host=mqtt_host, port=mqtt_port),
     )
-    asyncio.run(run_demo(options, Console()))
+    try:
+        asyncio.run(run_demo(options, Console()))
+    except NoPricesError as exc:
+        raise click.BadParameter(str(exc), param_hint="--day") from None

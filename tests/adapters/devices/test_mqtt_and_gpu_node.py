@@ -200,7 +200,9 @@ def test_a_gpu_server_is_capped_and_reported_as_a_whole_server(
     assert state.power_source == "gpu+declared overhead"
 
     ipmi = tmp_path / "ipmitool"
-    ipmi.write_text("#!/bin/sh\necho '    Instantaneous power reading:                  1234 Watts'\n")
+    ipmi.write_text(
+        "#!/bin/sh\necho '    Instantaneous power reading:                  1234 Watts'\n"
+    )
     ipmi.chmod(0o755)
     measured = GpuNode("n1", NvmlGpus("n1"), overhead_kw=0.5,
                        server_power_command=f"{ipmi} dcmi power reading")  # fmt: skip
