@@ -7,6 +7,7 @@ address from the group's template so a 5,000-miner site stays a few dozen lines 
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
@@ -20,6 +21,25 @@ __all__ = [
     "SimulatedDriverConfig",
     "expand",
 ]
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")  # fmt: skip
+
+
+def _host(value: str) -> str:
+    """An IP address or a host name (RFC 1123); `127.0.0.999` is neither."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", value) or not _HOSTNAME.match(value):
+        raise ValueError(f"{value!r} is neither an IP address nor a host name")
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
 
 
 def _long_key(key: SecretStr) -> SecretStr:
@@ -47,7 +67,7 @@ class ModbusDriverConfig(_Strict):
     """A device behind Modbus TCP described by a profile under adapters/devices/profiles/."""
 
     type: Literal["modbus"]
-    host: str
+    host: Host
     port: int = Field(default=502, ge=1, le=65535)
     unit_id: int = Field(default=1, ge=0, le=247)
     profile: str = Field(min_length=1)
@@ -76,7 +96,7 @@ class MinerDriverConfig(_Strict):
     """An ASIC miner reached through its firmware's API (CGMiner-style JSON on TCP 4028)."""
 
     type: Literal["miner"]
-    host: str
+    host: Host
     port: int = Field(default=4028, ge=1, le=65535)
     # The driver speaks the LuxOS dialect of the CGMiner API (logon, curtail, profileset);
     # other firmware would refuse every command, so the site file may not name it.

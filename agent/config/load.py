@@ -24,7 +24,7 @@ from agent.config.problems import (
     shown_value,
     substitute_env,
 )
-from agent.config.site import SiteConfig
+from agent.config.site import ServiceConfig, SiteConfig
 
 __all__ = ["load_config", "parse_config"]
 
@@ -122,6 +122,21 @@ def _bounded_yaml(text: str) -> yaml.Node | None:
     return root
 
 
+def _no_duplicate_keys(node: yaml.MappingNode) -> None:
+    """YAML says keys are unique; PyYAML keeps the last silently. A repeated key is a mistake
+    (two `site:` blocks, a pasted device), so it is an error naming both lines."""
+    seen: dict[str, int] = {}
+    for key, _value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        line = key.start_mark.line + 1
+        if key.value in seen:
+            raise yaml.YAMLError(
+                f"duplicate key {key.value!r} on line {line} (first on line {seen[key.value]})"
+            )
+        seen[key.value] = line
+
+
 def _expanded_size(root: yaml.Node) -> int:
     """Nodes the document has once every alias is expanded; linear in the distinct nodes."""
     sizes: dict[int, int] = {}
@@ -134,8 +149,11 @@ def _expanded_size(root: yaml.Node) -> int:
         if isinstance(node, yaml.ScalarNode):
             sizes[id(node)] = 1
             continue
-        children = [c for pair in node.value for c in pair] if isinstance(
-            node, yaml.MappingNode) else list(node.value)  # fmt: skip
+        if isinstance(node, yaml.MappingNode):
+            _no_duplicate_keys(node)
+            children = [c for pair in node.value for c in pair]
+        else:
+            children = list(node.value)
         if children_done:
             sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
             open_.discard(id(node))
@@ -209,13 +227,54 @@ def parse_config(
     if issues:
         raise ConfigFileError(issues)
     assert config is not None
+    config._literal_secrets = _literal_secrets(data, filled)
     return config
+
+
+def _literal_secrets(data: dict[str, Any], filled: set[tuple[int | str, ...]]) -> list[str]:
+    """Secret fields whose value is in the file, not from the environment."""
+    mqtt = data.get("mqtt")
+    if not isinstance(mqtt, dict):
+        return []
+    found = [f"mqtt.{key}" for key in ("password", "hmac_secret")
+             if isinstance(mqtt.get(key), str) and ("mqtt", key) not in filled]  # fmt: skip
+    keys = mqtt.get("hmac_keys")
+    if isinstance(keys, dict):
+        found += [
+            f"mqtt.hmac_keys.{k}" for k in keys if ("mqtt", "hmac_keys", str(k)) not in filled
+        ]
+    return found
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> SiteConfig:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        issue = ConfigIssue(file=str(path), path="", line=None, value="", message=str(exc))
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "not a UTF-8 text file" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        issue = ConfigIssue(file=str(path), path="", line=None, value="", message=why)
         raise ConfigFileError([issue]) from None
     return parse_config(text, file=str(path), env=env)
+
+
+def database_of(path: Path, env: Mapping[str, str] | None = None) -> Path:
+    """`service.database` of a site file, read without the rest of it (its secrets, drivers):
+    for the commands that only read the database. ConfigFileError when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        root = _bounded_yaml(text)
+        raw = yaml.safe_load(text) if root is not None else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        issue = ConfigIssue(file=str(path), path="", line=None, value="", message=str(exc))
+        raise ConfigFileError([issue]) from None
+    service = raw.get("service") if isinstance(raw, dict) else None
+    value = service.get("database") if isinstance(service, dict) else None
+    if value is None:
+        return ServiceConfig().database
+    missing: list[tuple[Any, ...]] = []
+    text_value = substitute_env(str(value), ("service", "database"), env or os.environ, missing)
+    if missing:
+        why = f"environment variable {missing[0][-1]} is not set"
+        issue = ConfigIssue(file=str(path), path="service.database", line=None, value="",
+                            message=why)  # fmt: skip
+        raise ConfigFileError([issue])
+    return Path(text_value)

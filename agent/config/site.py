@@ -16,13 +16,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     StringConstraints,
     field_validator,
     model_validator,
 )
 
-from agent.config.drivers import DriverConfig, expand
+from agent.config.drivers import DriverConfig, Host, expand
 from agent.config.openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.settings import FourCpWindow, Policy, Posture, StalePosture
@@ -209,7 +210,7 @@ class TlsConfig(_Strict):
 
 
 class MqttConfig(_Strict):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: str | None = None
     username: str | None = None
@@ -347,9 +348,16 @@ class SiteConfig(_Strict):
             overrides_may_exceed_grid=p.overrides_may_exceed_grid,
         )
 
+    # secrets written in the file itself rather than `${ENV}` (set by agent.config.load)
+    _literal_secrets: list[str] = PrivateAttr(default_factory=list)
+
     def warnings(self) -> list[str]:
         """What is valid but probably not meant (check-config prints them, run logs them)."""
-        found = []
+        found = [
+            f"{path} is written in the site file: put it in the service's EnvironmentFile and "
+            f"write ${{GRIDFLEX_...}} here (docs/install.md)"
+            for path in self._literal_secrets
+        ]
         rhythm_s = PUBLICATION_RHYTHM_S[self.prices.market]
         stale_s = self.policy.price_stale_after_s
         if self.prices.source != "none" and stale_s < rhythm_s:

@@ -122,3 +122,41 @@ def test_check_config_refuses_what_run_would_refuse_at_start(tmp_path: Path) -> 
         assert fragment in done.stderr
         assert "prices.replay_path is required" in done.stderr
         assert "mqtt.tls.ca_file: no such file" in done.stderr
+
+
+def test_check_config_refuses_duplicate_keys_bad_hosts_and_binary_files(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    cases = [
+        (b"site: {id: a}\nsite: {id: b}\n", "duplicate key 'site' on line 2 (first on line 1)"),
+        (b"site: {id: a}\nclasses: {c: {priority: critical}}\ndevices: [{id: d, kind: other, "
+         b"class: c, rated_kw: 1, driver: {type: modbus, host: 127.0.0.999, profile: x}}]\n",
+         "'127.0.0.999' is neither an IP address nor a host name"),
+        (b"\x00\x01\xff\xfe binary", "not a UTF-8 text file"),
+    ]  # fmt: skip
+    for content, fragment in cases:
+        site.write_bytes(content)
+        done = gridflex("check-config", "--away", str(site))
+        assert done.returncode == 2, content
+        assert fragment in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_a_secret_written_in_the_file_is_warned_about_and_reading_commands_need_no_secret(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site.yaml"
+    db = tmp_path / "db.sqlite3"
+    site.write_text(
+        "site: {id: w}\nclasses: {c: {priority: critical}}\n"
+        "devices: [{id: d, kind: other, class: c, rated_kw: 1}]\nprices: {source: none}\n"
+        "mqtt: {password: literal-password, hmac_secret: '${GF_UNSET_KEY}'}\n"
+        f'service: {{database: "{db}"}}\n'
+    )
+    done = gridflex("audit", "--config", str(site), "--since", "1h")
+    assert "GF_UNSET_KEY" not in done.stderr  # audit reads service.database alone
+    assert "no database at" in done.stderr
+    site.write_text(site.read_text().replace("'${GF_UNSET_KEY}'", "'${GF_KEY}'"))
+    done = gridflex("check-config", "--away", str(site), env={"GF_KEY": "k" * 32})
+    assert done.returncode == 0, done.stderr
+    assert "mqtt.password is written in the site file" in done.stdout
+    assert "mqtt.hmac_secret is written" not in done.stdout

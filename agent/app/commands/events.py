@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import load_config
+from agent.config.load import database_of
 from agent.errors import ConfigError
 
 __all__ = ["audit", "events"]
@@ -17,12 +17,14 @@ _DB_HELP = "the service's database (default: the site file's service.database)"
 
 
 def _database(config_path: Path | None, database: Path | None) -> Path:
+    """The database of `--database`, or the site file's `service.database`: read alone, so a
+    command that only reads the audit needs none of the secrets the service uses."""
     if database is not None:
         return database
     if config_path is None:
         raise click.UsageError("give --config SITE.yaml or --database PATH")
     try:
-        return load_config(config_path).service.database
+        return database_of(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
