@@ -20,14 +20,17 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from adapters.devices.gpu_nvml import GpuNode, NodeState, NvmlGpus
 from adapters.devices.node_protocol import Freshness, node_topics, parse_setpoint, stamp
 from adapters.transport.mqtt_session import MqttError, MqttSession, MqttSettings, TlsFiles
 from agent.errors import DeviceError
 from agent.ports import utc_now
+
+if TYPE_CHECKING:  # NVML comes with the `gpu` extra; `gridflex node` says so when it is missing
+    from adapters.devices.gpu_nvml import GpuNode
 
 __all__ = ["NodeLink", "node", "run_node"]
 
@@ -75,6 +78,8 @@ async def run_node(
             return
         refusing.clear()
         commands.put_nowait((setpoint.on, setpoint.kw))
+
+    from adapters.devices.gpu_nvml import NodeState  # noqa: PLC0415 - the gpu extra
 
     async def publish(state: NodeState) -> None:
         try:
@@ -166,6 +171,12 @@ def node(
     """Apply GPU power caps from MQTT setpoints on this server (needs NVML and root).
     Credentials: GRIDFLEX_MQTT_USERNAME / GRIDFLEX_MQTT_PASSWORD in the environment."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        from adapters.devices.gpu_nvml import GpuNode, NvmlGpus  # noqa: PLC0415
+    except ImportError:
+        raise click.ClickException(
+            "gridflex node needs NVML: pip install 'gridflex[gpu]' (nvidia-ml-py)"
+        ) from None
     key = _key_from_env(key_env)
     if key is None:
         _log.warning("%s is not set: setpoints are not signed, the broker ACL is the only guard",
