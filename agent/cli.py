@@ -19,6 +19,7 @@ _COMMANDS: dict[str, str] = {
     "check-config": "agent.app.commands.check_config:check_config",
     "node": "agent.app.commands.node:node",
     "prices": "agent.app.commands.prices:prices",
+    "status": "agent.app.commands.status:status",
 }
 # What `gridflex --help` lists, without importing every command (pandas, pymodbus, paho...):
 # the first line of each command's help, kept equal to it by tests/commands/test_cli_help.py.
@@ -32,6 +33,8 @@ SHORT_HELP: dict[str, str] = {
     "node": "Apply GPU power caps from MQTT setpoints on this server.",
     "prices": "ERCOT market prices for study and backtests.",
     "run": "Run the demand-response service for one site until SIGTERM.",
+    "status": "What the running site is doing now: load against the ceiling, price, postures, "
+    "devices down and live events.",
 }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.test_config import BROKEN, ENV, EXAMPLES, EXPECTED_PROBLEMS
 
 GRIDFLEX = shutil.which("gridflex", path=str(Path(sys.executable).parent))
@@ -160,3 +161,17 @@ def test_a_secret_written_in_the_file_is_warned_about_and_reading_commands_need_
     assert done.returncode == 0, done.stderr
     assert "mqtt.password is written in the site file" in done.stdout
     assert "mqtt.hmac_secret is written" not in done.stdout
+
+
+def test_status_says_so_when_no_service_answers(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "site: {id: quiet}\nclasses: {c: {priority: critical}}\n"
+        "devices: [{id: d, kind: other, class: c, rated_kw: 1}]\n"
+        f"mqtt: {{host: 127.0.0.1, port: {free_port()}}}\n"
+        f'service: {{database: "{tmp_path / "db.sqlite3"}"}}\n'
+    )
+    done = gridflex("status", "--config", str(site), "--wait-s", "1")
+    assert done.returncode == 1
+    assert "no telemetry within 1 s: is `gridflex run` running?" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -40,6 +40,13 @@ def test_the_local_trial_takes_a_dispatch_and_verifies_it(
         active = json.loads(watcher.wait_for("dispatch/ack", ack("trial-1", "active"),
                                              timeout_s=30))  # fmt: skip
         assert active["achieved_kw"] <= 60 * 1.005
+        shown = subprocess.run([*GRIDFLEX, "status", "--config", str(config)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert "gridflex/e2e: online" in shown.stdout
+        assert "ceiling 60.0 kW" in shown.stdout
+        assert "devices 52/52 available" in shown.stdout
+        assert "trial-1 active: limit 60.0 kW" in shown.stdout
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=30) == 0
     finally:

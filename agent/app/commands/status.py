@@ -1,0 +1,136 @@
+"""`gridflex status --config SITE.yaml`: what the running site is doing, on one screen.
+
+It listens to the service as SCADA does (the retained `<prefix>/status` and the next
+`<prefix>/telemetry`, over the site's own MQTT settings) and reads the live events with their
+compliance from the database: site kW against the ceiling, the price and whether it is stale,
+the grid postures, devices down (by id range), and each live event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["status"]
+
+WAIT_S = 5.0
+
+
+@click.command("status")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(path_type=Path, dir_okay=False, exists=True))  # fmt: skip
+@click.option("--wait-s", default=WAIT_S, show_default=True, type=click.FloatRange(0.5, 60),
+              help="how long to wait for telemetry")  # fmt: skip
+def status(config_path: Path, wait_s: float) -> None:
+    """What the running site is doing now: load against the ceiling, price, postures, devices
+    down and live events."""
+    from agent.config import ConfigFileError, load_config  # noqa: PLC0415 - keep --help fast
+
+    try:
+        config = load_config(config_path)
+    except ConfigFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    if config.mqtt is None:
+        raise click.ClickException("the site file has no mqtt section: status listens over MQTT")
+    seen = asyncio.run(_listen(config, wait_s))
+    telemetry = seen.get("telemetry")
+    click.echo(f"service {config.topic_prefix}: {seen.get('status', 'no status retained')}")
+    if telemetry is None:
+        click.echo(f"no telemetry within {wait_s:g} s: is `gridflex run` running?", err=True)
+        sys.exit(1)
+    for line in _lines(telemetry):
+        click.echo(line)
+    for line in _event_lines(config.service.database):
+        click.echo(line)
+
+
+async def _listen(config: Any, wait_s: float) -> dict[str, Any]:
+    from adapters.transport.mqtt_session import MqttError, MqttSession  # noqa: PLC0415
+    from agent.app.mqtt_link import session_settings  # noqa: PLC0415
+
+    settings = session_settings(config.mqtt, config.topic_prefix,
+                                f"gridflex-status-{uuid.uuid4().hex[:8]}",
+                                session_expiry_s=0)  # fmt: skip
+    # a passing look: no session kept, no last will, no "online" announced in the site's name
+    settings = replace(settings, clean_start=True, will=None, birth=None, manual_acks=False)
+    session = MqttSession(settings)
+    seen: dict[str, Any] = {}
+    got = asyncio.Event()
+    prefix = config.topic_prefix
+
+    def on_status(_topic: str, payload: bytes) -> None:
+        seen["status"] = payload.decode(errors="replace")
+
+    def on_telemetry(_topic: str, payload: bytes) -> None:
+        try:
+            seen["telemetry"] = json.loads(payload)
+            got.set()
+        except ValueError:
+            pass
+
+    session.subscribe(f"{prefix}/status", on_status)
+    session.subscribe(f"{prefix}/telemetry", on_telemetry)
+    try:
+        await session.connect(timeout_s=wait_s)
+        await asyncio.wait_for(got.wait(), wait_s)
+    except (MqttError, TimeoutError):
+        pass
+    finally:
+        await session.close()
+    return seen
+
+
+def _lines(t: dict[str, Any]) -> list[str]:
+    ceiling = t.get("site_ceiling_kw")
+    against = "no ceiling" if ceiling is None else f"ceiling {ceiling:,.1f} kW"
+    price = t.get("price_usd_per_mwh")
+    price_text = "no price" if price is None else f"{price:,.2f} $/MWh"
+    if t.get("price_stale"):
+        price_text += " (stale: the stale posture applies)"
+    postures = [f"grid {t.get('grid_emergency', 'normal')}"]
+    if t.get("fourcp_warning"):
+        postures.append("4CP warning in force")
+    lines = [
+        f"at {t.get('at')}: site {t.get('site_kw', 0):,.1f} kW ({against}), planned "
+        f"{t.get('planned_kw', 0):,.1f} kW",
+        f"price {price_text}; {', '.join(postures)}",
+        f"devices {t.get('devices_available')}/{t.get('devices_total')} available",
+    ]
+    down = t.get("unavailable") or []
+    if down:
+        lines.append("  down or not obeying: " + ", ".join(down[:20])
+                     + (" ..." if len(down) > 20 else ""))  # fmt: skip
+    for name, kw in sorted((t.get("class_kw") or {}).items()):
+        lines.append(f"  {name:16} {kw:10,.1f} kW")
+    return lines
+
+
+def _event_lines(database: Path) -> list[str]:
+    from agent.service.store import Store  # noqa: PLC0415
+
+    if not Path(database).exists():
+        return [f"no database at {database}"]
+    store = Store(database)
+    try:
+        live = store.events(live_only=True)
+    finally:
+        store.close()
+    if not live:
+        return ["no live events"]
+    out = ["live events:"]
+    for e in live:
+        c = e.compliance
+        record = "" if c is None else (
+            f", compliant {c.compliant_cycles}/{c.cycles} cycles, worst {c.worst_over_kw:,.1f} kW "
+            "over")  # fmt: skip
+        achieved = "" if e.achieved_kw is None else f", achieved {e.achieved_kw:,.1f} kW"
+        out.append(f"  {e.event_id} {e.status}: {e.kind} {e.requested_kw:,.1f} kW from "
+                   f"{e.source}{achieved}{record}")  # fmt: skip
+    return out
