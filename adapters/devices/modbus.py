@@ -10,7 +10,7 @@ window (agent/service/devices.py), never on the first reading.
 from __future__ import annotations
 
 from adapters.devices.codec import decode, encode
-from adapters.devices.modbus_batch import ModbusEndpoint
+from adapters.devices.modbus_batch import ModbusEndpoint, proves_by_power
 from adapters.devices.profile import Profile, Register, load_profile
 from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
 from agent.config.drivers import ModbusDriverConfig
@@ -136,22 +136,9 @@ class ModbusDriver:
         None when there is nothing to prove yet (a load switched on ramps up in its own time).
         A reading still above the command is returned as it is: power takes `settle_s` to
         follow, and the shell judges the device over that window, not on one reading."""
-        ceiling_w = self._power_ceiling_w(command)
-        if ceiling_w is None or self._profile.readings.active_power is None:
+        if not proves_by_power(self._profile, command):
             return None
         return await self._read_power_kw()
-
-    def _power_ceiling_w(self, command: DeviceCommand) -> float | None:
-        """The most the device may draw once the command holds; None: nothing to prove yet.
-        A percent or power-limit command is proven by power like an off (the shell judges the
-        reading against the command's kW, after the settle window)."""
-        verify = self._profile.verify
-        if not command.on:
-            return verify.off_max_w
-        setpoint = self._profile.actions.setpoint
-        if setpoint is not None and setpoint.unit in ("W", "kW", "percent"):
-            return command.kw * 1000.0 * (1.0 + verify.limit_tolerance) + verify.off_max_w
-        return None  # switching on: a load ramps up in its own time
 
     async def _read_power_kw(self) -> float | None:
         reading = self._profile.readings.active_power

@@ -26,7 +26,7 @@ from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
 from agent.errors import DeviceError, DeviceRejectedError, VerificationError
 from agent.ports import Clock, DeviceCommand, DeviceReading, utc_now
 
-__all__ = ["ModbusEndpoint", "Result"]
+__all__ = ["ModbusEndpoint", "Result", "proves_by_power"]
 
 MAX_BITS_READ, MAX_BITS_WRITE = 2000, 1968
 MAX_WORDS_READ, MAX_WORDS_WRITE = 125, 123
@@ -57,6 +57,16 @@ def runs(spans: Sequence[_Span], limit: int) -> list[list[_Span]]:
                 continue
         out.append([span])
     return out
+
+
+def proves_by_power(profile: Profile, command: DeviceCommand) -> bool:
+    """Whether a power reading right after the command says something: an off, a percent or a
+    power limit (the shell judges it against the command's kW after the settle window); a
+    switch-on proves nothing yet, a load ramps up in its own time."""
+    if profile.readings.active_power is None:
+        return False
+    setpoint = profile.actions.setpoint
+    return not command.on or (setpoint is not None and setpoint.unit in ("W", "kW", "percent"))
 
 
 class ModbusEndpoint:
@@ -102,7 +112,7 @@ class ModbusEndpoint:
             for run in runs(spans, limit):
                 await self._write_run(register, run, results, commands)
         proving = [k for k, c in enumerate(commands)
-                   if results[k] is None and self._proves(c)]  # fmt: skip
+                   if results[k] is None and proves_by_power(self._profile, c)]  # fmt: skip
         device_ids = [c.device_id for c in commands]
         now = self._clock()
         for k, kw in (await self._read_power(proving, device_ids, results)).items():
@@ -200,14 +210,6 @@ class ModbusEndpoint:
         return power_kw
 
     # -- what the profile allows -------------------------------------------------------------
-    def _proves(self, command: DeviceCommand) -> bool:
-        """Whether a reading right after the command says something (switching off; a power
-        limit); switching on proves nothing yet: a load ramps up in its own time."""
-        if self._profile.readings.active_power is None:
-            return False
-        setpoint = self._profile.actions.setpoint
-        return not command.on or (setpoint is not None and setpoint.unit in ("W", "kW", "percent"))
-
     def _write_limit(self, register: Register) -> int:
         limits = self._profile.limits
         if register.table.is_bit:

@@ -140,12 +140,12 @@ class Readings(_Strict):
 
 
 class VerifyPolicy(_Strict):
-    """How the driver proves a command took effect after reading it back.
+    """How power follows a command on this device.
 
-    `off_max_w`: a device commanded off must measure at most this much (PDUs meter a few watts of
-    idle draw). `settle_s`: how long power may take to follow a command (the shell does not call
-    a device disobedient before that).
-    `limit_tolerance`: measured power may exceed a W/kW setpoint by this fraction.
+    `settle_s`: how long power may take to follow a command (the shell does not call a device
+    disobedient before that). `off_max_w` and `limit_tolerance` are still accepted so that older
+    profiles load, and no longer used: the shell judges every reading against the command's kW
+    (agent/service/devices.py).
     """
 
     off_max_w: float = Field(default=25.0, ge=0)

@@ -189,3 +189,14 @@ class MessageChecks:
                 f"issued_at {issued_at.isoformat()} is {-age_s:.0f} s in the future "
                 f"(more than the {self.limits.clock_skew_s:.0f} s clock skew allowed)"
             )
+
+    def message(self, model: type[Model], raw: Any, now: datetime) -> tuple[Model, str | None]:
+        """A decoded message through signature, schema, dates and freshness, in that order: the
+        message and the id of the key that signed it (None when the site signs nothing)."""
+        key = self.signature(raw)
+        message = self.schema(model, raw)
+        self.dates(message, now)
+        issued_at = getattr(message, "issued_at", None)
+        if isinstance(issued_at, datetime):
+            self.fresh(issued_at, now)
+        return message, key

@@ -112,6 +112,9 @@ class DeviceBank:
         self.changes: list[tuple[str, str, str]] = []  # (device id, change, reason)
         self._unlogged: dict[tuple[str, str, int], list[int]] = {}
         self.has_driver = np.array([d is not None for d in self.drivers], dtype=np.bool_)
+        # the endpoint each device shares with others (a PDU's outlets), found once
+        self._batches: list[EndpointBatch | None] = [getattr(d, "batch", None)
+                                                     for d in self.drivers]  # fmt: skip
         self.available = np.ones(n, dtype=np.bool_)
         self.measured_kw: FloatArray = np.full(n, np.nan)
         # readings are evidence, not truth: one outside physics is set aside (take_reading)
@@ -169,8 +172,7 @@ class DeviceBank:
         if not self.obeying[i]:
             return "not_obeying"
         measured = float(self.measured_kw[i])
-        in_window = self._monotonic() - self.commanded_at_s[i] < self.settle_s[i]
-        if in_window and not np.isnan(measured) and self._excess_kw(i, measured):
+        if self._settling(i) and not np.isnan(measured) and self._excess_kw(i, measured):
             return "settling"
         return "ok"
 
@@ -200,7 +202,7 @@ class DeviceBank:
         singles: list[int] = []
         batches: dict[int, tuple[EndpointBatch, list[int]]] = {}
         for i in indices.tolist():
-            batch: EndpointBatch | None = getattr(self.drivers[i], "batch", None)
+            batch = self._batches[i]
             if batch is None:
                 singles.append(i)
             else:
@@ -278,8 +280,7 @@ class DeviceBank:
     def _judge(self, i: int, reading: DeviceReading) -> bool:
         """Settling, obeying, or not obeying (False) after its settle window."""
         excess = self._excess_kw(i, float(reading.power_kw or 0.0))
-        settling = self._monotonic() - self.commanded_at_s[i] < self.settle_s[i]
-        if excess and not settling:
+        if excess and not self._settling(i):
             self._disobeys(i, excess)
             return False
         if not excess and not self.obeying[i]:
@@ -288,6 +289,10 @@ class DeviceBank:
             self._resend_every_s[i] = 0.0
             self._changed(i, "obeys its command again", "", logging.INFO)
         return True
+
+    def _settling(self, i: int) -> bool:
+        """Whether device i is still within its settle window after its last command."""
+        return bool(self._monotonic() - self.commanded_at_s[i] < self.settle_s[i])
 
     def _overlapped(self, i: int, seq_before: int) -> bool:
         """Whether a command to device i ran during a read that began at `seq_before`."""

@@ -87,8 +87,7 @@ class EventBook:
 
     def ack_again(self, event_id: str) -> None:
         """Publish the ack of an event as it stands (live, else as stored) once more."""
-        record = self._live.get(event_id) or self._finished.get(event_id)
-        record = record or self._store.event(event_id)
+        record = self.get(event_id) or self._store.event(event_id)
         if record is not None:
             self._ack(record)
 
@@ -97,9 +96,7 @@ class EventBook:
         return self._live.get(event_id) or self._finished.get(event_id)
 
     def known(self, event_id: str) -> bool:
-        if event_id in self._live or event_id in self._finished:
-            return True
-        return self._store.event(event_id) is not None
+        return self.get(event_id) is not None or self._store.event(event_id) is not None
 
     def accept(self, record: EventRecord) -> bool:
         """Take a new event; False (and nothing changes) when its event_id is already known."""

@@ -102,12 +102,8 @@ async def _apply_batch(
 async def _apply_one(bank: DeviceBank, i: int, target: FloatArray) -> str:
     driver = bank.drivers[i]
     assert driver is not None
-    kw = float(target[i])
-    rated = float(bank.fleet.rated_kw[i])
-    device_id = bank.fleet.device_ids[i]
-    command = DeviceCommand(device_id, kw > EPS_KW, kw, 100.0 * kw / rated if rated else 0.0)
-    bank.commanded_kw[i] = kw
-    bank.command_seq[i] += 1
+    (command,) = _commands(bank, np.array([i], dtype=np.intp), target)
+    kw, device_id = command.kw, command.device_id
     timeout_s = bank.settings.verify_timeout_s
     try:
         async with bank.semaphore, asyncio.timeout(timeout_s):

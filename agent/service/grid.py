@@ -99,10 +99,7 @@ class GridIntake:
         now = self._clock()
         try:
             raw = self._checks.decode(payload)
-            self._checks.signature(raw)
-            message = self._checks.schema(_MODELS[topic], raw)
-            self._checks.dates(message, now)
-            self._checks.fresh(message.issued_at, now)
+            message, _key = self._checks.message(_MODELS[topic], raw, now)
             if message.expires_at is not None and message.expires_at <= now:
                 raise RejectedError(f"expired: expires_at {message.expires_at.isoformat()} passed")
             if self._is_duplicate(topic, message) or self._replay.seen(message.message_id):

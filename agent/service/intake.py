@@ -66,10 +66,7 @@ class Intake:
         raw: Any = None
         try:
             raw = self._checks.decode(payload)
-            key = self._checks.signature(raw)
-            message = self._checks.schema(DispatchMessage, raw)
-            self._checks.dates(message, now)
-            self._checks.fresh(message.issued_at, now)
+            message, key = self._checks.message(DispatchMessage, raw, now)
             if self._replay.seen(message.message_id):
                 self._events.ack_again(message.event_id)  # the sender may not have seen it
                 return "duplicate"
@@ -162,10 +159,7 @@ class Intake:
         raw: Any = None
         try:
             raw = self._checks.decode(payload)
-            self._checks.signature(raw)
-            message = self._checks.schema(OverrideMessage, raw)
-            self._checks.dates(message, now)
-            self._checks.fresh(message.issued_at, now)
+            message, _key = self._checks.message(OverrideMessage, raw, now)
             if self._replay.seen(message.message_id):
                 return "duplicate"  # applied once already: a replay changes nothing
             with self._store.transaction():

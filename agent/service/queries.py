@@ -40,7 +40,7 @@ def answer_device_query(shell: Shell, payload: bytes, now: datetime) -> DeviceAn
             unknown.append(device_id)
             continue
         measured = float(devices.measured_kw[i])
-        kw, rule, reason = float("nan"), "", "no decision yet"
+        kw, rule, reason = 0.0, "", "no decision yet"
         if last is not None:
             d = last.decision
             kw, rule = float(d.setpoint_kw[i]), Rule(int(d.rule[i])).label
@@ -48,7 +48,7 @@ def answer_device_query(shell: Shell, payload: bytes, now: datetime) -> DeviceAn
         answers.append(
             DeviceSetpoint(
                 device_id=device_id,
-                kw=round(kw, 3) if last is not None else 0.0,
+                kw=round(kw, 3),
                 rule=rule,
                 reason=reason,
                 load_class=fleet.classes[int(fleet.class_index[i])].name,

@@ -99,14 +99,13 @@ class SqlWriter:
         StoreError if one handed over after `after` was dropped."""
         target = self._handed if upto is None else upto
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] | None = None
         with self._lock:
             if self._done < target:
-                future: asyncio.Future[None] = loop.create_future()
-                self._waiters.append((target, loop, future))
-            else:
                 future = loop.create_future()
-                future.set_result(None)
-        await future
+                self._waiters.append((target, loop, future))
+        if future is not None:
+            await future
         lost = [seq for seq in self._dropped if after < seq <= target]
         if lost:
             raise StoreError(f"{len(lost)} database write(s) could not be committed")
