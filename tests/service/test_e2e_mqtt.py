@@ -264,3 +264,43 @@ def test_a_write_locked_database_blocks_neither_the_loop_nor_loses_the_dispatch(
 def _event_ids(db: Path) -> set[str]:
     with sqlite3.connect(db) as reader:
         return {row[0] for row in reader.execute("SELECT event_id FROM events")}
+
+
+def test_poison_messages_over_mqtt_are_rejected_and_the_service_still_restarts(
+    tmp_path: Path, own_mqtt_broker: Broker, modbus_site: int
+) -> None:
+    """What an attacker on the broker sent to `gridflex run`: an emergency expiring in year 9999
+    (it used to be stored and crash every later start), JSON nested 5,000 deep, a 70 KB message.
+    Each is rejected with its reason on the ack topic; after kill -9 the service starts again."""
+    db = tmp_path / "gridflex.sqlite3"
+    config = tmp_path / "site.yaml"
+    config.write_text(SITE.format(modbus_port=modbus_site, mqtt_port=own_mqtt_broker.port, db=db))
+    watcher = Watcher(own_mqtt_broker)
+    service = start_service(config)
+    try:
+        watcher.wait_for("status", lambda p: p == "online")
+        watcher.send("grid/emergency", {"level": "eea2", "issued_at": now_iso(),
+                                        "expires_at": "9999-12-31T23:59:59-05:00"})  # fmt: skip
+        grid = json.loads(watcher.wait_for("grid/ack", lambda p: '"rejected"' in p))
+        assert "expires_at out of range" in grid["reason"]
+        watcher.send("dispatch", '{"event_id": ' + "[" * 5000 + "]" * 5000 + "}")
+        deep = json.loads(watcher.wait_for("dispatch/ack", lambda p: '"rejected"' in p))
+        assert "nested deeper" in deep["reason"]
+        watcher.send("dispatch", '{"event_id": "' + "x" * 70_000 + '"}')
+        big = json.loads(watcher.wait_for("dispatch/ack", lambda p: '"rejected"' in p))
+        assert "too large" in big["reason"]
+
+        service.send_signal(signal.SIGKILL)
+        service.wait(timeout=10)
+        watcher.drain()
+        service = start_service(config)
+        watcher.wait_for("status", lambda p: p == "online")
+        telemetry = json.loads(watcher.wait_for("telemetry", lambda p: True))
+        assert telemetry["grid_emergency"] == "normal"  # nothing of the poison was kept
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=20) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+        watcher.client.loop_stop()
+        watcher.client.disconnect()
