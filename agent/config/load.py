@@ -26,7 +26,7 @@ from agent.config.problems import (
 )
 from agent.config.site import ServiceConfig, SiteConfig
 
-__all__ = ["load_config", "parse_config"]
+__all__ = ["OFFLINE_SECTIONS", "load_config", "parse_config"]
 
 Problem = tuple[tuple[int | str, ...], Any, str]  # where, the value, why
 _OVER_MQTT = frozenset({"mqtt", "gpu_node"})  # driver types that need the site's MQTT connection
@@ -167,9 +167,17 @@ def _expanded_size(root: yaml.Node) -> int:
 
 
 def parse_config(
-    text: str, *, file: str = "<site>", env: Mapping[str, str] | None = None
+    text: str,
+    *,
+    file: str = "<site>",
+    env: Mapping[str, str] | None = None,
+    sections: frozenset[str] | None = None,
 ) -> SiteConfig:
-    """Parse and validate a site file; raises ConfigError listing every issue (see .issues)."""
+    """Parse and validate a site file; raises ConfigError listing every issue (see .issues).
+
+    `sections`: read only these top-level sections (and devices without their drivers unless
+    "drivers" is named), for commands that need no connection: the others are skipped whole, so
+    their `${SECRETS}` need not be set. Unknown top-level keys are still reported."""
     environment = os.environ if env is None else env
     try:
         root = _bounded_yaml(text)
@@ -183,6 +191,8 @@ def parse_config(
         issue = ConfigIssue(file=file, path="", line=1, value="", message="must be a mapping")
         raise ConfigFileError([issue])
 
+    if sections is not None:
+        raw = _only(raw, sections)
     missing: list[tuple[Any, ...]] = []
     filled: set[tuple[int | str, ...]] = set()
     data = substitute_env(raw, (), environment, missing, filled)
@@ -231,6 +241,18 @@ def parse_config(
     return config
 
 
+def _only(raw: dict[Any, Any], sections: frozenset[str]) -> dict[Any, Any]:
+    known = SiteConfig.model_fields.keys()
+    kept = {k: v for k, v in raw.items() if k in sections or k not in known}
+    devices = kept.get("devices")
+    if "drivers" not in sections and isinstance(devices, list):
+        kept["devices"] = [
+            {k: v for k, v in d.items() if k != "driver"} if isinstance(d, dict) else d
+            for d in devices
+        ]
+    return kept
+
+
 def _literal_secrets(data: dict[str, Any], filled: set[tuple[int | str, ...]]) -> list[str]:
     """Secret fields whose value is in the file, not from the environment."""
     mqtt = data.get("mqtt")
@@ -246,14 +268,20 @@ def _literal_secrets(data: dict[str, Any], filled: set[tuple[int | str, ...]]) -
     return found
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> SiteConfig:
+# what a replay of the site's history reads: no connections, no secrets, no drivers
+OFFLINE_SECTIONS = frozenset({"site", "classes", "devices", "policy"})
+
+
+def load_config(
+    path: Path, env: Mapping[str, str] | None = None, sections: frozenset[str] | None = None
+) -> SiteConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = "not a UTF-8 text file" if isinstance(exc, UnicodeDecodeError) else str(exc)
         issue = ConfigIssue(file=str(path), path="", line=None, value="", message=why)
         raise ConfigFileError([issue]) from None
-    return parse_config(text, file=str(path), env=env)
+    return parse_config(text, file=str(path), env=env, sections=sections)
 
 
 def database_of(path: Path, env: Mapping[str, str] | None = None) -> Path:

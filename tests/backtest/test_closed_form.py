@@ -101,3 +101,35 @@ def test_per_month_breakdown_is_in_local_time_and_adds_up() -> None:
     assert months["2024-11"]["intervals"] == 30 * 96 + 4
     for key in ("energy_mwh", "energy_cost_usd", "revenue_usd", "net_benefit_usd"):
         assert sum(m[key] for m in months.values()) == pytest.approx(summary[key], rel=1e-9)
+
+
+def test_the_plot_shows_the_settlement_money() -> None:
+    """The picture's cumulative line ends at the total benefit; its monthly bars are the
+    summary's months (avoided cost, forgone revenue, payments and net)."""
+    from agent.backtest.plot import cumulative_net_by_day, money_by_month
+
+    intervals = year_2024()
+    fleet = one_class(60.0)
+    capacity = np.full(len(intervals.start_ns), 2.5)
+    settlement = settle(replay(fleet, Policy(), intervals), intervals, fleet,
+                        timezone="America/Chicago", capacity_mw=4,
+                        capacity_usd_per_mw_h=capacity)  # fmt: skip
+    summary, frame = settlement.summary, settlement.frame
+    running = cumulative_net_by_day(frame, "America/Chicago")
+    assert len(running) == 366
+    assert running.index[0] == "2024-01-01"
+    assert running.iloc[-1] == pytest.approx(summary["total_benefit_usd"], rel=1e-9)
+    bars = money_by_month(frame)
+    months = summary["months"]
+    assert isinstance(months, dict)
+    assert list(bars.index) == list(months)
+    for month, m in months.items():
+        row = bars.loc[month]
+        assert row["avoided_cost_usd"] == pytest.approx(
+            m["baseline_energy_cost_usd"] - m["energy_cost_usd"], rel=1e-9
+        )
+        assert row["forgone_revenue_usd"] == pytest.approx(
+            m["baseline_revenue_usd"] - m["revenue_usd"], rel=1e-9
+        )
+        assert row["payments_usd"] == pytest.approx(m["capacity_payments_usd"], rel=1e-9)
+        assert row["net_usd"] == pytest.approx(m["total_benefit_usd"], rel=1e-9)

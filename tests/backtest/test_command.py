@@ -20,8 +20,10 @@ from tests.backtest.helpers import ENV, RT_2024, prices_2024
 GRIDFLEX = str(Path(sys.executable).parent / "gridflex")
 
 
-def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **ENV, "COLUMNS": "120"}
+def _run(*args: str | Path, secrets: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(ENV if secrets else {}), "COLUMNS": "120"}
+    if not secrets:
+        env = {k: v for k, v in env.items() if not k.startswith("GRIDFLEX_")}
     return subprocess.run(
         [GRIDFLEX, "backtest", *map(str, args)],
         capture_output=True, text=True, env=env, timeout=60, check=False,
@@ -71,7 +73,7 @@ def test_what_if_year_with_contract_capacity_dispatch_and_4cp(tmp_path: Path) ->
         "--system-load", load, "--fourcp-usd-per-kw-year", "50",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "net_benefit_usd" in done.stdout
+    assert "net benefit of flexibility" in done.stdout
     assert "2024-11" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["intervals"] == 35_136
@@ -173,3 +175,26 @@ def test_a_price_that_is_no_number_is_refused_with_its_line(tmp_path: Path, bad:
     assert "line 9" in done.stderr
     assert bad.lower() in done.stderr.lower()  # pandas reads "NaN" as nan
     assert not (out / "summary.json").exists()
+
+
+def test_a_site_file_backtest_needs_no_secrets_and_its_tables_survive_a_pipe(
+    tmp_path: Path,
+) -> None:
+    """The 50 MW example names MQTT secrets and drivers a replay never uses; piped (as here),
+    the tables are plain ASCII, every column of every month whole, the labels in words."""
+    out = tmp_path / "out"
+    site = Path(__file__).parents[2] / "deploy/examples/west-50mw.yaml"
+    done = _run("--config", site, "--prices", RT_2024, "--out", out, "--no-plot", secrets=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.isascii(), "box-drawing or ellipsis characters in piped output"
+    for label in ("energy cost running everything", "net benefit of flexibility"):
+        assert label in done.stdout
+    assert "_usd" not in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 2024-")]
+    assert len(rows) == 12
+    for line, (month, m) in zip(rows, summary["months"].items(), strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == month
+        assert len(cells) == 7
+        assert cells[-1] == f"{m['total_benefit_usd']:,.0f}"

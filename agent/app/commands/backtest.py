@@ -42,6 +42,7 @@ from agent.backtest import (
     settle,
 )
 from agent.config import ConfigFileError, load_config
+from agent.config.load import OFFLINE_SECTIONS
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.settings import Policy
 from agent.domain.signals import Obligation
@@ -81,7 +82,7 @@ def _site(options: dict[str, Any]) -> _Site:
         return _what_if(options)
     if what_if:
         raise click.UsageError("--load-mw/--breakeven are for a what-if without --config")
-    config = load_config(config_path)
+    config = load_config(config_path, sections=OFFLINE_SECTIONS)
     policy = config.decision_policy()
     if options["hysteresis"] is not None:
         policy = replace(policy, hysteresis_usd_per_mwh=options["hysteresis"])
@@ -208,6 +209,12 @@ def _with_options(command: Any) -> Any:
     return command
 
 
+def _console() -> Console:
+    """The terminal's width on a terminal; piped, wide enough that no column is cut."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 160))
+
+
 @click.command("backtest")
 @_with_options
 def backtest(**options: Any) -> None:
@@ -216,7 +223,7 @@ def backtest(**options: Any) -> None:
     _check_usage(options)
     try:
         with Plotter(enabled=not options["no_plot"]) as plotter:
-            _backtest(options, Console(), err, plotter)
+            _backtest(options, _console(), err, plotter)
     except ConfigFileError as exc:
         err.print(f"[bold red]{options['config']}: {len(exc.issues)} problem(s)[/]")
         for issue in exc.issues:
@@ -262,7 +269,7 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
         capacity_mw=options["capacity_mw"] or 0.0, capacity_usd_per_mw_h=capacity,
     )  # fmt: skip
     out: Path = options["out"]
-    plotter.submit(out / "plot.png", settlement.frame, tz, f"{site.name}: price and site load")
+    plotter.submit(out / "plot.png", settlement.frame, tz, site.name)
     summary: dict[str, Any] = {"site": site.name, **settlement.summary}
     summary |= {
         "settlement_point": intervals.settlement_point,
@@ -287,10 +294,11 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
         )
     write_outputs(out, summary, backtest_frame(trace, settlement.frame, site.fleet, tz))
     period = f"{summary['first_interval_utc'][:10]} .. {summary['last_interval_utc'][:10]} UTC"
-    console.print(summary_table(summary, f"backtest {site.name}, {period}"))
-    console.print(months_table(summary))
+    terminal = console.is_terminal
+    console.print(summary_table(summary, f"backtest {site.name}, {period}", terminal))
+    console.print(months_table(summary, terminal))
     if "fourcp" in summary:
-        console.print(fourcp_table(summary["fourcp"]))
+        console.print(fourcp_table(summary["fourcp"], terminal))
     plotter.wait()
     written = "summary.json, decisions.csv" + ("" if options["no_plot"] else ", plot.png")
     console.print(f"wrote {written} in {out}", highlight=False, soft_wrap=True)

@@ -19,23 +19,51 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich import box
 from rich.table import Table
 
-__all__ = ["Plotter", "months_table", "summary_table", "write_outputs"]
+__all__ = ["Plotter", "fourcp_table", "months_table", "summary_table", "table_box", "write_outputs"]
 
 _MONEY = (
     "energy_cost_usd", "baseline_energy_cost_usd", "revenue_usd", "baseline_revenue_usd",
     "power_credits_usd", "capacity_payments_usd", "net_benefit_usd", "total_benefit_usd",
 )  # fmt: skip
-_FIGURES = ("intervals", "energy_mwh", "curtailed_mwh", "curtailed_hours", "curtailment_events")
-_PLOT_COLUMNS = ["interval_start_utc", "price_usd_per_mwh", "site_kw", "baseline_kw", "curtailed"]
+# what the picture needs of the settlement (the worker process gets only these)
+_PLOT_COLUMNS = [
+    "interval_start_utc", "month", "price_usd_per_mwh", "site_kw", "baseline_kw", "curtailed",
+    "energy_cost_usd", "baseline_energy_cost_usd", "revenue_usd", "baseline_revenue_usd",
+    "capacity_usd",
+]  # fmt: skip
 
 
-def summary_table(summary: dict[str, Any], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+# summary.json's keys in words, in the order a reader wants them
+_LABELS = {
+    "intervals": "intervals replayed",
+    "energy_mwh": "energy drawn, MWh",
+    "curtailed_mwh": "energy curtailed, MWh",
+    "curtailed_hours": "hours with curtailment",
+    "curtailment_events": "curtailments (separate runs)",
+    "energy_cost_usd": "energy cost",
+    "baseline_energy_cost_usd": "energy cost running everything",
+    "revenue_usd": "mining/inference revenue",
+    "baseline_revenue_usd": "revenue running everything",
+    "power_credits_usd": "contract energy sold back",
+    "capacity_payments_usd": "program (capacity) payments",
+    "net_benefit_usd": "net benefit of flexibility",
+    "total_benefit_usd": "net benefit with payments",
+}
+
+
+def table_box(terminal: bool) -> box.Box:
+    """Heavy lines on a terminal; plain ASCII when piped or redirected, so nothing breaks."""
+    return box.HEAVY_HEAD if terminal else box.ASCII
+
+
+def summary_table(summary: dict[str, Any], title: str, terminal: bool = True) -> Table:
+    table = Table(title=title, title_justify="left", box=table_box(terminal))
     table.add_column("figure")
     table.add_column("value", justify="right")
-    for key in (*_FIGURES, *_MONEY):
+    for key, label in _LABELS.items():
         value = summary[key]
         if key in _MONEY:
             text = f"${value:,.0f}"
@@ -43,25 +71,31 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
             text = f"{value:,.1f}"
         else:
             text = f"{value:,}"
-        table.add_row(key, text)
+        table.add_row(label, text)
     return table
 
 
-def months_table(summary: dict[str, Any]) -> Table:
-    table = Table(title="per month (site local time)", title_justify="left")
-    for column in ("month", "MWh", "curtailed h", "events", "cost $", "revenue $", "net benefit $"):
+def months_table(summary: dict[str, Any], terminal: bool = True) -> Table:
+    """Each month's parts of the net benefit, as the plot's bars show them."""
+    table = Table(title="per month (site local time), $ against running everything",
+                  title_justify="left", box=table_box(terminal))  # fmt: skip
+    for column in ("month", "MWh", "curtailed h", "avoided cost", "forgone revenue", "payments",
+                   "net"):  # fmt: skip
         table.add_column(column, justify="left" if column == "month" else "right")
     for month, m in summary["months"].items():
+        avoided = m["baseline_energy_cost_usd"] - m["energy_cost_usd"]
+        forgone = m["baseline_revenue_usd"] - m["revenue_usd"]
         table.add_row(
-            month, f"{m['energy_mwh']:,.0f}", f"{m['curtailed_hours']:,.2f}",
-            f"{m['curtailment_events']}", f"{m['energy_cost_usd']:,.0f}",
-            f"{m['revenue_usd']:,.0f}", f"{m['net_benefit_usd']:,.0f}",
+            month, f"{m['energy_mwh']:,.0f}", f"{m['curtailed_hours']:,.2f}", f"{avoided:,.0f}",
+            f"{forgone:,.0f}", f"{m['capacity_payments_usd']:,.0f}",
+            f"{m['total_benefit_usd']:,.0f}",
         )  # fmt: skip
     return table
 
 
-def fourcp_table(report: dict[str, Any]) -> Table:
-    table = Table(title="4CP: ERCOT summer system peaks", title_justify="left")
+def fourcp_table(report: dict[str, Any], terminal: bool = True) -> Table:
+    table = Table(title="4CP: ERCOT summer system peaks", title_justify="left",
+                  box=table_box(terminal))  # fmt: skip
     for column in ("month", "peak (local)", "system MW", "site kW", "curtailed", "avoided $"):
         table.add_column(column)
     for m in report["months"]:
