@@ -52,7 +52,7 @@ DeviceKey = Annotated[SecretStr, AfterValidator(_long_key)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _offset_host(host: str, offset: int) -> str:
@@ -67,15 +67,21 @@ class ModbusDriverConfig(_Strict):
     """A device behind Modbus TCP described by a profile under adapters/devices/profiles/."""
 
     type: Literal["modbus"]
+    """`modbus`"""
     host: Host
+    """the device's address (a group's members take the next addresses)"""
     port: int = Field(default=502, ge=1, le=65535)
+    """Modbus TCP port"""
     unit_id: int = Field(default=1, ge=0, le=247)
+    """the Modbus unit id"""
     profile: str = Field(min_length=1)
+    """a shipped profile name or a path ending .yaml (docs/devices.md)"""
     channel: int = Field(default=1, ge=1, description="outlet / channel number within the device")
     channels_per_host: int | None = Field(
         default=None, ge=1, description="for groups: members fill a host's channels, then the next"
     )
     timeout_s: float = Field(default=1.0, gt=0, le=30)
+    """one request's timeout"""
     settle_s: float | None = Field(
         default=None, ge=0, le=600, description="overrides the profile's settle time"
     )
@@ -96,12 +102,17 @@ class MinerDriverConfig(_Strict):
     """An ASIC miner reached through its firmware's API (CGMiner-style JSON on TCP 4028)."""
 
     type: Literal["miner"]
+    """`miner`"""
     host: Host
+    """the miner's address (a group's members take the next addresses)"""
     port: int = Field(default=4028, ge=1, le=65535)
+    """the firmware API's TCP port"""
     # The driver speaks the LuxOS dialect of the CGMiner API (logon, curtail, profileset);
     # other firmware would refuse every command, so the site file may not name it.
     firmware: Literal["luxos"] = "luxos"
+    """the firmware's API dialect"""
     timeout_s: float = Field(default=2.0, gt=0, le=30)
+    """one request's timeout"""
     # A sleeping miner's hashboards stop within seconds, its fans and PSU settle over tens of
     # seconds; waking re-tunes the boards for longer. Overridable for firmware that is slower.
     settle_s: float = Field(
@@ -116,9 +127,13 @@ class MqttDriverConfig(_Strict):
     """A device that takes an absolute setpoint on an MQTT topic and echoes its state on another."""
 
     type: Literal["mqtt"]
+    """`mqtt`"""
     command_topic: str = Field(min_length=1)
+    """where setpoints are published ({k}: the member's number)"""
     state_topic: str = Field(min_length=1)
+    """where the device echoes its state ({k}: the member's number)"""
     echo_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    """no echo within this long: the command failed"""
     settle_s: float = Field(
         default=5.0, ge=0, le=600, description="power settles this long after a command"
     )
@@ -142,8 +157,11 @@ class GpuNodeDriverConfig(_Strict):
     """A GPU server running `gridflex node`, reached over MQTT by its node id."""
 
     type: Literal["gpu_node"]
+    """`gpu_node`"""
     node_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.{}-]+$")
+    """the id `gridflex node` runs with ({k}: the member's number)"""
     echo_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    """no echo within this long: the command failed"""
     # NVML applies a power limit within a second or two; the board's draw follows the workload
     settle_s: float = Field(
         default=5.0, ge=0, le=600, description="power settles this long after a command"
@@ -162,7 +180,9 @@ class SimulatedDriverConfig(_Strict):
     """An in-process simulated load (demo, tests): obeys after `lag_s`."""
 
     type: Literal["simulated"]
+    """`simulated`"""
     lag_s: float = Field(default=0.0, ge=0, le=60)
+    """obeys this long after a command"""
     stuck: bool = Field(
         default=False, description="accepts every command but keeps drawing full power (demo)"
     )

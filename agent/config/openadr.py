@@ -13,7 +13,9 @@ __all__ = ["OpenAdrConfig", "OpenAdrLevelConfig", "OpenAdrSetpointConfig"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 class OpenAdrLevelConfig(_Strict):
@@ -21,8 +23,11 @@ class OpenAdrLevelConfig(_Strict):
     exactly one of a posture, a site ceiling or an amount to shed."""
 
     posture: Posture | None = None
+    """a posture for the level (none, curtail_flexible, curtail_protected)"""
     ceiling_kw: float | None = Field(default=None, ge=0)
+    """a site ceiling for the level"""
     shed_kw: float | None = Field(default=None, gt=0)
+    """kW to shed below the site's load at the event's start"""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> OpenAdrLevelConfig:
@@ -44,6 +49,7 @@ class OpenAdrSetpointConfig(_Strict):
     """How a LOAD_DISPATCH / LOAD_CONTROL value is read: the site's ceiling, or kW to shed."""
 
     meaning: Literal["ceiling", "shed"]
+    """ceiling: the value is the site's ceiling; shed: kW to shed"""
     unit: Literal["W", "kW", "MW"] = Field(
         default="kW", description="when the signal carries no itemBase of its own"
     )
@@ -51,26 +57,39 @@ class OpenAdrSetpointConfig(_Strict):
 
 class OpenAdrConfig(_Strict):
     vtn_url: str = Field(min_length=1, pattern=r"^https?://")
+    """the VTN's address (https:// unless allow_plain_http)"""
     ven_name: str = Field(min_length=1, max_length=128)
+    """the VEN name registered with the VTN"""
     ven_id: str | None = Field(default=None, description="default: the id the VTN assigns")
     cert_file: Path | None = None
+    """the VEN's client certificate (mutual TLS)"""
     key_file: Path | None = None
+    """the certificate's key"""
     key_passphrase: SecretStr | None = None
+    """the key's passphrase, from the environment"""
     ca_file: Path | None = None
+    """the CA that signed the VTN's certificate"""
     vtn_fingerprint: str | None = Field(
         default=None, pattern=r"^([0-9A-Fa-f]{2}:){9}[0-9A-Fa-f]{2}$"
     )
+    """the VTN certificate's fingerprint (10 hex pairs), checked on every message"""
     allow_plain_http: bool = False
+    """accept an http:// VTN (test rigs only)"""
     poll_interval_s: float | None = Field(
         default=None, gt=0, le=86_400, description="default: the oadrPollFreq the VTN asks for"
     )
     simple_levels: dict[Annotated[int, Field(ge=0, le=3)], OpenAdrLevelConfig] = Field(
         default_factory=lambda: {0: OpenAdrLevelConfig(posture=Posture.NONE)}
     )
+    """what each SIMPLE level 0-3 asks of the site"""
     load_dispatch: OpenAdrSetpointConfig | None = None
+    """how a LOAD_DISPATCH setpoint is read; null: not accepted"""
     load_control: OpenAdrSetpointConfig | None = None
+    """how a LOAD_CONTROL setpoint is read; null: not accepted"""
     opt_out_when_infeasible: bool = True
+    """opt out of an event the site cannot meet, rather than opt in and fail"""
     report_resource_id: str = Field(default="site", min_length=1)
+    """the resource id the VEN reports telemetry under"""
 
     @model_validator(mode="after")
     def _transport(self) -> OpenAdrConfig:

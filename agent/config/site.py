@@ -49,7 +49,9 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 # How old a price may be on a healthy feed, measured from the end of its interval: ERCOT posts a
@@ -62,7 +64,9 @@ PUBLICATION_RHYTHM_S = {"rt15": 15 * 60 + 5 * 60, "sced5": 5 * 60 + 5 * 60, "dam
 # -- economics: every load class ends with a value of energy, its breakeven price ------------
 class FixedValue(_Strict):
     kind: Literal["fixed"]
+    """`fixed`: the class's energy is worth a set price"""
     value_usd_per_mwh: float = Field(ge=-1000, le=100_000)
+    """what a MWh drawn by this class is worth; above this price it stops"""
 
     def breakeven_usd_per_mwh(self) -> float:
         return self.value_usd_per_mwh
@@ -72,9 +76,13 @@ class MiningValue(_Strict):
     """A miner earns hashprice per PH/s per day and burns efficiency J/TH (= W per TH/s)."""
 
     kind: Literal["mining"]
+    """`mining`: the breakeven comes from hashprice and efficiency"""
     hashprice_usd_per_ph_day: float = Field(gt=0, le=10_000)
+    """what 1 PH/s earns in a day (the pool's hashprice)"""
     efficiency_j_per_th: float = Field(gt=0, le=500)
+    """the miners' efficiency, J/TH (= W per TH/s)"""
     pool_fee_pct: float = Field(default=0.0, ge=0, lt=100)
+    """the pool's fee, taken off the hashprice"""
 
     def breakeven_usd_per_mwh(self) -> float:
         # 1 PH/s at E J/TH draws E kW, i.e. 0.024 * E MWh per day.
@@ -86,8 +94,11 @@ class InferenceValue(_Strict):
     """AI inference earns revenue per GPU-hour and draws watts per GPU."""
 
     kind: Literal["inference"]
+    """`inference`: the breakeven comes from GPU-hour revenue"""
     revenue_usd_per_gpu_hour: float = Field(gt=0, le=1000)
+    """what one GPU earns per hour serving"""
     watts_per_gpu: float = Field(gt=0, le=10_000)
+    """what one GPU draws with its share of the server"""
 
     def breakeven_usd_per_mwh(self) -> float:
         return self.revenue_usd_per_gpu_hour / (self.watts_per_gpu / 1e6)
@@ -98,7 +109,10 @@ Economics = Annotated[FixedValue | MiningValue | InferenceValue, Field(discrimin
 
 class LoadClassConfig(_Strict):
     priority: Priority
+    """who gives way first: interruptible < flexible < protected < critical"""
     economics: Economics | None = None
+    """what the class's energy is worth (its breakeven price); needed by interruptible and flexible
+    classes unless they follow another"""
     follows: str | None = Field(default=None, description="cooling: follow this class's load")
 
     @field_validator("priority", mode="before")
@@ -125,25 +139,41 @@ class LoadClassConfig(_Strict):
 
 class DeviceConfig(_Strict):
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """the device's id (a group's members are <id>-0001 ..)"""
     kind: DeviceKind
+    """what the device is (for reports and the drivers that fit it)"""
     load_class: str = Field(alias="class", min_length=1)
+    """the load class the device belongs to (a key of `classes`)"""
     count: int = Field(default=1, ge=1, le=100_000, description="a group of identical devices")
     rated_kw: float = Field(gt=0, le=100_000)
+    """what the device draws running flat out"""
     min_kw: float = Field(default=0.0, ge=0)
+    """the least a running throttled device draws"""
     control: ControlMode = ControlMode.ON_OFF
+    """how it is commanded: all or nothing, a kW limit, or a percentage of rated"""
     min_on_s: float | None = Field(default=None, ge=0, le=86_400)
+    """once started, run at least this long (default policy.min_dwell_s)"""
     min_off_s: float | None = Field(default=None, ge=0, le=86_400)
+    """once stopped, stay off at least this long (default policy.min_dwell_s)"""
     max_ramp_kw_per_s: float | None = Field(default=None, gt=0)
+    """the fastest a throttled device may change its setpoint"""
     idle_kw: float = Field(default=0.0, ge=0, description="drawn when commanded off")
     driver: DriverConfig | None = None
+    """how the device is reached (`type`: modbus, miner, mqtt, gpu_node, simulated); null: modelled
+    only"""
 
 
 class SiteInfo(_Strict):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    """letters, digits, - and _; MQTT topics default to gridflex/<id>"""
     timezone: str = "America/Chicago"
+    """local time for 4CP windows and ERCOT operating days"""
     iso: Literal["ERCOT", "CAISO", "PJM", "MISO", "NYISO", "SPP", "ISONE"] = "ERCOT"
+    """the grid operator"""
     settlement_point: str = Field(default="HB_HUBAVG", min_length=1)
+    """the price node the site settles at"""
     import_limit_kw: float | None = Field(default=None, gt=0)
+    """a safety ceiling the site never exceeds, whatever else asks"""
 
     @field_validator("timezone")
     @classmethod
@@ -159,11 +189,17 @@ class SiteInfo(_Strict):
 
 class FourCpConfig(_Strict):
     months: list[Annotated[int, Field(ge=1, le=12)]] = Field(default=[6, 7, 8, 9], min_length=1)
+    """the months with a 4CP window"""
     start_local: time = time(15, 0)
+    """the window's start, site local time"""
     end_local: time = time(19, 0)
+    """the window's end, site local time"""
     trigger: Literal["warning", "window"] = "warning"
+    """warning: only on a fresh 4CP warning; window: every day in the window"""
     posture: Posture = Posture.CURTAIL_FLEXIBLE
+    """what the site does in the window"""
     warning_stale_after_s: float = Field(default=3600, gt=0)
+    """a warning counts this long after its issued_at"""
 
     @model_validator(mode="after")
     def _ordered(self) -> FourCpConfig:
@@ -174,11 +210,23 @@ class FourCpConfig(_Strict):
 
 class PolicyConfig(_Strict):
     hysteresis_usd_per_mwh: float = Field(default=5.0, ge=0, le=1000)
-    min_dwell_s: float = Field(default=300, ge=0, le=86_400, description="default min on/off")
+    """stop above breakeven, resume only at or below breakeven minus this"""
+    min_dwell_s: float = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description="the default min_on_s and min_off_s of every device",
+    )
     price_stale_after_s: float = Field(default=1800, gt=0, le=86_400)
+    """a price whose interval ended longer ago than this is stale"""
     stale_posture: StalePosture = StalePosture.HOLD_LAST
+    """what economics does while the price is stale (at start-up, with no price yet, devices
+    hold as they are)"""
     emergency_postures: dict[EmergencyLevel, Posture] = Field(default_factory=dict)
+    """the posture per grid level (conservation, eea1, eea2, eea3); levels not named keep
+    their defaults (conservation, eea1: curtail_interruptible; eea2, eea3: curtail_flexible)"""
     fourcp: FourCpConfig | None = None
+    """ERCOT 4CP transmission-charge avoidance; null: no 4CP window"""
     overrides_may_exceed_grid: bool = Field(
         default=False,
         description="an engineer's override beats grid obligations and emergency postures "
@@ -190,9 +238,13 @@ class PricesConfig(_Strict):
     """Where live prices come from."""
 
     source: Literal["ercot-api", "ercot-mis", "replay", "none"] = "ercot-mis"
+    """ERCOT's Public API, its MIS reports, a replayed price file, or no prices"""
     market: Literal["rt15", "sced5", "dam"] = "rt15"
+    """real-time 15-minute SPP, 5-minute SCED LMP, or day-ahead hourly"""
     replay_path: Path | None = None
+    """the price file `source: replay` plays (see docs/prices.md)"""
     replay_speedup: float = Field(default=1.0, gt=0, le=1e6)
+    """replay this many times faster than real time"""
     poll_interval_s: float = Field(
         default=30,
         gt=0,
@@ -200,24 +252,36 @@ class PricesConfig(_Strict):
         description="while the next expected price is not yet published, ask again this often",
     )
     base_url: str | None = None
+    """the API's address (default: ERCOT's own)"""
     auth_url: str | None = None
+    """the token endpoint of the ERCOT Public API (default: ERCOT's own)"""
 
 
 class TlsConfig(_Strict):
     ca_file: Path
+    """the CA that signed the broker's certificate"""
     cert_file: Path | None = None
+    """the client certificate, for brokers that ask for one"""
     key_file: Path | None = None
+    """the client certificate's key"""
 
 
 class MqttConfig(_Strict):
     host: Host = "127.0.0.1"
+    """the broker's address"""
     port: int = Field(default=1883, ge=1, le=65535)
+    """the broker's port (8883 is usual with TLS)"""
     client_id: str | None = None
+    """default gridflex-<site id>; the persistent session is kept under it"""
     username: str | None = None
+    """the broker's user name"""
     password: SecretStr | None = None
+    """the broker's password: write ${GRIDFLEX_MQTT_PASSWORD}"""
     tls: TlsConfig | None = None
+    """TLS to the broker; null: plain TCP (loopback or a closed network only)"""
     topic_prefix: str | None = Field(default=None, description="default gridflex/<site id>")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    """MQTT keep-alive; the broker publishes the last will after 1.5x this"""
     hmac_secret: SecretStr | None = Field(
         default=None, description="the site key: signed messages without key_id (32+ bytes)"
     )
@@ -226,8 +290,11 @@ class MqttConfig(_Strict):
         description="one key per sender (QSE, SCADA, engineers), named by key_id (32+ bytes)",
     )
     replay_window_s: float = Field(default=300, gt=0, le=86_400)
+    """a signed message's issued_at may be this old; its nonce is remembered this long"""
     clock_skew_s: float = Field(default=5, ge=0, le=120)
+    """how far ahead a sender's clock may be"""
     max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """larger inbound messages are rejected before parsing"""
     max_messages_per_s: float = Field(default=20, gt=0, description="per inbound topic")
     max_burst: int = Field(default=200, ge=1, description="messages beyond the rate at once")
 
@@ -252,8 +319,11 @@ class MqttConfig(_Strict):
 
 class ServiceConfig(_Strict):
     cycle_s: float = Field(default=2.0, gt=0, le=60)
+    """one decision per this many seconds"""
     database: Path = Path("/var/lib/gridflex/gridflex.sqlite3")
+    """the SQLite file of events, audit and outbox"""
     metrics_port: int | None = Field(default=9464, ge=1, le=65535)
+    """Prometheus /metrics; null: not served"""
     metrics_host: str = Field(
         default="127.0.0.1",
         description="where /metrics listens: loopback unless Prometheus scrapes from elsewhere "
@@ -264,25 +334,38 @@ class ServiceConfig(_Strict):
         "null keeps them for ever. Settlement disputes reach back about a year.",
     )  # fmt: skip
     shutdown_posture: Literal["hold", "restore"] = "hold"
+    """on stop: hold devices as they are, or restore them to running"""
     verify_timeout_s: float = Field(default=10, gt=0, le=600)
+    """a device that has not reached its setpoint this long after its settle time is not
+    obeying"""
     restore_batch_size: int = Field(default=50, ge=1)
+    """after a restart or an event's end, start this many devices at once"""
     restore_batch_interval_s: float = Field(default=5, ge=0, le=600)
+    """and wait this long between batches"""
 
 
 class SiteConfig(_Strict):
     site: SiteInfo
+    """who the site is"""
     classes: dict[
         Annotated[
             str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
         ],
         LoadClassConfig,
     ] = Field(min_length=1)
+    """load classes by name: who gives way first and what their energy is worth"""
     devices: list[DeviceConfig] = Field(min_length=1)
+    """the loads, one entry per device or group"""
     policy: PolicyConfig = PolicyConfig()
+    """how the engine decides"""
     prices: PricesConfig = PricesConfig()
+    """where live prices come from"""
     mqtt: MqttConfig | None = None
+    """the broker for dispatch, telemetry, MQTT devices and GPU nodes; null: no MQTT"""
     service: ServiceConfig = ServiceConfig()
+    """the running service"""
     openadr: OpenAdrConfig | None = None
+    """the site as an OpenADR 2.0b VEN; null: no OpenADR"""
 
     # -- what the core needs -----------------------------------------------------------------
     def load_classes(self) -> list[LoadClass]:
