@@ -27,6 +27,7 @@ from agent.app.assembly import MemoryOutbox, Outbox, Service, assemble
 from agent.app.mqtt_link import MqttLink
 from agent.app.openadr import openadr_link, run_openadr
 from agent.app.prices import price_source
+from agent.app.status_page import StatusPage, status_view
 from agent.app.systemd import notify
 from agent.config import SiteConfig
 from agent.policy import Rule
@@ -117,10 +118,14 @@ def decision_message(report: CycleReport, previous_kw: np.ndarray | None) -> Dec
 
 
 class Runner:
-    def __init__(self, service: Service, stop: asyncio.Event) -> None:
+    def __init__(
+        self, service: Service, stop: asyncio.Event, page: StatusPage | None = None
+    ) -> None:
         self.service = service
         self.stop = stop
+        self.page = page
         self._previous_kw: np.ndarray | None = None
+        self._decision: DecisionMessage | None = None  # the last one published
         self._ready = False
 
     async def cycles(self) -> None:
@@ -151,6 +156,7 @@ class Runner:
             return
         message = decision_message(report, self._previous_kw)
         self._previous_kw = report.decision.setpoint_kw
+        self._decision = message
         self.service.outbox.send("decision", message)
 
     async def devices(self) -> None:
@@ -164,7 +170,10 @@ class Runner:
         guard = _Guard("telemetry", self.service)
         while True:
             with guard:
-                self.service.outbox.send("telemetry", telemetry_message(self.service, utc_now()))
+                message = telemetry_message(self.service, utc_now())
+                self.service.outbox.send("telemetry", message)
+                if self.page is not None:
+                    self.page.update(status_view(self.service, message, self._decision))
             await asyncio.sleep(TELEMETRY_EVERY_S)
 
     async def housekeeping(self) -> None:
@@ -267,9 +276,15 @@ async def serve(
     config = service.config
     if config.service.metrics_port is not None:
         service.metrics.serve(config.service.metrics_port, config.service.metrics_host)
+    page = None
+    if config.service.status_page_port is not None:
+        page = StatusPage()
+        if not page.serve(config.service.status_page_host, config.service.status_page_port):
+            service.metrics.errors.labels(kind="status_page").inc()
+            page = None
     for record in service.events.live:
         log.info("resumed event %s (%s)", record.event_id, record.status)
-    runner = Runner(service, stop)
+    runner = Runner(service, stop, page)
     await service.shell.poll()
     source = price_source(config)
     tasks = [asyncio.create_task(runner.devices()), asyncio.create_task(runner.telemetry()),
@@ -289,6 +304,8 @@ async def serve(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.shutdown_posture()
+        if page is not None:
+            page.close()
         if link is not None:
             await link.stop()
         await service.close()

@@ -333,6 +333,12 @@ class ServiceConfig(_Strict):
         default=400, gt=0, description="audit rows older than this are deleted (daily); "
         "null keeps them for ever. Settlement disputes reach back about a year.",
     )  # fmt: skip
+    status_page_port: int | None = Field(default=None, ge=1, le=65535)
+    """a read-only status page (load, events, devices needing attention, the latest decision's
+    reasons) on this port; null: not served"""
+    status_page_host: str = "127.0.0.1"
+    """where the status page listens: loopback; reach it over SSH (ssh -L) rather than opening it
+    to the site's network, since it has no login"""
     shutdown_posture: Literal["hold", "restore"] = "hold"
     """on stop: hold devices as they are, or restore them to running"""
     verify_timeout_s: float = Field(default=10, gt=0, le=600)

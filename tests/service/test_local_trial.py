@@ -22,7 +22,8 @@ def test_the_local_trial_takes_a_dispatch_and_verifies_it(
 ) -> None:
     site = yaml.safe_load((ROOT / "deploy/examples/local-trial.yaml").read_text())
     site["mqtt"].update(port=own_mqtt_broker.port, topic_prefix="gridflex/e2e")
-    site["service"].update(database=str(tmp_path / "trial.sqlite3"), metrics_port=None)
+    site["service"].update(database=str(tmp_path / "trial.sqlite3"), metrics_port=None,
+                           status_page_port=None)  # fmt: skip
     config = tmp_path / "trial.yaml"
     config.write_text(yaml.safe_dump(site))
     watcher = Watcher(own_mqtt_broker)
