@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: demo test lint typecheck imports pytest bench clean
+.PHONY: demo test test-install lint typecheck imports pytest bench clean
 
 $(BIN)/python:
 	@echo "creating $(VENV) with $(PYTHON) ..."
@@ -39,6 +39,10 @@ imports: $(DEV_STAMP)
 
 pytest: $(DEV_STAMP)
 	$(BIN)/python -m pytest
+
+# a wheel of the checkout in a new venv, every documented command run from outside the checkout
+test-install: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m install tests/install
 
 bench: $(DEV_STAMP)
 	for script in bench/*.py; do $(BIN)/python $$script; done
