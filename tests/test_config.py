@@ -211,3 +211,19 @@ def test_a_staleness_shorter_than_the_feeds_rhythm_is_warned_about(
     assert bool(warnings) is warned
     if warned:
         assert "price_stale_after_s" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ("sparkplug: {group_id: texas}\n", "sparkplug: Sparkplug B runs on the site's MQTT broker"),
+        ("mqtt: {}\nsparkplug: {group_id: 'a/b'}\n", "sparkplug.group_id"),
+        ("mqtt: {}\nsparkplug: {group_id: t, primary_host_id: 'x#'}\n",
+         "sparkplug.primary_host_id"),
+        ("mqtt: {}\nsparkplug: {group_id: t, report_every_s: 0}\n", "sparkplug.report_every_s"),
+    ],
+)  # fmt: skip
+def test_a_sparkplug_section_needs_mqtt_and_valid_ids(extra: str, problem: str) -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        parse_config(MINIMAL + extra, env={})
+    assert any(problem in str(issue) for issue in caught.value.issues), caught.value.issues

@@ -62,7 +62,7 @@ class Announcement:
     """A message the session publishes on its own: a last will, or a birth message on connect."""
 
     topic: str
-    payload: str
+    payload: str | bytes
     qos: int = 1
     retain: bool = True
 
@@ -91,6 +91,9 @@ class MqttSettings:
     manual_acks: bool = False
     will: Announcement | None = None
     birth: Announcement | None = None  # published on every (re)connect
+    # called after every lost connection, before paho reconnects: the will of the next CONNECT
+    # (Sparkplug's NDEATH carries a bdSeq that must grow with every CONNECT)
+    rearm_will: Callable[[], Announcement] | None = None
     max_queued_messages: int = 0  # outgoing while disconnected; 0: unbounded
 
 
@@ -150,10 +153,15 @@ class MqttSession:
         self.session_present: bool | None = None
         self._subscriptions_settled = asyncio.Event()
         self._subscriptions_settled.set()
+        self._connect_listeners: list[Callable[[], None]] = []
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def on_connected(self, callback: Callable[[], None]) -> None:
+        """Call `callback` in the event loop after every successful (re)connect."""
+        self._connect_listeners.append(callback)
 
     async def connect(self, timeout_s: float = 10.0) -> None:
         """Start the network loop and wait for the first CONNACK; later drops reconnect alone.
@@ -310,6 +318,8 @@ class MqttSession:
             except MqttError as exc:  # never raise in paho's thread: it would stop the loop
                 _log.warning("birth message not sent: %s", exc)
         self._in_loop(self._connected.set)
+        for listener in self._connect_listeners:
+            self._in_loop(listener)
         _log.info(
             "MQTT connected to %s:%s (session present: %s)",
             self._settings.host,
@@ -327,6 +337,10 @@ class MqttSession:
     ) -> None:
         if self._connected.is_set() and not self._closing:  # once, not every failed reconnect
             _log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
+        rearm = self._settings.rearm_will
+        if rearm is not None and not self._closing:
+            will = rearm()
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._in_loop(self._connected.clear)
 
     def _on_message(

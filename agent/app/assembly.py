@@ -7,8 +7,10 @@ same code; only the clock, the outbox (MQTT or none) and the drivers differ.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
 
 from adapters.transport.modbus_pool import ModbusPool
 from adapters.transport.mqtt_session import MqttSession
@@ -68,6 +70,9 @@ class Service:
     outbox: Outbox
     wake: asyncio.Event
     grid: GridIntake
+    # who else hears every ack (topic, message) the service sends: the Sparkplug edge node
+    # reports command outcomes and event states from them
+    ack_listeners: list[Callable[[str, BaseModel], None]] = field(default_factory=list)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -90,6 +95,14 @@ def assemble(
     reached over MQTT use `mqtt_session`, the service's session (ConfigError when there is none).
     """
     outbox = outbox or MemoryOutbox()
+    listeners: list[Callable[[str, BaseModel], None]] = []
+
+    def send(topic: str, ack: BaseModel) -> None:
+        assert outbox is not None  # set above; mypy does not narrow inside a closure
+        outbox.send(topic, ack)
+        for listener in listeners:
+            listener(topic, ack)
+
     wake = asyncio.Event()
     metrics = Metrics()
     snapshot = SnapshotStore(on_urgent=wake.set, started_at_utc=clock())
@@ -107,7 +120,7 @@ def assemble(
         metrics.dispatch_verified_seconds.observe(latency_s)
 
     events = EventBook(
-        store, snapshot, lambda r: outbox.send("dispatch/ack", ack_of(r)), on_verified, metrics
+        store, snapshot, lambda r: send("dispatch/ack", ack_of(r)), on_verified, metrics
     )
     mqtt = config.mqtt
     secret = mqtt.hmac_secret if mqtt is not None else None
@@ -127,8 +140,8 @@ def assemble(
         snapshot,
         store,
         clock=clock,
-        publish_dispatch_ack=lambda ack: outbox.send("dispatch/ack", ack),
-        publish_override_ack=lambda ack: outbox.send("override/ack", ack),
+        publish_dispatch_ack=lambda ack: send("dispatch/ack", ack),
+        publish_override_ack=lambda ack: send("override/ack", ack),
         hmac_secret=secret_bytes,
         hmac_keys=keys,
         limits=limits,
@@ -139,7 +152,7 @@ def assemble(
         store,
         policy,
         clock=clock,
-        publish_ack=lambda ack: outbox.send("grid/ack", ack),
+        publish_ack=lambda ack: send("grid/ack", ack),
         checks=MessageChecks(secret_bytes, limits, keys),
         metrics=metrics,
         replay=replay,
@@ -161,7 +174,7 @@ def assemble(
         events=events,
         metrics=metrics,
         drift_checks=drift_checks,
-        overrides=OverrideOutcomes(store, lambda ack: outbox.send("override/ack", ack)),
+        overrides=OverrideOutcomes(store, lambda ack: send("override/ack", ack)),
     )
     # resume: engine memory, overrides, the grid condition, then live events (in that order:
     # the events' shed baselines live in the memory)
@@ -181,5 +194,16 @@ def assemble(
     events.resume()
     wake.clear()
     return Service(
-        config, snapshot, store, events, intake, shell, metrics, pool, outbox, wake, grid
+        config,
+        snapshot,
+        store,
+        events,
+        intake,
+        shell,
+        metrics,
+        pool,
+        outbox,
+        wake,
+        grid,
+        listeners,
     )

@@ -20,6 +20,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from agent.app.assembly import MemoryOutbox, Outbox, Service, assemble
 from agent.app.mqtt_link import MqttLink
 from agent.app.openadr import openadr_link, run_openadr
 from agent.app.prices import price_source
+from agent.app.sparkplug_link import edge_node, run_edge_node
 from agent.app.status_page import StatusPage, status_view
 from agent.app.systemd import notify
 from agent.config import SiteConfig
@@ -166,6 +168,10 @@ class Runner:
             with guard:
                 await self.service.shell.poll()
 
+    def view(self) -> dict[str, Any]:
+        """What the status page and the Sparkplug edge node show, as of now."""
+        return status_view(self.service, telemetry_message(self.service, utc_now()), self._decision)
+
     async def telemetry(self) -> None:
         guard = _Guard("telemetry", self.service)
         while True:
@@ -296,10 +302,19 @@ async def serve(
     openadr = openadr_link(service, clock)
     if openadr is not None:
         tasks.append(asyncio.create_task(run_openadr(openadr, service)))
+    sparkplug_stop = asyncio.Event()
+    node = edge_node(service, runner.view, clock)
+    sparkplug = None if node is None else asyncio.create_task(run_edge_node(node, sparkplug_stop))
     try:
         await runner.cycles()  # returns after the cycle running at SIGTERM completes
     finally:
         notify("STOPPING=1")
+        if sparkplug is not None:  # NDEATH first, while the service still answers
+            sparkplug_stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sparkplug), 10)
+            sparkplug.cancel()
+            tasks.append(sparkplug)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

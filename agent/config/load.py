@@ -40,6 +40,9 @@ def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
     classes = raw.get("classes") if isinstance(raw.get("classes"), dict) else {}
     assert isinstance(classes, dict)
     problems.extend(_follower_checks(raw, classes))
+    if raw.get("sparkplug") and not raw.get("mqtt"):
+        problems.append((("sparkplug",), "", "Sparkplug B runs on the site's MQTT broker: add an "
+                         "`mqtt` section"))  # fmt: skip
     devices = raw.get("devices") if isinstance(raw.get("devices"), list) else []
     assert isinstance(devices, list)
     seen: dict[str, int] = {}

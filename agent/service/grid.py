@@ -88,18 +88,22 @@ class GridIntake:
         self._replay = replay or ReplayGuard(store, checks.limits.replay_window_s, clock())
         snapshot.on_grid_lapsed = self._lapsed
 
-    def emergency(self, payload: bytes, source: str = "mqtt") -> str:
-        return self._handle(EMERGENCY, payload, source)
+    def emergency(
+        self, payload: bytes, source: str = "mqtt", authenticated: str | None = None
+    ) -> str:
+        return self._handle(EMERGENCY, payload, source, authenticated)
 
     def peak_warning(self, payload: bytes, source: str = "mqtt") -> str:
         return self._handle(FOURCP, payload, source)
 
     # -- one message -------------------------------------------------------------------------
-    def _handle(self, topic: Topic, payload: bytes, source: str) -> str:
+    def _handle(
+        self, topic: Topic, payload: bytes, source: str, authenticated: str | None = None
+    ) -> str:
         now = self._clock()
         try:
             raw = self._checks.decode(payload)
-            message, _key = self._checks.message(_MODELS[topic], raw, now)
+            message, _key = self._checks.message(_MODELS[topic], raw, now, authenticated)
             if message.expires_at is not None and message.expires_at <= now:
                 raise RejectedError(f"expired: expires_at {message.expires_at.isoformat()} passed")
             if self._is_duplicate(topic, message) or self._replay.seen(message.message_id):

@@ -60,13 +60,16 @@ class Intake:
         self._site_rated_kw = float(fleet.rated_kw.sum())
 
     # -- dispatch ----------------------------------------------------------------------------
-    def dispatch(self, payload: bytes, source: str = "mqtt") -> str:
-        """Handle one dispatch message; returns the outcome (accepted, duplicate, rejected...)."""
+    def dispatch(
+        self, payload: bytes, source: str = "mqtt", authenticated: str | None = None
+    ) -> str:
+        """Handle one dispatch message; returns the outcome (accepted, duplicate, rejected...).
+        `authenticated`: see MessageChecks.message."""
         now = self._clock()
         raw: Any = None
         try:
             raw = self._checks.decode(payload)
-            message, key = self._checks.message(DispatchMessage, raw, now)
+            message, key = self._checks.message(DispatchMessage, raw, now, authenticated)
             if self._replay.seen(message.message_id):
                 self._events.ack_again(message.event_id)  # the sender may not have seen it
                 return "duplicate"
@@ -154,12 +157,14 @@ class Intake:
         )
 
     # -- overrides ---------------------------------------------------------------------------
-    def override(self, payload: bytes, source: str = "mqtt") -> str:
+    def override(
+        self, payload: bytes, source: str = "mqtt", authenticated: str | None = None
+    ) -> str:
         now = self._clock()
         raw: Any = None
         try:
             raw = self._checks.decode(payload)
-            message, _key = self._checks.message(OverrideMessage, raw, now)
+            message, _key = self._checks.message(OverrideMessage, raw, now, authenticated)
             if self._replay.seen(message.message_id):
                 return "duplicate"  # applied once already: a replay changes nothing
             with self._store.transaction():
