@@ -22,7 +22,13 @@ from pydantic import BaseModel
 from adapters.scada.sparkplug_codec import DataType, Metric, Value
 from adapters.scada.sparkplug_node import MetricSource
 from agent.app.assembly import Service
-from agent.app.sparkplug_metrics import CLASS_METRICS, NODE_METRICS, SPECS, MetricSpec
+from agent.app.sparkplug_metrics import (
+    CLASS_METRICS,
+    NODE_METRICS,
+    SPECS,
+    MetricSpec,
+    class_kw_spec,
+)
 from agent.domain.settings import Posture
 from agent.domain.signals import EmergencyLevel
 from agent.ports import Clock
@@ -66,6 +72,8 @@ class SparkplugBridge(MetricSource):
     # -- what is reported ----------------------------------------------------------------------
     def deadband(self, name: str) -> float:
         spec = SPECS.get(name)
+        if spec is None and name.startswith("Classes/"):
+            spec = class_kw_spec(name)
         return 0.0 if spec is None else spec.deadband
 
     def node_metrics(self) -> list[Metric]:
@@ -105,7 +113,12 @@ class SparkplugBridge(MetricSource):
             "Dispatch/Release": False,
             **self._node_result,
         }
-        return [_metric(spec, values[spec.name]) for spec in NODE_METRICS]
+        node = [_metric(spec, values[spec.name]) for spec in NODE_METRICS]
+        per_class = [
+            _metric(class_kw_spec(c.name), t["class_kw"].get(c.name, 0.0))
+            for c in self._service.shell.fleet.classes
+        ]
+        return node + per_class
 
     def device_metrics(self) -> Mapping[str, list[Metric]]:
         service = self._service

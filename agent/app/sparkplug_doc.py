@@ -117,6 +117,7 @@ def render() -> str:
     node[4:4] = [
         "| `bdSeq` | Int64 |  |  |  | birth/death sequence of this MQTT session |",
         "| `Node Control/Rebirth` | Boolean |  |  | yes | write true: births again |",
+        "| `Classes/<class> kW` | Double | kW | 1 |  | one per load class: its planned kW |",
     ]
     lines += node
     lines += _table("Class metrics (one Sparkplug device per load class)", CLASS_METRICS)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from adapters.scada.sparkplug_codec import DataType
 
-__all__ = ["CLASS_METRICS", "NODE_METRICS", "SPECS", "MetricSpec"]
+__all__ = ["CLASS_METRICS", "NODE_METRICS", "SPECS", "MetricSpec", "class_kw_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +105,9 @@ CLASS_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("Override/Last Reason", S, "why"),
 )
 SPECS = {m.name: m for m in (*NODE_METRICS, *CLASS_METRICS)}
+
+
+def class_kw_spec(class_name: str) -> MetricSpec:
+    """The node metric of one load class's planned kW (`Classes/<class> kW`), one per class."""
+    name = class_name if class_name.startswith("Classes/") else f"Classes/{class_name} kW"
+    return MetricSpec(name, D, "what the latest decision gives the class", "kW", False, 1)

@@ -72,7 +72,10 @@ def test_gridflex_run_is_an_edge_node_an_independent_host_can_drive(
         birth = host.next("NBIRTH", timeout_s=15)
         assert (birth.qos, birth.retain, birth.payload.seq) == (0, False, 0)
         names = set(birth.metrics())
-        assert {"bdSeq", "Node Control/Rebirth"} | {m.name for m in NODE_METRICS} == names
+        per_class = {f"Classes/{name} kW" for name in CLASSES}
+        assert {"bdSeq", "Node Control/Rebirth"} | {
+            m.name for m in NODE_METRICS
+        } | per_class == names
         for spec in NODE_METRICS:
             assert birth.metrics()[spec.name].datatype == spec.datatype, spec.name
         bdseq = birth.value("bdSeq")
