@@ -29,6 +29,7 @@ __all__ = [
     "Step",
     "UnsupportedEventError",
     "check_feasible",
+    "not_for_site",
     "obligation_at",
     "plan_event",
     "startafter_s",
@@ -128,19 +129,53 @@ def plan_event(
     )
 
 
+def not_for_site(event: Mapping[str, Any], ven_id: str | None, config: OpenAdrConfig) -> str | None:
+    """Why an event is not this site's to follow (None: it is), from its market context and
+    eiTarget against the site file's enrolment. VEN-level targets (venID, partyID, groupID)
+    say whom the event addresses; resourceIDs say which resources: both must name this site
+    when present. An event without targets is the VTN's word that it is for this VEN."""
+    context = str(event["event_descriptor"].get("market_context") or "")
+    if config.programs and context not in config.programs:
+        enrolled = ", ".join(config.programs)
+        return f"market context {context or '(none)'} is not a program of this site ({enrolled})"
+    ours: dict[str, set[str]] = {
+        "ven_id": set() if ven_id is None else {ven_id},
+        "party_id": set(config.party_ids),
+        "group_id": set(config.group_ids),
+        "resource_id": {config.report_resource_id, *config.resource_ids},
+    }
+    named: dict[str, set[str]] = {key: set() for key in ours}
+    for target in event.get("targets") or []:
+        if isinstance(target, Mapping):
+            for key, found in named.items():
+                value = target.get(key)
+                if value is not None:
+                    found.add(str(value))
+    addressed = [k for k in ("ven_id", "party_id", "group_id") if named[k]]
+    if addressed and not any(named[k] & ours[k] for k in addressed):
+        asked = "; ".join(f"{k} {', '.join(sorted(named[k]))}" for k in addressed)
+        return f"targets {asked}, not this VEN"
+    if named["resource_id"] and not named["resource_id"] & ours["resource_id"]:
+        asked = ", ".join(sorted(named["resource_id"]))
+        return f"targets resource {asked}, which this site does not have"
+    return None
+
+
 def _pick_signal(event: Mapping[str, Any], config: OpenAdrConfig) -> Mapping[str, Any]:
     signals = event.get("event_signals") or []
     by_name = {str(s["signal_name"]).upper(): s for s in signals}
+    refused = None
     for name, expected_type in _SETPOINT_TYPES.items():
         mapped = config.load_dispatch if name == "LOAD_DISPATCH" else config.load_control
         if name in by_name and mapped is not None:
             signal_type = by_name[name].get("signal_type")
             if signal_type != expected_type:
-                raise UnsupportedEventError(
-                    f"{name} of type {signal_type} is not supported (only {expected_type})"
-                )
+                refused = f"{name} of type {signal_type} is not supported (only {expected_type})"
+                continue  # a SIMPLE signal beside it is what a 2.0b VTN sends for such VENs
             chosen: Mapping[str, Any] = by_name[name]
             return chosen
+    if refused is not None and "SIMPLE" not in by_name:
+        raise UnsupportedEventError(refused)
     if "SIMPLE" in by_name:
         simple: Mapping[str, Any] = by_name["SIMPLE"]
         return simple

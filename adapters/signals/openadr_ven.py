@@ -30,24 +30,22 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from openleadr import OpenADRClient
 
-from adapters.signals.openadr_client import build_client, offer_site_power_report, reset_reports
-from adapters.signals.openadr_events import (
-    SOURCE,
-    EventPlan,
-    UnsupportedEventError,
-    check_feasible,
-    obligation_at,
-    plan_event,
-    startafter_s,
+from adapters.signals.openadr_client import (
+    build_client,
+    offer_site_power_report,
+    reset_reports,
 )
+from adapters.signals.openadr_events import (
+    EventPlan,
+)
+from adapters.signals.openadr_follow import EventFollowing, OptDecision
 from agent.config import OpenAdrConfig
-from agent.domain.signals import Obligation, ObligationCancel
+from agent.domain.signals import Obligation
 from agent.errors import SignalAuthError
 from agent.ports import SignalSink, SiteView
 
@@ -60,25 +58,18 @@ DEFAULT_POLL_S = 10.0
 # Backoff while the VTN is unreachable: first retry soon, then no more than once a minute.
 _RETRY_FIRST_S = 1.0
 _RETRY_MAX_S = 60.0
-# What the VEN offers the VTN to sample: from once a second to once an hour.
-
-
-@dataclass(frozen=True, slots=True)
-class OptDecision:
-    """What the VEN answered to one version of an event, and why."""
-
-    event_id: str
-    modification_number: int
-    opt_type: str  # optIn | optOut
-    reason: str
-    decided_at_utc: datetime
+# OpenADR 2.0b response codes meaning "this VTN does not know that venID / registration"
+_NOT_KNOWN = {452, 463}  # Invalid ID, Not registered or authorized
+# A VTN with messages queued answers each poll with one: poll again at once (2.0b pull mode)
+# while it does, up to this many in a row before the next regular pause.
+_BACK_TO_BACK = 50
 
 
 class _Reregister(Exception):  # noqa: N818 - control flow inside this module, never escapes
     """The VTN asked for re-registration, or stopped answering."""
 
 
-class OpenAdrVen:
+class OpenAdrVen(EventFollowing):
     """A SignalSource: `await OpenAdrVen(config, site).run(sink)` runs until cancelled."""
 
     def __init__(
@@ -130,8 +121,9 @@ class OpenAdrVen:
             await self._close(client)
 
     @property
-    def ven_id(self) -> str | None:
-        return None if self._client is None else self._client.ven_id
+    def poll_s(self) -> float | None:
+        """How often the VEN polls now (None before it first registered)."""
+        return None if self._client is None else self._poll_s(self._client)
 
     def revision(self, event_id: str) -> int | None:
         """The modification number of the version of the event the VEN follows now."""
@@ -155,6 +147,13 @@ class OpenAdrVen:
         request_id = (payload.get("response") or {}).get("request_id")
         client.registration_id = None  # openleadr keeps an old one when the VTN refuses
         await client.create_party_registration(ven_id=client.ven_id, request_id=request_id)
+        if client.registration_id is None and client.ven_id is not None:
+            # a VTN that lost its registrations refuses the venID it gave us before (463):
+            # register afresh, as a new VEN, and take the venID it assigns now
+            log.warning("VTN %s refused venID %s: registering afresh without it",
+                        self._config.vtn_url, client.ven_id)  # fmt: skip
+            client.ven_id = None
+            await client.create_party_registration(request_id=request_id)
         if client.registration_id is None:
             # The VTN answered but refused us: a wrong VEN name or certificate is not fixed by
             # hammering it, yet it may be fixed on the VTN's side, so keep the slow retry.
@@ -183,20 +182,26 @@ class OpenAdrVen:
     def _poll_s(self, client: OpenADRClient) -> float:
         if self._config.poll_interval_s is not None:
             return self._config.poll_interval_s
-        requested = client.poll_frequency
-        if isinstance(requested, timedelta) and requested.total_seconds() >= 1:
-            return requested.total_seconds()
-        # none given, or under a second (openleadr drops fractions of a second: PT0.5S reads
-        # as zero, which would poll in a tight loop)
-        return DEFAULT_POLL_S
+        # OpenADR 2.0b's xcal:duration has whole seconds only (PT0.5S fails the schema and
+        # the whole message is dropped), so a VTN asks for 1 s or more; a sub-second poll is
+        # the site file's poll_interval_s, down to MIN_POLL_S
+        frequency = client.poll_frequency
+        if isinstance(frequency, timedelta) and frequency.total_seconds() >= 1:
+            return frequency.total_seconds()
+        return DEFAULT_POLL_S  # none given (or zero): openleadr's default
 
     async def _poll_forever(self, client: OpenADRClient) -> None:
+        back_to_back = 0
         while True:
             try:
                 response_type, payload = await client.poll()
             except TypeError:  # openleadr returns a bare None for an empty HTTP body
                 response_type, payload = "oadrResponse", {}
             await self._handle_poll(client, response_type, payload)
+            if response_type != "oadrResponse" and back_to_back < _BACK_TO_BACK:
+                back_to_back += 1  # the VTN had a message: it may have more queued
+                continue
+            back_to_back = 0
             await asyncio.sleep(self._poll_s(client))
 
     async def _handle_poll(
@@ -218,7 +223,14 @@ class OpenAdrVen:
             raise _Reregister
         elif response_type == "oadrCancelPartyRegistration":
             raise SignalAuthError(f"VTN {self._config.vtn_url} cancelled this VEN's registration")
-        elif response_type != "oadrResponse":
+        elif response_type == "oadrResponse":
+            code = (payload.get("response") or {}).get("response_code")
+            if code in _NOT_KNOWN:
+                log.warning("VTN %s no longer knows venID %s (%s): registering afresh",
+                            self._config.vtn_url, client.ven_id, code)  # fmt: skip
+                client.ven_id, client.registration_id = None, None
+                raise _Reregister
+        else:
             log.debug("ignoring %s from the VTN", response_type)
 
     def _set_reachable(self, reachable: bool) -> None:
@@ -254,145 +266,3 @@ class OpenAdrVen:
     # -- reports -----------------------------------------------------------------------------
     def _report_site_kw(self) -> float:
         return round(self._site.site_kw(), 3)
-
-    # -- events ------------------------------------------------------------------------------
-    def _after_parse(self, message_type: str, payload: Mapping[str, Any]) -> None:
-        """An oadrDistributeEvent lists every pending and active event of this VEN (OpenADR
-        2.0b): an event we hold that is no longer listed was withdrawn."""
-        if message_type != "oadrDistributeEvent":
-            return
-        listed = {str(e["event_descriptor"]["event_id"]) for e in payload.get("events") or []}
-        for event_id in [e for e in self._plans if e not in listed]:
-            self._withdraw(event_id, "no longer listed by the VTN")
-        for event_id in [e for e in self._committed if e not in listed]:
-            # committed before a restart, and ended or withdrawn while the agent was down
-            self._withdraw(event_id, "no longer listed by the VTN")
-
-    async def _on_event(self, event: Mapping[str, Any]) -> str:
-        descriptor = event["event_descriptor"]
-        event_id = str(descriptor["event_id"])
-        modification = int(descriptor.get("modification_number") or 0)
-        status = descriptor.get("event_status")
-        if status == "cancelled":
-            self._withdraw(event_id, "cancelled by the VTN")
-            return self._decide(event_id, modification, "optIn", "cancellation acknowledged")
-        if status == "completed":
-            self._committed.pop(event_id, None)
-            self._forget(event_id)
-            return self._decide(event_id, modification, "optIn", "completed")
-        if descriptor.get("test_event") in (True, "true"):
-            return self._decide(event_id, modification, "optIn", "test event: no action")
-        if event_id not in self._offsets_s:
-            rng = self._rng or random.Random(f"{self._config.ven_name}/{event_id}")
-            self._offsets_s[event_id] = rng.uniform(0.0, startafter_s(event))
-        try:
-            plan = plan_event(event, self._config, self._floor_kw, self._offsets_s[event_id])
-        except UnsupportedEventError as exc:
-            return self._opt_out(event_id, modification, str(exc), "notParticipating")
-        return self._take(plan)
-
-    def _take(self, plan: EventPlan) -> str:
-        """Opt in to a planned event (or out, when the site cannot meet it) and follow it."""
-        event_id, modification = plan.event_id, plan.modification_number
-        if self._committed.pop(event_id, None) == modification:
-            # the site accepted this very version before a restart and is shedding for it now:
-            # judged against today's (already reduced) load it could look infeasible
-            reason: str | None = "resumed after a restart"
-        else:
-            load_kw = self._accepted_at_kw.get(event_id, self._site.site_kw())
-            reason = check_feasible(plan, load_kw, self._floor_kw)
-            if reason is not None and self._config.opt_out_when_infeasible:
-                return self._opt_out(event_id, modification, reason, "mustRun")
-            self._accepted_at_kw.setdefault(event_id, load_kw)
-        self._plans[event_id] = plan
-        self._follow(event_id)
-        return self._decide(event_id, modification, "optIn", reason or f"{plan.signal} accepted")
-
-    def _floor_kw(self, include_protected: bool) -> float:
-        return self._site.floor_kw(include_protected=include_protected)
-
-    def _opt_out(self, event_id: str, modification: int, reason: str, opt_reason: str) -> str:
-        self._withdraw(event_id, f"opted out: {reason}")
-        log.warning(
-            "opting out of OpenADR event %s (modification %d): %s", event_id, modification, reason
-        )
-        client = self._client
-        if client is not None:
-            # The reason travels as an oadrCreateOpt (EiOpt) after the oadrCreatedEvent; a VTN
-            # without an EiOpt service answers 404 and the optOut itself still stands.
-            self._spawn(
-                client.create_opt(
-                    opt_type="optOut",
-                    opt_reason=opt_reason,
-                    targets=[{"ven_id": client.ven_id}],
-                    event_id=event_id,
-                    modification_number=modification,
-                )
-            )
-        return self._decide(event_id, modification, "optOut", reason)
-
-    def _decide(self, event_id: str, modification: int, opt_type: str, reason: str) -> str:
-        now = datetime.now(UTC)
-        decision = OptDecision(event_id, modification, opt_type, reason, now)
-        self.decisions[event_id] = decision
-        if self._on_decision is not None:
-            self._on_decision(decision)
-        return opt_type
-
-    def _follow(self, event_id: str) -> None:
-        """Push the event's obligation as it stands now, and wake at its next step."""
-        timer = self._timers.pop(event_id, None)
-        if timer is not None and timer is not asyncio.current_task():
-            timer.cancel()
-        plan = self._plans.get(event_id)
-        if plan is None:
-            return
-        now = datetime.now(UTC)
-        obligation, wake = obligation_at(plan, now)
-        if obligation is None:
-            self._release(event_id, now)
-            self._forget(event_id)
-            return
-        if self._held.get(event_id) != obligation:
-            self._held[event_id] = obligation
-            self._push(obligation)
-        if wake is not None:
-            self._timers[event_id] = asyncio.get_running_loop().create_task(
-                self._wake(event_id, wake)
-            )
-
-    async def _wake(self, event_id: str, at_utc: datetime) -> None:
-        await asyncio.sleep(max(0.0, (at_utc - datetime.now(UTC)).total_seconds()))
-        self._follow(event_id)
-
-    def _withdraw(self, event_id: str, why: str) -> None:
-        now = datetime.now(UTC)
-        committed = self._committed.pop(event_id, None) is not None
-        if event_id in self._held or committed:
-            log.info("OpenADR event %s released: %s", event_id, why)
-            self.released[event_id] = why  # read by whoever the push below reaches
-        if committed and event_id not in self._held:
-            self._push(ObligationCancel(event_id=event_id, at_utc=now, source=SOURCE))
-        self._release(event_id, now)
-        self._forget(event_id)
-
-    def _release(self, event_id: str, now: datetime) -> None:
-        held = self._held.pop(event_id, None)
-        if held is not None and (held.end_utc is None or held.end_utc > now):
-            self._push(ObligationCancel(event_id=event_id, at_utc=now, source=SOURCE))
-
-    def _forget(self, event_id: str) -> None:
-        self._plans.pop(event_id, None)
-        self._accepted_at_kw.pop(event_id, None)
-        timer = self._timers.pop(event_id, None)
-        if timer is not None and timer is not asyncio.current_task():
-            timer.cancel()
-
-    def _push(self, value: Obligation | ObligationCancel) -> None:
-        assert self._sink is not None
-        self._sink(value)
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

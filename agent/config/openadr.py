@@ -9,7 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from agent.domain.settings import Posture
 
-__all__ = ["OpenAdrConfig", "OpenAdrLevelConfig", "OpenAdrSetpointConfig"]
+__all__ = ["MIN_POLL_S", "OpenAdrConfig", "OpenAdrLevelConfig", "OpenAdrSetpointConfig"]
+
+
+# the shortest poll this VEN keeps to, whatever the VTN asks: an HTTPS round trip, signed XML
+# and parsing take tens of milliseconds on a site controller
+MIN_POLL_S = 0.2
 
 
 class _Strict(BaseModel):
@@ -76,8 +81,21 @@ class OpenAdrConfig(_Strict):
     allow_plain_http: bool = False
     """accept an http:// VTN (test rigs only)"""
     poll_interval_s: float | None = Field(
-        default=None, gt=0, le=86_400, description="default: the oadrPollFreq the VTN asks for"
+        default=None,
+        ge=MIN_POLL_S,
+        le=86_400,
+        description="default: the oadrPollFreq the VTN asks for (whole seconds: OpenADR 2.0b "
+        f"durations have no fractions); here it may be sub-second, down to {MIN_POLL_S} s",
     )
+    programs: list[str] = Field(default_factory=list)
+    """the market contexts (program URIs) the site is enrolled in: an event of any other is
+    opted out and never applied; empty: every program the VTN sends (check-config warns)"""
+    resource_ids: list[str] = Field(default_factory=list)
+    """the resource ids that name this site in eiTarget (report_resource_id always does)"""
+    group_ids: list[str] = Field(default_factory=list)
+    """the group ids this VEN belongs to: an event targeting another group is not for it"""
+    party_ids: list[str] = Field(default_factory=list)
+    """the party ids this VEN stands for"""
     simple_levels: dict[Annotated[int, Field(ge=0, le=3)], OpenAdrLevelConfig] = Field(
         default_factory=lambda: {0: OpenAdrLevelConfig(posture=Posture.NONE)}
     )

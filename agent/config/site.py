@@ -458,6 +458,11 @@ class SiteConfig(_Strict):
                 f" feed's rhythm (a price can be {rhythm_s} s past its interval before the next"
                 " one is published): a healthy feed will read as stale"
             )
+        if self.openadr is not None and not self.openadr.programs:
+            found.append(
+                "openadr.programs is empty: events of every market context the VTN sends are "
+                "taken; list the programs the site is enrolled in"
+            )
         return found
 
     @property

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from openleadr import OpenADRServer, objects, utils
+from openleadr import OpenADRServer, errors, objects, utils
 from openleadr.service import OptService
 from openleadr.service.decorators import handler
 
@@ -132,6 +132,12 @@ class Vtn:
     opt_types: list[tuple[str, str]] = field(default_factory=list)  # (event id, opt type)
     created_opts: list[dict[str, Any]] = field(default_factory=list)
     pki: Pki | None = None  # mutual TLS and signed messages when given
+    # a VTN that refuses a venID it does not know (463), as one that lost its registrations
+    # does, instead of taking the one the VEN offers
+    refuse_unknown_ids: bool = False
+    # poll answers from a queue of messages (openleadr's "external" polling), one per poll
+    queued: dict[str, list[Any]] | None = None
+    requested_poll: str | None = None  # an oadrPollFreq as written, e.g. "PT0.5S"
     server: Any = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -156,10 +162,12 @@ class Vtn:
             vtn_id=VTN_ID,
             http_port=self.port,
             http_host="127.0.0.1",
-            requested_poll_freq=timedelta(seconds=self.poll_s),
+            requested_poll_freq=self.requested_poll or timedelta(seconds=self.poll_s),
             ven_lookup=self._lookup,
             show_fingerprint=False,
         )
+        if self.queued is not None:
+            server.add_handler("on_poll", self._next_queued)
         server.add_handler("on_create_party_registration", self._register)
         server.add_handler("on_register_report", self._offer)
         opt_service = _RecordingOptService(VTN_ID, self.created_opts)
@@ -172,9 +180,21 @@ class Vtn:
 
     # -- VTN handlers ------------------------------------------------------------------------
     def _register(self, payload: dict[str, Any]) -> tuple[str, str]:
-        ven_id = payload.get("ven_id") or f"ven-{payload['ven_name']}"
+        offered = payload.get("ven_id")
+        if self.refuse_unknown_ids and offered and offered not in self.registrations:
+            raise errors.NotRegisteredOrAuthorizedError(f"venID {offered} is not registered")
+        if self.refuse_unknown_ids:
+            offered = offered or f"ven-{payload['ven_name']}-{next(self._ids)}"
+        ven_id = offered or f"ven-{payload['ven_name']}"
         self.registrations[ven_id] = f"reg-{next(self._ids)}"
         return ven_id, self.registrations[ven_id]
+
+    def _next_queued(self, ven_id: str) -> Any:
+        assert self.queued is not None
+        waiting = self.queued.get(ven_id) or []
+        if not waiting:
+            return None
+        return "oadrDistributeEvent", {"events": utils.order_events(waiting.pop(0))}
 
     def _lookup(self, ven_id: str) -> dict[str, Any]:
         if ven_id not in self.registrations:
@@ -214,6 +234,8 @@ class Vtn:
         signal_type: str = "level",
         ramp_up: timedelta | None = None,
         event_id: str | None = None,
+        targets: list[objects.Target] | None = None,
+        market_context: str = "http://program.example/dr",
     ) -> objects.Event:
         start = start or datetime.now(UTC)
         intervals = [
@@ -229,7 +251,7 @@ class Vtn:
             event_descriptor=objects.EventDescriptor(
                 event_id=event_id or f"evt-{next(self._ids)}",
                 modification_number=0,
-                market_context="http://program.example/dr",
+                market_context=market_context,
                 event_status="far",
             ),
             active_period=objects.ActivePeriod(
@@ -245,7 +267,7 @@ class Vtn:
                     signal_id=f"sig-{next(self._ids)}",
                 )
             ],
-            targets=[objects.Target(ven_id=ven_id)],
+            targets=targets if targets is not None else [objects.Target(ven_id=ven_id)],
         )
 
     def publish(self, ven_id: str, event: objects.Event) -> str:

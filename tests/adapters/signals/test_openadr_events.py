@@ -150,6 +150,18 @@ def test_the_detailed_signal_wins_over_the_simple_one_only_when_mapped() -> None
     assert (unmapped.signal, unmapped.steps[0].kw) == ("SIMPLE", 40.0)
 
 
+def test_an_unsupported_detailed_signal_falls_back_to_the_simple_one_beside_it() -> None:
+    simple = objects.EventSignal(
+        intervals=[objects.Interval(dtstart=T0, duration=timedelta(minutes=15),
+                                    signal_payload=1.0, uid=0)],
+        signal_name="SIMPLE", signal_type="level", signal_id="s0",
+    )  # fmt: skip
+    event = wire_event([0.5], signal_name="LOAD_DISPATCH", signal_type="multiplier",
+                       extra_signal=simple)  # fmt: skip
+    plan = plan_event(event, config(load_dispatch={"meaning": "ceiling"}), floor)
+    assert (plan.signal, plan.steps[0].kw) == ("SIMPLE", 40.0)
+
+
 def test_unsupported_signal_types_are_refused_not_guessed() -> None:
     event = wire_event([0.5], signal_name="LOAD_DISPATCH", signal_type="multiplier")
     with pytest.raises(UnsupportedEventError, match="multiplier is not supported"):

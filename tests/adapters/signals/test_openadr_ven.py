@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from openleadr import objects
 
 from adapters.signals.openadr_ven import OpenAdrVen
 from agent.config import OpenAdrConfig
@@ -188,3 +189,123 @@ def test_a_vtn_whose_signature_does_not_match_the_fingerprint_is_never_joined(
             await vtn.stop()
 
     asyncio.run(main())
+
+
+def test_a_vtn_that_lost_its_registrations_is_rejoined_afresh_over_tls(tmp_path: Path) -> None:
+    """The VTN restarts without its registrations and refuses the old venID (463): the VEN
+    registers as new, takes the venID given now, and an event published to it is followed."""
+    pki = Pki.create(tmp_path)
+    tls = {
+        "allow_plain_http": False,
+        "cert_file": pki.ven_cert,
+        "key_file": pki.ven_key,
+        "ca_file": pki.ca_file,
+        "vtn_fingerprint": Pki.fingerprint(pki.vtn_cert).lower(),
+    }
+
+    async def main() -> None:
+        vtn = Vtn(port=free_port(), pki=pki, refuse_unknown_ids=True)
+        site = SimSite()
+        ven = OpenAdrVen(ven_config(vtn, **tls), site)
+        async with running(vtn, site, ven):
+            first = ven.ven_id
+            await vtn.stop()
+            await vtn.start()  # forgets every registration
+            await wait_until(lambda: ven.registered and ven.ven_id != first, 15,
+                             "registration under a new venID")  # fmt: skip
+            new_id = ven.ven_id
+            assert new_id is not None
+            assert new_id in vtn.registrations
+            event_id = vtn.publish(new_id, vtn.event(new_id, [2.0], interval_s=600))
+            await wait_until(lambda: (event_id, "optIn") in vtn.opt_types, 10, "the opt-in")
+            await wait_until(lambda: site.site_kw() == LEVEL_2_CEILING_KW, 5, "the shed")
+
+    asyncio.run(main())
+
+
+NOT_OURS = {
+    "another venID": ({"ven_id": "ven-someone-else"}, {}, "targets ven_id ven-someone-else"),
+    "a resource the site lacks": ({"resource_id": "pump-7"}, {},
+                                  "targets resource pump-7, which this site does not have"),
+    "another group": ({"group_id": "west-feeders"}, {"group_ids": ["east-feeders"]},
+                      "targets group_id west-feeders"),
+    "another program": ({}, {"programs": ["http://program.example/ers"]},
+                        "market context http://program.example/dr is not a program"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(NOT_OURS))
+def test_an_event_not_for_this_site_is_opted_out_and_never_applied(case: str) -> None:
+    target, enrolment, reason = NOT_OURS[case]
+
+    async def scenario(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> None:
+        ven_id = ven.ven_id
+        assert ven_id is not None
+        targets = [objects.Target(**target)] if target else None
+        event_id = vtn.publish(ven_id, vtn.event(ven_id, [2.0], interval_s=600, targets=targets))
+        await wait_until(lambda: (event_id, "optOut") in vtn.opt_types, 5, "the opt-out")
+        assert reason in ven.decisions[event_id].reason
+        assert ven.decisions[event_id].reason.startswith("not for this site")
+        assert site.received == []  # nothing ever reached the site
+        assert site.site_kw() == FULL_KW
+
+    run(scenario, **enrolment)
+
+
+def test_an_event_for_this_ven_and_its_resource_in_an_enrolled_program_is_followed() -> None:
+    async def scenario(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> None:
+        ven_id = ven.ven_id
+        assert ven_id is not None
+        targets = [objects.Target(ven_id=ven_id), objects.Target(resource_id="site")]
+        event_id = vtn.publish(ven_id, vtn.event(ven_id, [2.0], interval_s=600, targets=targets))
+        await wait_until(lambda: (event_id, "optIn") in vtn.opt_types, 5, "the opt-in")
+        await wait_until(lambda: site.site_kw() == LEVEL_2_CEILING_KW, 5, "the shed")
+
+    run(scenario, programs=["http://program.example/dr"])
+
+
+def test_while_the_vtn_has_messages_queued_the_ven_polls_again_at_once() -> None:
+    """Two messages queued (an event, then the same distribution with a second event) under a
+    4 s oadrPollFreq: the second arrives on the next poll, not a poll interval later."""
+
+    async def main() -> None:
+        vtn = Vtn(port=free_port(), poll_s=4, queued={})
+        site = SimSite()
+        ven = OpenAdrVen(ven_config(vtn, poll_interval_s=None), site)
+        async with running(vtn, site, ven):
+            ven_id = ven.ven_id
+            assert ven_id is not None
+            assert ven.poll_s == 4
+            first = vtn.event(ven_id, [1.0], interval_s=600, event_id="queued-1")
+            second = vtn.event(ven_id, [2.0], interval_s=600, event_id="queued-2")
+            for event in (first, second):
+                vtn.publish(ven_id, event)  # registers the opt callbacks
+            assert vtn.queued is not None
+            vtn.queued[ven_id] = [[first], [first, second]]
+            await wait_until(lambda: "queued-1" in ven.decisions, 10, "the first event")
+            got_first = asyncio.get_running_loop().time()
+            await wait_until(lambda: "queued-2" in ven.decisions, 10, "the second event")
+            assert asyncio.get_running_loop().time() - got_first < 2.0  # a poll, not 4 s
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("asked", "configured", "polls_s"), [("PT2S", None, 2.0), ("PT2S", 0.5, 0.5), ("P", None, 10.0)]
+)
+def test_the_poll_interval_follows_the_vtn_unless_the_site_file_sets_a_faster_one(
+    asked: str, configured: float | None, polls_s: float
+) -> None:
+    async def main() -> None:
+        vtn = Vtn(port=free_port(), requested_poll=asked)
+        site = SimSite()
+        ven = OpenAdrVen(ven_config(vtn, poll_interval_s=configured), site)
+        async with running(vtn, site, ven):
+            assert ven.poll_s == polls_s
+
+    asyncio.run(main())
+
+
+def test_a_poll_interval_under_the_floor_is_refused_by_the_site_file() -> None:
+    with pytest.raises(ValueError, match=r"greater than or equal to 0\.2"):
+        ven_config(Vtn(port=1), poll_interval_s=0.1)
