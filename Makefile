@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: demo test test-install lint typecheck imports pytest bench clean
+.PHONY: demo test test-slow test-install lint typecheck imports pytest bench clean
 
 $(BIN)/python:
 	@echo "creating $(VENV) with $(PYTHON) ..."
@@ -39,6 +39,10 @@ imports: $(DEV_STAMP)
 
 pytest: $(DEV_STAMP)
 	$(BIN)/python -m pytest
+
+# the year-long backtest replays against the plain per-interval loop (minutes on 2 cores)
+test-slow: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m slow
 
 # a wheel of the checkout in a new venv, every documented command run from outside the checkout
 test-install: $(DEV_STAMP)

@@ -7,6 +7,8 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
+
 from agent.backtest import replay, replay_plain
 from agent.backtest.replay import _obligated
 from agent.domain.fleet import Fleet
@@ -66,6 +68,7 @@ def _sized(events: tuple[Obligation, ...], site_kw: float) -> list[Obligation]:
     ]
 
 
+@pytest.mark.slow  # a year through the plain per-interval loop: make test-slow
 def test_small_site_full_year_with_dispatch() -> None:
     config = example("small-site.yaml")
     fleet, policy = config.fleet(), config.decision_policy()
@@ -78,6 +81,7 @@ def test_small_site_full_year_with_dispatch() -> None:
     assert (fast.class_rule == int(Rule.DISPATCH)).any()
 
 
+@pytest.mark.slow  # a year through the plain per-interval loop: make test-slow
 def test_reduced_50mw_site_full_year_long_dwell_and_hysteresis() -> None:
     config = example("west-50mw.yaml")
     fleet = _reduced(config.fleet(), keep=3, dwell_s=3600)

@@ -98,7 +98,7 @@ def _bdseq(message: Any) -> int:
 def test_births_data_seq_wrap_rebirth_commands_and_a_clean_death(
     own_mqtt_broker: Broker, host: Host
 ) -> None:
-    node = Node(own_mqtt_broker, bdseq=7)
+    node = Node(own_mqtt_broker, bdseq=7, report_s=0.01)
     try:
         birth = host.next("NBIRTH")
         assert (birth.qos, birth.retain, birth.payload.seq) == (0, False, 0)
