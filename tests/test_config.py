@@ -227,3 +227,17 @@ def test_a_sparkplug_section_needs_mqtt_and_valid_ids(extra: str, problem: str) 
     with pytest.raises(ConfigFileError) as caught:
         parse_config(MINIMAL + extra, env={})
     assert any(problem in str(issue) for issue in caught.value.issues), caught.value.issues
+
+
+def test_openadr_prices_and_another_price_source_are_refused_together() -> None:
+    text = MINIMAL + (
+        "openadr: {vtn_url: 'http://vtn', ven_name: v, allow_plain_http: true, "
+        "price_signals: true}\n"
+    )
+    with pytest.raises(ConfigFileError) as caught:
+        parse_config(text, env={})
+    assert any("openadr.price_signals" in str(i) and "prices.source" in str(i)
+               for i in caught.value.issues)  # fmt: skip
+    config = parse_config(text + "prices: {source: none}\n", env={})
+    assert config.openadr is not None
+    assert config.openadr.price_signals

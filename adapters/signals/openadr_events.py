@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.config import OpenAdrConfig, OpenAdrSetpointConfig
 from agent.domain.settings import Posture
-from agent.domain.signals import Obligation, ObligationKind
+from agent.domain.signals import Obligation, ObligationKind, PriceSignal
 
 __all__ = [
     "EventPlan",
@@ -32,6 +32,7 @@ __all__ = [
     "not_for_site",
     "obligation_at",
     "plan_event",
+    "price_signals",
     "startafter_s",
 ]
 
@@ -50,6 +51,9 @@ _KW_PER_UNIT = {"W": 1e-3, "kW": 1.0, "MW": 1e3}
 # The signals this VEN acts on, most specific first: a 2.0b event carries a SIMPLE signal for
 # 2.0a VENs beside the detailed one, and the detailed one is what the program means.
 _SETPOINT_TYPES = {"LOAD_DISPATCH": "setpoint", "LOAD_CONTROL": "x-loadControlSetpoint"}
+# Price signals the VEN can feed to the engine: absolute prices, in $/MWh once converted.
+_PRICE_SIGNALS = ("ELECTRICITY_PRICE", "ENERGY_PRICE")
+_USD_PER_MWH_PER_UNIT = {"currencyPerKWh": 1000.0}  # the one energy price unit of 2.0b
 # A feasibility margin: floors and ceilings are sums of floats.
 _FEASIBLE_EPS_KW = 1e-6
 
@@ -127,6 +131,41 @@ def plan_event(
         signal=name,
         steps=tuple(steps),
     )
+
+
+def price_signals(event: Mapping[str, Any], observed_at: datetime) -> list[PriceSignal]:
+    """The prices an ELECTRICITY_PRICE or ENERGY_PRICE signal of the event announces, one per
+    interval ([] when it carries none). Only absolute prices (signal type `price`) in USD per
+    kWh (itemBase currencyPerKWh) are taken: a relative price or a multiplier says nothing the engine can compare
+    with a class's breakeven."""
+    by_name = {str(s["signal_name"]).upper(): s for s in event.get("event_signals") or []}
+    name = next((n for n in _PRICE_SIGNALS if n in by_name), None)
+    if name is None:
+        return []
+    signal = by_name[name]
+    if signal.get("signal_type") != "price":
+        raise UnsupportedEventError(
+            f"{name} of type {signal.get('signal_type')} is not supported (only price)"
+        )
+    measurement = signal.get("measurement") or {}
+    per = _USD_PER_MWH_PER_UNIT.get(str(measurement.get("name") or ""))
+    scale = measurement.get("scale") or "none"
+    if per is None or measurement.get("unit") != "USD" or scale != "none":
+        raise UnsupportedEventError(
+            f"{name} itemBase {measurement.get('name')} in {scale} {measurement.get('unit')} "
+            "is not USD per kWh"
+        )
+    program = str(event["event_descriptor"].get("market_context") or "openadr")
+    prices = []
+    for interval in sorted(signal.get("intervals") or [], key=lambda i: i["dtstart"]):
+        duration: timedelta = interval.get("duration") or timedelta(0)
+        value = float(interval["signal_payload"]) * per
+        if duration <= timedelta(0) or not math.isfinite(value):
+            raise UnsupportedEventError(f"{name} interval without a duration or a finite price")
+        start = interval["dtstart"]
+        prices.append(PriceSignal(value, start, start + duration, observed_at, program,
+                                  "openadr", SOURCE))  # fmt: skip
+    return prices
 
 
 def not_for_site(event: Mapping[str, Any], ven_id: str | None, config: OpenAdrConfig) -> str | None:

@@ -26,10 +26,11 @@ from adapters.signals.openadr_events import (
     not_for_site,
     obligation_at,
     plan_event,
+    price_signals,
     startafter_s,
 )
 from agent.config import OpenAdrConfig
-from agent.domain.signals import Obligation, ObligationCancel
+from agent.domain.signals import Obligation, ObligationCancel, PriceSignal
 from agent.ports import SignalSink, SiteView
 
 __all__ = ["EventFollowing", "OptDecision"]
@@ -87,6 +88,31 @@ class EventFollowing:
         descriptor = event["event_descriptor"]
         event_id = str(descriptor["event_id"])
         modification = int(descriptor.get("modification_number") or 0)
+        screened = self._screen(event, event_id, modification)
+        if screened is not None:
+            return screened
+        prices: list[PriceSignal] = []
+        try:
+            if self._config.price_signals:
+                prices = price_signals(event, datetime.now(UTC))
+            for price in prices:  # the engine prices each interval when it comes
+                self._push(price)
+            if event_id not in self._offsets_s:
+                rng = self._rng or random.Random(f"{self._config.ven_name}/{event_id}")
+                self._offsets_s[event_id] = rng.uniform(0.0, startafter_s(event))
+            plan = plan_event(event, self._config, self._floor_kw, self._offsets_s[event_id])
+        except UnsupportedEventError as exc:
+            if prices:  # a price event asks nothing more of the site
+                values = [p.price_usd_per_mwh for p in prices]
+                why = f"{len(prices)} price(s), {min(values):.2f} to {max(values):.2f} $/MWh"
+                return self._decide(event_id, modification, "optIn", why)
+            return self._opt_out(event_id, modification, str(exc), "notParticipating")
+        return self._take(plan)
+
+    def _screen(self, event: Mapping[str, Any], event_id: str, modification: int) -> str | None:
+        """The answer to an event that is not followed: cancelled, completed, not this site's,
+        a test; None for one to plan."""
+        descriptor = event["event_descriptor"]
         status = descriptor.get("event_status")
         if status == "cancelled":
             self._withdraw(event_id, "cancelled by the VTN")
@@ -101,14 +127,7 @@ class EventFollowing:
                                  "notParticipating")  # fmt: skip
         if descriptor.get("test_event") in (True, "true"):
             return self._decide(event_id, modification, "optIn", "test event: no action")
-        if event_id not in self._offsets_s:
-            rng = self._rng or random.Random(f"{self._config.ven_name}/{event_id}")
-            self._offsets_s[event_id] = rng.uniform(0.0, startafter_s(event))
-        try:
-            plan = plan_event(event, self._config, self._floor_kw, self._offsets_s[event_id])
-        except UnsupportedEventError as exc:
-            return self._opt_out(event_id, modification, str(exc), "notParticipating")
-        return self._take(plan)
+        return None
 
     def _take(self, plan: EventPlan) -> str:
         """Opt in to a planned event (or out, when the site cannot meet it) and follow it."""
@@ -207,7 +226,7 @@ class EventFollowing:
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
 
-    def _push(self, value: Obligation | ObligationCancel) -> None:
+    def _push(self, value: Obligation | ObligationCancel | PriceSignal) -> None:
         assert self._sink is not None
         self._sink(value)
 

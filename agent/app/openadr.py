@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.app.assembly import Service
-from agent.domain.signals import Obligation, ObligationCancel
+from agent.domain.signals import Obligation, ObligationCancel, PriceSignal
 from agent.errors import SignalAuthError
 from agent.ports import Clock, SignalSink
 
@@ -77,6 +77,9 @@ def openadr_link(service: Service, clock: Clock) -> OpenAdrLink | None:
             label = "OpenADR event" if revision is None else f"OpenADR modification {revision}"
             reason = f"{label}: {value.kind.value} {value.kw:.1f} kW"
             outcome = service.events.revise(value, now, revision, reason)
+        elif isinstance(value, PriceSignal):  # openadr.price_signals: the program's prices
+            service.snapshot(value)
+            outcome = "price"
         else:  # the VEN pushes nothing else
             raise TypeError(f"unexpected signal from the VEN: {value!r}")
         service.metrics.messages.labels(topic="openadr", outcome=outcome).inc()

@@ -40,6 +40,11 @@ def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
     classes = raw.get("classes") if isinstance(raw.get("classes"), dict) else {}
     assert isinstance(classes, dict)
     problems.extend(_follower_checks(raw, classes))
+    openadr, prices = raw.get("openadr"), raw.get("prices")
+    source = prices.get("source", "ercot-mis") if isinstance(prices, dict) else "ercot-mis"
+    if isinstance(openadr, dict) and openadr.get("price_signals") is True and source != "none":
+        problems.append((("openadr", "price_signals"), True, f"prices come from OpenADR events "
+                         f"here: set prices.source to none (it is {source})"))  # fmt: skip
     if raw.get("sparkplug") and not raw.get("mqtt"):
         problems.append((("sparkplug",), "", "Sparkplug B runs on the site's MQTT broker: add an "
                          "`mqtt` section"))  # fmt: skip

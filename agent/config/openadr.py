@@ -96,6 +96,9 @@ class OpenAdrConfig(_Strict):
     """the group ids this VEN belongs to: an event targeting another group is not for it"""
     party_ids: list[str] = Field(default_factory=list)
     """the party ids this VEN stands for"""
+    price_signals: bool = False
+    """ELECTRICITY_PRICE / ENERGY_PRICE events become the engine's price (then `prices.source`
+    must be none: one price source)"""
     simple_levels: dict[Annotated[int, Field(ge=0, le=3)], OpenAdrLevelConfig] = Field(
         default_factory=lambda: {0: OpenAdrLevelConfig(posture=Posture.NONE)}
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from openleadr import utils
+from openleadr import objects, utils
 
 from adapters.sim.modbus_server import SimModbusSite
 from agent.app.assembly import MemoryOutbox, Service, assemble
@@ -51,7 +51,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def enrolled(tmp_path: Path, vtn: Vtn, tag: str) -> SiteConfig:
+def enrolled(tmp_path: Path, vtn: Vtn, tag: str, **more: object) -> SiteConfig:
     config = site_config(
         tmp_path / "db.sqlite3", free_port(), tag=tag, host_a="127.0.7.1", host_b="127.0.7.101"
     )
@@ -67,6 +67,7 @@ def enrolled(tmp_path: Path, vtn: Vtn, tag: str) -> SiteConfig:
                 3: {"ceiling_kw": LEVEL_3_CEILING_KW},
             },
             "load_control": {"meaning": "shed", "unit": "kW"},
+            **more,
         }
     )
     return config.model_copy(update={"openadr": openadr})
@@ -293,3 +294,33 @@ def test_a_revising_source_never_rewrites_an_mqtt_event_and_an_unchanged_resend_
     assert ("ev-1", "conflict") in kinds
     assert [k for s, k in kinds if s == "oadr-1"] == ["event-accepted", "event-modified"]
     store.close()
+
+
+def test_a_program_price_from_the_vtn_is_the_engines_price(tmp_path: Path) -> None:
+    """With openadr.price_signals, an ELECTRICITY_PRICE event is the price the engine decides
+    on: at 2 $/kWh every interruptible class is above its breakeven and stops; the VEN opts in,
+    and no dispatch event is made of it."""
+
+    async def main() -> None:
+        vtn = Vtn(port=free_port())
+        config = enrolled(tmp_path, vtn, "op", price_signals=True)
+        await vtn.start()
+        async with SimModbusSite(endpoints_for(config)) as sim, service_running(config) as run:
+            await wait_until(lambda: VEN_ID in vtn.registrations, 10, "the VEN to register")
+            usd_per_kwh = objects.Measurement(name="currencyPerKWh", description="currencyPerKWh",
+                                              unit="USD", scale="none")  # fmt: skip
+            event = vtn.event(VEN_ID, [2.0], interval_s=600, signal_name="ELECTRICITY_PRICE",
+                              signal_type="price", measurement=usd_per_kwh)  # fmt: skip
+            event_id = vtn.publish(VEN_ID, event)
+            await wait_until(lambda: (event_id, "optIn") in vtn.opt_types, 5, "the opt-in")
+            price = run.service.snapshot.price_at(utc_now())
+            assert price is not None
+            assert (price.price_usd_per_mwh, price.source) == (2000.0, "openadr")
+            await wait_until(lambda: devices_kw(sim) <= CONTROLS_KW + 1, 10,
+                             "the miners and tanks to stop on the price")  # fmt: skip
+            last = run.service.shell.last
+            assert last is not None
+            assert last.decision.price_usd_per_mwh == 2000.0
+            assert run.service.events.live == []  # a price is not a dispatch
+
+    asyncio.run(main())

@@ -236,6 +236,7 @@ class Vtn:
         event_id: str | None = None,
         targets: list[objects.Target] | None = None,
         market_context: str = "http://program.example/dr",
+        measurement: objects.Measurement | None = None,
     ) -> objects.Event:
         start = start or datetime.now(UTC)
         intervals = [
@@ -265,6 +266,7 @@ class Vtn:
                     signal_name=signal_name,
                     signal_type=signal_type,
                     signal_id=f"sig-{next(self._ids)}",
+                    measurement=measurement,
                 )
             ],
             targets=targets if targets is not None else [objects.Target(ven_id=ven_id)],

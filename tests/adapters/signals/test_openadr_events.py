@@ -14,6 +14,7 @@ from adapters.signals.openadr_events import (
     check_feasible,
     obligation_at,
     plan_event,
+    price_signals,
     startafter_s,
 )
 from agent.config import ConfigFileError, OpenAdrConfig, parse_config
@@ -160,6 +161,28 @@ def test_an_unsupported_detailed_signal_falls_back_to_the_simple_one_beside_it()
                        extra_signal=simple)  # fmt: skip
     plan = plan_event(event, config(load_dispatch={"meaning": "ceiling"}), floor)
     assert (plan.signal, plan.steps[0].kw) == ("SIMPLE", 40.0)
+
+
+def test_an_electricity_price_signal_becomes_prices_per_interval_in_usd_per_mwh() -> None:
+    usd_per_kwh = objects.Measurement(name="currencyPerKWh", description="currencyPerKWh",
+                                      unit="USD", scale="none")  # fmt: skip
+    event = wire_event([0.045, 1.2], signal_name="ELECTRICITY_PRICE", signal_type="price",
+                       measurement=usd_per_kwh)  # fmt: skip
+    prices = price_signals(event, T0)
+    assert [p.price_usd_per_mwh for p in prices] == pytest.approx([45.0, 1200.0])
+    assert [p.interval_start_utc for p in prices] == [T0, T0 + timedelta(minutes=15)]
+    assert prices[0].interval_end_utc == T0 + timedelta(minutes=15)
+    assert prices[0].source == "openadr"
+    relative = wire_event([0.1], signal_name="ELECTRICITY_PRICE", signal_type="priceRelative",
+                          measurement=usd_per_kwh)  # fmt: skip
+    with pytest.raises(UnsupportedEventError, match="priceRelative is not supported"):
+        price_signals(relative, T0)
+    euros = objects.Measurement(name="currencyPerKWh", description="currencyPerKWh", unit="EUR",
+                                scale="none")  # fmt: skip
+    with pytest.raises(UnsupportedEventError, match="is not USD per kWh"):
+        price_signals(wire_event([0.1], signal_name="ENERGY_PRICE", signal_type="price",
+                                 measurement=euros), T0)  # fmt: skip
+    assert price_signals(wire_event([2.0]), T0) == []  # SIMPLE: no price
 
 
 def test_unsupported_signal_types_are_refused_not_guessed() -> None:
