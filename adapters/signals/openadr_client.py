@@ -46,9 +46,22 @@ def offer_site_power_report(
     client.add_report(
         callback=site_kw,
         resource_id=cfg.report_resource_id,
-        measurement="real_power",
+        # the same ids at every start: a VTN keeps its report requests and data by them
+        report_specifier_id=f"{cfg.ven_name}:TELEMETRY_USAGE",
+        r_id=f"{cfg.report_resource_id}:realPower",
+        # our own itemBase: openleadr's named one is a shared object declaring 50 Hz / 230 V
+        # (its power_hertz / power_voltage arguments are not applied to a named measurement)
+        measurement=objects.Measurement(
+            name="powerReal",
+            description="RealPower",
+            unit="W",
+            scale="k",  # values in kW
+            power_attributes=objects.PowerAttributes(
+                hertz=cfg.nominal_hz, voltage=cfg.nominal_voltage_v, ac=True
+            ),
+        ),
         unit="W",
-        scale="k",  # values in kW
+        scale="k",
         report_duration=_REPORT_BUFFER,
         sampling_rate=objects.SamplingRate(
             min_period=_REPORT_MIN_PERIOD, max_period=_REPORT_MAX_PERIOD, on_change=False

@@ -136,8 +136,8 @@ def plan_event(
 def price_signals(event: Mapping[str, Any], observed_at: datetime) -> list[PriceSignal]:
     """The prices an ELECTRICITY_PRICE or ENERGY_PRICE signal of the event announces, one per
     interval ([] when it carries none). Only absolute prices (signal type `price`) in USD per
-    kWh (itemBase currencyPerKWh) are taken: a relative price or a multiplier says nothing the engine can compare
-    with a class's breakeven."""
+    kWh (itemBase currencyPerKWh) are taken: a relative price or a multiplier says nothing the
+    engine can compare with a class's breakeven."""
     by_name = {str(s["signal_name"]).upper(): s for s in event.get("event_signals") or []}
     name = next((n for n in _PRICE_SIGNALS if n in by_name), None)
     if name is None:

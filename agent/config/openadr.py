@@ -111,6 +111,10 @@ class OpenAdrConfig(_Strict):
     """opt out of an event the site cannot meet, rather than opt in and fail"""
     report_resource_id: str = Field(default="site", min_length=1)
     """the resource id the VEN reports telemetry under"""
+    nominal_hz: Literal[50, 60] = 60
+    """the grid frequency the report metadata declares (ERCOT and North America: 60)"""
+    nominal_voltage_v: float = Field(default=480, gt=0, le=800_000)
+    """the site's service voltage, as the report metadata declares it"""
 
     @model_validator(mode="after")
     def _transport(self) -> OpenAdrConfig:

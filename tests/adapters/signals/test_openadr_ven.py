@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from openleadr import hooks as openleadr_hooks
 from openleadr import objects
 
 from adapters.signals.openadr_ven import OpenAdrVen
@@ -309,3 +311,41 @@ def test_the_poll_interval_follows_the_vtn_unless_the_site_file_sets_a_faster_on
 def test_a_poll_interval_under_the_floor_is_refused_by_the_site_file() -> None:
     with pytest.raises(ValueError, match=r"greater than or equal to 0\.2"):
         ven_config(Vtn(port=1), poll_interval_s=0.1)
+
+
+def test_report_metadata_declares_60_hz_the_site_voltage_and_the_same_ids_every_start() -> None:
+    """openleadr's defaults are 50 Hz / 230 V and new random ids at each start: the VTN is told
+    what the site is, under ids that survive a restart of the agent."""
+    seen: list[str] = []
+
+    async def capture(content: bytes | str) -> None:  # openleadr awaits its hooks
+        text = content.decode() if isinstance(content, bytes) else content
+        if "oadrRegisterReport" in text and "TELEMETRY_USAGE" in text:
+            seen.append(text)
+
+    async def one_run(voltage: float) -> None:
+        vtn = Vtn(port=free_port())
+        site = SimSite()
+        ven = OpenAdrVen(ven_config(vtn, nominal_voltage_v=voltage), site)
+        async with running(vtn, site, ven):
+            await wait_until(lambda: bool(seen), 5, "the report registration")
+
+    openleadr_hooks.register("before_parse", capture)
+    try:
+        asyncio.run(one_run(480))
+        first = seen.pop()
+        asyncio.run(one_run(480))
+        second = seen.pop()
+    finally:
+        openleadr_hooks.HOOKS["before_parse"].remove(capture)
+    for xml in (first, second):
+        assert re.search(r"<power:hertz>60</power:hertz>", xml)
+        assert re.search(r"<power:voltage>480(\.0)?</power:voltage>", xml)
+
+    def ids(xml: str) -> tuple[list[str], list[str]]:
+        return re.findall(r"<ei:rID>([^<]+)</ei:rID>", xml), re.findall(
+            r"<ei:reportSpecifierID>([^<]+)</ei:reportSpecifierID>", xml
+        )
+
+    assert ids(first) == ids(second)
+    assert ids(first) == (["site:realPower"], ["small-site:TELEMETRY_USAGE"])
