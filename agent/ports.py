@@ -141,6 +141,10 @@ class SiteView(Protocol):
         (and protected ones too when `include_protected`): critical and unreachable loads stay."""
         ...
 
+    def capacity_kw(self) -> float:
+        """Every device at its rating: what a capacity fraction (OpenADR) is a fraction of."""
+        ...
+
 
 class SignalSource(Protocol):
     """A live source of signals (prices, dispatch, OpenADR). Runs until cancelled."""

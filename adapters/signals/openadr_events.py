@@ -26,6 +26,7 @@ from agent.domain.signals import Obligation, ObligationKind, PriceSignal
 
 __all__ = [
     "EventPlan",
+    "SiteNow",
     "Step",
     "UnsupportedEventError",
     "check_feasible",
@@ -49,8 +50,17 @@ _KW_PER_SCALED_W = {
 _KW_PER_UNIT = {"W": 1e-3, "kW": 1.0, "MW": 1e3}
 
 # The signals this VEN acts on, most specific first: a 2.0b event carries a SIMPLE signal for
-# 2.0a VENs beside the detailed one, and the detailed one is what the program means.
-_SETPOINT_TYPES = {"LOAD_DISPATCH": "setpoint", "LOAD_CONTROL": "x-loadControlSetpoint"}
+# 2.0a VENs beside the detailed one, and the detailed one is what the program means. Per
+# signal, the types it takes (a LOAD_CONTROL level offset has no meaning without the program's
+# own level table, a LOAD_DISPATCH multiplier none without a reference load).
+_SUPPORTED_TYPES = {
+    "LOAD_DISPATCH": ("setpoint", "delta"),
+    "LOAD_CONTROL": (
+        "x-loadControlSetpoint",
+        "x-loadControlCapacity",
+        "x-loadControlPercentOffset",
+    ),
+}
 # Price signals the VEN can feed to the engine: absolute prices, in $/MWh once converted.
 _PRICE_SIGNALS = ("ELECTRICITY_PRICE", "ENERGY_PRICE")
 _USD_PER_MWH_PER_UNIT = {"currencyPerKWh": 1000.0}  # the one energy price unit of 2.0b
@@ -75,6 +85,14 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteNow:
+    """What relative signals are relative to."""
+
+    load_kw: float  # the site's load when the event was first accepted (percent offsets)
+    capacity_kw: float  # every device at its rating (capacity fractions)
+
+
+@dataclass(frozen=True, slots=True)
 class EventPlan:
     event_id: str
     modification_number: int
@@ -91,7 +109,11 @@ def startafter_s(event: Mapping[str, Any]) -> float:
 
 
 def plan_event(
-    event: Mapping[str, Any], config: OpenAdrConfig, floor_kw: FloorKw, offset_s: float = 0.0
+    event: Mapping[str, Any],
+    config: OpenAdrConfig,
+    floor_kw: FloorKw,
+    offset_s: float = 0.0,
+    site: SiteNow | None = None,
 ) -> EventPlan:
     """Translate one parsed event; `offset_s` is this VEN's draw within the startafter window."""
     descriptor = event["event_descriptor"]
@@ -113,7 +135,7 @@ def plan_event(
         else:
             setpoint = config.load_dispatch if name == "LOAD_DISPATCH" else config.load_control
             assert setpoint is not None  # _pick_signal only picks a mapped signal
-            kind, kw, why = _setpoint(value, signal, setpoint, name)
+            kind, kw, why = _detailed(value, signal, setpoint, name, site)
             protected = False
         steps.append(Step(start, end, kind, kw, protected, why))
     # Ramp-up: the resource may move during this period before the start, so it is at the
@@ -204,12 +226,12 @@ def _pick_signal(event: Mapping[str, Any], config: OpenAdrConfig) -> Mapping[str
     signals = event.get("event_signals") or []
     by_name = {str(s["signal_name"]).upper(): s for s in signals}
     refused = None
-    for name, expected_type in _SETPOINT_TYPES.items():
+    for name, types in _SUPPORTED_TYPES.items():
         mapped = config.load_dispatch if name == "LOAD_DISPATCH" else config.load_control
         if name in by_name and mapped is not None:
             signal_type = by_name[name].get("signal_type")
-            if signal_type != expected_type:
-                refused = f"{name} of type {signal_type} is not supported (only {expected_type})"
+            if signal_type not in types:
+                refused = f"{name} of type {signal_type} is not supported (only {', '.join(types)})"
                 continue  # a SIMPLE signal beside it is what a 2.0b VTN sends for such VENs
             chosen: Mapping[str, Any] = by_name[name]
             return chosen
@@ -241,6 +263,40 @@ def _simple(
     protected = mapping.posture is Posture.CURTAIL_PROTECTED
     why = f"SIMPLE level {level}: posture {mapping.posture.value}"
     return ObligationKind.LIMIT, floor_kw(protected), protected, why
+
+
+def _detailed(
+    value: float,
+    signal: Mapping[str, Any],
+    setpoint: OpenAdrSetpointConfig,
+    name: str,
+    site: SiteNow | None,
+) -> tuple[ObligationKind | None, float, str]:
+    """One interval of a LOAD_DISPATCH or LOAD_CONTROL signal, by its type."""
+    signal_type = signal.get("signal_type")
+    if signal_type in ("setpoint", "x-loadControlSetpoint"):
+        return _setpoint(value, signal, setpoint, name)
+    if signal_type == "delta":  # a change of load in power units: negative asks for less
+        delta_kw = value * _kw_per_unit(signal, setpoint, name)
+        if not math.isfinite(delta_kw):
+            raise UnsupportedEventError(f"{name} delta {value} is not a usable kW figure")
+        if delta_kw >= 0:
+            return None, 0.0, f"{name} delta +{delta_kw:.1f} kW: no reduction asked"
+        return ObligationKind.SHED, -delta_kw, f"{name} delta {delta_kw:.1f} kW"
+    if site is None:
+        raise UnsupportedEventError(f"{name} {signal_type} needs the site's load")
+    if signal_type == "x-loadControlCapacity":  # the fraction of capacity the load may use
+        if not 0 <= value <= 1:
+            raise UnsupportedEventError(f"{name} capacity {value} is not a fraction 0-1")
+        kw = value * site.capacity_kw
+        return ObligationKind.LIMIT, kw, f"{name} capacity {value:.0%} of {site.capacity_kw:.1f} kW"
+    # x-loadControlPercentOffset: percent of the load; negative asks for less
+    if not -100 <= value <= 100:
+        raise UnsupportedEventError(f"{name} percent offset {value} is not -100 to 100")
+    if value >= 0:
+        return None, 0.0, f"{name} offset +{value:g} %: no reduction asked"
+    kw = -value / 100 * site.load_kw
+    return ObligationKind.SHED, kw, f"{name} offset {value:g} % of {site.load_kw:.1f} kW"
 
 
 def _setpoint(

@@ -21,6 +21,7 @@ from openleadr import OpenADRClient
 from adapters.signals.openadr_events import (
     SOURCE,
     EventPlan,
+    SiteNow,
     UnsupportedEventError,
     check_feasible,
     not_for_site,
@@ -100,7 +101,9 @@ class EventFollowing:
             if event_id not in self._offsets_s:
                 rng = self._rng or random.Random(f"{self._config.ven_name}/{event_id}")
                 self._offsets_s[event_id] = rng.uniform(0.0, startafter_s(event))
-            plan = plan_event(event, self._config, self._floor_kw, self._offsets_s[event_id])
+            load_kw = self._accepted_at_kw.get(event_id, self._site.site_kw())
+            site = SiteNow(load_kw=load_kw, capacity_kw=self._site.capacity_kw())
+            plan = plan_event(event, self._config, self._floor_kw, self._offsets_s[event_id], site)
         except UnsupportedEventError as exc:
             if prices:  # a price event asks nothing more of the site
                 values = [p.price_usd_per_mwh for p in prices]

@@ -122,6 +122,9 @@ class Shell:
         sheddable = (fleet.priority <= deepest) & self.available & self.has_driver
         return float(self.devices.verified_kw(self.memory.setpoint_kw)[~sheddable].sum())
 
+    def capacity_kw(self) -> float:
+        return float(self.fleet.rated_kw.sum())
+
     # -- the cycle ---------------------------------------------------------------------------
     async def cycle(self) -> CycleReport:
         started = time.perf_counter()

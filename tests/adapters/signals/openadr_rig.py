@@ -354,6 +354,9 @@ class SimSite:
     def site_kw(self) -> float:
         return self._site_kw
 
+    def capacity_kw(self) -> float:
+        return float(self.fleet.rated_kw.sum())
+
     def floor_kw(self, *, include_protected: bool) -> float:
         keep = {Priority.CRITICAL} if include_protected else {Priority.CRITICAL, Priority.PROTECTED}
         total = 0.0

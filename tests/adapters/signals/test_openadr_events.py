@@ -10,6 +10,7 @@ from openleadr import objects
 from openleadr.messaging import create_message, parse_message
 
 from adapters.signals.openadr_events import (
+    SiteNow,
     UnsupportedEventError,
     check_feasible,
     obligation_at,
@@ -183,6 +184,50 @@ def test_an_electricity_price_signal_becomes_prices_per_interval_in_usd_per_mwh(
         price_signals(wire_event([0.1], signal_name="ENERGY_PRICE", signal_type="price",
                                  measurement=euros), T0)  # fmt: skip
     assert price_signals(wire_event([2.0]), T0) == []  # SIMPLE: no price
+
+
+KW = objects.Measurement(name="powerReal", description="RealPower", unit="W", scale="k")
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "signal_type", "value", "kind", "kw"),
+    [
+        ("LOAD_DISPATCH", "delta", -150.0, ObligationKind.SHED, 150.0),  # 150 kW less
+        ("LOAD_DISPATCH", "delta", 40.0, None, 0.0),  # asks for more: not a restriction
+        ("LOAD_CONTROL", "x-loadControlCapacity", 0.25, ObligationKind.LIMIT, 250.0),
+        ("LOAD_CONTROL", "x-loadControlPercentOffset", -30.0, ObligationKind.SHED, 180.0),
+        ("LOAD_CONTROL", "x-loadControlPercentOffset", 10.0, None, 0.0),
+    ],
+)  # fmt: skip
+def test_relative_dispatch_signals_are_read_against_the_site(
+    signal_name: str, signal_type: str, value: float, kind: ObligationKind | None, kw: float
+) -> None:
+    """A delta in kW, a fraction of capacity (1,000 kW here) and a percent of the load when the
+    event was accepted (600 kW here)."""
+    event = wire_event([value], signal_name=signal_name, signal_type=signal_type,
+                       measurement=KW if signal_type == "delta" else None)  # fmt: skip
+    mapping = {"meaning": "shed"}
+    cfg = config(load_dispatch=mapping, load_control=mapping)
+    plan = plan_event(event, cfg, floor, site=SiteNow(load_kw=600.0, capacity_kw=1000.0))
+    step = plan.steps[0]
+    assert (plan.signal, step.kind) == (signal_name, kind)
+    assert step.kw == pytest.approx(kw)
+
+
+def test_relative_signals_out_of_range_or_without_the_site_are_refused() -> None:
+    mapping = {"meaning": "shed"}
+    cfg = config(load_control=mapping)
+    site = SiteNow(load_kw=600.0, capacity_kw=1000.0)
+    capacity = wire_event([1.5], signal_name="LOAD_CONTROL", signal_type="x-loadControlCapacity")
+    with pytest.raises(UnsupportedEventError, match="not a fraction 0-1"):
+        plan_event(capacity, cfg, floor, site=site)
+    offset = wire_event([-20.0], signal_name="LOAD_CONTROL",
+                        signal_type="x-loadControlPercentOffset")  # fmt: skip
+    with pytest.raises(UnsupportedEventError, match="needs the site's load"):
+        plan_event(offset, cfg, floor)
+    level = wire_event([1.0], signal_name="LOAD_CONTROL", signal_type="x-loadControlLevelOffset")
+    with pytest.raises(UnsupportedEventError, match="x-loadControlLevelOffset is not supported"):
+        plan_event(level, cfg, floor, site=site)
 
 
 def test_unsupported_signal_types_are_refused_not_guessed() -> None:
