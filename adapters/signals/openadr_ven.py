@@ -63,6 +63,7 @@ _NOT_KNOWN = {452, 463}  # Invalid ID, Not registered or authorized
 # A VTN with messages queued answers each poll with one: poll again at once (2.0b pull mode)
 # while it does, up to this many in a row before the next regular pause.
 _BACK_TO_BACK = 50
+_REPORT_NOT_SUPPORTED = 461
 
 
 class _Reregister(Exception):  # noqa: N818 - control flow inside this module, never escapes
@@ -214,7 +215,7 @@ class OpenAdrVen(EventFollowing):
             if payload.get("events"):
                 await client._on_event(payload)
         elif response_type == "oadrCreateReport":
-            await client.create_report(payload)
+            await self._answer_report_request(client, payload)
         elif response_type == "oadrCancelReport":
             await client.cancel_report(payload)
         elif response_type == "oadrRequestReregistration":
@@ -232,6 +233,33 @@ class OpenAdrVen(EventFollowing):
                 raise _Reregister
         else:
             log.debug("ignoring %s from the VTN", response_type)
+
+    async def _answer_report_request(
+        self, client: OpenADRClient, payload: Mapping[str, Any]
+    ) -> None:
+        """Serve what the VEN offers (openleadr), send its metadata again on a METADATA request,
+        and answer a request for a report it does not offer with an error: openleadr answers
+        those "200, pending" and then never reports."""
+        offered = {report.report_specifier_id for report in client.reports}
+        served: list[Mapping[str, Any]] = []
+        metadata: list[Mapping[str, Any]] = []
+        unknown: list[Mapping[str, Any]] = []
+        for request in payload.get("report_requests") or []:
+            specifier = request["report_specifier"]["report_specifier_id"]
+            if specifier in offered:
+                served.append(request)
+            else:
+                (metadata if specifier == "METADATA" else unknown).append(request)
+        if served:
+            await client.create_report({**payload, "report_requests": served})
+        if metadata:
+            await _created_report(client, payload, metadata, 200, "OK")
+            await client.register_reports(client.reports)  # the metadata, again
+        if unknown:
+            names = ", ".join(r["report_specifier"]["report_specifier_id"] for r in unknown)
+            log.warning("VTN asked for report(s) %s, which this VEN does not offer", names)
+            await _created_report(client, payload, [], _REPORT_NOT_SUPPORTED,
+                                  f"not offered by this VEN: {names}")  # fmt: skip
 
     def _set_reachable(self, reachable: bool) -> None:
         if reachable == self.reachable:
@@ -266,3 +294,22 @@ class OpenAdrVen(EventFollowing):
     # -- reports -----------------------------------------------------------------------------
     def _report_site_kw(self) -> float:
         return round(self._site.site_kw(), 3)
+
+
+async def _created_report(
+    client: OpenADRClient,
+    payload: Mapping[str, Any],
+    pending: list[Mapping[str, Any]],
+    code: int,
+    description: str,
+) -> None:
+    """An oadrCreatedReport with our own response code (openleadr's always says 200)."""
+    request_id = payload.get("request_id") or (payload.get("response") or {}).get("request_id")
+    message = client._create_message(
+        "oadrCreatedReport",
+        response={"response_code": code, "response_description": description,
+                  "request_id": request_id},
+        ven_id=client.ven_id,
+        pending_reports=[{"report_request_id": r["report_request_id"]} for r in pending],
+    )  # fmt: skip
+    await client._perform_request("EiReport", message)

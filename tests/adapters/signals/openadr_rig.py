@@ -194,7 +194,10 @@ class Vtn:
         waiting = self.queued.get(ven_id) or []
         if not waiting:
             return None
-        return "oadrDistributeEvent", {"events": utils.order_events(waiting.pop(0))}
+        message = waiting.pop(0)
+        if isinstance(message, tuple):  # a message as (type, payload), e.g. oadrCreateReport
+            return message
+        return "oadrDistributeEvent", {"events": utils.order_events(message)}
 
     def _lookup(self, ven_id: str) -> dict[str, Any]:
         if ven_id not in self.registrations:
@@ -203,6 +206,22 @@ class Vtn:
         if self.pki is not None:  # the VEN fingerprint the site engineer handed over
             found["fingerprint"] = Pki.fingerprint(self.pki.ven_cert)
         return found
+
+    def report_request(self, report_specifier_id: str) -> tuple[str, dict[str, Any]]:
+        """An oadrCreateReport asking for one report by its specifier id (METADATA included)."""
+        request = {
+            "report_request_id": f"rr-{next(self._ids)}",
+            "report_specifier": {
+                "report_specifier_id": report_specifier_id,
+                "granularity": timedelta(0),
+                "report_back_duration": timedelta(0),
+                "specifier_payloads": [{"r_id": "status", "reading_type": "x-notApplicable"}],
+            },
+        }
+        return "oadrCreateReport", {
+            "report_requests": [request],
+            "request_id": f"req-{next(self._ids)}",
+        }
 
     def _offer(  # openleadr's "compact" on_register_report: it calls by these names
         self,

@@ -349,3 +349,37 @@ def test_report_metadata_declares_60_hz_the_site_voltage_and_the_same_ids_every_
 
     assert ids(first) == ids(second)
     assert ids(first) == (["site:realPower"], ["small-site:TELEMETRY_USAGE"])
+
+
+def test_a_metadata_request_is_answered_and_a_report_it_does_not_offer_is_refused() -> None:
+    """oadrCreateReport for METADATA gets the VEN's oadrRegisterReport again; one for
+    TELEMETRY_STATUS (not offered) gets an oadrCreatedReport with 461, not "200, pending"."""
+    received: list[str] = []
+
+    async def capture(content: bytes | str) -> None:  # openleadr awaits its hooks
+        received.append(content.decode() if isinstance(content, bytes) else content)
+
+    async def main() -> None:
+        vtn = Vtn(port=free_port(), queued={})
+        site = SimSite()
+        ven = OpenAdrVen(ven_config(vtn), site)
+        async with running(vtn, site, ven):
+            ven_id = ven.ven_id
+            assert ven_id is not None
+
+            def registers() -> int:
+                return sum("oadrRegisterReport" in x for x in received)
+
+            before = registers()
+            assert vtn.queued is not None
+            vtn.queued[ven_id] = [vtn.report_request("METADATA")]
+            await wait_until(lambda: registers() > before, 5, "the metadata again")
+            vtn.queued[ven_id] = [vtn.report_request("TELEMETRY_STATUS")]
+            await wait_until(lambda: any("oadrCreatedReport" in x and ">461<" in x
+                                         for x in received), 5, "the refusal")  # fmt: skip
+
+    openleadr_hooks.register("before_parse", capture)
+    try:
+        asyncio.run(main())
+    finally:
+        openleadr_hooks.HOOKS["before_parse"].remove(capture)
