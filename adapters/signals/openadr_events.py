@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent.config import OpenAdrConfig, OpenAdrSetpointConfig
+from agent.config import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
 from agent.domain.settings import Posture
 from agent.domain.signals import Obligation, ObligationKind, PriceSignal
 
@@ -34,6 +34,7 @@ __all__ = [
     "obligation_at",
     "plan_event",
     "price_signals",
+    "simple_level",
     "startafter_s",
 ]
 
@@ -131,7 +132,7 @@ def plan_event(
         end = None if duration <= timedelta(0) else start + duration
         value = float(interval["signal_payload"])
         if name == "SIMPLE":
-            kind, kw, protected, why = _simple(value, config, floor_kw)
+            kind, kw, protected, why = simple_level(value, config.simple_levels, floor_kw)
         else:
             setpoint = config.load_dispatch if name == "LOAD_DISPATCH" else config.load_control
             assert setpoint is not None  # _pick_signal only picks a mapped signal
@@ -244,13 +245,14 @@ def _pick_signal(event: Mapping[str, Any], config: OpenAdrConfig) -> Mapping[str
     raise UnsupportedEventError(f"no signal this site maps (event carries: {names})")
 
 
-def _simple(
-    value: float, config: OpenAdrConfig, floor_kw: FloorKw
+def simple_level(
+    value: float, levels: Mapping[int, OpenAdrLevelConfig], floor_kw: FloorKw
 ) -> tuple[ObligationKind | None, float, bool, str]:
+    """A SIMPLE payload (0-3) through the site's level mapping: (kind, kW, protected, why)."""
     level = round(value)
     if not math.isclose(value, level) or not 0 <= level <= 3:
         raise UnsupportedEventError(f"SIMPLE payload {value} is not a level 0-3")
-    mapping = config.simple_levels.get(level)
+    mapping = levels.get(level)
     if mapping is None:
         raise UnsupportedEventError(f"SIMPLE level {level} is not mapped in openadr.simple_levels")
     if mapping.ceiling_kw is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from agent.ports import Clock, SignalSink
 if TYPE_CHECKING:  # openleadr is an optional extra: imported only when the site enrols
     from adapters.signals.openadr_ven import OpenAdrVen, OptDecision
 
-__all__ = ["SOURCE", "OpenAdrLink", "openadr_link", "run_openadr"]
+__all__ = ["SOURCE", "OpenAdrLink", "obligation_sink", "openadr_link", "run_openadr"]
 
 log = logging.getLogger("gridflex.openadr")
 
@@ -66,25 +67,43 @@ def openadr_link(service: Service, clock: Clock) -> OpenAdrLink | None:
 
     ven = OpenAdrVen(config, service.shell, committed=committed, on_decision=audit_decision)
 
+    sink = obligation_sink(service, clock, source=SOURCE, released=ven.released,
+                           revision=ven.revision, label="OpenADR")  # fmt: skip
+    return OpenAdrLink(ven, sink)
+
+
+def obligation_sink(
+    service: Service,
+    clock: Clock,
+    *,
+    source: str,
+    released: Mapping[str, str],
+    revision: Callable[[str], int | None],
+    label: str,
+) -> SignalSink:
+    """Where a VEN's signals go: obligations into the event book (a new id accepted, a changed
+    one revised in place, an unchanged re-send nothing), cancels release their event, prices
+    into the snapshot."""
+
     def sink(value: object) -> None:
         now = clock()
         if isinstance(value, ObligationCancel):
-            why = ven.released.get(value.event_id, "released")
-            service.events.release(value.event_id, now, SOURCE, reason=f"OpenADR: {why}")
+            why = released.get(value.event_id, "released")
+            service.events.release(value.event_id, now, source, reason=f"{label}: {why}")
             outcome = "released"
         elif isinstance(value, Obligation):
-            revision = ven.revision(value.event_id)
-            label = "OpenADR event" if revision is None else f"OpenADR modification {revision}"
-            reason = f"{label}: {value.kind.value} {value.kw:.1f} kW"
-            outcome = service.events.revise(value, now, revision, reason)
+            version = revision(value.event_id)
+            name = f"{label} event" if version is None else f"{label} modification {version}"
+            reason = f"{name}: {value.kind.value} {value.kw:.1f} kW"
+            outcome = service.events.revise(value, now, version, reason)
         elif isinstance(value, PriceSignal):  # openadr.price_signals: the program's prices
             service.snapshot(value)
             outcome = "price"
-        else:  # the VEN pushes nothing else
+        else:  # a VEN pushes nothing else
             raise TypeError(f"unexpected signal from the VEN: {value!r}")
-        service.metrics.messages.labels(topic="openadr", outcome=outcome).inc()
+        service.metrics.messages.labels(topic=source, outcome=outcome).inc()
 
-    return OpenAdrLink(ven, sink)
+    return sink
 
 
 async def run_openadr(link: OpenAdrLink, service: Service) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 from agent.app.assembly import MemoryOutbox, Outbox, Service, assemble
 from agent.app.mqtt_link import MqttLink
 from agent.app.openadr import openadr_link, run_openadr
+from agent.app.openadr3 import run_openadr3
 from agent.app.prices import price_source
 from agent.app.sparkplug_link import edge_node, run_edge_node
 from agent.app.status_page import StatusPage, status_view
@@ -292,16 +293,11 @@ async def serve(
         log.info("resumed event %s (%s)", record.event_id, record.status)
     runner = Runner(service, stop, page)
     await service.shell.poll()
-    source = price_source(config)
     tasks = [asyncio.create_task(runner.devices()), asyncio.create_task(runner.telemetry()),
              asyncio.create_task(runner.housekeeping())]  # fmt: skip
     if isinstance(service.outbox, PersistedOutbox):  # what a crash or an outage left unsent
         tasks.append(asyncio.create_task(service.outbox.flush_forever()))
-    if source is not None:
-        tasks.append(asyncio.create_task(_run_source(source, service)))
-    openadr = openadr_link(service, clock)
-    if openadr is not None:
-        tasks.append(asyncio.create_task(run_openadr(openadr, service)))
+    tasks += [asyncio.create_task(s) for s in _signal_sources(service, clock)]
     sparkplug_stop = asyncio.Event()
     node = edge_node(service, runner.view, clock)
     sparkplug = None if node is None else asyncio.create_task(run_edge_node(node, sparkplug_stop))
@@ -325,6 +321,20 @@ async def serve(
             await link.stop()
         await service.close()
         log.info("stopped")
+
+
+def _signal_sources(service: Service, clock: Clock) -> list[Coroutine[Any, Any, None]]:
+    """The site's price source and VENs (OpenADR 2.0b, 3.0), as configured."""
+    sources: list[Coroutine[Any, Any, None]] = []
+    source = price_source(service.config)
+    if source is not None:
+        sources.append(_run_source(source, service))
+    openadr = openadr_link(service, clock)
+    if openadr is not None:
+        sources.append(run_openadr(openadr, service))
+    if service.config.openadr3 is not None:
+        sources.append(run_openadr3(service, clock))
+    return sources
 
 
 class _Guard:

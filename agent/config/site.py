@@ -25,6 +25,7 @@ from pydantic import (
 
 from agent.config.drivers import DriverConfig, Host, expand
 from agent.config.openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
+from agent.config.openadr3 import OpenAdr3Config
 from agent.config.sparkplug import SparkplugConfig
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.settings import FourCpWindow, Policy, Posture, StalePosture
@@ -373,6 +374,8 @@ class SiteConfig(_Strict):
     """the running service"""
     openadr: OpenAdrConfig | None = None
     """the site as an OpenADR 2.0b VEN; null: no OpenADR"""
+    openadr3: OpenAdr3Config | None = None
+    """the site as an OpenADR 3.0 VEN; null: no OpenADR 3"""
     sparkplug: SparkplugConfig | None = None
     """the site as a Sparkplug B edge node for SCADA (Ignition); null: JSON over MQTT only"""
 

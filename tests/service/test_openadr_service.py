@@ -324,3 +324,41 @@ def test_a_program_price_from_the_vtn_is_the_engines_price(tmp_path: Path) -> No
             assert run.service.events.live == []  # a price is not a dispatch
 
     asyncio.run(main())
+
+
+def test_an_openadr_3_import_limit_through_the_running_service(tmp_path: Path) -> None:
+    """The 3.0 VEN inside serve(): an IMPORT_CAPACITY_LIMIT event is an event of the book
+    (source openadr3), verified active on the devices, and released when the VTN deletes it."""
+    from agent.config.openadr3 import OpenAdr3Config
+    from tests.adapters.signals.openadr3_vtn import Vtn3
+
+    async def main() -> None:
+        vtn = Vtn3(port=free_port())
+        program_id = vtn.add_program("ERS-3")
+        base = site_config(tmp_path / "db.sqlite3", free_port(), tag="o3", host_a="127.0.7.1",
+                           host_b="127.0.7.101")  # fmt: skip
+        openadr3 = OpenAdr3Config.model_validate({
+            "vtn_url": vtn.url, "client_id": vtn.client_id, "client_secret": vtn.client_secret,
+            "ven_name": VEN_NAME, "programs": ["ERS-3"], "poll_interval_s": 0.2,
+            "allow_plain_http": True,
+        })  # fmt: skip
+        config = base.model_copy(update={"openadr3": openadr3})
+        await vtn.start()
+        try:
+            async with SimModbusSite(endpoints_for(config)) as sim, service_running(config) as run:
+                event_id = vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT",
+                                         [LEVEL_2_CEILING_KW], units="KW")  # fmt: skip
+                await wait_until(lambda: "active" in run.statuses(event_id), 10, "active")
+                assert devices_kw(sim) <= LEVEL_2_CEILING_KW * TOLERANCE
+                run.service.store.flush()
+                record = run.service.store.event(event_id)
+                assert record is not None
+                assert (record.source, record.program) == ("openadr3", "ERS-3")
+                vtn.delete(event_id)
+                await wait_until(lambda: run.service.events.live == [], 10, "the release")
+                assert run.acks(event_id)[-1].status == "completed"
+                assert "OpenADR 3: no longer listed by the VTN" in run.acks(event_id)[-1].reason
+        finally:
+            await vtn.stop()
+
+    asyncio.run(main())

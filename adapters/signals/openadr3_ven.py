@@ -1,0 +1,173 @@
+"""The agent as an OpenADR 3.0 VEN: a SignalSource on toadr3 (REST, OAuth 2 client credentials).
+
+Each poll: the enrolled programs are looked up by programName once, then the events of each,
+targeted at this VEN_NAME, are read. Every event becomes an obligation (openadr3_events.py)
+pushed when it changes (a modification replaces it under the same id); an event the VTN no
+longer lists, or one whose intervals have all passed, is released (ObligationCancel). A VTN
+that cannot be reached, or refuses the token, is logged once and retried at the poll interval;
+accepted obligations stay in force meanwhile (they carry their own end). 3.0 has no opt-in or
+opt-out: an event the site cannot express is logged and audited (`on_refused`) and not applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import aiohttp
+import toadr3
+from toadr3.models import Event
+
+from adapters.signals.openadr3_events import not_for_ven, plan_event3
+from adapters.signals.openadr_events import EventPlan, UnsupportedEventError, obligation_at
+from agent.config.openadr3 import OpenAdr3Config
+from agent.domain.signals import Obligation, ObligationCancel
+from agent.ports import SignalSink, SiteView
+
+__all__ = ["SOURCE", "OpenAdr3Ven"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "openadr3"
+
+
+class OpenAdr3Ven:
+    """`await OpenAdr3Ven(config, site).run(sink)` runs until cancelled."""
+
+    def __init__(
+        self,
+        config: OpenAdr3Config,
+        site: SiteView,
+        *,
+        on_refused: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._site = site
+        self._on_refused = on_refused
+        self._programs: dict[str, str] = {}  # program id -> programName
+        self._held: dict[str, Obligation] = {}
+        self._versions: dict[str, tuple[datetime | None, int]] = {}  # modified at, revision
+        self._refused: dict[str, str] = {}  # event id -> why (logged once per reason)
+        self.reachable: bool | None = None
+        self.released: dict[str, str] = {}
+
+    def resume(self, held: Mapping[str, Obligation]) -> None:
+        """The events the site already follows (from before a restart): the first poll keeps
+        those the VTN still lists and releases the others."""
+        self._held.update(held)
+
+    def revision(self, event_id: str) -> int | None:
+        version = self._versions.get(event_id)
+        return None if version is None else version[1]
+
+    async def run(self, sink: SignalSink) -> None:
+        c = self._config
+        oauth = toadr3.OAuthScopeConfig(
+            token_url=c.token_url or f"{c.vtn_url.rstrip('/')}/auth/token",
+            grant_type="client_credentials",
+            scope=c.scope or "",
+            client_id=c.client_id,
+            client_secret=c.client_secret.get_secret_value(),
+        )
+        async with toadr3.ToadrClient(c.vtn_url, oauth) as client:
+            while True:
+                try:
+                    await self._poll(client, sink)
+                    self._set_reachable(True)
+                except (toadr3.ToadrError, aiohttp.ClientError, ValueError, TimeoutError) as exc:
+                    self._set_reachable(False, exc)
+                await asyncio.sleep(c.poll_interval_s)
+
+    async def _poll(self, client: toadr3.ToadrClient, sink: SignalSink) -> None:
+        if not self._programs:
+            programs = await client.get_programs()
+            self._programs = {p.id: p.program_name for p in programs
+                              if p.id and p.program_name in self._config.programs}  # fmt: skip
+            missing = set(self._config.programs) - set(self._programs.values())
+            if missing:
+                log.warning("OpenADR 3 programs not found on the VTN: %s", ", ".join(missing))
+        listed: set[str] = set()
+        now = datetime.now(UTC)
+        for program_id, name in self._programs.items():
+            events = await client.get_events(program_id=program_id, target_type="VEN_NAME",
+                                             target_values=[self._config.ven_name])  # fmt: skip
+            for event in events:
+                if event.id:
+                    listed.add(event.id)
+                    self._follow(event, name, now, sink)
+        for event_id in [e for e in self._held if e not in listed]:
+            self._release(event_id, "no longer listed by the VTN", now, sink)
+
+    def _follow(self, event: Event, program: str, now: datetime, sink: SignalSink) -> None:
+        assert event.id is not None
+        why_not = not_for_ven(event, self._config.ven_name)
+        if why_not is not None:
+            self._refuse(event.id, f"not for this site: {why_not}", now, sink)
+            return
+        try:
+            plan = plan_event3(event, self._config, self._floor_kw, program,
+                               self._revision_of(event))  # fmt: skip
+        except UnsupportedEventError as exc:
+            self._refuse(event.id, str(exc), now, sink)
+            return
+        self._refused.pop(event.id, None)
+        self._push_at(plan, now, sink)
+
+    def _push_at(self, plan: EventPlan, now: datetime, sink: SignalSink) -> None:
+        obligation, _wake = obligation_at(plan, now)  # the next poll looks again
+        if obligation is not None:
+            obligation = replace(obligation, source=SOURCE)  # the event book owns it by source
+        if obligation is None:
+            if plan.event_id in self._held:
+                self._release(plan.event_id, "its intervals have passed", now, sink)
+            return
+        if self._held.get(plan.event_id) != obligation:
+            self._held[plan.event_id] = obligation
+            sink(obligation)
+
+    def _revision_of(self, event: Event) -> int:
+        """0 for the first version seen, + 1 for each new modificationDateTime."""
+        assert event.id is not None
+        modified = event.modification_date_time
+        known = self._versions.get(event.id)
+        if known is None:
+            self._versions[event.id] = (modified, 0)
+            return 0
+        if modified != known[0]:
+            self._versions[event.id] = (modified, known[1] + 1)
+        return self._versions[event.id][1]
+
+    def _release(self, event_id: str, why: str, now: datetime, sink: SignalSink) -> None:
+        self.released[event_id] = why
+        held = self._held.pop(event_id)
+        self._versions.pop(event_id, None)
+        log.info("OpenADR 3 event %s released: %s", event_id, why)
+        if held.end_utc is None or held.end_utc > now:
+            sink(ObligationCancel(event_id=event_id, at_utc=now, source=SOURCE))
+
+    def _refuse(self, event_id: str, why: str, now: datetime, sink: SignalSink) -> None:
+        if event_id in self._held:  # a modification the site cannot follow ends its obligation
+            self._release(event_id, f"modified into one it cannot follow: {why}", now, sink)
+        if self._refused.get(event_id) == why:
+            return
+        self._refused[event_id] = why
+        log.warning("OpenADR 3 event %s not applied: %s", event_id, why)
+        if self._on_refused is not None:
+            self._on_refused(event_id, why)
+
+    def _floor_kw(self, include_protected: bool) -> float:
+        return self._site.floor_kw(include_protected=include_protected)
+
+    def _set_reachable(self, reachable: bool, exc: BaseException | None = None) -> None:
+        if reachable == self.reachable:
+            return
+        if reachable:
+            log.info("OpenADR 3 VTN %s reachable", self._config.vtn_url)
+        else:
+            log.warning("OpenADR 3 VTN %s unreachable (%s): keeping %d event(s), retrying",
+                        self._config.vtn_url, exc, len(self._held))  # fmt: skip
+            self._programs = {}  # looked up again when it answers
+        self.reachable = reachable
