@@ -307,6 +307,8 @@ def test_a_program_price_from_the_vtn_is_the_engines_price(tmp_path: Path) -> No
         await vtn.start()
         async with SimModbusSite(endpoints_for(config)) as sim, service_running(config) as run:
             await wait_until(lambda: VEN_ID in vtn.registrations, 10, "the VEN to register")
+            # first the whole site runs on the test's cheap price...
+            await wait_until(lambda: devices_kw(sim) > FULL_KW - 1, 15, "the site running")
             usd_per_kwh = objects.Measurement(name="currencyPerKWh", description="currencyPerKWh",
                                               unit="USD", scale="none")  # fmt: skip
             event = vtn.event(VEN_ID, [2.0], interval_s=600, signal_name="ELECTRICITY_PRICE",
@@ -316,11 +318,15 @@ def test_a_program_price_from_the_vtn_is_the_engines_price(tmp_path: Path) -> No
             price = run.service.snapshot.price_at(utc_now())
             assert price is not None
             assert (price.price_usd_per_mwh, price.source) == (2000.0, "openadr")
-            await wait_until(lambda: devices_kw(sim) <= CONTROLS_KW + 1, 10,
+
+            # ...then the program's price stops every interruptible class
+            def decided_on_it() -> bool:
+                last = run.service.shell.last
+                return last is not None and last.decision.price_usd_per_mwh == 2000.0
+
+            await wait_until(decided_on_it, 10, "a decision on the program's price")
+            await wait_until(lambda: devices_kw(sim) <= CONTROLS_KW + 1, 15,
                              "the miners and tanks to stop on the price")  # fmt: skip
-            last = run.service.shell.last
-            assert last is not None
-            assert last.decision.price_usd_per_mwh == 2000.0
             assert run.service.events.live == []  # a price is not a dispatch
 
     asyncio.run(main())
