@@ -311,7 +311,7 @@ def _moved(last: object, value: object, deadband: float) -> bool:
     if isinstance(last, bool) or isinstance(value, bool) or last is None or value is None:
         return last != value
     if isinstance(last, int | float) and isinstance(value, int | float):
-        return abs(float(value) - float(last)) > deadband or (deadband == 0 and value != last)
+        return abs(float(value) - float(last)) > deadband
     return last != value
 
 
