@@ -145,6 +145,14 @@ class SiteView(Protocol):
         """Every device at its rating: what a capacity fraction (OpenADR) is a fraction of."""
         ...
 
+    def online(self) -> bool:
+        """The agent can act on the site now: at least one device with a driver answers."""
+        ...
+
+    def manual_override(self) -> bool:
+        """An engineer's override is in force now."""
+        ...
+
 
 class SignalSource(Protocol):
     """A live source of signals (prices, dispatch, OpenADR). Runs until cancelled."""

@@ -100,6 +100,7 @@ class EventPlan:
     program: str
     signal: str
     steps: tuple[Step, ...]
+    priority: int = 0  # eventDescriptor.priority: lower is higher, 0 none (openadr_priority)
 
 
 def startafter_s(event: Mapping[str, Any]) -> float:
@@ -153,7 +154,16 @@ def plan_event(
         program=str(descriptor.get("market_context") or "openadr"),
         signal=name,
         steps=tuple(steps),
+        priority=_priority(descriptor.get("priority")),
     )
+
+
+def _priority(value: object) -> int:
+    """eventDescriptor.priority as a number (absent or unreadable: 0, no priority)."""
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        return 0
 
 
 def price_signals(event: Mapping[str, Any], observed_at: datetime) -> list[PriceSignal]:

@@ -30,6 +30,7 @@ from adapters.signals.openadr_events import (
     price_signals,
     startafter_s,
 )
+from adapters.signals.openadr_priority import active_window, govern
 from agent.config import OpenAdrConfig
 from agent.domain.signals import Obligation, ObligationCancel, PriceSignal
 from agent.ports import SignalSink, SiteView
@@ -68,17 +69,25 @@ class EventFollowing:
     _background: set[asyncio.Task[Any]]
     decisions: dict[str, OptDecision]
     released: dict[str, str]
+    notes: dict[str, str]
 
     @property
     def ven_id(self) -> str | None:
         return None if self._client is None else self._client.ven_id
 
-    def _after_parse(self, message_type: str, payload: Mapping[str, Any]) -> None:
+    def _after_parse(
+        self,
+        message_type: str,
+        payload: Mapping[str, Any],
+        also_listed: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
         """An oadrDistributeEvent lists every pending and active event of this VEN (OpenADR
-        2.0b): an event we hold that is no longer listed was withdrawn."""
+        2.0b): an event we hold that is no longer listed was withdrawn. `also_listed`: events
+        the distribution named in a version that was rejected (openadr_salvage.py)."""
         if message_type != "oadrDistributeEvent":
             return
-        listed = {str(e["event_descriptor"]["event_id"]) for e in payload.get("events") or []}
+        events = payload.get("events") or []
+        listed = {str(e["event_descriptor"]["event_id"]) for e in events} | set(also_listed)
         for event_id in [e for e in self._plans if e not in listed]:
             self._withdraw(event_id, "no longer listed by the VTN")
         for event_id in [e for e in self._committed if e not in listed]:
@@ -147,6 +156,7 @@ class EventFollowing:
             self._accepted_at_kw.setdefault(event_id, load_kw)
         self._plans[event_id] = plan
         self._follow(event_id)
+        self._refollow(plan.program, but=event_id)
         return self._decide(event_id, modification, "optIn", reason or f"{plan.signal} accepted")
 
     def _floor_kw(self, include_protected: bool) -> float:
@@ -190,11 +200,26 @@ class EventFollowing:
             return
         now = datetime.now(UTC)
         obligation, wake = obligation_at(plan, now)
-        if obligation is None:
+        _, window_end = active_window(plan)
+        if obligation is None and window_end is not None and window_end <= now:
             self._release(event_id, now)
             self._forget(event_id)
             return
-        if self._held.get(event_id) != obligation:
+        if obligation is None:  # no restriction left, yet it governs lower events to its end
+            wake = window_end
+        else:
+            governed = govern(plan, obligation, wake, self._plans.values(), now)
+            obligation, wake = governed.obligation, governed.wake_utc
+            if governed.by_event_id is None:
+                self.notes.pop(event_id, None)
+            else:
+                self.notes[event_id] = (f"suspended while higher-priority event "
+                                        f"{governed.by_event_id} is active")  # fmt: skip
+        if obligation is None:
+            if event_id in self._held:
+                self.released[event_id] = self.notes.get(event_id, "no restriction left")
+            self._release(event_id, now)
+        elif self._held.get(event_id) != obligation:
             self._held[event_id] = obligation
             self._push(obligation)
         if wake is not None:
@@ -202,12 +227,19 @@ class EventFollowing:
                 self._wake(event_id, wake)
             )
 
+    def _refollow(self, program: str, but: str) -> None:
+        """Look again at the other events of a program: one of them changed, and with it which
+        event governs where they overlap (openadr_priority.py)."""
+        for event_id in [e for e, p in self._plans.items() if p.program == program and e != but]:
+            self._follow(event_id)
+
     async def _wake(self, event_id: str, at_utc: datetime) -> None:
         await asyncio.sleep(max(0.0, (at_utc - datetime.now(UTC)).total_seconds()))
         self._follow(event_id)
 
     def _withdraw(self, event_id: str, why: str) -> None:
         now = datetime.now(UTC)
+        plan = self._plans.get(event_id)
         committed = self._committed.pop(event_id, None) is not None
         if event_id in self._held or committed:
             log.info("OpenADR event %s released: %s", event_id, why)
@@ -216,6 +248,8 @@ class EventFollowing:
             self._push(ObligationCancel(event_id=event_id, at_utc=now, source=SOURCE))
         self._release(event_id, now)
         self._forget(event_id)
+        if plan is not None:
+            self._refollow(plan.program, but=event_id)
 
     def _release(self, event_id: str, now: datetime) -> None:
         held = self._held.pop(event_id, None)
@@ -224,6 +258,7 @@ class EventFollowing:
 
     def _forget(self, event_id: str) -> None:
         self._plans.pop(event_id, None)
+        self.notes.pop(event_id, None)
         self._accepted_at_kw.pop(event_id, None)
         timer = self._timers.pop(event_id, None)
         if timer is not None and timer is not asyncio.current_task():

@@ -9,7 +9,8 @@ What it does, in the order a session with a VTN goes:
    when the site's flexible load cannot meet it (SiteView.floor_kw against the ceiling);
 4. replaces the obligation on a modification (same event id, new modification number) and
    pushes ObligationCancel on a cancellation (or when a distribution leaves the event out);
-5. sends site power reports at the granularity the VTN requested (openleadr's report jobs);
+5. answers report requests (openadr_reports.py): site power at the granularity the VTN
+   requested (openleadr's report jobs) and the site's status (openadr_status.py);
 6. when the VTN goes away, keeps every accepted obligation (they carry their own end) and
    re-registers when it answers again; an event it re-sends unchanged changes nothing.
 
@@ -18,6 +19,9 @@ Across a restart of the agent the service hands over the events the site already
 without re-judging their feasibility against a site that is already shedding for them. The
 randomization draw is a function of the VEN name and the event id, so it is the same after a
 restart too (and still differs between VENs, which is what the window is for).
+
+A distribution openleadr drops for one schema-invalid event, or a registration answer it drops
+for a sub-second poll frequency, is taken apart in openadr_salvage.py.
 
 openleadr swallows transport errors into log lines and (None, {}) results; this module turns
 those into state ("registered", "VTN unreachable") and logs each change once.
@@ -44,7 +48,16 @@ from adapters.signals.openadr_events import (
     EventPlan,
 )
 from adapters.signals.openadr_follow import EventFollowing, OptDecision
+from adapters.signals.openadr_reports import answer_cancel, answer_report_request
+from adapters.signals.openadr_salvage import (
+    Salvaged,
+    rejection_responses,
+    salvage_distribute_event,
+    salvage_registration,
+)
+from adapters.signals.openadr_status import StatusReports, offer_status_report
 from agent.config import OpenAdrConfig
+from agent.config.openadr import MIN_POLL_S
 from agent.domain.signals import Obligation
 from agent.errors import SignalAuthError
 from agent.ports import SignalSink, SiteView
@@ -63,7 +76,6 @@ _NOT_KNOWN = {452, 463}  # Invalid ID, Not registered or authorized
 # A VTN with messages queued answers each poll with one: poll again at once (2.0b pull mode)
 # while it does, up to this many in a row before the next regular pause.
 _BACK_TO_BACK = 50
-_REPORT_NOT_SUPPORTED = 461
 
 
 class _Reregister(Exception):  # noqa: N818 - control flow inside this module, never escapes
@@ -97,8 +109,15 @@ class OpenAdrVen(EventFollowing):
         # (the engine keeps the shed's baseline), not against a load already reduced by the shed
         self._accepted_at_kw: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # event distributions received during the current poll, as sent: kept for the case
+        # where openleadr drops one for a schema error (openadr_salvage.py)
+        self._distributions: list[str] = []
+        self._registrations: list[str] = []  # the same, for registration answers
+        self._asked_poll_s: float | None = None  # a sub-second oadrPollFreq the VTN asked for
+        self._status = StatusReports(config, site)
         self.decisions: dict[str, OptDecision] = {}
         self.released: dict[str, str] = {}  # why the VEN last released each event
+        self.notes: dict[str, str] = {}  # why an event's obligation stands as it does now
         self.registered = False
         self.reachable: bool | None = None
 
@@ -137,24 +156,30 @@ class OpenAdrVen(EventFollowing):
         client.add_handler("on_event", self._on_event)
         client.add_handler("on_update_event", self._on_event)
         client.add_hook("after_parse_xml", self._after_parse)
+        client.add_hook("after_receive_xml", self._received_xml)
         offer_site_power_report(client, self._config, self._report_site_kw)
+        offer_status_report(client, self._config)
         return client
 
     async def _register(self, client: OpenADRClient) -> bool:
+        self._registrations.clear()
+        self._asked_poll_s = None
         response_type, payload = await client.query_registration()
         if response_type is None:
-            self._set_reachable(False)
-            return False
+            payload = self._salvage_registration(client) or {}
+            if not payload:
+                self._set_reachable(False)
+                return False
         request_id = (payload.get("response") or {}).get("request_id")
         client.registration_id = None  # openleadr keeps an old one when the VTN refuses
-        await client.create_party_registration(ven_id=client.ven_id, request_id=request_id)
+        await self._create_registration(client, request_id)
         if client.registration_id is None and client.ven_id is not None:
             # a VTN that lost its registrations refuses the venID it gave us before (463):
             # register afresh, as a new VEN, and take the venID it assigns now
             log.warning("VTN %s refused venID %s: registering afresh without it",
                         self._config.vtn_url, client.ven_id)  # fmt: skip
             client.ven_id = None
-            await client.create_party_registration(request_id=request_id)
+            await self._create_registration(client, request_id)
         if client.registration_id is None:
             # The VTN answered but refused us: a wrong VEN name or certificate is not fixed by
             # hammering it, yet it may be fixed on the VTN's side, so keep the slow retry.
@@ -165,6 +190,7 @@ class OpenAdrVen(EventFollowing):
             return False
         self._set_reachable(True)
         reset_reports(client)
+        self._status.stop_all()  # the VTN asks afresh after a registration
         await client.register_reports(client.reports)
         if not client.scheduler.running:
             client.scheduler.start()  # runs only openleadr's report jobs; polling is ours
@@ -183,9 +209,10 @@ class OpenAdrVen(EventFollowing):
     def _poll_s(self, client: OpenADRClient) -> float:
         if self._config.poll_interval_s is not None:
             return self._config.poll_interval_s
-        # OpenADR 2.0b's xcal:duration has whole seconds only (PT0.5S fails the schema and
-        # the whole message is dropped), so a VTN asks for 1 s or more; a sub-second poll is
-        # the site file's poll_interval_s, down to MIN_POLL_S
+        if self._asked_poll_s is not None:
+            return self._asked_poll_s
+        # OpenADR 2.0b's xcal:duration has whole seconds only; a VTN that asks for PT0.5S
+        # anyway is honoured above (openadr_salvage.salvage_registration), down to MIN_POLL_S
         frequency = client.poll_frequency
         if isinstance(frequency, timedelta) and frequency.total_seconds() >= 1:
             return frequency.total_seconds()
@@ -194,6 +221,7 @@ class OpenAdrVen(EventFollowing):
     async def _poll_forever(self, client: OpenADRClient) -> None:
         back_to_back = 0
         while True:
+            self._distributions.clear()
             try:
                 response_type, payload = await client.poll()
             except TypeError:  # openleadr returns a bare None for an empty HTTP body
@@ -209,15 +237,18 @@ class OpenAdrVen(EventFollowing):
         self, client: OpenADRClient, response_type: str | None, payload: Mapping[str, Any]
     ) -> None:
         if response_type is None:
-            self._set_reachable(False)
-            raise _Reregister
-        if response_type == "oadrDistributeEvent":
+            salvaged = self._salvage(client)
+            if salvaged is None:
+                self._set_reachable(False)
+                raise _Reregister
+            await self._on_salvaged(client, salvaged)
+        elif response_type == "oadrDistributeEvent":
             if payload.get("events"):
                 await client._on_event(payload)
         elif response_type == "oadrCreateReport":
-            await self._answer_report_request(client, payload)
+            await answer_report_request(client, payload, self._config, self._status)
         elif response_type == "oadrCancelReport":
-            await client.cancel_report(payload)
+            await answer_cancel(client, self._status, payload)
         elif response_type == "oadrRequestReregistration":
             log.info("VTN %s asked for re-registration", self._config.vtn_url)
             await client.send_response(service="EiRegisterParty")
@@ -234,32 +265,79 @@ class OpenAdrVen(EventFollowing):
         else:
             log.debug("ignoring %s from the VTN", response_type)
 
-    async def _answer_report_request(
-        self, client: OpenADRClient, payload: Mapping[str, Any]
-    ) -> None:
-        """Serve what the VEN offers (openleadr), send its metadata again on a METADATA request,
-        and answer a request for a report it does not offer with an error: openleadr answers
-        those "200, pending" and then never reports."""
-        offered = {report.report_specifier_id for report in client.reports}
-        served: list[Mapping[str, Any]] = []
-        metadata: list[Mapping[str, Any]] = []
-        unknown: list[Mapping[str, Any]] = []
-        for request in payload.get("report_requests") or []:
-            specifier = request["report_specifier"]["report_specifier_id"]
-            if specifier in offered:
-                served.append(request)
-            else:
-                (metadata if specifier == "METADATA" else unknown).append(request)
-        if served:
-            await client.create_report({**payload, "report_requests": served})
-        if metadata:
-            await _created_report(client, payload, metadata, 200, "OK")
-            await client.register_reports(client.reports)  # the metadata, again
-        if unknown:
-            names = ", ".join(r["report_specifier"]["report_specifier_id"] for r in unknown)
-            log.warning("VTN asked for report(s) %s, which this VEN does not offer", names)
-            await _created_report(client, payload, [], _REPORT_NOT_SUPPORTED,
-                                  f"not offered by this VEN: {names}")  # fmt: skip
+    def _received_xml(self, content: str) -> None:
+        if "oadrDistributeEvent" in content:
+            self._distributions.append(content)
+        elif "oadrCreatedPartyRegistration" in content:
+            self._registrations.append(content)
+
+    def _salvage_registration(self, client: OpenADRClient) -> dict[str, Any] | None:
+        """A registration answer openleadr dropped for a sub-second oadrPollFreq, parsed; the
+        interval asked for is kept (above MIN_POLL_S)."""
+        for content in self._registrations:
+            found = salvage_registration(content.encode(), client.vtn_fingerprint)
+            if found is not None:
+                payload, asked_s = found
+                self._asked_poll_s = max(MIN_POLL_S, asked_s)
+                log.info(
+                    "VTN %s asked for polling every %s s (not a 2.0b duration): polling every %s s",
+                    self._config.vtn_url, asked_s, self._asked_poll_s,
+                )  # fmt: skip
+                return payload
+        return None
+
+    async def _create_registration(self, client: OpenADRClient, request_id: str | None) -> None:
+        """oadrCreatePartyRegistration, taking an answer openleadr dropped for its poll
+        frequency as openleadr takes a valid one (registration id, venID)."""
+        self._registrations.clear()
+        await client.create_party_registration(ven_id=client.ven_id, request_id=request_id)
+        if client.registration_id is not None:
+            return
+        payload = self._salvage_registration(client)
+        response = (payload or {}).get("response") or {}
+        if payload is not None and response.get("response_code") == 200:
+            client.registration_id = payload.get("registration_id")
+            client.ven_id = payload.get("ven_id") or client.ven_id
+
+    def _salvage(self, client: OpenADRClient) -> Salvaged | None:
+        """The valid events of a distribution openleadr dropped (its log says why), if any."""
+        for content in self._distributions:
+            salvaged = salvage_distribute_event(content.encode(), client.vtn_fingerprint)
+            if salvaged is not None:
+                return salvaged
+        return None
+
+    async def _on_salvaged(self, client: OpenADRClient, salvaged: Salvaged) -> None:
+        """Follow the valid events of a distribution and answer each invalid one 454."""
+        payload = salvaged.payload
+        rejected_ids = {r.event_id for r in salvaged.rejected if r.event_id is not None}
+        # an event whose new version is invalid is still listed: keep following the old one
+        self._after_parse("oadrDistributeEvent", payload, also_listed=rejected_ids)
+        if payload.get("events"):
+            await client._on_event(payload)
+        for rejected in salvaged.rejected:
+            log.warning(
+                "rejecting OpenADR event %s (modification %d): %s",
+                rejected.event_id, rejected.modification_number, rejected.reason,
+            )  # fmt: skip
+            if rejected.event_id is None:
+                continue
+            plan = self._plans.get(rejected.event_id)
+            still = "" if plan is None else (
+                f"; still following modification {plan.modification_number}")  # fmt: skip
+            self._decide(rejected.event_id, rejected.modification_number, "optOut",
+                         f"rejected: {rejected.reason}{still}")  # fmt: skip
+        request_id = str(payload.get("request_id") or "")
+        responses = rejection_responses(request_id, salvaged.rejected)
+        if responses:
+            message = client._create_message(
+                "oadrCreatedEvent",
+                response={"response_code": 200, "response_description": "OK",
+                          "request_id": request_id},
+                event_responses=responses,
+                ven_id=client.ven_id,
+            )  # fmt: skip
+            await client._perform_request("EiEvent", message)
 
     def _set_reachable(self, reachable: bool) -> None:
         if reachable == self.reachable:
@@ -282,6 +360,7 @@ class OpenAdrVen(EventFollowing):
             self.registered = False
 
     async def _close(self, client: OpenADRClient) -> None:
+        self._status.stop_all()
         for task in [*self._timers.values(), *self._background]:
             task.cancel()
         if client.scheduler.running:
@@ -294,22 +373,3 @@ class OpenAdrVen(EventFollowing):
     # -- reports -----------------------------------------------------------------------------
     def _report_site_kw(self) -> float:
         return round(self._site.site_kw(), 3)
-
-
-async def _created_report(
-    client: OpenADRClient,
-    payload: Mapping[str, Any],
-    pending: list[Mapping[str, Any]],
-    code: int,
-    description: str,
-) -> None:
-    """An oadrCreatedReport with our own response code (openleadr's always says 200)."""
-    request_id = payload.get("request_id") or (payload.get("response") or {}).get("request_id")
-    message = client._create_message(
-        "oadrCreatedReport",
-        response={"response_code": code, "response_description": description,
-                  "request_id": request_id},
-        ven_id=client.ven_id,
-        pending_reports=[{"report_request_id": r["report_request_id"]} for r in pending],
-    )  # fmt: skip
-    await client._perform_request("EiReport", message)

@@ -68,7 +68,7 @@ def openadr_link(service: Service, clock: Clock) -> OpenAdrLink | None:
     ven = OpenAdrVen(config, service.shell, committed=committed, on_decision=audit_decision)
 
     sink = obligation_sink(service, clock, source=SOURCE, released=ven.released,
-                           revision=ven.revision, label="OpenADR")  # fmt: skip
+                           revision=ven.revision, label="OpenADR", notes=ven.notes)  # fmt: skip
     return OpenAdrLink(ven, sink)
 
 
@@ -80,10 +80,11 @@ def obligation_sink(
     released: Mapping[str, str],
     revision: Callable[[str], int | None],
     label: str,
+    notes: Mapping[str, str] | None = None,
 ) -> SignalSink:
     """Where a VEN's signals go: obligations into the event book (a new id accepted, a changed
     one revised in place, an unchanged re-send nothing), cancels release their event, prices
-    into the snapshot."""
+    into the snapshot. `notes`: why an obligation stands as it does (event priority)."""
 
     def sink(value: object) -> None:
         now = clock()
@@ -95,6 +96,9 @@ def obligation_sink(
             version = revision(value.event_id)
             name = f"{label} event" if version is None else f"{label} modification {version}"
             reason = f"{name}: {value.kind.value} {value.kw:.1f} kW"
+            note = (notes or {}).get(value.event_id)
+            if note:
+                reason = f"{reason}, from {value.start_utc:%H:%M:%S} UTC ({note})"
             outcome = service.events.revise(value, now, version, reason)
         elif isinstance(value, PriceSignal):  # openadr.price_signals: the program's prices
             service.snapshot(value)

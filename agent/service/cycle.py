@@ -125,6 +125,13 @@ class Shell:
     def capacity_kw(self) -> float:
         return float(self.fleet.rated_kw.sum())
 
+    def online(self) -> bool:
+        return bool((self.available & self.has_driver).any())
+
+    def manual_override(self) -> bool:
+        now = self._clock()
+        return any(o.is_active(now) for o in self.snapshot.overrides.values())
+
     # -- the cycle ---------------------------------------------------------------------------
     async def cycle(self) -> CycleReport:
         started = time.perf_counter()

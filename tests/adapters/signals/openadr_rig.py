@@ -12,9 +12,10 @@ each cycle decides, and the SiteView reads the decided site load back (what the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from openleadr import OpenADRServer, errors, objects, utils
+from openleadr import hooks as openleadr_hooks
 from openleadr.service import OptService
 from openleadr.service.decorators import handler
 
@@ -207,19 +209,29 @@ class Vtn:
             found["fingerprint"] = Pki.fingerprint(self.pki.ven_cert)
         return found
 
-    def report_request(self, report_specifier_id: str) -> tuple[str, dict[str, Any]]:
-        """An oadrCreateReport asking for one report by its specifier id (METADATA included)."""
+    def report_request(
+        self, report_specifier_id: str, every: timedelta = timedelta(0), r_id: str = "status"
+    ) -> tuple[str, dict[str, Any]]:
+        """An oadrCreateReport asking for one report by its specifier id (METADATA included),
+        every `every` (zero: once)."""
         request = {
             "report_request_id": f"rr-{next(self._ids)}",
             "report_specifier": {
                 "report_specifier_id": report_specifier_id,
-                "granularity": timedelta(0),
-                "report_back_duration": timedelta(0),
-                "specifier_payloads": [{"r_id": "status", "reading_type": "x-notApplicable"}],
+                "granularity": every,
+                "report_back_duration": every,
+                "specifier_payloads": [{"r_id": r_id, "reading_type": "x-notApplicable"}],
             },
         }
         return "oadrCreateReport", {
             "report_requests": [request],
+            "request_id": f"req-{next(self._ids)}",
+        }
+
+    def cancel_report(self, report_request_id: str) -> tuple[str, dict[str, Any]]:
+        return "oadrCancelReport", {
+            "report_request_id": report_request_id,
+            "report_to_follow": False,
             "request_id": f"req-{next(self._ids)}",
         }
 
@@ -256,6 +268,7 @@ class Vtn:
         targets: list[objects.Target] | None = None,
         market_context: str = "http://program.example/dr",
         measurement: objects.Measurement | None = None,
+        priority: int = 0,
     ) -> objects.Event:
         start = start or datetime.now(UTC)
         intervals = [
@@ -273,6 +286,7 @@ class Vtn:
                 modification_number=0,
                 market_context=market_context,
                 event_status="far",
+                priority=priority,
             ),
             active_period=objects.ActivePeriod(
                 dtstart=start,
@@ -342,6 +356,7 @@ class SimSite:
     obligations: dict[str, Obligation] = field(default_factory=dict)
     received: list[Obligation | ObligationCancel] = field(default_factory=list)
     changed_at: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, site kW)
+    overridden: bool = False  # what manual_override() answers
     _site_kw: float = float("nan")
     _memory: Memory | None = None
 
@@ -376,6 +391,12 @@ class SimSite:
     def capacity_kw(self) -> float:
         return float(self.fleet.rated_kw.sum())
 
+    def online(self) -> bool:
+        return True
+
+    def manual_override(self) -> bool:
+        return self.overridden
+
     def floor_kw(self, *, include_protected: bool) -> float:
         keep = {Priority.CRITICAL} if include_protected else {Priority.CRITICAL, Priority.PROTECTED}
         total = 0.0
@@ -391,3 +412,30 @@ async def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@contextlib.contextmanager
+def vtn_received() -> Iterator[list[str]]:
+    """Every message a VTN in this process receives, as the text sent (openleadr's global
+    before_parse hook, read by the tests and never by the VEN)."""
+    received: list[str] = []
+
+    async def capture(content: bytes | str) -> None:  # openleadr awaits its hooks
+        received.append(content.decode() if isinstance(content, bytes) else content)
+
+    openleadr_hooks.register("before_parse", capture)
+    try:
+        yield received
+    finally:
+        openleadr_hooks.HOOKS["before_parse"].remove(capture)
+
+
+def tls_overrides(pki: Pki) -> dict[str, object]:
+    """The VEN's openadr settings for mutual TLS with the test PKI and a pinned VTN."""
+    return {
+        "allow_plain_http": False,
+        "cert_file": pki.ven_cert,
+        "key_file": pki.ven_key,
+        "ca_file": pki.ca_file,
+        "vtn_fingerprint": Pki.fingerprint(pki.vtn_cert).lower(),
+    }

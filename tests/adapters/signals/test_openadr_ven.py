@@ -10,13 +10,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from openleadr import hooks as openleadr_hooks
 from openleadr import objects
 
 from adapters.signals.openadr_ven import OpenAdrVen
 from agent.config import OpenAdrConfig
 from agent.domain.signals import Obligation, ObligationCancel
-from tests.adapters.signals.openadr_rig import Pki, SimSite, Vtn, wait_until
+from tests.adapters.signals.openadr_rig import (
+    Pki,
+    SimSite,
+    Vtn,
+    tls_overrides,
+    vtn_received,
+    wait_until,
+)
 from tests.conftest import free_port
 
 # openleadr's VTN stores itself in its aiohttp app under a string key (test side only).
@@ -153,26 +159,14 @@ def test_over_mutual_tls_with_signed_messages_the_ven_registers_and_sheds(tmp_pa
         await wait_until(lambda: site.site_kw() == LEVEL_2_CEILING_KW, 5, "the shed")
         await wait_until(lambda: LEVEL_2_CEILING_KW in report_values(vtn), 5, "a report")
 
-    tls = {
-        "allow_plain_http": False,
-        "cert_file": pki.ven_cert,
-        "key_file": pki.ven_key,
-        "ca_file": pki.ca_file,
-        "vtn_fingerprint": Pki.fingerprint(pki.vtn_cert).lower(),
-    }
-    run(scenario, pki, **tls)
+    run(scenario, pki, **tls_overrides(pki))
 
 
 def test_a_vtn_whose_signature_does_not_match_the_fingerprint_is_never_joined(
     tmp_path: Path,
 ) -> None:
     pki = Pki.create(tmp_path)
-    tls = {
-        "cert_file": pki.ven_cert,
-        "key_file": pki.ven_key,
-        "ca_file": pki.ca_file,
-        "vtn_fingerprint": "00:11:22:33:44:55:66:77:88:99",
-    }
+    tls = {**tls_overrides(pki), "vtn_fingerprint": "00:11:22:33:44:55:66:77:88:99"}
 
     async def main() -> None:
         vtn = Vtn(port=free_port(), pki=pki)
@@ -197,18 +191,11 @@ def test_a_vtn_that_lost_its_registrations_is_rejoined_afresh_over_tls(tmp_path:
     """The VTN restarts without its registrations and refuses the old venID (463): the VEN
     registers as new, takes the venID given now, and an event published to it is followed."""
     pki = Pki.create(tmp_path)
-    tls = {
-        "allow_plain_http": False,
-        "cert_file": pki.ven_cert,
-        "key_file": pki.ven_key,
-        "ca_file": pki.ca_file,
-        "vtn_fingerprint": Pki.fingerprint(pki.vtn_cert).lower(),
-    }
 
     async def main() -> None:
         vtn = Vtn(port=free_port(), pki=pki, refuse_unknown_ids=True)
         site = SimSite()
-        ven = OpenAdrVen(ven_config(vtn, **tls), site)
+        ven = OpenAdrVen(ven_config(vtn, **tls_overrides(pki)), site)
         async with running(vtn, site, ven):
             first = ven.ven_id
             await vtn.stop()
@@ -293,7 +280,14 @@ def test_while_the_vtn_has_messages_queued_the_ven_polls_again_at_once() -> None
 
 
 @pytest.mark.parametrize(
-    ("asked", "configured", "polls_s"), [("PT2S", None, 2.0), ("PT2S", 0.5, 0.5), ("P", None, 10.0)]
+    ("asked", "configured", "polls_s"),
+    [
+        ("PT2S", None, 2.0),
+        ("PT2S", 0.5, 0.5),
+        ("P", None, 10.0),
+        ("PT0.5S", None, 0.5),  # not a 2.0b duration (whole seconds), honoured all the same
+        ("PT0.05S", None, 0.2),  # under the floor: the floor
+    ],
 )
 def test_the_poll_interval_follows_the_vtn_unless_the_site_file_sets_a_faster_one(
     asked: str, configured: float | None, polls_s: float
@@ -316,28 +310,22 @@ def test_a_poll_interval_under_the_floor_is_refused_by_the_site_file() -> None:
 def test_report_metadata_declares_60_hz_the_site_voltage_and_the_same_ids_every_start() -> None:
     """openleadr's defaults are 50 Hz / 230 V and new random ids at each start: the VTN is told
     what the site is, under ids that survive a restart of the agent."""
-    seen: list[str] = []
 
-    async def capture(content: bytes | str) -> None:  # openleadr awaits its hooks
-        text = content.decode() if isinstance(content, bytes) else content
-        if "oadrRegisterReport" in text and "TELEMETRY_USAGE" in text:
-            seen.append(text)
+    def registered_reports(received: list[str]) -> list[str]:
+        return [x for x in received if "oadrRegisterReport" in x and "TELEMETRY_USAGE" in x]
 
-    async def one_run(voltage: float) -> None:
-        vtn = Vtn(port=free_port())
-        site = SimSite()
-        ven = OpenAdrVen(ven_config(vtn, nominal_voltage_v=voltage), site)
-        async with running(vtn, site, ven):
-            await wait_until(lambda: bool(seen), 5, "the report registration")
+    async def one_run(voltage: float) -> str:
+        with vtn_received() as received:
+            vtn = Vtn(port=free_port())
+            site = SimSite()
+            ven = OpenAdrVen(ven_config(vtn, nominal_voltage_v=voltage), site)
+            async with running(vtn, site, ven):
+                await wait_until(lambda: bool(registered_reports(received)), 5,
+                                 "the report registration")  # fmt: skip
+            return registered_reports(received)[-1]
 
-    openleadr_hooks.register("before_parse", capture)
-    try:
-        asyncio.run(one_run(480))
-        first = seen.pop()
-        asyncio.run(one_run(480))
-        second = seen.pop()
-    finally:
-        openleadr_hooks.HOOKS["before_parse"].remove(capture)
+    first = asyncio.run(one_run(480))
+    second = asyncio.run(one_run(480))
     for xml in (first, second):
         assert re.search(r"<power:hertz>60</power:hertz>", xml)
         assert re.search(r"<power:voltage>480(\.0)?</power:voltage>", xml)
@@ -348,18 +336,17 @@ def test_report_metadata_declares_60_hz_the_site_voltage_and_the_same_ids_every_
         )
 
     assert ids(first) == ids(second)
-    assert ids(first) == (["site:realPower"], ["small-site:TELEMETRY_USAGE"])
+    assert ids(first) == (
+        ["site:realPower", "site:status"],
+        ["small-site:TELEMETRY_USAGE", "small-site:TELEMETRY_STATUS"],
+    )
 
 
 def test_a_metadata_request_is_answered_and_a_report_it_does_not_offer_is_refused() -> None:
     """oadrCreateReport for METADATA gets the VEN's oadrRegisterReport again; one for
-    TELEMETRY_STATUS (not offered) gets an oadrCreatedReport with 461, not "200, pending"."""
-    received: list[str] = []
+    HISTORY_USAGE (not offered) gets an oadrCreatedReport with 461, not "200, pending"."""
 
-    async def capture(content: bytes | str) -> None:  # openleadr awaits its hooks
-        received.append(content.decode() if isinstance(content, bytes) else content)
-
-    async def main() -> None:
+    async def main(received: list[str]) -> None:
         vtn = Vtn(port=free_port(), queued={})
         site = SimSite()
         ven = OpenAdrVen(ven_config(vtn), site)
@@ -374,12 +361,9 @@ def test_a_metadata_request_is_answered_and_a_report_it_does_not_offer_is_refuse
             assert vtn.queued is not None
             vtn.queued[ven_id] = [vtn.report_request("METADATA")]
             await wait_until(lambda: registers() > before, 5, "the metadata again")
-            vtn.queued[ven_id] = [vtn.report_request("TELEMETRY_STATUS")]
+            vtn.queued[ven_id] = [vtn.report_request("HISTORY_USAGE")]
             await wait_until(lambda: any("oadrCreatedReport" in x and ">461<" in x
                                          for x in received), 5, "the refusal")  # fmt: skip
 
-    openleadr_hooks.register("before_parse", capture)
-    try:
-        asyncio.run(main())
-    finally:
-        openleadr_hooks.HOOKS["before_parse"].remove(capture)
+    with vtn_received() as received:
+        asyncio.run(main(received))
