@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from openleadr import objects
 from openleadr.messaging import create_message
 
 from adapters.signals.openadr_salvage import salvage_distribute_event
@@ -143,3 +144,50 @@ def test_a_signed_distribution_altered_in_transit_is_not_salvaged(tmp_path: Path
     assert altered != signed
     assert salvage_distribute_event(altered.encode(), fingerprint) is None
     assert salvage_distribute_event(b"<not-openadr/>", None) is None
+
+
+KW = objects.Measurement(
+    name="powerReal",
+    description="RealPower",
+    unit="W",
+    scale="k",
+    power_attributes=objects.PowerAttributes(hertz=60, voltage=480, ac=True),
+)
+# the simulated site runs at 250 kW, rated 250 kW (openadr_rig.small_fleet)
+SIGNALS = {
+    "LOAD_DISPATCH delta -150 kW": ("LOAD_DISPATCH", "delta", -150.0, KW, 100.0),
+    "LOAD_CONTROL capacity 0.4": ("LOAD_CONTROL", "x-loadControlCapacity", 0.4, None, 100.0),
+    "LOAD_CONTROL percent offset -40": ("LOAD_CONTROL", "x-loadControlPercentOffset", -40.0,
+                                        None, 150.0),
+    "LOAD_DISPATCH multiplier beside SIMPLE 2": ("LOAD_DISPATCH", "multiplier", 0.5, None,
+                                                  LEVEL_2_CEILING_KW),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SIGNALS))
+def test_each_dispatch_signal_sheds_the_site_to_what_it_asks(case: str) -> None:
+    """Through the VTN: a delta in kW, a fraction of capacity, a percent of the load, and a
+    signal type the site does not follow with a SIMPLE signal beside it (followed instead)."""
+    name, signal_type, value, measurement, ceiling_kw = SIGNALS[case]
+    mapping = {"meaning": "shed", "unit": "kW"}
+
+    async def main() -> None:
+        vtn = Vtn(port=free_port())
+        site = SimSite()
+        ven = OpenAdrVen(ven_config(vtn, load_dispatch=mapping, load_control=mapping), site)
+        async with running(vtn, site, ven):
+            ven_id = ven.ven_id
+            assert ven_id is not None
+            event = vtn.event(ven_id, [value], interval_s=600, signal_name=name,
+                              signal_type=signal_type, measurement=measurement)  # fmt: skip
+            if signal_type == "multiplier":
+                simple = vtn.event(ven_id, [2.0], interval_s=600).event_signals[0]
+                event.event_signals.append(simple)
+            event_id = vtn.publish(ven_id, event)
+            await wait_until(lambda: (event_id, "optIn") in vtn.opt_types, 5, "the opt-in")
+            await wait_until(lambda: site.site_kw() <= ceiling_kw + 1e-6, 5, "the shed")
+            assert site.site_kw() >= ceiling_kw - 10.0  # no deeper than one 10 kW miner below
+            decided = ven.decisions[event_id].reason
+            assert ("SIMPLE" if signal_type == "multiplier" else name) in decided
+
+    asyncio.run(main())
