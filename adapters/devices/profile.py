@@ -21,6 +21,7 @@ from agent.errors import ConfigError
 
 __all__ = [
     "PROFILE_DIR",
+    "Document",
     "Encoding",
     "OnOffAction",
     "PowerReading",
@@ -161,10 +162,23 @@ class RequestLimits(_Strict):
     max_registers_per_request: int = Field(default=123, ge=1, le=125)
 
 
+class Document(_Strict):
+    """The vendor document a profile's addresses come from, as a site engineer would find it."""
+
+    title: str = Field(min_length=1)
+    version: str = Field(min_length=1, description="document number, edition or firmware")
+    date: str = Field(min_length=1, description="as printed, or 'not printed' when it is not")
+    sections: str = ""  # where in the document the register table is
+    url: str = ""
+
+
 class Profile(_Strict):
     name: str = Field(min_length=1)
     vendor: str = Field(min_length=1)
     description: str = ""
+    # where the addresses come from; None only for a layout no vendor publishes (say so in
+    # `vendor`): the simulator's generic PDU, a PLC program written for the site
+    document: Document | None = None
     channels: int = Field(default=1, ge=1, le=1024)
     registers: dict[str, Register]
     actions: Actions = Actions()
