@@ -150,7 +150,7 @@ class MinerDriver:
             return await cgminer_call(
                 self._device_id,
                 config.host,
-                config.port,
+                config.api_port,
                 command,
                 parameter,
                 timeout_s=config.timeout_s,

@@ -1,9 +1,10 @@
 """Build a DeviceDriver for every configured device address (the composition of adapters).
 
 Every driver type of the site file is built here, explicitly: Modbus over the pooled connections,
-LuxOS/CGMiner miners over their firmware API, MQTT devices and GPU nodes over the service's one
-MQTT session, simulated loads on the service's clock. Miners also get their drift check, which
-the shell uses to re-send a command a miner has forgotten (reboot, auto-tuning).
+LuxOS/CGMiner and Braiins OS+ miners over their firmware APIs, MQTT devices and GPU nodes over
+the service's one MQTT session, simulated loads on the service's clock. Miners also get their
+drift check, which the shell uses to re-send a command a miner has forgotten (reboot,
+auto-tuning).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def build_drivers(
                     endpoint = endpoints[key] = ModbusEndpoint(pool, target, profile, clock)
                 driver: DeviceDriver = ModbusDriver(device_id, address, pool, profile=profile,
                                                     clock=clock, endpoint=endpoint)  # fmt: skip
+            case MinerDriverConfig(firmware="braiins"):
+                driver = _braiins_miner(device_id, address, clock)
+                built.drift_checks[device_id] = drifted
             case MinerDriverConfig():
                 driver = MinerDriver(device_id, address, clock=clock)
                 built.drift_checks[device_id] = drifted
@@ -78,3 +82,13 @@ def build_drivers(
                                          idle_kw=spec.idle_kw, clock=clock)  # fmt: skip
         built.drivers[device_id] = driver
     return built
+
+
+def _braiins_miner(device_id: str, address: MinerDriverConfig, clock: Clock) -> DeviceDriver:
+    try:
+        from adapters.devices.braiins_miner import BraiinsMiner  # noqa: PLC0415 - optional extra
+    except ImportError as exc:  # grpcio is the `braiins` extra
+        raise ConfigError(
+            f"{device_id}: firmware braiins needs grpcio: pip install 'gridflex[braiins]' ({exc})"
+        ) from exc
+    return BraiinsMiner(device_id, address, clock=clock)

@@ -99,18 +99,23 @@ class ModbusDriverConfig(_Strict):
 
 
 class MinerDriverConfig(_Strict):
-    """An ASIC miner reached through its firmware's API (CGMiner-style JSON on TCP 4028)."""
+    """An ASIC miner reached through its firmware's API: LuxOS (CGMiner-style JSON on TCP 4028)
+    or Braiins OS+ (its gRPC Public API on TCP 50051)."""
 
     type: Literal["miner"]
     """`miner`"""
     host: Host
     """the miner's address (a group's members take the next addresses)"""
-    port: int = Field(default=4028, ge=1, le=65535)
-    """the firmware API's TCP port"""
-    # The driver speaks the LuxOS dialect of the CGMiner API (logon, curtail, profileset);
-    # other firmware would refuse every command, so the site file may not name it.
-    firmware: Literal["luxos"] = "luxos"
-    """the firmware's API dialect"""
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """the firmware API's TCP port (default: 4028 for luxos, 50051 for braiins)"""
+    # Two firmware APIs are spoken: LuxOS's dialect of the CGMiner API (logon, curtail,
+    # powertargetset) and the Braiins OS+ Public API; other firmware would refuse every command.
+    firmware: Literal["luxos", "braiins"] = "luxos"
+    """the firmware's API: `luxos` or `braiins` (Braiins OS+, needs the `braiins` extra)"""
+    username: str = Field(default="root", min_length=1)
+    """braiins: the user the API logs in as"""
+    password: SecretStr | None = None
+    """braiins: that user's password (use ${ENV_VAR}; none: an empty password)"""
     timeout_s: float = Field(default=2.0, gt=0, le=30)
     """one request's timeout"""
     # A sleeping miner's hashboards stop within seconds, its fans and PSU settle over tens of
@@ -118,6 +123,12 @@ class MinerDriverConfig(_Strict):
     settle_s: float = Field(
         default=20.0, ge=0, le=600, description="power settles this long after a command"
     )
+
+    @property
+    def api_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 50051 if self.firmware == "braiins" else 4028
 
     def member(self, index: int) -> MinerDriverConfig:
         return self.model_copy(update={"host": _offset_host(self.host, index)})

@@ -5,15 +5,12 @@ and the payload codec against the host's own descriptor and the .proto it is gen
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import descriptor_pb2
 
 from adapters.scada import sparkplug_b_pb2
 from adapters.scada.sparkplug_codec import DataType, Metric, PayloadError, decode, encode
@@ -29,8 +26,8 @@ from tests.adapters.scada.sparkplug_host import (
     check_seq,
 )
 from tests.conftest import Broker
+from tests.protoc_check import assert_generated_from
 
-ROOT = Path(__file__).resolve().parents[3]
 GROUP, EDGE = "plant", "edge-1"
 
 
@@ -217,17 +214,4 @@ def test_the_codec_agrees_with_an_independent_reading_of_section_6_4() -> None:
 
 
 def test_the_generated_code_is_the_proto_of_this_checkout(tmp_path: Path) -> None:
-    out = tmp_path / "set.pb"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", "adapters/scada",
-                    f"--descriptor_set_out={out}", "adapters/scada/sparkplug_b.proto"],
-                   cwd=ROOT, check=True)  # fmt: skip
-    compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
-    for message in (compiled.message_type[0], *compiled.message_type[0].nested_type):
-        for field in message.field:
-            field.ClearField("json_name")  # protoc's --python_out leaves it out of the module
-    shipped = descriptor_pb2.FileDescriptorProto.FromString(
-        sparkplug_b_pb2.DESCRIPTOR.serialized_pb
-    )
-    assert compiled == shipped, (
-        "sparkplug_b_pb2.py is stale: regenerate it (command at the top of sparkplug_b.proto)"
-    )
+    assert_generated_from("adapters/scada/sparkplug_b.proto", sparkplug_b_pb2, tmp_path)
