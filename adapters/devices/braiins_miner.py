@@ -24,17 +24,15 @@ not used for the reasons in adapters/devices/miners.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import grpc
 from grpc import aio
 
 from adapters.devices.braiins import bos_api_pb2 as api
-from agent.config.drivers import MinerDriverConfig
+from adapters.devices.miners import MinerBase
 from agent.errors import DeviceRejectedError, DeviceTimeoutError, DeviceUnavailableError
-from agent.ports import Capability, DeviceCommand, DeviceReading, utc_now
+from agent.ports import DeviceCommand, DeviceReading
 
 __all__ = ["BraiinsMiner"]
 
@@ -43,33 +41,11 @@ _RETRY_AUTH = frozenset({grpc.StatusCode.UNAUTHENTICATED})
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
-class BraiinsMiner:
+class BraiinsMiner(MinerBase):
     """A DeviceDriver for one Braiins OS+ miner (see the module doc)."""
 
-    def __init__(
-        self,
-        device_id: str,
-        config: MinerDriverConfig,
-        *,
-        clock: Callable[[], datetime] = utc_now,
-    ) -> None:
-        self._device_id = device_id
-        self._config = config
-        self._clock = clock
-        self._channel: aio.Channel | None = None
-        self._token: str | None = None
-
-    @property
-    def device_id(self) -> str:
-        return self._device_id
-
-    @property
-    def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.ON_OFF, Capability.POWER_LIMIT, Capability.POWER_READING})
-
-    @property
-    def settle_s(self) -> float:
-        return self._config.settle_s
+    _channel: aio.Channel | None = None
+    _token: str | None = None
 
     async def apply(self, command: DeviceCommand) -> None:
         if not command.on:

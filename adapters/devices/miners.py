@@ -42,6 +42,7 @@ from agent.errors import (
 from agent.ports import Capability, DeviceCommand, DeviceReading, utc_now
 
 __all__ = [
+    "MinerBase",
     "MinerDriver",
     "cgminer_call",
     "drifted",
@@ -89,8 +90,8 @@ async def cgminer_call(
     return dict(reply)
 
 
-class MinerDriver:
-    """A LuxOS miner: `curtail` sleeps/wakes it, `powertargetset` caps it, `power` reads it."""
+class MinerBase:
+    """What every miner driver shares: its id, its config, the three verbs it offers."""
 
     def __init__(
         self,
@@ -102,7 +103,6 @@ class MinerDriver:
         self._device_id = device_id
         self._config = config
         self._clock = clock
-        self._session_id: str | None = None
 
     @property
     def device_id(self) -> str:
@@ -115,6 +115,12 @@ class MinerDriver:
     @property
     def settle_s(self) -> float:
         return self._config.settle_s
+
+
+class MinerDriver(MinerBase):
+    """A LuxOS miner: `curtail` sleeps/wakes it, `powertargetset` caps it, `power` reads it."""
+
+    _session_id: str | None = None
 
     async def apply(self, command: DeviceCommand) -> None:
         session = await self._session()
