@@ -15,6 +15,7 @@ _COMMANDS: dict[str, str] = {
     "audit": "agent.app.commands.events:audit",
     "demo": "agent.app.commands.demo:demo",
     "events": "agent.app.commands.events:events",
+    "gpu-demand": "agent.app.commands.gpu_demand:gpu_demand",
     "run": "agent.app.commands.run:run",
     "check-config": "agent.app.commands.check_config:check_config",
     "node": "agent.app.commands.node:node",
@@ -30,6 +31,8 @@ SHORT_HELP: dict[str, str] = {
     "check-config": "Validate a site file, and build what `gridflex run` builds at start.",
     "demo": "Run a simulated 263-device site through a real ERCOT day.",
     "events": "Dispatch events with their status, requested and achieved kW.",
+    "gpu-demand": "Scrape inference servers' /metrics pages and print the pool's demand as JSON "
+    "lines.",
     "node": "Apply GPU power caps from MQTT setpoints on this server.",
     "prices": "ERCOT market prices for study and backtests.",
     "run": "Run the demand-response service for one site until SIGTERM.",

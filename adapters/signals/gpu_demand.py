@@ -1,0 +1,184 @@
+"""GPU inference demand from the inference servers' own Prometheus endpoints.
+
+A pool is a set of servers of one kind behind one service level. Each scrape reads every
+endpoint's `/metrics` text, parses it with prometheus-client's exposition parser, and sums the
+demand series across endpoints and label sets (one per model):
+
+- vLLM: waiting `vllm:num_requests_waiting`, running `vllm:num_requests_running`, and
+  `vllm:kv_cache_usage_perc` (0-1; the fullest endpoint's);
+- Triton: waiting `nv_inference_pending_request_count` (running is not exported), and the mean
+  queue time: the increase of `nv_inference_queue_duration_us` over the increase of
+  `nv_inference_request_success` between two scrapes;
+- TGI: waiting `tgi_queue_size`, running `tgi_batch_current_size`.
+
+An endpoint that does not answer, answers an HTTP error, or serves text without the pool's
+series is left out and counted (`endpoints_up` of `endpoints_total`); with none up the scrape
+yields no demand, and a consumer judges the last one's age against `stale_after_s`, as for
+prices. Counters that go down (a server restarted) restart the queue-time window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.ports import utc_now
+
+__all__ = ["DemandScraper", "PoolDemand", "PoolSettings", "parse_demand"]
+
+log = logging.getLogger(__name__)
+
+Server = Literal["vllm", "triton", "tgi"]
+_WAITING = {"vllm": "vllm:num_requests_waiting", "triton": "nv_inference_pending_request_count",
+            "tgi": "tgi_queue_size"}  # fmt: skip
+_RUNNING = {"vllm": "vllm:num_requests_running", "tgi": "tgi_batch_current_size"}
+_KV_CACHE = "vllm:kv_cache_usage_perc"
+_QUEUE_US, _SUCCESS = "nv_inference_queue_duration_us", "nv_inference_request_success"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    name: str
+    server: Server
+    endpoints: tuple[str, ...]  # full URLs of the /metrics pages
+    scrape_every_s: float = 5.0
+    stale_after_s: float = 30.0
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDemand:
+    """One pool's inference demand at one scrape."""
+
+    pool: str
+    observed_at_utc: datetime
+    waiting: float  # requests queued, all endpoints and models
+    running: float | None  # requests being served (None: the server does not export it)
+    kv_cache_usage: float | None  # vLLM: the fullest endpoint's KV cache, 0-1
+    queue_time_s: float | None  # Triton: mean queue time over the last scrape interval
+    endpoints_up: int
+    endpoints_total: int
+
+    def is_stale(self, now_utc: datetime, stale_after_s: float) -> bool:
+        return now_utc - self.observed_at_utc > timedelta(seconds=stale_after_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sums:
+    """What one endpoint's page says (sums over its label sets)."""
+
+    waiting: float
+    running: float | None
+    kv_cache_usage: float | None
+    queue_us: float | None
+    successes: float | None
+
+
+def parse_demand(text: str, server: Server) -> _Sums | None:
+    """The demand series of one /metrics page; None when the page lacks the waiting series."""
+    sums: dict[str, float] = {}
+    kv_cache: float | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removesuffix("_total")  # the parser names counter samples so
+            if name == _KV_CACHE:
+                kv_cache = max(kv_cache or 0.0, sample.value)
+            elif name in (_WAITING[server], _RUNNING.get(server), _QUEUE_US, _SUCCESS):
+                sums[name] = sums.get(name, 0.0) + sample.value
+    if _WAITING[server] not in sums:
+        return None
+    running_name = _RUNNING.get(server)
+    return _Sums(
+        waiting=sums[_WAITING[server]],
+        running=sums.get(running_name) if running_name else None,
+        kv_cache_usage=kv_cache if server == "vllm" else None,
+        queue_us=sums.get(_QUEUE_US) if server == "triton" else None,
+        successes=sums.get(_SUCCESS) if server == "triton" else None,
+    )
+
+
+Fetch = Callable[[str, float], str]
+
+
+def _http_get(url: str, timeout_s: float) -> str:
+    response = requests.get(url, timeout=timeout_s)
+    response.raise_for_status()
+    return response.text
+
+
+@dataclass
+class DemandScraper:
+    """Scrapes one pool; `scrape()` is one round, `run(sink)` scrapes until cancelled."""
+
+    settings: PoolSettings
+    fetch: Fetch = _http_get
+    clock: Callable[[], datetime] = utc_now
+    _counters: dict[str, tuple[float, float]] = field(default_factory=dict)  # url: (us, n)
+    _down: set[str] = field(default_factory=set)
+
+    async def scrape(self) -> PoolDemand | None:
+        pages = await asyncio.gather(*(self._page(url) for url in self.settings.endpoints))
+        up = {url: sums for url, sums in zip(self.settings.endpoints, pages, strict=True)
+              if sums is not None}  # fmt: skip
+        if not up:
+            return None
+        running = [s.running for s in up.values() if s.running is not None]
+        kv = [s.kv_cache_usage for s in up.values() if s.kv_cache_usage is not None]
+        return PoolDemand(
+            pool=self.settings.name,
+            observed_at_utc=self.clock(),
+            waiting=sum(s.waiting for s in up.values()),
+            running=sum(running) if running else None,
+            kv_cache_usage=max(kv) if kv else None,
+            queue_time_s=self._queue_time_s(up),
+            endpoints_up=len(up),
+            endpoints_total=len(self.settings.endpoints),
+        )
+
+    async def run(self, sink: Callable[[PoolDemand], None]) -> None:
+        while True:
+            demand = await self.scrape()
+            if demand is not None:
+                sink(demand)
+            await asyncio.sleep(self.settings.scrape_every_s)
+
+    async def _page(self, url: str) -> _Sums | None:
+        try:
+            text = await asyncio.to_thread(self.fetch, url, self.settings.timeout_s)
+            sums = parse_demand(text, self.settings.server)
+            why = None if sums is not None else f"no {_WAITING[self.settings.server]} series"
+        except (requests.RequestException, ValueError) as exc:  # refused, HTTP error, not text
+            sums, why = None, str(exc)
+        self._mark(url, why)
+        return sums
+
+    def _mark(self, url: str, why: str | None) -> None:
+        """Log each endpoint's change between answering and not, once."""
+        if why is None and url in self._down:
+            self._down.discard(url)
+            log.info("GPU demand endpoint %s of pool %s answers again", url, self.settings.name)
+        elif why is not None and url not in self._down:
+            self._down.add(url)
+            log.warning("GPU demand endpoint %s of pool %s left out: %s", url,
+                        self.settings.name, why)  # fmt: skip
+
+    def _queue_time_s(self, up: Mapping[str, _Sums]) -> float | None:
+        """Mean queue time of the requests served since the last scrape, all endpoints."""
+        queued_us = served = 0.0
+        for url, sums in up.items():
+            if sums.queue_us is None or sums.successes is None:
+                continue
+            before = self._counters.get(url)
+            self._counters[url] = (sums.queue_us, sums.successes)
+            if before is None or sums.queue_us < before[0] or sums.successes < before[1]:
+                continue  # the first scrape, or the server restarted: no window yet
+            queued_us += sums.queue_us - before[0]
+            served += sums.successes - before[1]
+        return queued_us / served / 1e6 if served > 0 else None
