@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +100,12 @@ def own_mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
     broker = _start_broker(tmp_path)
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def metrics() -> Iterator[Any]:
+    """An HTTP server of /metrics pages (tests/adapters/signals/metrics_http.MetricsServer)."""
+    from tests.adapters.signals.metrics_http import metrics_server
+
+    with metrics_server() as server:
+        yield server

@@ -23,15 +23,16 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.domain.signals import GpuDemand
 from agent.ports import utc_now
 
-__all__ = ["DemandScraper", "PoolDemand", "PoolSettings", "parse_demand"]
+__all__ = ["DemandScraper", "PoolSettings", "parse_demand"]
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +52,6 @@ class PoolSettings:
     scrape_every_s: float = 5.0
     stale_after_s: float = 30.0
     timeout_s: float = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class PoolDemand:
-    """One pool's inference demand at one scrape."""
-
-    pool: str
-    observed_at_utc: datetime
-    waiting: float  # requests queued, all endpoints and models
-    running: float | None  # requests being served (None: the server does not export it)
-    kv_cache_usage: float | None  # vLLM: the fullest endpoint's KV cache, 0-1
-    queue_time_s: float | None  # Triton: mean queue time over the last scrape interval
-    endpoints_up: int
-    endpoints_total: int
-
-    def is_stale(self, now_utc: datetime, stale_after_s: float) -> bool:
-        return now_utc - self.observed_at_utc > timedelta(seconds=stale_after_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +107,7 @@ class DemandScraper:
     _counters: dict[str, tuple[float, float]] = field(default_factory=dict)  # url: (us, n)
     _down: set[str] = field(default_factory=set)
 
-    async def scrape(self) -> PoolDemand | None:
+    async def scrape(self) -> GpuDemand | None:
         pages = await asyncio.gather(*(self._page(url) for url in self.settings.endpoints))
         up = {url: sums for url, sums in zip(self.settings.endpoints, pages, strict=True)
               if sums is not None}  # fmt: skip
@@ -131,7 +115,7 @@ class DemandScraper:
             return None
         running = [s.running for s in up.values() if s.running is not None]
         kv = [s.kv_cache_usage for s in up.values() if s.kv_cache_usage is not None]
-        return PoolDemand(
+        return GpuDemand(
             pool=self.settings.name,
             observed_at_utc=self.clock(),
             waiting=sum(s.waiting for s in up.values()),
@@ -142,7 +126,7 @@ class DemandScraper:
             endpoints_total=len(self.settings.endpoints),
         )
 
-    async def run(self, sink: Callable[[PoolDemand], None]) -> None:
+    async def run(self, sink: Callable[[GpuDemand], None]) -> None:
         while True:
             demand = await self.scrape()
             if demand is not None:

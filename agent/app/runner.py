@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from agent.app.assembly import MemoryOutbox, Outbox, Service, assemble
+from agent.app.gpu_demand import gpu_demand_sources
 from agent.app.mqtt_link import MqttLink
 from agent.app.openadr import openadr_link, run_openadr
 from agent.app.openadr3 import run_openadr3
@@ -324,7 +325,7 @@ async def serve(
 
 
 def _signal_sources(service: Service, clock: Clock) -> list[Coroutine[Any, Any, None]]:
-    """The site's price source and VENs (OpenADR 2.0b, 3.0), as configured."""
+    """The site's price source, VENs (OpenADR 2.0b, 3.0) and inference pools, as configured."""
     sources: list[Coroutine[Any, Any, None]] = []
     source = price_source(service.config)
     if source is not None:
@@ -334,6 +335,7 @@ def _signal_sources(service: Service, clock: Clock) -> list[Coroutine[Any, Any, 
         sources.append(run_openadr(openadr, service))
     if service.config.openadr3 is not None:
         sources.append(run_openadr3(service, clock))
+    sources += gpu_demand_sources(service)
     return sources
 
 

@@ -79,7 +79,29 @@ def status_view(
             "ids": id_ranges(fleet, attention.tolist()),
         },
         "decision": None if decision is None else decision.model_dump(mode="json"),
+        "gpu_demand": _gpu_demand(service, telemetry.at),
     }
+
+
+def _gpu_demand(service: Service, now: datetime) -> list[dict[str, Any]]:
+    """Each configured pool's latest demand, with its age against the pool's stale_after_s."""
+    config = service.config.gpu_demand
+    if config is None:
+        return []
+    latest = service.snapshot.gpu_demand
+    pools = []
+    for name, pool in config.pools.items():
+        demand = latest.get(name)
+        pools.append({
+            "pool": name, "server": pool.server, "endpoints_total": len(pool.endpoints),
+            "demand": None if demand is None else {
+                "waiting": demand.waiting, "running": demand.running,
+                "kv_cache_usage": demand.kv_cache_usage, "queue_time_s": demand.queue_time_s,
+                "endpoints_up": demand.endpoints_up, "at": _iso(demand.observed_at_utc),
+                "stale": demand.is_stale(now, pool.stale_after_s),
+            },
+        })  # fmt: skip
+    return pools
 
 
 def _event(record: Any) -> dict[str, Any]:

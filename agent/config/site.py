@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from agent.config.drivers import DriverConfig, Host, expand
+from agent.config.gpu_demand import GpuDemandConfig
 from agent.config.openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
 from agent.config.openadr3 import OpenAdr3Config
 from agent.config.sparkplug import SparkplugConfig
@@ -378,6 +379,8 @@ class SiteConfig(_Strict):
     """the site as an OpenADR 3.0 VEN; null: no OpenADR 3"""
     sparkplug: SparkplugConfig | None = None
     """the site as a Sparkplug B edge node for SCADA (Ignition); null: JSON over MQTT only"""
+    gpu_demand: GpuDemandConfig | None = None
+    """inference pools whose demand is read from their servers' metrics; null: none"""
 
     # -- what the core needs -----------------------------------------------------------------
     def load_classes(self) -> list[LoadClass]:

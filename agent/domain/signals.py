@@ -7,12 +7,13 @@ decision can tell a fresh signal from a stale one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 __all__ = [
     "EmergencyLevel",
     "EmergencySignal",
+    "GpuDemand",
     "Obligation",
     "ObligationCancel",
     "ObligationKind",
@@ -115,6 +116,23 @@ class Override:
 
     def is_active(self, now_utc: datetime) -> bool:
         return now_utc < self.expires_at_utc
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDemand:
+    """One inference pool's demand, as its servers' metrics said it at one scrape."""
+
+    pool: str
+    observed_at_utc: datetime
+    waiting: float  # requests queued, all endpoints and models
+    running: float | None  # requests being served (None: the server does not export it)
+    kv_cache_usage: float | None  # vLLM: the fullest endpoint's KV cache, 0-1
+    queue_time_s: float | None  # Triton: mean queue time over the last scrape interval
+    endpoints_up: int
+    endpoints_total: int
+
+    def is_stale(self, now_utc: datetime, stale_after_s: float) -> bool:
+        return now_utc - self.observed_at_utc > timedelta(seconds=stale_after_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from agent.domain.signals import GpuDemand
+
 __all__ = ["Metrics"]
 
 
@@ -67,6 +69,25 @@ class Metrics:
             "gridflex_messages", "MQTT messages in, by topic and outcome", ["topic", "outcome"],
             registry=r,
         )  # fmt: skip
+
+        self.gpu_demand = Gauge(
+            "gridflex_gpu_demand", "Inference demand per pool, from its servers' metrics",
+            ["pool", "what"], registry=r,
+        )  # fmt: skip
+        self.gpu_demand_endpoints_up = Gauge(
+            "gridflex_gpu_demand_endpoints_up", "Endpoints of the pool that answered", ["pool"],
+            registry=r,
+        )  # fmt: skip
+
+    def record_gpu_demand(self, demand: GpuDemand) -> None:
+        """`what`: waiting, running, kv_cache_usage, queue_time_seconds (those the server has)."""
+        values = {"waiting": demand.waiting, "running": demand.running,
+                  "kv_cache_usage": demand.kv_cache_usage,
+                  "queue_time_seconds": demand.queue_time_s}  # fmt: skip
+        for what, value in values.items():
+            if value is not None:
+                self.gpu_demand.labels(pool=demand.pool, what=what).set(value)
+        self.gpu_demand_endpoints_up.labels(pool=demand.pool).set(demand.endpoints_up)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

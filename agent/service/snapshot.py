@@ -18,6 +18,7 @@ from datetime import datetime
 from agent.domain.signals import (
     EmergencyLevel,
     EmergencySignal,
+    GpuDemand,
     Obligation,
     ObligationCancel,
     Override,
@@ -28,7 +29,15 @@ from agent.domain.signals import (
 
 __all__ = ["AnySignal", "GridSignal", "SnapshotStore"]
 
-AnySignal = PriceSignal | Obligation | ObligationCancel | EmergencySignal | PeakWarning | Override
+AnySignal = (
+    PriceSignal
+    | Obligation
+    | ObligationCancel
+    | EmergencySignal
+    | PeakWarning
+    | Override
+    | GpuDemand
+)
 GridSignal = EmergencySignal | PeakWarning
 
 # Prices kept: enough for a day-ahead curve published a day early (24 hourly or 96 15-min).
@@ -56,6 +65,9 @@ class SnapshotStore:
         self._peak_warning: PeakWarning | None = None
         self._emergency_expires: datetime | None = None
         self._peak_warning_expires: datetime | None = None
+        # the latest demand of each inference pool; read by the status views, not by decide()
+        # yet (the hybrid-site rules are still to come)
+        self._gpu_demand: dict[str, GpuDemand] = {}
 
     def __call__(self, signal: AnySignal) -> None:
         """The SignalSink: take one signal."""
@@ -73,6 +85,9 @@ class SnapshotStore:
             self._overrides[signal.override_id] = signal
         elif isinstance(signal, EmergencySignal):
             self._emergency, self._emergency_expires = signal, None
+        elif isinstance(signal, GpuDemand):
+            self._gpu_demand[signal.pool] = signal
+            urgent = False
         else:
             self._peak_warning, self._peak_warning_expires = signal, None
         if urgent and self._on_urgent is not None:
@@ -106,6 +121,10 @@ class SnapshotStore:
     @property
     def obligations(self) -> dict[str, Obligation]:
         return dict(self._obligations)
+
+    @property
+    def gpu_demand(self) -> dict[str, GpuDemand]:
+        return dict(self._gpu_demand)
 
     @property
     def overrides(self) -> dict[str, Override]:

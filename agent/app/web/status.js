@@ -58,6 +58,17 @@ function show(doc) {
   $("attention-line").textContent = counts.length ? `${counts.join(", ")}: ${doc.attention.ids}` : "every device obeys";
   rows("attention", doc.attention.devices, (d) => [[d.device_id], [d.load_class], [d.state.replace("_", " "), `state-${d.state}`],
     [kw(d.applied_kw), "num"], [kw(d.measured_kw), "num"]]);
+  const pools = doc.gpu_demand || [];
+  $("gpu-panel").hidden = pools.length === 0;
+  rows("gpu-demand", pools, (p) => {
+    const m = p.demand;
+    if (!m) return [[p.pool], [p.server], ["–"], ["–"], ["–"], ["–"], [`0/${p.endpoints_total}`, "stale"], ["no answer yet", "stale"]];
+    const share = m.kv_cache_usage === null ? "–" : `${Math.round(100 * m.kv_cache_usage)} %`;
+    const queue = m.queue_time_s === null ? "–" : m.queue_time_s.toFixed(3);
+    return [[p.pool], [p.server], [kw(m.waiting), "num"], [kw(m.running), "num"], [share, "num"], [queue, "num"],
+      [`${m.endpoints_up}/${p.endpoints_total}`, m.endpoints_up < p.endpoints_total ? "stale" : ""],
+      [m.stale ? `${new Date(m.at).toLocaleTimeString()} (STALE)` : new Date(m.at).toLocaleTimeString(), m.stale ? "stale" : ""]];
+  });
   const d = doc.decision;
   $("decision-line").textContent = d ? `decided ${new Date(d.at).toLocaleTimeString()}: ${kw(d.planned_kw)} kW planned, ${d.changed_devices} device(s) changed` : "no decision yet";
   rows("decision", d ? d.groups : [], (g) => [[g.load_class], [g.rule], [String(g.devices), "num"], [kw(g.kw), "num"], [g.reason]]);

@@ -5,60 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from adapters.signals.gpu_demand import DemandScraper, PoolSettings
 from agent.cli import main as gridflex
+from tests.adapters.signals.metrics_http import PAGES, MetricsServer
 from tests.conftest import free_port
-
-PAGES = Path(__file__).parent / "metrics"
-
-
-class MetricsServer:
-    """One HTTP server; each path serves the text set for it (or a status code)."""
-
-    def __init__(self) -> None:
-        self.pages: dict[str, str | int] = {}
-        self.port = free_port()
-        pages = self.pages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                page = pages.get(self.path, 404)
-                if isinstance(page, int):
-                    self.send_error(page)
-                    return
-                body = page.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
-@pytest.fixture
-def metrics() -> Iterator[MetricsServer]:
-    server = MetricsServer()
-    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
 
 
 def triton(success: tuple[int, int], queue_us: tuple[int, int]) -> str:

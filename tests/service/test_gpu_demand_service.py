@@ -1,0 +1,62 @@
+"""The running service reads its inference pools' demand: into the snapshot, onto /metrics
+and into the status page's JSON, a pool whose endpoints stop answering shown as stale."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+from prometheus_client import generate_latest
+
+from agent.app.status_page import status_view
+from agent.config import parse_config
+from agent.service.messages import TelemetryMessage
+from tests.adapters.signals.metrics_http import PAGES, MetricsServer
+from tests.service.test_openadr_service import service_running, utc_now
+
+SITE = """
+site: {{id: gpu-demand}}
+classes:
+  miners: {{priority: interruptible, economics: {{kind: fixed, value_usd_per_mwh: 90}}}}
+devices:
+  - {{id: miner, kind: miner, class: miners, count: 2, rated_kw: 3.25, driver: {{type: simulated}}}}
+prices: {{source: none}}
+service: {{cycle_s: 0.2, database: "{db}", metrics_port: null}}
+gpu_demand:
+  pools:
+    chat: {{server: vllm, endpoints: ["{a}", "{b}"], scrape_every_s: 1, stale_after_s: 5}}
+"""
+
+
+def test_the_service_shows_each_pools_demand(tmp_path: Path, metrics: MetricsServer) -> None:
+    page = (PAGES / "vllm.txt").read_text()
+    metrics.pages.update({"/a/metrics": page, "/b/metrics": page})
+    text = SITE.format(db=tmp_path / "db.sqlite3", a=metrics.url("/a/metrics"),
+                       b=metrics.url("/b/metrics"))  # fmt: skip
+    config = parse_config(text, env={})
+
+    async def main() -> None:
+        async with service_running(config) as run:
+            for _ in range(50):
+                if "chat" in run.service.snapshot.gpu_demand:
+                    break
+                await asyncio.sleep(0.1)
+            demand = run.service.snapshot.gpu_demand["chat"]
+            assert (demand.waiting, demand.running, demand.endpoints_up) == (16.0, 64.0, 2)
+            exposed = generate_latest(run.service.metrics.registry).decode()
+            assert 'gridflex_gpu_demand{pool="chat",what="waiting"} 16.0' in exposed
+            assert 'gridflex_gpu_demand_endpoints_up{pool="chat"} 2.0' in exposed
+            metrics.pages["/b/metrics"] = 503
+            for _ in range(50):
+                if run.service.snapshot.gpu_demand["chat"].endpoints_up == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert run.service.snapshot.gpu_demand["chat"].waiting == 8.0
+            later = utc_now() + timedelta(seconds=10)
+            telemetry = TelemetryMessage.model_construct(at=later)
+            pools = status_view(run.service, telemetry, None)["gpu_demand"]
+            assert [(p["pool"], p["demand"]["endpoints_up"], p["demand"]["stale"])
+                    for p in pools] == [("chat", 1, True)]  # fmt: skip
+
+    asyncio.run(main())
