@@ -59,6 +59,10 @@ class EdgeNodeSettings:
 class MetricSource:
     """What the node reports: every metric's current value, and how far it may move unreported."""
 
+    def refresh(self) -> None:
+        """Called once before each birth and each data round: a source that reads its state in
+        one go does it here, and node_metrics / device_metrics answer from that reading."""
+
     def node_metrics(self) -> list[Metric]:
         raise NotImplementedError
 
@@ -198,6 +202,7 @@ class SparkplugEdgeNode:
     # -- births and data -----------------------------------------------------------------------
     def _birth(self, session: MqttSession) -> None:
         now = _now_ms()
+        self._source.refresh()
         node = [Metric("bdSeq", DataType.INT64, self._bdseq),
                 Metric(REBIRTH, DataType.BOOLEAN, False), *self._source.node_metrics()]  # fmt: skip
         self._seq = 0
@@ -212,6 +217,7 @@ class SparkplugEdgeNode:
 
     def _data(self, session: MqttSession) -> None:
         now = _now_ms()
+        self._source.refresh()
         changed = self._changed(None, self._source.node_metrics())
         if changed:
             self._send(session, "NDATA", None, changed, now)

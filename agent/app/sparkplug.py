@@ -67,7 +67,16 @@ class SparkplugBridge(MetricSource):
         self._class_result: dict[str, dict[str, Value]] = {}
         self._minutes: dict[str, int] = {}
         self._grid_pending = False
+        self._current: dict[str, Any] | None = None  # the service's view for this round
         service.ack_listeners.append(self._heard)
+
+    def refresh(self) -> None:
+        self._current = self._view()
+
+    def _round_view(self) -> dict[str, Any]:
+        if self._current is None:
+            self._current = self._view()
+        return self._current
 
     # -- what is reported ----------------------------------------------------------------------
     def deadband(self, name: str) -> float:
@@ -77,7 +86,7 @@ class SparkplugBridge(MetricSource):
         return 0.0 if spec is None else spec.deadband
 
     def node_metrics(self) -> list[Metric]:
-        view = self._view()
+        view = self._round_view()
         t = view["telemetry"]
         counts = view["attention"]["counts"]
         events = view["events"]
@@ -123,7 +132,7 @@ class SparkplugBridge(MetricSource):
     def device_metrics(self) -> Mapping[str, list[Metric]]:
         service = self._service
         fleet, devices = service.shell.fleet, service.shell.devices
-        view = self._view()
+        view = self._round_view()
         planned = view["telemetry"]["class_kw"]
         now = self._clock()
         overrides = {

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.app.assembly import Service
+from agent.app.assembly import Service, ack_of
 from agent.service.devices import id_ranges
 from agent.service.messages import DecisionMessage, TelemetryMessage
 
@@ -105,24 +105,15 @@ def _gpu_demand(service: Service, now: datetime) -> list[dict[str, Any]]:
 
 
 def _event(record: Any) -> dict[str, Any]:
-    c = record.compliance
+    """The event's ack (what MQTT says of it, compliance included) and what it asks."""
     return {
-        "event_id": record.event_id,
+        **ack_of(record).model_dump(mode="json"),
         "kind": record.kind,
-        "requested_kw": record.requested_kw,
         "program": record.program,
         "source": record.source,
-        "status": record.status,
-        "reason": record.reason,
         "start": _iso(record.start_utc),
         "end": _iso(record.end_utc),
-        "achieved_kw": record.achieved_kw,
-        "compliance": None if c is None else {
-            "cycles": c.cycles, "compliant_cycles": c.compliant_cycles,
-            "worst_over_kw": round(c.worst_over_kw, 3),
-            "asked_kwh": round(c.asked_kwh, 3), "delivered_kwh": round(c.delivered_kwh, 3),
-        },
-    }  # fmt: skip
+    }
 
 
 def _iso(at: datetime | None) -> str | None:
