@@ -32,6 +32,9 @@ __all__ = [
     "DeviceDriver",
     "DeviceReading",
     "EndpointBatch",
+    "GpuPoolScheduler",
+    "PoolPlan",
+    "PoolState",
     "PriceHistory",
     "SignalSink",
     "SignalSource",
@@ -127,6 +130,48 @@ SignalSink = Callable[
     ["PriceSignal | Obligation | ObligationCancel | EmergencySignal | PeakWarning | Override"],
     None,
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """How a GPU pool's servers are used, counted in the scheduler's workers (replicas).
+
+    A pool's servers are in one of four states: serving inference, lent to flexible work
+    (batch inference, fine-tuning, training), paused (neither: the workers stopped), or capped.
+    The first three are the scheduler's (this plan); capping is a power limit on servers that
+    keep serving, set through `gridflex node` (NVML), not through the scheduler."""
+
+    serving: int
+    lent: int
+
+    def __post_init__(self) -> None:
+        if self.serving < 0 or self.lent < 0:
+            raise ValueError(f"a pool plan counts workers: {self.serving}, {self.lent}")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """What the scheduler says of a pool: workers asked for and workers running, per use."""
+
+    serving_target: int
+    serving_running: int
+    lent_target: int
+    lent_running: int
+    observed_at_utc: datetime
+
+    def meets(self, plan: PoolPlan) -> bool:
+        """The plan is in force: exactly the planned workers run (not just asked for)."""
+        serving = self.serving_target == self.serving_running == plan.serving
+        return serving and self.lent_target == self.lent_running == plan.lent
+
+
+class GpuPoolScheduler(Protocol):
+    """The workload scheduler of one GPU pool (Ray Serve, Kueue...). Raises DeviceError
+    subclasses, nothing else: the pool is treated like a device."""
+
+    async def apply(self, plan: PoolPlan) -> None: ...
+
+    async def read(self) -> PoolState: ...
 
 
 class SiteView(Protocol):
