@@ -69,6 +69,7 @@ def ray_head() -> Iterator[RayHead]:
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={free_port()}", f"--dashboard-port={dashboard_port}",
          "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
+         "--object-store-memory=200000000",  # 200 MB: a small /dev/shm (containers) suffices
          "--disable-usage-stats", f"--temp-dir={folder / 'ray'}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
