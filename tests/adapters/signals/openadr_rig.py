@@ -15,11 +15,11 @@ import asyncio
 import contextlib
 import ipaddress
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -439,3 +439,32 @@ def tls_overrides(pki: Pki) -> dict[str, object]:
         "ca_file": pki.ca_file,
         "vtn_fingerprint": Pki.fingerprint(pki.vtn_cert).lower(),
     }
+
+
+class _Peer(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class _Source(Protocol):
+    async def run(self, sink: Callable[[object], None]) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def running_with(
+    vtn: _Peer, site: SimSite, ven: _Source, ready: Callable[[], bool] | None = None
+) -> AsyncIterator[None]:
+    """A VTN (2.0b or 3.0), the simulated site and a VEN running until the block ends; waits
+    for `ready` (the VEN registered, say) before the block starts."""
+    await vtn.start()
+    tasks = [asyncio.create_task(site.run()), asyncio.create_task(ven.run(site.sink))]
+    try:
+        if ready is not None:
+            await wait_until(ready, 10, "the VEN to be ready")
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await vtn.stop()

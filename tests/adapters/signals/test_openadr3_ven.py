@@ -4,8 +4,6 @@ with the simulated site of the 2.0b tests behind it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,7 +14,7 @@ from adapters.signals.openadr3_ven import OpenAdr3Ven
 from agent.config.openadr3 import OpenAdr3Config
 from agent.domain.signals import Obligation, ObligationCancel, ObligationKind
 from tests.adapters.signals.openadr3_vtn import Vtn3
-from tests.adapters.signals.openadr_rig import SimSite, wait_until
+from tests.adapters.signals.openadr_rig import SimSite, running_with, wait_until
 from tests.conftest import free_port
 
 FULL_KW = 250.0
@@ -34,19 +32,6 @@ def config(vtn: Vtn3, **overrides: object) -> OpenAdr3Config:
     return OpenAdr3Config.model_validate(fields)
 
 
-@contextlib.asynccontextmanager
-async def running(vtn: Vtn3, ven: OpenAdr3Ven, site: SimSite) -> AsyncIterator[None]:
-    await vtn.start()
-    tasks = [asyncio.create_task(site.run()), asyncio.create_task(ven.run(site.sink))]
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await vtn.stop()
-
-
 def test_an_import_limit_is_followed_modified_and_released_when_the_vtn_deletes_it() -> None:
     async def main() -> None:
         vtn, site = Vtn3(port=free_port()), SimSite()
@@ -55,7 +40,7 @@ def test_an_import_limit_is_followed_modified_and_released_when_the_vtn_deletes_
         program_id = vtn.add_program(PROGRAM)
         other = vtn.add_program("another-program")
         vtn.add_event(other, "IMPORT_CAPACITY_LIMIT", [10.0], units="KW")  # not enrolled
-        async with running(vtn, ven, site):
+        async with running_with(vtn, site, ven):
             await wait_until(lambda: ven.reachable is True, 5, "the VTN")
             assert site.site_kw() == FULL_KW
             assert all(f"programID={other}" not in r for r in vtn.requests)
@@ -90,7 +75,7 @@ def test_simple_levels_and_what_cannot_be_applied() -> None:
         refused: list[tuple[str, str]] = []
         ven = OpenAdr3Ven(config(vtn), site, on_refused=lambda e, w: refused.append((e, w)))
         program_id = vtn.add_program(PROGRAM)
-        async with running(vtn, ven, site):
+        async with running_with(vtn, site, ven):
             price = vtn.add_event(program_id, "PRICE", [0.25])
             level_1 = vtn.add_event(program_id, "SIMPLE", [1.0])  # not in simple_levels
             watts = vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT", [5.0], units="MWH")
@@ -112,7 +97,7 @@ def test_a_vtn_that_goes_away_keeps_the_obligation_and_a_wrong_secret_gets_nothi
         ven = OpenAdr3Ven(config(vtn), site)
         program_id = vtn.add_program(PROGRAM)
         end = datetime.now(UTC) + timedelta(minutes=10)
-        async with running(vtn, ven, site):
+        async with running_with(vtn, site, ven):
             vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT", [150.0], units="KW")
             await wait_until(lambda: site.site_kw() == 150.0, 5, "the import limit")
             vtn.down = True
@@ -130,7 +115,7 @@ def test_a_vtn_that_goes_away_keeps_the_obligation_and_a_wrong_secret_gets_nothi
         vtn2, site2 = Vtn3(port=free_port()), SimSite()
         wrong = OpenAdr3Ven(config(vtn2, client_secret="not-the-secret"), site2)
         vtn2.add_event(vtn2.add_program(PROGRAM), "IMPORT_CAPACITY_LIMIT", [10.0], units="KW")
-        async with running(vtn2, wrong, site2):
+        async with running_with(vtn2, site2, wrong):
             await wait_until(lambda: wrong.reachable is False, 5, "the refusal")
             assert site2.received == []
             assert not vtn2.requests  # never past the token endpoint
@@ -163,7 +148,7 @@ def test_an_event_held_before_a_restart_and_gone_from_the_vtn_is_released() -> N
         end = start + timedelta(hours=1)
         old = Obligation("event-old", ObligationKind.LIMIT, 100.0, start, end, PROGRAM, "openadr3")
         ven.resume({"event-old": old})
-        async with running(vtn, ven, site):
+        async with running_with(vtn, site, ven):
             await wait_until(lambda: bool(site.received), 5, "the release")
             assert site.received == [ObligationCancel("event-old", site.received[0].at_utc,
                                                       "openadr3")]  # fmt: skip

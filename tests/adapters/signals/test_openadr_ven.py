@@ -19,6 +19,7 @@ from tests.adapters.signals.openadr_rig import (
     Pki,
     SimSite,
     Vtn,
+    running_with,
     tls_overrides,
     vtn_received,
     wait_until,
@@ -55,16 +56,8 @@ Scenario = Callable[[Vtn, SimSite, OpenAdrVen], Awaitable[None]]
 
 @contextlib.asynccontextmanager
 async def running(vtn: Vtn, site: SimSite, ven: OpenAdrVen) -> AsyncIterator[None]:
-    await vtn.start()
-    tasks = [asyncio.create_task(site.run()), asyncio.create_task(ven.run(site.sink))]
-    try:
-        await wait_until(lambda: ven.registered, 10, "the VEN to register")
+    async with running_with(vtn, site, ven, ready=lambda: ven.registered):
         yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await vtn.stop()
 
 
 def run(scenario: Scenario, pki: Pki | None = None, **overrides: object) -> None:
