@@ -198,13 +198,25 @@ class OpenAdrVen(EventFollowing):
             client.report_queue_task = asyncio.get_running_loop().create_task(
                 client._report_queue_worker()
             )
-        await client.sync_events()
+        await self._sync_events(client)
         self.registered = True
         log.info(
             "registered with VTN %s as ven_id %s (registration %s), polling every %.1f s",
             self._config.vtn_url, client.ven_id, client.registration_id, self._poll_s(client),
         )  # fmt: skip
         return True
+
+    async def _sync_events(self, client: OpenADRClient) -> None:
+        """openleadr's sync_events (oadrRequestEvent after registering), with the same salvage
+        as a poll: a schema-invalid event in the answer does not lose the valid ones."""
+        self._distributions.clear()
+        response_type, payload = await client.request_event()
+        if response_type is None:
+            salvaged = self._salvage(client)
+            if salvaged is not None:
+                await self._on_salvaged(client, salvaged)
+        elif payload.get("events"):
+            await client._on_event(payload)
 
     def _poll_s(self, client: OpenADRClient) -> float:
         if self._config.poll_interval_s is not None:

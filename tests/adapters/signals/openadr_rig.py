@@ -13,18 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from openleadr import OpenADRServer, errors, objects, utils
 from openleadr import hooks as openleadr_hooks
 from openleadr.service import OptService
@@ -42,75 +36,10 @@ from agent.domain.fleet import (
 from agent.domain.settings import Policy
 from agent.domain.signals import Obligation, ObligationCancel, Signals
 from agent.policy import Memory, decide
+from tests.adapters.signals.openadr_pki import Pki
 
 PREFIX = "/OpenADR2/Simple/2.0b"
 VTN_ID = "GRIDFLEX-TEST-VTN"
-
-
-@dataclass(frozen=True)
-class Pki:
-    """A test CA with a VTN certificate (for 127.0.0.1) and a VEN certificate, as PEM files."""
-
-    ca_file: Path
-    vtn_cert: Path
-    vtn_key: Path
-    ven_cert: Path
-    ven_key: Path
-
-    @classmethod
-    def create(cls, folder: Path) -> Pki:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gridflex test CA")])
-        ca = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
-        files = {"ca_file": folder / "ca.pem"}
-        files["ca_file"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        for who in ("vtn", "ven"):
-            key = ec.generate_private_key(ec.SECP256R1())
-            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"gridflex test {who}")])
-            cert = _certificate(name, ca_name, key.public_key(), ca_key, ca=False)
-            files[f"{who}_cert"] = folder / f"{who}.pem"
-            files[f"{who}_key"] = folder / f"{who}.key"
-            files[f"{who}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            files[f"{who}_key"].write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-        return cls(**files)
-
-    @staticmethod
-    def fingerprint(cert_file: Path) -> str:
-        fingerprint: str = utils.certificate_fingerprint(cert_file.read_text())
-        return fingerprint
-
-
-def _certificate(
-    subject: x509.Name,
-    issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    signing_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool,
-) -> x509.Certificate:
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return builder.sign(signing_key, hashes.SHA256())
 
 
 class _RecordingOptService(OptService):  # type: ignore[misc]
@@ -139,6 +68,9 @@ class Vtn:
     refuse_unknown_ids: bool = False
     # poll answers from a queue of messages (openleadr's "external" polling), one per poll
     queued: dict[str, list[Any]] | None = None
+    # with `queued`: what the VTN answers to a VEN's oadrRequestEvent (the sync after it
+    # registers), by venID; polls still answer from the queue only
+    on_request: dict[str, list[Any]] = field(default_factory=dict)
     requested_poll: str | None = None  # an oadrPollFreq as written, e.g. "PT0.5S"
     server: Any = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -170,6 +102,7 @@ class Vtn:
         )
         if self.queued is not None:
             server.add_handler("on_poll", self._next_queued)
+            server.add_handler("on_request_event", self._requested)
         server.add_handler("on_create_party_registration", self._register)
         server.add_handler("on_register_report", self._offer)
         opt_service = _RecordingOptService(VTN_ID, self.created_opts)
@@ -200,6 +133,9 @@ class Vtn:
         if isinstance(message, tuple):  # a message as (type, payload), e.g. oadrCreateReport
             return message
         return "oadrDistributeEvent", {"events": utils.order_events(message)}
+
+    def _requested(self, ven_id: str) -> list[Any] | None:  # openleadr passes ven_id by name
+        return self.on_request.get(ven_id)
 
     def _lookup(self, ven_id: str) -> dict[str, Any]:
         if ven_id not in self.registrations:

@@ -191,3 +191,33 @@ def test_each_dispatch_signal_sheds_the_site_to_what_it_asks(case: str) -> None:
             assert ("SIMPLE" if signal_type == "multiplier" else name) in decided
 
     asyncio.run(main())
+
+
+def test_events_waiting_at_registration_are_salvaged_the_same_way() -> None:
+    """The VTN holds a valid and a schema-invalid event when the VEN registers: they come only in
+    the answer to its oadrRequestEvent (polls bring nothing), and the valid one is followed."""
+
+    async def main(received: list[str]) -> None:
+        vtn = Vtn(port=free_port(), queued={})
+        site = SimSite()
+        ven = OpenAdrVen(ven_config(vtn), site)
+        ven_id = "ven-small-site"  # what the test VTN assigns (openadr_rig.Vtn._register)
+        good = vtn.event(ven_id, [2.0], interval_s=600, event_id="early-good")
+        bad = vtn.event(ven_id, [3.0], interval_s=600, event_id="early-bad")
+        bad.event_signals[0].signal_type = "bogus"
+        vtn.on_request[ven_id] = [good, bad]
+        await vtn.start()
+        tasks = [asyncio.create_task(site.run()), asyncio.create_task(ven.run(site.sink))]
+        try:
+            await wait_until(lambda: site.site_kw() == LEVEL_2_CEILING_KW, 10, "the early shed")
+            await wait_until(lambda: ("early-bad", 0, 454, "optOut") in event_responses(received),
+                             5, "the rejection")  # fmt: skip
+            assert {o.event_id for o in site.received} == {"early-good"}
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await vtn.stop()
+
+    with vtn_received() as received:
+        asyncio.run(main(received))
