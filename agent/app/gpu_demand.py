@@ -1,26 +1,21 @@
 """The site's inference pools as signal sources: each pool's servers scraped on their own
 schedule (adapters.signals.gpu_demand), each demand into the snapshot and onto /metrics
-(`gridflex_gpu_demand{pool, what}`, `gridflex_gpu_demand_endpoints_up{pool}`)."""
+(`gridflex_gpu_demand{pool, what}`, `gridflex_gpu_demand_endpoints_up{pool}`). Endpoint
+faults are the scraper's (left out, counted); the runner restarts a scraper that fails."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from agent.app.assembly import Service
 from agent.domain.signals import GpuDemand
 
-if TYPE_CHECKING:
-    from adapters.signals.gpu_demand import DemandScraper
-
 __all__ = ["gpu_demand_sources"]
 
-log = logging.getLogger("gridflex.gpu_demand")
 
-
-def gpu_demand_sources(service: Service) -> list[Coroutine[Any, Any, None]]:
+def gpu_demand_sources(service: Service) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    """(pool, start its scraper) for each configured pool; the runner keeps them running."""
     config = service.config.gpu_demand
     if config is None:
         return []
@@ -36,18 +31,4 @@ def gpu_demand_sources(service: Service) -> list[Coroutine[Any, Any, None]]:
                                    stale_after_s=pool.stale_after_s, timeout_s=pool.timeout_s))
         for name, pool in config.pools.items()
     ]  # fmt: skip
-    return [_run(scraper, sink, service) for scraper in scrapers]
-
-
-async def _run(scraper: DemandScraper, sink: Callable[[GpuDemand], None], service: Service) -> None:
-    """Endpoint faults are the scraper's (left out, counted); anything else is logged and the
-    pool scraped afresh after a pause."""
-    while True:
-        try:
-            await scraper.run(sink)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("GPU demand of pool %s failed; again in 30 s", scraper.settings.name)
-            service.metrics.errors.labels(kind="gpu_demand").inc()
-            await asyncio.sleep(30)
+    return [(scraper.settings.name, partial(scraper.run, sink)) for scraper in scrapers]

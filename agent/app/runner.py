@@ -35,7 +35,7 @@ from agent.app.status_page import StatusPage, status_view
 from agent.app.systemd import notify
 from agent.config import SiteConfig
 from agent.policy import Rule
-from agent.ports import Clock, SignalSource, utc_now
+from agent.ports import Clock, utc_now
 from agent.service.cycle import CycleReport
 from agent.service.devices import id_ranges
 from agent.service.grid import EMERGENCY, FOURCP, fourcp_in_force
@@ -329,13 +329,17 @@ def _signal_sources(service: Service, clock: Clock) -> list[Coroutine[Any, Any, 
     sources: list[Coroutine[Any, Any, None]] = []
     source = price_source(service.config)
     if source is not None:
-        sources.append(_run_source(source, service))
+        sources.append(_run_source(lambda: source.run(service.snapshot), service,
+                                   what="price source", kind="prices"))  # fmt: skip
     openadr = openadr_link(service, clock)
     if openadr is not None:
         sources.append(run_openadr(openadr, service))
     if service.config.openadr3 is not None:
         sources.append(run_openadr3(service, clock))
-    sources += gpu_demand_sources(service)
+    sources += [
+        _run_source(run, service, what=f"GPU demand of pool {pool}", kind="gpu_demand")
+        for pool, run in gpu_demand_sources(service)
+    ]
     return sources
 
 
@@ -386,15 +390,18 @@ def _committed(
     return on_message
 
 
-async def _run_source(source: SignalSource, service: Service) -> None:
-    """A price source that fails is logged and retried; the stale posture covers the gap."""
+async def _run_source(
+    run: Callable[[], Awaitable[None]], service: Service, *, what: str, kind: str
+) -> None:
+    """A source that fails (the price source, a GPU pool's scraper) is logged, counted as
+    gridflex_errors{kind} and started again after 30 s; the stale postures cover the gap."""
     while True:
         try:
-            await source.run(service.snapshot)
+            await run()
             return
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("price source failed; retrying in 30 s")
-            service.metrics.errors.labels(kind="prices").inc()
+            log.exception("%s failed; retrying in 30 s", what)
+            service.metrics.errors.labels(kind=kind).inc()
             await asyncio.sleep(30)
