@@ -211,12 +211,7 @@ class OpenAdrVen(EventFollowing):
         as a poll: a schema-invalid event in the answer does not lose the valid ones."""
         self._distributions.clear()
         response_type, payload = await client.request_event()
-        if response_type is None:
-            salvaged = self._salvage(client)
-            if salvaged is not None:
-                await self._on_salvaged(client, salvaged)
-        elif payload.get("events"):
-            await client._on_event(payload)
+        await self._take_events(client, None if response_type is None else payload)
 
     def _poll_s(self, client: OpenADRClient) -> float:
         if self._config.poll_interval_s is not None:
@@ -249,14 +244,11 @@ class OpenAdrVen(EventFollowing):
         self, client: OpenADRClient, response_type: str | None, payload: Mapping[str, Any]
     ) -> None:
         if response_type is None:
-            salvaged = self._salvage(client)
-            if salvaged is None:
+            if not await self._take_events(client, None):
                 self._set_reachable(False)
                 raise _Reregister
-            await self._on_salvaged(client, salvaged)
         elif response_type == "oadrDistributeEvent":
-            if payload.get("events"):
-                await client._on_event(payload)
+            await self._take_events(client, payload)
         elif response_type == "oadrCreateReport":
             await answer_report_request(client, payload, self._config, self._status)
         elif response_type == "oadrCancelReport":
@@ -310,6 +302,19 @@ class OpenAdrVen(EventFollowing):
         if payload is not None and response.get("response_code") == 200:
             client.registration_id = payload.get("registration_id")
             client.ven_id = payload.get("ven_id") or client.ven_id
+
+    async def _take_events(self, client: OpenADRClient, payload: Mapping[str, Any] | None) -> bool:
+        """Follow a distribution's events: `payload` as openleadr parsed it, or None when it
+        dropped the message (then its valid events are salvaged, if any can be trusted).
+        False when nothing could be read."""
+        if payload is None:
+            salvaged = self._salvage(client)
+            if salvaged is None:
+                return False
+            await self._on_salvaged(client, salvaged)
+        elif payload.get("events"):
+            await client._on_event(payload)
+        return True
 
     def _salvage(self, client: OpenADRClient) -> Salvaged | None:
         """The valid events of a distribution openleadr dropped (its log says why), if any."""
