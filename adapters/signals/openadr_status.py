@@ -114,10 +114,6 @@ class StatusReports:
         self._site = site
         self._senders: dict[str, asyncio.Task[None]] = {}
 
-    @property
-    def requests(self) -> list[str]:
-        return list(self._senders)
-
     def start(self, client: OpenADRClient, request: Mapping[str, Any]) -> None:
         request_id = str(request["report_request_id"])
         specifier = request["report_specifier"]
