@@ -7,9 +7,11 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+from click.testing import CliRunner
 from prometheus_client import generate_latest
 
 from agent.app.status_page import status_view
+from agent.cli import main as gridflex
 from agent.config import parse_config
 from agent.service.messages import TelemetryMessage
 from tests.adapters.signals.metrics_http import PAGES, MetricsServer
@@ -60,3 +62,17 @@ def test_the_service_shows_each_pools_demand(tmp_path: Path, metrics: MetricsSer
                     for p in pools] == [("chat", 1, True)]  # fmt: skip
 
     asyncio.run(main())
+
+
+def test_check_config_names_every_bad_gpu_demand_field(tmp_path: Path) -> None:
+    text = SITE.format(db=tmp_path / "db.sqlite3", a="ftp://10.0.4.11/metrics",
+                       b="http://10.0.4.12:8000/metrics")  # fmt: skip
+    text = text.replace("scrape_every_s: 1", "scrape_every_s: 0").replace("vllm", "ollama")
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(text)
+    result = CliRunner().invoke(gridflex, ["check-config", str(site_file)])
+    assert result.exit_code == 2, result.output
+    for field in ("gpu_demand.pools.chat.server", "gpu_demand.pools.chat.endpoints[0]",
+                  "gpu_demand.pools.chat.scrape_every_s"):  # fmt: skip
+        assert field in result.output, result.output
+    assert "must be an http:// or https:// URL" in result.output
