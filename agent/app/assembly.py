@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from adapters.transport.modbus_pool import ModbusPool
 from adapters.transport.mqtt_session import MqttSession
 from agent.app.drivers import build_drivers
+from agent.app.pools import pool_schedulers
 from agent.config import SiteConfig
 from agent.ports import Clock, DeviceDriver
 from agent.service.checks import IntakeLimits, MessageChecks
@@ -175,6 +176,7 @@ def assemble(
         metrics=metrics,
         drift_checks=drift_checks,
         overrides=OverrideOutcomes(store, lambda ack: send("override/ack", ack)),
+        pools=pool_schedulers(config),
     )
     # resume: engine memory, overrides, the grid condition, then live events (in that order:
     # the events' shed baselines live in the memory)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-__all__ = ["GpuDemandConfig", "GpuDemandPoolConfig"]
+__all__ = ["EngineConfig", "GpuDemandConfig", "GpuDemandPoolConfig", "RayServeSchedulerConfig"]
 
 
 def _http_url(url: str) -> str:
@@ -19,6 +19,64 @@ MetricsUrl = Annotated[str, AfterValidator(_http_url)]
 PoolName = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 ]
+
+
+class FlexTierConfig(BaseModel):
+    """Power the pool's serving servers may give up to a site ceiling, and for how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    give_up_pct: float = Field(gt=0, le=100)
+    """share of serving power that may be given up (power caps through `gridflex node`)"""
+    for_s: float = Field(gt=0, le=7 * 86400)
+    """for at most this long from the first cap"""
+
+
+class RayServeSchedulerConfig(BaseModel):
+    """The pool's Ray Serve instance (docs/hybrid.md): serving and lent workers are two
+    applications' replica counts, set through the Serve REST API on the dashboard."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    kind: Literal["ray_serve"]
+    """the scheduler"""
+    dashboard_url: MetricsUrl
+    """the Ray dashboard, http://<head>:8265"""
+    inference_app: str = Field(min_length=1)
+    """the Serve application that serves inference"""
+    inference_deployment: str = Field(min_length=1)
+    """its deployment whose replicas are the serving servers"""
+    flexible_app: str = Field(min_length=1)
+    """the Serve application of the flexible work idle servers are lent to"""
+    flexible_deployment: str = Field(min_length=1)
+    """its deployment whose replicas are the lent servers"""
+    workers_per_server: int = Field(default=1, ge=1, le=64)
+    """replicas one server carries"""
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """one request's timeout"""
+
+
+class EngineConfig(BaseModel):
+    """How the engine sizes the pool from its demand (docs/hybrid.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    load_class: str = Field(min_length=1)
+    """the protected load class of the pool's GPU servers"""
+    requests_per_server: float = Field(gt=0, le=100000)
+    """requests (running and waiting) one server carries while holding the service level"""
+    queue_time_target_s: float = Field(gt=0, le=3600)
+    """the service level: a measured queue time above it keeps the pool growing"""
+    headroom_pct: float = Field(default=25.0, ge=0, le=400)
+    """servers kept serving above what the demand needs, for bursts between scrapes"""
+    min_serving: int = Field(default=1, ge=0)
+    """servers that always serve"""
+    flex_tiers: list[FlexTierConfig] = Field(default_factory=list)
+    """power the pool may give up to a ceiling, once miners and flexible load are cut"""
+    lend_value_usd_per_mwh: float | None = None
+    """idle servers are lent to flexible work while the price is at or below this; null: never"""
+    scheduler: RayServeSchedulerConfig | None = None
+    """the workload scheduler that puts servers to serving and lent work; null: power only"""
 
 
 class GpuDemandPoolConfig(BaseModel):
@@ -36,11 +94,14 @@ class GpuDemandPoolConfig(BaseModel):
     """a demand older than this is not relied on (shown as stale)"""
     timeout_s: float = Field(default=2.0, gt=0, le=30)
     """one endpoint's timeout"""
+    engine: EngineConfig | None = None
+    """size the pool from its demand and lend its idle servers; null: demand is only shown"""
 
 
 class GpuDemandConfig(BaseModel):
-    """GPU inference demand, read from the inference servers (docs/node.md). The engine does not
-    yet move power on it; it is shown on /metrics and the status page."""
+    """GPU inference demand, read from the inference servers (docs/node.md). A pool with an
+    `engine` section is sized from it by the engine, idle servers lent (docs/hybrid.md); the
+    rest is shown on /metrics and the status page."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 

@@ -40,6 +40,7 @@ def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
     classes = raw.get("classes") if isinstance(raw.get("classes"), dict) else {}
     assert isinstance(classes, dict)
     problems.extend(_follower_checks(raw, classes))
+    problems.extend(_pool_checks(raw, classes))
     openadr, prices = raw.get("openadr"), raw.get("prices")
     source = prices.get("source", "ercot-mis") if isinstance(prices, dict) else "ercot-mis"
     if isinstance(openadr, dict) and openadr.get("price_signals") is True and source != "none":
@@ -82,6 +83,32 @@ def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
                     (("devices", i, "id"), device_id, f"duplicate of devices[{seen[device_id]}].id")
                 )
             seen.setdefault(device_id, i)
+    return problems
+
+
+def _pool_checks(raw: Any, classes: dict[Any, Any]) -> list[Problem]:
+    """A pool the engine sizes names a protected class of its own (its GPU servers)."""
+    section = raw.get("gpu_demand")
+    pools = section.get("pools") if isinstance(section, dict) else None
+    problems: list[Problem] = []
+    owner: dict[str, str] = {}
+    for name, pool in pools.items() if isinstance(pools, dict) else ():
+        engine = pool.get("engine") if isinstance(pool, dict) else None
+        load_class = engine.get("load_class") if isinstance(engine, dict) else None
+        if not isinstance(load_class, str):
+            continue
+        at = ("gpu_demand", "pools", str(name), "engine", "load_class")
+        spec = classes.get(load_class)
+        if spec is None:
+            known = ", ".join(sorted(map(str, classes)))
+            problems.append((at, load_class, f"names no load class (have {known})"))
+        elif isinstance(spec, dict) and str(spec.get("priority")).lower() != "protected":
+            why = f"{load_class} is {spec.get('priority')}"
+            problems.append((at, load_class, "a pool's servers are a protected class (inference "
+                             f"under contract); {why}"))  # fmt: skip
+        elif load_class in owner:
+            problems.append((at, load_class, f"already the class of pool {owner[load_class]}"))
+        owner.setdefault(load_class, str(name))
     return problems
 
 

@@ -29,6 +29,7 @@ from agent.config.openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpo
 from agent.config.openadr3 import OpenAdr3Config
 from agent.config.sparkplug import SparkplugConfig
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
+from agent.domain.hybrid import FlexTier, InferencePool
 from agent.domain.settings import FourCpWindow, Policy, Posture, StalePosture
 from agent.domain.signals import EmergencyLevel
 
@@ -444,7 +445,26 @@ class SiteConfig(_Strict):
             emergency_postures={**defaults, **p.emergency_postures},
             fourcp=fourcp,
             overrides_may_exceed_grid=p.overrides_may_exceed_grid,
+            pools=self.inference_pools(),
         )
+
+    def inference_pools(self) -> tuple[InferencePool, ...]:
+        """The pools the engine sizes from their demand (those with an `engine` section)."""
+        if self.gpu_demand is None:
+            return ()
+        pools = []
+        for name, pool in self.gpu_demand.pools.items():
+            e = pool.engine
+            if e is None:
+                continue
+            tiers = tuple(FlexTier(t.give_up_pct / 100, t.for_s) for t in e.flex_tiers)
+            pools.append(InferencePool(
+                name, e.load_class, e.requests_per_server, e.queue_time_target_s,
+                headroom_fraction=e.headroom_pct / 100, min_serving=e.min_serving,
+                flex_tiers=tiers, lend_value_usd_per_mwh=e.lend_value_usd_per_mwh,
+                demand_stale_after_s=pool.stale_after_s,
+            ))  # fmt: skip
+        return tuple(pools)
 
     # secrets written in the file itself rather than `${ENV}` (set by agent.config.load)
     _literal_secrets: list[str] = PrivateAttr(default_factory=list)

@@ -8,6 +8,7 @@ from datetime import time
 from enum import StrEnum
 
 from agent.domain.fleet import Priority
+from agent.domain.hybrid import InferencePool
 from agent.domain.signals import EmergencyLevel
 
 __all__ = ["FourCpWindow", "Policy", "Posture", "StalePosture"]
@@ -77,3 +78,5 @@ class Policy:
     # An engineer's override beats grid obligations and emergency postures (never the import
     # limit): it then applies with a declared shortfall. Off by default: the grid comes first.
     overrides_may_exceed_grid: bool = False
+    # hybrid sites: inference pools sized from their demand, lending idle servers
+    pools: tuple[InferencePool, ...] = ()

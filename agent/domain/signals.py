@@ -146,3 +146,5 @@ class Signals:
     overrides: tuple[Override, ...] = field(default_factory=tuple)
     # when the service started: until a price arrives it holds devices as they are (decide())
     started_at_utc: datetime | None = None
+    # the latest demand of each inference pool (agent.domain.hybrid), by pool name
+    gpu_demand: tuple[GpuDemand, ...] = ()

@@ -5,6 +5,7 @@ from agent.policy.decision import (
     Memory,
     ObligationStatus,
     OverrideStatus,
+    PoolStatus,
     Rule,
     Setpoint,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "Memory",
     "ObligationStatus",
     "OverrideStatus",
+    "PoolStatus",
     "Rule",
     "Setpoint",
     "decide",

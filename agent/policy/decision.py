@@ -12,7 +12,15 @@ import numpy.typing as npt
 
 from agent.domain.fleet import ControlMode, Fleet
 
-__all__ = ["Decision", "Memory", "ObligationStatus", "OverrideStatus", "Rule", "Setpoint"]
+__all__ = [
+    "Decision",
+    "Memory",
+    "ObligationStatus",
+    "OverrideStatus",
+    "PoolStatus",
+    "Rule",
+    "Setpoint",
+]
 
 
 class Rule(IntEnum):
@@ -30,6 +38,7 @@ class Rule(IntEnum):
     FOLLOW = 9
     RAMP = 10
     PROTECTED = 11  # protected load running untouched
+    POOL = 12  # an inference pool's server not needed for its demand: lent or paused
 
     @property
     def label(self) -> str:
@@ -51,6 +60,10 @@ class Memory:
     on_draw_kw: npt.NDArray[np.float64] | None = None
     # while starting up without a price: the state each device had at the start (inf: free)
     startup_hold_kw: npt.NDArray[np.float64] | None = None
+    # inference pools: servers serving at the last decision, and since when (POSIX s) each pool
+    # has been capped below what serving asks (its flex tier's clock)
+    pool_serving: Mapping[str, int] = field(default_factory=dict)
+    pool_capped_since_s: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def initial(cls, fleet: Fleet) -> Memory:
@@ -84,6 +97,21 @@ class OverrideStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """What one inference pool's servers do this decision, and why (agent.domain.hybrid)."""
+
+    pool: str
+    needed: int  # servers its demand asks to serve
+    serving: int  # servers serving (running)
+    lent: int  # servers lent to flexible work (running)
+    paused: int  # servers neither serving nor lent (includes lent work a ceiling paused)
+    capped: int  # serving servers power-capped below rated
+    give_up_kw: float  # serving power given up to a ceiling
+    within_flex: bool  # what was given up is within the pool's declared flex tier
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Setpoint:
     device_id: str
     kw: float
@@ -110,6 +138,7 @@ class Decision:
     price_stale: bool
     memory: Memory
     overrides: tuple[OverrideStatus, ...] = ()
+    pools: tuple[PoolStatus, ...] = ()
 
     @property
     def shortfall_kw(self) -> float:

@@ -9,7 +9,8 @@ precedence table in docs/decisions.md):
      what the grid posture leaves (unless the site lets overrides beat the grid)
   4. dwell: a device switched off recently stays off until its min_off has passed
   5. 4CP windows
-  6. economics (or the stale-signal and start-up postures), with hysteresis, honouring min_on
+  6. economics (or the stale-signal and start-up postures), with hysteresis, honouring min_on;
+     inference pools sized from their demand, idle servers lent or paused (pools.py)
   7. site ceilings: the import limit (binds everything, overrides included) and grid dispatch
      obligations, met in merit order on the load that would otherwise run, regardless of dwell
   8. cooling set to what its running leader needs; ramp limits on the way up
@@ -35,6 +36,7 @@ from agent.policy.follow import apply_followers
 from agent.policy.learn import learned_draws
 from agent.policy.overrides import apply_overrides, override_statuses
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
+from agent.policy.pools import pool_statuses, size_pools
 
 __all__ = ["decide", "price_age_s"]
 
@@ -85,6 +87,8 @@ def decide(
     _hold_off(plan, cycle)
     _fourcp(plan, cycle)
     price, stale, running, held = _economics(plan, cycle)
+    sizings = size_pools(plan, signals, policy.pools, memory, now=now,
+                         price_usd_per_mwh=None if stale else price)  # fmt: skip
     apply_followers(plan, cycle.was_on)
     # merit order re-applies the followers after every class it cuts (merit.py)
     ceiling_kw, ceilings, baselines = site_ceiling(
@@ -98,6 +102,8 @@ def decide(
     site_kw = float(drawn_kw.sum())
     # a first decision counts as a switch: the device is commanded into that state now
     turned = ((setpoint_kw > EPS_KW) != cycle.was_on) | np.isnan(memory.setpoint_kw)
+    pools, pool_serving, capped_since = pool_statuses(plan, sizings, setpoint_kw, memory,
+                                                      cycle.now_s)  # fmt: skip
     return Decision(
         fleet=fleet,
         decided_at_utc=now,
@@ -125,8 +131,11 @@ def decide(
             off_draw_kw=off_draw,
             on_draw_kw=on_draw,
             startup_hold_kw=held,
+            pool_serving=pool_serving,
+            pool_capped_since_s=capped_since,
         ),
         overrides=override_statuses(plan, applied),
+        pools=pools,
     )
 
 

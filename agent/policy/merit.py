@@ -16,6 +16,8 @@ devices.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from agent.domain.fleet import BoolArray, Fleet, Priority
@@ -24,8 +26,6 @@ from agent.policy.follow import apply_followers
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
 __all__ = ["merit_order", "shed_class", "shed_to_ceiling"]
-
-_TIERS = (Priority.INTERRUPTIBLE, Priority.FLEXIBLE, Priority.PROTECTED)
 
 
 def merit_order(fleet: Fleet) -> list[int]:
@@ -42,35 +42,100 @@ def merit_order(fleet: Fleet) -> list[int]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Devices that give way together: a load class, or a pool's servers in one role."""
+
+    stage: int  # groups give way by stage, then value, then name
+    value: float
+    name: str
+    idx: Index
+    note: str  # added to the ceiling's reason
+    floor_kw: FloatArray | None = None  # a flex tier: cut no lower than this per device
+
+
+# Stages. Under a grid dispatch, flexible GPU work goes first (a checkpointed job pauses within
+# seconds), then miners, then flexible loads, then inference within its pools' flex tiers, and
+# protected load beyond them only if that is not enough. Under the import limit lent GPUs are
+# flexible load like any other, in merit order by the value of their work.
+_LENT_FIRST, _INTERRUPTIBLE, _FLEXIBLE, _WITHIN_FLEX, _PROTECTED = range(5)
+_TIER_OF_STAGE = {
+    _INTERRUPTIBLE: Priority.INTERRUPTIBLE,
+    _FLEXIBLE: Priority.FLEXIBLE,
+    _PROTECTED: Priority.PROTECTED,
+}
+
+
+def _groups(plan: Plan, dispatch: bool) -> list[_Group]:
+    fleet = plan.fleet
+    pool_of = {p.load_class: p for p in plan.pools}
+    stage_of = {tier: stage for stage, tier in _TIER_OF_STAGE.items()}
+    groups = []
+    for c in merit_order(fleet):
+        load_class = fleet.classes[c]
+        pool = pool_of.get(c)
+        note = "" if pool is None else f"; beyond the flex tier of pool {pool.name}"
+        groups.append(_Group(stage_of[load_class.priority], load_class.value_usd_per_mwh,
+                             load_class.name, fleet.members[c], note))  # fmt: skip
+    for pool in plan.pools:
+        lent_stage = _LENT_FIRST if dispatch else _FLEXIBLE
+        note = f"; flexible GPU work of pool {pool.name} paused"
+        groups.append(_Group(lent_stage, pool.lend_value_usd_per_mwh, pool.name, pool.lent, note))
+        if pool.give_up_fraction > 0:
+            note = (f"; inference of pool {pool.name} capped within its flex tier"
+                    f" ({pool.give_up_fraction:.0%} of its power)")  # fmt: skip
+            groups.append(_Group(_WITHIN_FLEX, 0.0, pool.name, pool.serving, note,
+                                 floor_kw=pool.floor_kw))  # fmt: skip
+    return sorted(groups, key=lambda g: (g.stage, g.value, g.name))
+
+
 def shed_to_ceiling(
     plan: Plan, ceiling_kw: float, rule: Rule, text: str, *, was_on: BoolArray, cut_forced: bool
 ) -> float:
     """Cut load in merit order until the site is at or below `ceiling_kw`; returns the shortfall."""
-    fleet = plan.fleet
-    order = merit_order(fleet)
+    groups = _groups(plan, dispatch=rule is Rule.DISPATCH)
     excess = plan.total_kw() - ceiling_kw
-    for tier in _TIERS:
-        classes = [c for c in order if fleet.classes[c].priority is tier]
+    for stage in sorted({g.stage for g in groups} | _TIER_OF_STAGE.keys()):
+        in_stage = [g for g in groups if g.stage == stage]
         for forced_pass in (False, True):
             if forced_pass and not cut_forced:
                 continue
-            for class_pos in classes:
+            for group in in_stage:
                 if excess <= EPS_KW:
                     return 0.0
-                members = fleet.members[class_pos]
-                idx = members[plan.forced[members] == forced_pass]
-                if len(idx) == 0:
-                    continue
+                chosen = plan.forced[group.idx] == forced_pass
+                idx = group.idx[chosen]
+                if len(idx) == 0 or (forced_pass and group.floor_kw is not None):
+                    continue  # an override's floor is its own, not a flex tier's to cut
                 if forced_pass:
                     plan.release(idx)
-                shed_class(plan, idx, excess, rule, text)
+                if group.floor_kw is None:
+                    shed_class(plan, idx, excess, rule, text + group.note)
+                else:
+                    floor_kw = group.floor_kw[chosen]
+                    _cap_within(plan, idx, floor_kw, excess, rule=rule, text=text + group.note)
                 apply_followers(plan, was_on)  # cooling drops with what was shed
                 excess = plan.total_kw() - ceiling_kw
             if forced_pass and excess > EPS_KW:
                 # cooling an engineer forced on gives way like any override of its tier, down
                 # to what its running leader needs (never below: cooling is safety)
-                excess = _release_forced_followers(plan, tier, was_on, ceiling_kw, excess)
+                tier = _TIER_OF_STAGE.get(stage)
+                if tier is not None:
+                    excess = _release_forced_followers(plan, tier, was_on, ceiling_kw, excess)
     return max(0.0, excess)
+
+
+def _cap_within(
+    plan: Plan, idx: Index, floor_kw: FloatArray, excess: float, *, rule: Rule, text: str
+) -> None:
+    """Cap throttleable servers toward `floor_kw` together, in proportion to their room."""
+    current = plan.feasible(idx)
+    floor = np.maximum(floor_kw, np.maximum(plan.fleet.min_kw[idx], plan.lo[idx]))
+    room = np.where(plan.fleet.continuous[idx], np.maximum(current - floor, 0.0), 0.0)
+    total = float(room.sum())
+    if total <= EPS_KW:
+        return
+    plan.cap(idx, current - room * min(1.0, excess / total), rule, text)
 
 
 def _release_forced_followers(

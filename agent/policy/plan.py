@@ -13,17 +13,34 @@ at when off (idle) and, for an on/off device, when on (learn.py), else its confi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
 from agent.domain.fleet import Fleet
 from agent.policy.decision import Rule
 
-__all__ = ["EPS_KW", "Plan"]
+__all__ = ["EPS_KW", "Plan", "PoolGroup"]
 
 EPS_KW = 1e-6
 FloatArray = npt.NDArray[np.float64]
 Index = npt.NDArray[np.intp] | npt.NDArray[np.int32]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolGroup:
+    """An inference pool's servers by role this decision (pools.py), for the site ceilings:
+    lent servers give way first under a dispatch, serving ones down to `floor_kw` within the
+    pool's flex tier before anything protected is cut beyond it."""
+
+    name: str
+    load_class: int  # class index
+    serving: Index
+    lent: Index
+    floor_kw: FloatArray  # per serving server: the least it may be capped to within the tier
+    give_up_fraction: float  # the tier open now (0: none)
+    lend_value_usd_per_mwh: float
 
 
 class Plan:
@@ -54,6 +71,7 @@ class Plan:
             if load_class.follows is not None:
                 self.follower[fleet.members[pos]] = True
         self._reasons: dict[str, int] = {}
+        self.pools: tuple[PoolGroup, ...] = ()  # set by the pool rule on hybrid sites
 
     # -- reasons -----------------------------------------------------------------------------
     def reason(self, text: str) -> int:

@@ -26,6 +26,7 @@ from agent.service.events import EventBook
 from agent.service.fanout import apply_setpoints
 from agent.service.metrics import Metrics
 from agent.service.outcomes import OverrideOutcomes
+from agent.service.pools import PoolSchedulers
 from agent.service.recorder import Recorder
 from agent.service.report import CycleReport
 from agent.service.snapshot import SnapshotStore
@@ -53,6 +54,7 @@ class Shell:
         metrics: Metrics | None = None,
         drift_checks: Mapping[str, DriftCheck] | None = None,
         overrides: OverrideOutcomes | None = None,
+        pools: PoolSchedulers | None = None,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -61,6 +63,7 @@ class Shell:
         self._clock = clock
         self._events = events
         self._overrides = overrides
+        self.pools = pools or PoolSchedulers({})
         self.devices = DeviceBank(
             fleet, drivers, self.settings, metrics=metrics, drift_checks=drift_checks
         )
@@ -159,6 +162,8 @@ class Shell:
         changed = np.union1d(changed, resend).astype(np.intp)
         failed = await apply_setpoints(self.devices, changed, send)
         self.devices.resent(resend)
+        if self.pools:
+            await self.pools.after_cycle(decision)
         failed_idx = np.array([self.fleet.index_of[d] for d in failed], dtype=np.intp)
 
         # What the next decide() remembers is what the devices were really left at.

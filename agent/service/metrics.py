@@ -79,6 +79,15 @@ class Metrics:
             registry=r,
         )  # fmt: skip
 
+        self.pool_servers = Gauge(
+            "gridflex_pool_servers", "An inference pool's servers by use, as last decided "
+            "(needed, serving, lent, paused, capped)", ["pool", "use"], registry=r,
+        )  # fmt: skip
+        self.pool_give_up_kw = Gauge(
+            "gridflex_pool_give_up_kw", "Serving power an inference pool gave up to a ceiling",
+            ["pool"], registry=r,
+        )  # fmt: skip
+
     def record_gpu_demand(self, demand: GpuDemand) -> None:
         """`what`: waiting, running, kv_cache_usage, queue_time_seconds (those the server has)."""
         values = {"waiting": demand.waiting, "running": demand.running,

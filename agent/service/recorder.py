@@ -147,3 +147,9 @@ class Recorder:
         m.active_events.set(len(report.signals.obligations))
         m.commands.labels(result="ok").inc(len(report.commanded) - len(report.failed))
         m.commands.labels(result="failed").inc(len(report.failed))
+        for pool in report.decision.pools:
+            counts = {"needed": pool.needed, "serving": pool.serving, "lent": pool.lent,
+                      "paused": pool.paused, "capped": pool.capped}  # fmt: skip
+            for use, count in counts.items():
+                m.pool_servers.labels(pool=pool.pool, use=use).set(count)
+            m.pool_give_up_kw.labels(pool=pool.pool).set(pool.give_up_kw)

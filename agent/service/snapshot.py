@@ -181,4 +181,5 @@ class SnapshotStore:
             peak_warning=self._peak_warning,
             overrides=tuple(sorted(self._overrides.values(), key=lambda o: o.override_id)),
             started_at_utc=self.started_at_utc,
+            gpu_demand=tuple(self._gpu_demand[pool] for pool in sorted(self._gpu_demand)),
         )

@@ -76,3 +76,80 @@ def test_check_config_names_every_bad_gpu_demand_field(tmp_path: Path) -> None:
                   "gpu_demand.pools.chat.scrape_every_s"):  # fmt: skip
         assert field in result.output, result.output
     assert "must be an http:// or https:// URL" in result.output
+
+
+HYBRID = (
+    SITE.replace(
+        "  - {{id: miner,",
+        "  - {{id: gpu, kind: gpu, class: gpu, count: 8, rated_kw: 1.2, min_kw: 0.4, idle_kw: 0.1,\n"
+        "      control: power_limit, driver: {{type: simulated}}}}\n  - {{id: miner,",
+    )
+    .replace(
+        "classes:\n",
+        "classes:\n  gpu: {{priority: protected}}\n",
+    )
+    .replace(
+        "stale_after_s: 5}}",
+        "stale_after_s: 5,\n"
+        "           engine: {{load_class: gpu, requests_per_server: 40, queue_time_target_s: 2,\n"
+        "                    lend_value_usd_per_mwh: 100}}}}",
+    )
+)
+
+
+def test_the_service_sizes_a_pool_from_its_demand_and_lends_the_rest(
+    tmp_path: Path, metrics: MetricsServer
+) -> None:
+    """Two endpoints of 40 requests each (running and waiting): 80 x 1.25 / 40 = 3 servers
+    serve and 5 are lent at 30 $/MWh; a burst to 10x reclaims every one of them."""
+    page = (PAGES / "vllm.txt").read_text()
+    metrics.pages.update({"/a/metrics": page, "/b/metrics": page})
+    text = HYBRID.format(db=tmp_path / "db.sqlite3", a=metrics.url("/a/metrics"),
+                         b=metrics.url("/b/metrics"))  # fmt: skip
+    config = parse_config(text, env={})
+
+    async def main() -> None:
+        async with service_running(config) as run:
+
+            def pool() -> tuple[int, int, int]:
+                last = run.service.shell.last
+                status = None if last is None or not last.decision.pools else last.decision.pools[0]
+                return (-1, -1, -1) if status is None else (status.serving, status.lent,
+                                                            status.paused)  # fmt: skip
+
+            for _ in range(50):
+                if pool() == (3, 5, 0):
+                    break
+                await asyncio.sleep(0.1)
+            assert pool() == (3, 5, 0)
+            exposed = generate_latest(run.service.metrics.registry).decode()
+            assert 'gridflex_pool_servers{pool="chat",use="lent"} 5.0' in exposed
+            burst = page.replace("} 7.0", "} 300.0")
+            metrics.pages.update({"/a/metrics": burst, "/b/metrics": burst})
+            for _ in range(50):
+                if pool() == (8, 0, 0):
+                    break
+                await asyncio.sleep(0.1)
+            assert pool() == (8, 0, 0)
+            reason = run.service.shell.last.decision.setpoint("gpu-0008").reason  # type: ignore[union-attr]
+            assert "need 8 servers" not in reason  # demand asks more than there are
+            assert "of 8" in reason
+
+    asyncio.run(main())
+
+
+def test_check_config_names_a_pool_engine_on_a_class_that_is_not_protected(
+    tmp_path: Path,
+) -> None:
+    text = HYBRID.format(db=tmp_path / "db.sqlite3", a="http://10.0.4.11/metrics",
+                         b="http://10.0.4.12:8000/metrics")  # fmt: skip
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(text.replace("load_class: gpu", "load_class: miners"))
+    result = CliRunner().invoke(gridflex, ["check-config", str(site_file)])
+    assert result.exit_code == 2, result.output
+    assert "gpu_demand.pools.chat.engine.load_class" in result.output
+    assert "protected class" in result.output
+    site_file.write_text(text.replace("load_class: gpu", "load_class: gpus"))
+    result = CliRunner().invoke(gridflex, ["check-config", str(site_file)])
+    assert result.exit_code == 2, result.output
+    assert "names no load class" in result.output

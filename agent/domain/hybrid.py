@@ -1,0 +1,54 @@
+"""Hybrid sites: inference pools whose GPU servers serve, are lent to flexible work, or give up
+power within a declared flex tier (values, no IO). decide() sizes each pool from its demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+__all__ = ["FlexTier", "InferencePool", "PoolRole"]
+
+
+class PoolRole(IntEnum):
+    """What one server of a pool is doing this decision."""
+
+    NONE = 0  # not a pool server
+    SERVING = 1  # serves inference
+    LENT = 2  # lent to flexible work (batch inference, fine-tuning, training)
+    PAUSED = 3  # neither: workers stopped, the server at its idle draw
+
+
+@dataclass(frozen=True, slots=True)
+class FlexTier:
+    """A pool may give up `give_up_fraction` of its serving power for `for_s` seconds at a time
+    (public trials: 25 % for 3 h on 256 A100s; over 30 % within 30 s on 96 GPUs)."""
+
+    give_up_fraction: float
+    for_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class InferencePool:
+    """An inference pool: the servers of one load class, with the service level it holds.
+
+    Each decision, the pool's demand (requests running and waiting) sets how many servers serve:
+    `requests_per_server` is what one server carries while holding `queue_time_target_s`, plus
+    `headroom_fraction` for bursts between scrapes. A measured queue time above the target keeps
+    the pool growing. Servers not needed are lent to flexible work while the price is at or below
+    `lend_value_usd_per_mwh` (None: never lent), else paused."""
+
+    name: str
+    load_class: str
+    requests_per_server: float
+    queue_time_target_s: float
+    headroom_fraction: float = 0.25
+    min_serving: int = 1
+    flex_tiers: tuple[FlexTier, ...] = ()
+    lend_value_usd_per_mwh: float | None = None
+    demand_stale_after_s: float = 30.0
+
+    def give_up_allowed(self, capped_for_s: float) -> float:
+        """The share of serving power the pool may give up when it has been capped for
+        `capped_for_s` seconds: the deepest tier whose time has not run out, else nothing."""
+        open_tiers = [t.give_up_fraction for t in self.flex_tiers if capped_for_s < t.for_s]
+        return max(open_tiers, default=0.0)

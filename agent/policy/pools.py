@@ -1,0 +1,152 @@
+"""Rule 6b, inference pools (hybrid sites): demand sets how many of a pool's servers serve.
+
+Each pool (agent.domain.hybrid) is the servers of one protected load class. Its demand, the
+requests running and waiting across its inference servers, sets the servers needed to hold its
+service level; a measured queue time above target keeps it growing. The servers not needed are
+lent to flexible work while the price is at or below the work's value, else paused. Rising demand
+reclaims lent servers first: servers serve in a fixed order, so the last lent are the first back.
+A pool whose demand is unknown or stale serves on every server (the service level comes first).
+
+The site ceilings then take it from there (merit.py): lent servers give way first under a grid
+dispatch, serving ones are capped within the pool's flex tier only after miners and flexible
+load are cut, and beyond it only if that is still not enough, each with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from agent.domain.hybrid import InferencePool
+from agent.domain.signals import GpuDemand, Signals
+from agent.policy.decision import Memory, PoolStatus, Rule
+from agent.policy.plan import EPS_KW, FloatArray, Plan, PoolGroup
+
+__all__ = ["PoolSizing", "pool_statuses", "size_pools"]
+
+_CEILING_RULES = (int(Rule.SAFETY), int(Rule.DISPATCH))
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSizing:
+    """What the pool rule decided for one pool, before the ceilings."""
+
+    pool: InferencePool
+    group: PoolGroup
+    needed: int
+    reason: str
+
+
+def size_pools(
+    plan: Plan, signals: Signals, pools: tuple[InferencePool, ...], memory: Memory, *,
+    now: datetime, price_usd_per_mwh: float | None,
+) -> list[PoolSizing]:  # fmt: skip
+    """Give every pool server its role; `price_usd_per_mwh` is None when the price is stale."""
+    demand = {d.pool: d for d in signals.gpu_demand}
+    sizings = [
+        _size(plan, pool, demand.get(pool.name), memory, now=now, price=price_usd_per_mwh)
+        for pool in pools
+    ]
+    plan.pools = tuple(s.group for s in sizings)
+    return sizings
+
+
+def _size(
+    plan: Plan, pool: InferencePool, demand: GpuDemand | None, memory: Memory, *,
+    now: datetime, price: float | None,
+) -> PoolSizing:  # fmt: skip
+    fleet = plan.fleet
+    class_pos = fleet.class_named(pool.load_class)
+    members = fleet.members[class_pos]
+    # servers that can serve now: reachable, not held off by an earlier rule (dwell, override)
+    free = members[plan.available[members] & (plan.feasible(members) > EPS_KW)]
+    needed, text = _needed(pool, demand, len(free), memory.pool_serving.get(pool.name), now)
+    serving, spare = free[:needed], free[needed:]
+    plan.describe(serving, Rule.PROTECTED, text)
+    lends = pool.lend_value_usd_per_mwh is not None and price is not None
+    if lends and price is not None and price <= (pool.lend_value_usd_per_mwh or 0.0):
+        lent = spare
+        value = pool.lend_value_usd_per_mwh
+        plan.describe(lent, Rule.POOL, f"{text}; not needed: lent to flexible work (price "
+                      f"{price:.2f} $/MWh at or below its {value:.2f} value)")  # fmt: skip
+    else:
+        lent = spare[:0]
+        why = (
+            "no flexible work is lent this pool's servers" if pool.lend_value_usd_per_mwh is None
+            else "price stale: flexible work is not lent servers" if price is None
+            else f"price {price:.2f} $/MWh above the {pool.lend_value_usd_per_mwh:.2f} value of "
+            "flexible work"
+        )  # fmt: skip
+        plan.cap(spare, 0.0, Rule.POOL, f"{text}; not needed: paused ({why})")
+    since = memory.pool_capped_since_s.get(pool.name)
+    give_up = pool.give_up_allowed(0.0 if since is None else now.timestamp() - since)
+    floor: FloatArray = fleet.rated_kw[serving] * (1.0 - give_up)
+    group = PoolGroup(pool.name, class_pos, serving, lent, floor, give_up,
+                      pool.lend_value_usd_per_mwh or 0.0)  # fmt: skip
+    return PoolSizing(pool, group, needed, text)
+
+
+def _needed(
+    pool: InferencePool, demand: GpuDemand | None, free: int, previous: int | None,
+    now: datetime,
+) -> tuple[int, str]:  # fmt: skip
+    name = pool.name
+    if demand is None or demand.endpoints_up == 0:
+        return free, f"pool {name}: no demand read yet: every server serves"
+    if demand.is_stale(now, pool.demand_stale_after_s):
+        age_s = (now - demand.observed_at_utc).total_seconds()
+        return free, f"pool {name}: demand {age_s:.0f} s old: every server serves"
+    # endpoints that did not answer carry their share, as the ones that did
+    scale = demand.endpoints_total / demand.endpoints_up
+    load = (demand.waiting + (demand.running or 0.0)) * scale
+    needed = math.ceil(load * (1.0 + pool.headroom_fraction) / pool.requests_per_server - 1e-9)
+    text = (
+        f"pool {name}: {load:.0f} requests running and waiting need {needed} servers"
+        f" ({pool.requests_per_server:g} each, {pool.headroom_fraction:.0%} headroom)"
+    )
+    queue_s = demand.queue_time_s
+    if queue_s is not None and queue_s > pool.queue_time_target_s and previous is not None:
+        grown = previous + max(1, math.ceil(0.1 * free))
+        if grown > needed:
+            needed = grown
+            text += (
+                f"; queue time {queue_s:.2f} s above its {pool.queue_time_target_s:g} s target:"
+                f" growing to {grown}"
+            )
+    return max(pool.min_serving, min(needed, free)), f"{text} of {free}"
+
+
+def pool_statuses(
+    plan: Plan, sizings: list[PoolSizing], setpoint_kw: FloatArray, memory: Memory, now_s: float
+) -> tuple[tuple[PoolStatus, ...], dict[str, int], dict[str, float]]:
+    """Each pool as decided, with the memory of its serving count and flex-tier clock."""
+    statuses, serving_counts, capped_since = [], {}, {}
+    rated = plan.fleet.rated_kw
+    for sizing in sizings:
+        group, name = sizing.group, sizing.pool.name
+        members = plan.fleet.members[group.load_class]
+        serving_kw = setpoint_kw[group.serving]
+        running = serving_kw > EPS_KW
+        by_ceiling = np.isin(plan.rule[group.serving], _CEILING_RULES)
+        capped = by_ceiling & (serving_kw < rated[group.serving] - EPS_KW)
+        give_up_kw = float((rated[group.serving] - serving_kw)[capped].sum())
+        within = bool(np.all(serving_kw[capped] >= group.floor_kw[capped] - EPS_KW))
+        lent = int((setpoint_kw[group.lent] > EPS_KW).sum())
+        reachable = int(plan.available[members].sum())
+        reason = sizing.reason
+        if capped.any():
+            reason += (
+                f"; {int(capped.sum())} serving capped by the site ceiling, {give_up_kw:.0f} kW "
+                + ("within its flex tier" if within else "beyond its flex tier")
+            )
+        statuses.append(PoolStatus(
+            name, sizing.needed, int(running.sum()), lent,
+            reachable - int(running.sum()) - lent, int(capped.sum()), give_up_kw, within, reason,
+        ))  # fmt: skip
+        serving_counts[name] = int(running.sum())
+        if capped.any():
+            capped_since[name] = memory.pool_capped_since_s.get(name, now_s)
+    return tuple(statuses), serving_counts, capped_since
