@@ -71,6 +71,8 @@ class EngineConfig(BaseModel):
     """servers kept serving above what the demand needs, for bursts between scrapes"""
     min_serving: int = Field(default=1, ge=0)
     """servers that always serve"""
+    shrink_pct: float = Field(default=1.0, gt=0, le=100)
+    """the most of the pool's servers released from serving per decision, as demand falls"""
     flex_tiers: list[FlexTierConfig] = Field(default_factory=list)
     """power the pool may give up to a ceiling, once miners and flexible load are cut"""
     lend_value_usd_per_mwh: float | None = None

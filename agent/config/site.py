@@ -462,7 +462,7 @@ class SiteConfig(_Strict):
                 name, e.load_class, e.requests_per_server, e.queue_time_target_s,
                 headroom_fraction=e.headroom_pct / 100, min_serving=e.min_serving,
                 flex_tiers=tiers, lend_value_usd_per_mwh=e.lend_value_usd_per_mwh,
-                demand_stale_after_s=pool.stale_after_s,
+                demand_stale_after_s=pool.stale_after_s, shrink_fraction=e.shrink_pct / 100,
             ))  # fmt: skip
         return tuple(pools)
 

@@ -34,8 +34,10 @@ class InferencePool:
     Each decision, the pool's demand (requests running and waiting) sets how many servers serve:
     `requests_per_server` is what one server carries while holding `queue_time_target_s`, plus
     `headroom_fraction` for bursts between scrapes. A measured queue time above the target keeps
-    the pool growing. Servers not needed are lent to flexible work while the price is at or below
-    `lend_value_usd_per_mwh` (None: never lent), else paused."""
+    the pool growing; a falling demand shrinks it by at most `shrink_fraction` of its servers a
+    decision (a lent server reclaimed costs its job a checkpoint). Servers not needed are lent
+    to flexible work while the price is at or below `lend_value_usd_per_mwh` (None: never
+    lent), else paused."""
 
     name: str
     load_class: str
@@ -46,6 +48,7 @@ class InferencePool:
     flex_tiers: tuple[FlexTier, ...] = ()
     lend_value_usd_per_mwh: float | None = None
     demand_stale_after_s: float = 30.0
+    shrink_fraction: float = 0.01  # of the pool's servers, at most, released per decision
 
     def give_up_allowed(self, capped_for_s: float) -> float:
         """The share of serving power the pool may give up when it has been capped for

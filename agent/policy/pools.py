@@ -116,6 +116,13 @@ def _needed(
                 f"; queue time {queue_s:.2f} s above its {pool.queue_time_target_s:g} s target:"
                 f" growing to {grown}"
             )
+    elif previous is not None and needed < previous:
+        # shrink slowly: a lent server taken back costs its job a checkpoint, so demand noise
+        # from one scrape to the next must not lend and reclaim the same servers
+        floor = previous - max(1, math.ceil(pool.shrink_fraction * free))
+        if floor > needed:
+            needed = floor
+            text += f"; shrinking from {previous} by at most {pool.shrink_fraction:.0%} a decision"
     return max(pool.min_serving, min(needed, free)), f"{text} of {free}"
 
 

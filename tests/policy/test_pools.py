@@ -110,6 +110,9 @@ CASES = [
          Signals(price=CHEAP, gpu_demand=(demand(8, queue_time_s=5.0),)), serving=6, lent=4,
          paused=0, memory={"pool_serving": {"llm": 5}},
          reason_has=("queue time 5.00 s above its 2 s target: growing to 6",)),
+    Case("a falling demand shrinks the pool by at most 1 % (one server here) a decision",
+         Signals(price=CHEAP, gpu_demand=(demand(4),)), serving=8, lent=2, paused=0,
+         memory={"pool_serving": {"llm": 9}}, reason_has=("shrinking from 9",)),
     Case("the import limit binds: miners are curtailed, inference and lent work are not",
          Signals(price=CHEAP, gpu_demand=(demand(20, 4),)), serving=4, lent=6, paused=0,
          policy=replace(POLICY, import_limit_kw=45.0), asics_on=9, site_kw=44.5),
@@ -169,8 +172,8 @@ def test_the_flex_tier_clock_starts_when_a_ceiling_first_caps_the_pool_and_stops
 
 
 def test_a_pool_server_the_dispatch_paused_is_reported_paused_with_the_dispatch_rule() -> None:
-    _, status = run(CASES[9])
-    decision, _ = run(CASES[9])
+    (case,) = [c for c in CASES if c.name.startswith("a dispatch pauses flexible GPU work")]
+    decision, status = run(case)
     assert decision.setpoint("g9").rule is Rule.DISPATCH
     assert status.needed == 4
 

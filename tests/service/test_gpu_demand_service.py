@@ -81,8 +81,8 @@ def test_check_config_names_every_bad_gpu_demand_field(tmp_path: Path) -> None:
 HYBRID = (
     SITE.replace(
         "  - {{id: miner,",
-        "  - {{id: gpu, kind: gpu, class: gpu, count: 8, rated_kw: 1.2, min_kw: 0.4, idle_kw: 0.1,\n"
-        "      control: power_limit, driver: {{type: simulated}}}}\n  - {{id: miner,",
+        "  - {{id: gpu, kind: gpu, class: gpu, count: 8, rated_kw: 1.2, min_kw: 0.4,\n"
+        "      idle_kw: 0.1, control: power_limit, driver: {{type: simulated}}}}\n  - {{id: miner,",
     )
     .replace(
         "classes:\n",

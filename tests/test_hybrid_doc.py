@@ -1,0 +1,20 @@
+"""docs/hybrid.md's site file is a valid site file, and its pool is the one the engine sizes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from agent.config import parse_config
+
+DOC = Path(__file__).resolve().parents[1] / "docs/hybrid.md"
+
+
+def test_the_documented_hybrid_site_parses_and_declares_its_pool() -> None:
+    (text,) = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    env = {"GRIDFLEX_NODE_KEY": "k" * 32, "GRIDFLEX_MQTT_PASSWORD": "p"}
+    config = parse_config(text, env=env)
+    (pool,) = config.decision_policy().pools
+    assert (pool.name, pool.load_class, pool.requests_per_server) == ("chat", "gpu", 32)
+    assert [(t.give_up_fraction, t.for_s) for t in pool.flex_tiers] == [(0.3, 1800), (0.25, 10800)]
+    assert pool.shrink_fraction == 0.01
