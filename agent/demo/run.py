@@ -40,16 +40,19 @@ from adapters.transport.mqtt_session import MqttError
 from agent.app.assembly import Service, assemble
 from agent.app.simsite import sim_site_for
 from agent.config import SiteConfig, parse_config
+from agent.demo.inference import DemoInference, burst_note
 from agent.demo.mqtt import DemoMqtt, DemoMqttLink, DemoOutbox, open_demo_mqtt
 from agent.demo.view import DemoSummary, NoLive, View, print_summary
 from agent.domain.fleet import Fleet
 from agent.domain.signals import PriceSignal
+from agent.policy import Rule
 from agent.service.cycle import CycleReport
 from agent.service.messages import DispatchAck
 
 __all__ = ["DemoMqtt", "DemoOptions", "DemoSummary", "NoPricesError", "run_demo"]
 
 STEP = timedelta(minutes=5)
+POOL, MINERS = "inference", ("s19xp", "s21")
 PRICES_FILE = "ercot_rt_spp_15min_hb_hubavg_2024.csv.gz"
 
 
@@ -72,9 +75,13 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def load_demo_config(port: int, database: str = ":memory:") -> SiteConfig:
+def load_demo_config(
+    port: int, database: str = ":memory:", metrics_port: int | None = None
+) -> SiteConfig:
     text = resources.files("agent.demo").joinpath("demo-site.yaml").read_text(encoding="utf-8")
-    config = parse_config(text, file="demo-site.yaml", env={"GRIDFLEX_DEMO_PORT": str(port)})
+    env = {"GRIDFLEX_DEMO_PORT": str(port),
+           "GRIDFLEX_DEMO_METRICS_PORT": str(metrics_port or free_loopback_port())}  # fmt: skip
+    config = parse_config(text, file="demo-site.yaml", env=env)
     service = config.service.model_copy(update={"database": Path(database)})
     return config.model_copy(update={"service": service})
 
@@ -125,8 +132,8 @@ def _dispatch_message(event_id: str, now: datetime, minutes: int, target_kw: flo
 
 
 async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
-    port = free_loopback_port()
-    config = load_demo_config(port)
+    port, metrics_port = free_loopback_port(), free_loopback_port()
+    config = load_demo_config(port, metrics_port=metrics_port)
     zone = ZoneInfo(config.site.timezone)
     prices = _day_prices(options.day, zone)
     start, end, dispatch_at = _times(options, zone)
@@ -137,6 +144,7 @@ async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
     steps = int((end - start) / STEP)
     pace_s = options.seconds / steps if options.seconds > 0 else 0.0
     began = time.perf_counter()
+    inference = DemoInference(POOL, metrics_port, zone)
     async with sim_site_for(config) as sim, _quiet_logs():
         service = assemble(config, clock=clock, outbox=outbox)
         mqtt = await _connect(options.mqtt, service, outbox, summary, console)
@@ -145,7 +153,8 @@ async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
             view = View(service, zone, options.dispatch_target_kw)
             send = _dispatcher(service, mqtt)
             pending = list(prices)
-            with Live(view.render(None, summary), console=console, auto_refresh=False,
+            last = None
+            with inference, Live(view.render(None, summary), console=console, auto_refresh=False,
                       transient=False) if live else NoLive() as screen:  # fmt: skip
                 for step in range(steps):
                     tick = time.perf_counter()
@@ -153,7 +162,14 @@ async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
                     while pending and pending[0].observed_at_utc <= clock.now:
                         service.snapshot(pending.pop(0))
                     await _scripted(clock.now, dispatch_at, send, sim, view, options)
+                    demand = await inference.read(clock.now)
+                    if demand is not None:
+                        service.snapshot(demand)
                     report = await _cycle(service)
+                    moved = burst_note(last, report.decision, POOL, "inference", MINERS)
+                    if moved is not None:
+                        view.note(clock.now, moved)
+                    last = report.decision
                     if mqtt is not None:
                         mqtt.publish_cycle(service, report)
                     _account(summary, report, service, outbox)
@@ -292,8 +308,10 @@ async def _scripted(  # noqa: PLR0917 - the scene's cast
 def _forgone_usd(report: CycleReport, fleet: Fleet, hours: float) -> float:
     """What the load curtailed this step would have earned: each class's curtailed kW at the
     class's own value ($/MWh: mining revenue, an inference contract). Classes without a value
-    of their own (cooling follows its load, critical load is never cut) earn nothing by running."""
-    planned = report.decision.setpoint_kw
+    of their own (cooling follows its load, critical load is never cut) earn nothing by running.
+    An inference server paused for want of demand forgoes nothing: there was nothing to serve."""
+    planned = np.where(report.decision.rule == int(Rule.POOL), fleet.rated_kw,
+                       report.decision.setpoint_kw)  # fmt: skip
     usd = 0.0
     for pos, load_class in enumerate(fleet.classes):
         value = load_class.value_usd_per_mwh
@@ -327,6 +345,7 @@ def _account(
     summary.flat_energy_mwh += flat_kw * hours / 1000.0
     summary.flat_cost_usd += flat_kw * hours / 1000.0 * price
     summary.max_price = max(summary.max_price, price)
+    summary.peak_site_kw = max(summary.peak_site_kw, site_kw)
     summary.commands += len(report.commanded)
     summary.failed_devices.update(report.failed)
     # a device that accepted its command but kept drawing shows up on the read, not the apply

@@ -40,6 +40,7 @@ class DemoSummary:
     mqtt_prefix: str | None = None
     # revenue the curtailed load would have earned (each class at its own $/MWh value)
     forgone_usd: float = 0.0
+    peak_site_kw: float = 0.0  # the highest measured site load
 
 
 class NoLive:
@@ -200,6 +201,9 @@ def print_summary(console: Console, summary: DemoSummary, service: Service, day:
     table.add_row("device commands sent, verified", f"{summary.commands:,}")
     table.add_row("devices planned around", str(len(summary.failed_devices)))  # fmt: skip
     table.add_row("slowest cycle", f"{summary.max_cycle_s * 1000:.0f} ms")
+    limit = service.config.site.import_limit_kw
+    peak = f"{summary.peak_site_kw:,.0f} kW" + ("" if limit is None else f" / {limit:,.0f} kW")
+    table.add_row("peak site load, measured / import limit", peak)
     table.add_row("MQTT", summary.mqtt)
     for ack in summary.acks:
         achieved = "" if ack.achieved_kw is None else f", achieved {ack.achieved_kw:,.0f} kW"

@@ -4,6 +4,7 @@ over a real Mosquitto when one answers and in-process when none does."""
 from __future__ import annotations
 
 import asyncio
+import re
 import io
 import uuid
 from datetime import date
@@ -159,3 +160,19 @@ def test_demo_over_a_broker_publishes_as_the_service_and_takes_its_dispatch_over
     assert acks[1].achieved_kw is not None
     assert acks[1].achieved_kw <= 700.0 * 1.005
     assert [a.status for a in summary.acks] == ["accepted", "active", "completed"]
+
+
+def test_a_burst_of_inference_demand_moves_power_from_miners_to_gpus() -> None:
+    """14:00-15:00 the demo's pool asks more than its 16 servers carry: every paused server
+    serves again and the miners give way under the 1,450 kW import limit, in measured power."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=100)
+    options = DemoOptions(day=date(2024, 5, 8), seconds=0, live=False, from_hour=13, to_hour=16)
+    summary = asyncio.run(run_demo(options, console))
+    text = out.getvalue()
+    assert "14:00 inference on 7->16 servers" in text, text
+    burst = next(line for line in text.splitlines() if "inference on 7->16" in line)
+    gpu_kw, miners_kw = (float(x) for x in re.findall(r"([+-]\d+) kW", burst))
+    assert gpu_kw > 0 > miners_kw
+    assert "15:00 inference on 16->" in text  # and it hands them back after the burst
+    assert 1400 < summary.peak_site_kw <= 1450 * 1.005
