@@ -4,8 +4,8 @@ over a real Mosquitto when one answers and in-process when none does."""
 from __future__ import annotations
 
 import asyncio
-import re
 import io
+import re
 import uuid
 from datetime import date
 
