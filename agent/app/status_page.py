@@ -89,9 +89,14 @@ def _gpu_demand(service: Service, now: datetime) -> list[dict[str, Any]]:
     if config is None:
         return []
     latest = service.snapshot.gpu_demand
+    last = service.shell.last
+    decided = {} if last is None else {p.pool: p for p in last.decision.pools}
+    sent = service.shell.pools.sent
     pools = []
     for name, pool in config.pools.items():
         demand = latest.get(name)
+        status = decided.get(name)
+        plan = sent.get(name)
         pools.append({
             "pool": name, "server": pool.server, "endpoints_total": len(pool.endpoints),
             "demand": None if demand is None else {
@@ -99,6 +104,16 @@ def _gpu_demand(service: Service, now: datetime) -> list[dict[str, Any]]:
                 "kv_cache_usage": demand.kv_cache_usage, "queue_time_s": demand.queue_time_s,
                 "endpoints_up": demand.endpoints_up, "at": _iso(demand.observed_at_utc),
                 "stale": demand.is_stale(now, pool.stale_after_s),
+            },
+            "decided": None if status is None else {
+                "needed": status.needed, "serving": status.serving, "lent": status.lent,
+                "paused": status.paused, "capped": status.capped,
+                "give_up_kw": status.give_up_kw, "within_flex": status.within_flex,
+                "reason": status.reason,
+            },
+            "scheduler": None if plan is None else {
+                "serving_workers": plan.serving, "lent_workers": plan.lent,
+                "fault": service.shell.pools.faults.get(name),
             },
         })  # fmt: skip
     return pools

@@ -31,12 +31,13 @@ import pandas as pd
 from agent.backtest.groups import Groups
 from agent.domain.fleet import Fleet, FleetState, FloatArray, Priority
 from agent.domain.settings import Policy
-from agent.domain.signals import Obligation, PriceSignal, Signals
-from agent.policy import Decision, Memory, Rule, decide
+from agent.domain.signals import GpuDemand, Obligation, PriceSignal, Signals
+from agent.policy import Decision, Memory, PoolStatus, Rule, decide
 
 __all__ = ["Intervals", "Progress", "Trace", "replay", "replay_plain", "trace_of"]
 
 Progress = Callable[[int], None]  # called with how many intervals are done
+Demand = Callable[[datetime], tuple[GpuDemand, ...]]  # each pool's demand at an instant
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 _NS = 1_000_000_000
@@ -99,13 +100,17 @@ class Trace:
     class_reason: npt.NDArray[np.object_]  # (n, classes): its reason, as decide() wrote it
     decide_calls: int  # decide() calls made (on the collapsed or the full fleet)
     full_fleet_calls: int  # of which on the full fleet
+    pools: tuple[PoolStatus, ...] = ()  # hybrid sites: each interval's pools, flattened
 
 
 def _utc(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / _NS, UTC)
 
 
-def _signals(intervals: Intervals, i: int, obligations: Sequence[Obligation]) -> Signals:
+def _signals(
+    intervals: Intervals, i: int, obligations: Sequence[Obligation],
+    demand: Demand | None = None,
+) -> Signals:  # fmt: skip
     price = PriceSignal(
         price_usd_per_mwh=float(intervals.price_usd_per_mwh[i]),
         interval_start_utc=_utc(int(intervals.price_start_ns[i])),
@@ -117,7 +122,9 @@ def _signals(intervals: Intervals, i: int, obligations: Sequence[Obligation]) ->
         source="backtest",
     )
     now = _utc(int(intervals.start_ns[i]))
-    return Signals(price=price, obligations=tuple(o for o in obligations if o.is_active(now)))
+    gpu_demand = () if demand is None else demand(now)
+    return Signals(price=price, obligations=tuple(o for o in obligations if o.is_active(now)),
+                   gpu_demand=gpu_demand)  # fmt: skip
 
 
 class _Recorder:
@@ -130,9 +137,11 @@ class _Recorder:
         self.class_reason = np.full((n, k), "", dtype=object)
         self.calls = 0
         self.full_calls = 0
+        self.pools: list[PoolStatus] = []
 
     def record(self, i: int, decision: Decision) -> None:
         self.calls += 1
+        self.pools.extend(decision.pools)
         self.site_kw[i] = decision.site_kw
         self.class_kw[i] = decision.class_kw
         for c, members in enumerate(decision.fleet.members):
@@ -161,7 +170,7 @@ class _Recorder:
     def trace(self) -> Trace:
         return Trace(
             self.classes, self.site_kw, self.class_kw, self.class_rule, self.class_reason,
-            self.calls, self.full_calls,
+            self.calls, self.full_calls, tuple(self.pools),
         )  # fmt: skip
 
 
@@ -185,15 +194,19 @@ def replay_plain(
     policy: Policy,
     intervals: Intervals,
     obligations: Sequence[Obligation] = (),
+    *,
     progress: Progress | None = None,
+    demand: Demand | None = None,
 ) -> Trace:
-    """decide() on the whole fleet at every interval, as the live shell runs it."""
+    """decide() on the whole fleet at every interval, as the live shell runs it (with each
+    inference pool's demand, on a hybrid site)."""
     state = FleetState.all_available(fleet)
     memory = Memory.initial(fleet)
     out = _Recorder(fleet, len(intervals))
     for i in range(len(intervals)):
         now = _utc(int(intervals.start_ns[i]))
-        decision = decide(_signals(intervals, i, obligations), state, policy, memory, now)
+        signals = _signals(intervals, i, obligations, demand)
+        decision = decide(signals, state, policy, memory, now)
         out.record(i, decision)
         memory = decision.memory
         out.full_calls += 1

@@ -52,7 +52,11 @@ def settle(
     contract: Contract | None = None,
     capacity_mw: float = 0.0,
     capacity_usd_per_mw_h: FloatArray | None = None,
+    revenue_adjust_usd: FloatArray | None = None,
+    baseline_adjust_usd: FloatArray | None = None,
 ) -> Settlement:
+    """`revenue_adjust_usd` / `baseline_adjust_usd`: per interval, what a hybrid site's pools
+    earned beyond `energy x value` (agent.backtest.hybrid)."""
     hours = intervals.hours()
     price = intervals.settle_prices
     rated_kw = np.array([float(fleet.rated_kw[m].sum()) for m in fleet.members])
@@ -75,6 +79,10 @@ def settle(
             "baseline_revenue_usd": float(rated_kw @ values) * hours / 1000,
         }
     )
+    if revenue_adjust_usd is not None:
+        frame["revenue_usd"] += revenue_adjust_usd
+    if baseline_adjust_usd is not None:
+        frame["baseline_revenue_usd"] += baseline_adjust_usd
     frame["curtailed"] = frame["baseline_kw"] - frame["site_kw"] >= CURTAILED_BELOW_KW
     frame["curtailed_mwh"] = frame["baseline_energy_mwh"] - frame["energy_mwh"]
     frame["event_start"] = frame["curtailed"] & ~frame["curtailed"].shift(1, fill_value=False)

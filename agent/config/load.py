@@ -303,8 +303,9 @@ def _literal_secrets(data: dict[str, Any], filled: set[tuple[int | str, ...]]) -
     return found
 
 
-# what a replay of the site's history reads: no connections, no secrets, no drivers
-OFFLINE_SECTIONS = frozenset({"site", "classes", "devices", "policy"})
+# what a replay of the site's history reads: no connections, no secrets, no drivers (the
+# inference pools' engine settings, not their endpoints, are what a hybrid replay uses)
+OFFLINE_SECTIONS = frozenset({"site", "classes", "devices", "policy", "gpu_demand"})
 
 
 def load_config(

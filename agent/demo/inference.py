@@ -10,7 +10,7 @@ and under the site's import limit the miners give way (docs/hybrid.md).
 from __future__ import annotations
 
 import threading
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from zoneinfo import ZoneInfo
@@ -66,7 +66,7 @@ class DemoInference:
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         url = f"http://127.0.0.1:{port}/metrics"
         self._scraper = DemandScraper(PoolSettings(pool, "vllm", (url,)))
-        self._now = datetime.min
+        self._now = datetime.fromtimestamp(0, UTC)
 
     def __enter__(self) -> DemoInference:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

@@ -45,7 +45,7 @@ from agent.demo.mqtt import DemoMqtt, DemoMqttLink, DemoOutbox, open_demo_mqtt
 from agent.demo.view import DemoSummary, NoLive, View, print_summary
 from agent.domain.fleet import Fleet
 from agent.domain.signals import PriceSignal
-from agent.policy import Rule
+from agent.policy import Decision, Rule
 from agent.service.cycle import CycleReport
 from agent.service.messages import DispatchAck
 
@@ -162,13 +162,7 @@ async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
                     while pending and pending[0].observed_at_utc <= clock.now:
                         service.snapshot(pending.pop(0))
                     await _scripted(clock.now, dispatch_at, send, sim, view, options)
-                    demand = await inference.read(clock.now)
-                    if demand is not None:
-                        service.snapshot(demand)
-                    report = await _cycle(service)
-                    moved = burst_note(last, report.decision, POOL, "inference", MINERS)
-                    if moved is not None:
-                        view.note(clock.now, moved)
+                    report = await _inference_cycle(service, inference, clock.now, last, view)
                     last = report.decision
                     if mqtt is not None:
                         mqtt.publish_cycle(service, report)
@@ -321,6 +315,20 @@ def _forgone_usd(report: CycleReport, fleet: Fleet, hours: float) -> float:
         curtailed_kw = float(fleet.rated_kw[members].sum() - planned[members].sum())
         usd += max(0.0, curtailed_kw) * hours / 1000.0 * value
     return usd
+
+
+async def _inference_cycle(
+    service: Service, inference: DemoInference, now: datetime, last: Decision | None, view: View
+) -> CycleReport:
+    """A cycle on the pool's demand as scraped now, noting what a change of it moved."""
+    demand = await inference.read(now)
+    if demand is not None:
+        service.snapshot(demand)
+    report = await _cycle(service)
+    moved = burst_note(last, report.decision, POOL, "inference", MINERS)
+    if moved is not None:
+        view.note(now, moved)
+    return report
 
 
 async def _cycle(service: Service) -> CycleReport:

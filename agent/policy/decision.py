@@ -109,6 +109,9 @@ class PoolStatus:
     give_up_kw: float  # serving power given up to a ceiling
     within_flex: bool  # what was given up is within the pool's declared flex tier
     reason: str
+    serving_kw: float = 0.0  # the serving servers' setpoints
+    lent_kw: float = 0.0  # the lent servers' setpoints
+    load_requests: float | None = None  # the demand it was sized on (None: unknown or stale)
 
 
 @dataclass(frozen=True, slots=True)

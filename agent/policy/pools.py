@@ -38,6 +38,7 @@ class PoolSizing:
     group: PoolGroup
     needed: int
     reason: str
+    load_requests: float | None
 
 
 def size_pools(
@@ -63,7 +64,8 @@ def _size(
     members = fleet.members[class_pos]
     # servers that can serve now: reachable, not held off by an earlier rule (dwell, override)
     free = members[plan.available[members] & (plan.feasible(members) > EPS_KW)]
-    needed, text = _needed(pool, demand, len(free), memory.pool_serving.get(pool.name), now)
+    needed, text, load = _needed(pool, demand, len(free), memory.pool_serving.get(pool.name),
+                                 now)  # fmt: skip
     serving, spare = free[:needed], free[needed:]
     plan.describe(serving, Rule.PROTECTED, text)
     lends = pool.lend_value_usd_per_mwh is not None and price is not None
@@ -86,19 +88,19 @@ def _size(
     floor: FloatArray = fleet.rated_kw[serving] * (1.0 - give_up)
     group = PoolGroup(pool.name, class_pos, serving, lent, floor, give_up,
                       pool.lend_value_usd_per_mwh or 0.0)  # fmt: skip
-    return PoolSizing(pool, group, needed, text)
+    return PoolSizing(pool, group, needed, text, load)
 
 
 def _needed(
     pool: InferencePool, demand: GpuDemand | None, free: int, previous: int | None,
     now: datetime,
-) -> tuple[int, str]:  # fmt: skip
+) -> tuple[int, str, float | None]:  # fmt: skip
     name = pool.name
     if demand is None or demand.endpoints_up == 0:
-        return free, f"pool {name}: no demand read yet: every server serves"
+        return free, f"pool {name}: no demand read yet: every server serves", None
     if demand.is_stale(now, pool.demand_stale_after_s):
         age_s = (now - demand.observed_at_utc).total_seconds()
-        return free, f"pool {name}: demand {age_s:.0f} s old: every server serves"
+        return free, f"pool {name}: demand {age_s:.0f} s old: every server serves", None
     # endpoints that did not answer carry their share, as the ones that did
     scale = demand.endpoints_total / demand.endpoints_up
     load = (demand.waiting + (demand.running or 0.0)) * scale
@@ -123,7 +125,7 @@ def _needed(
         if floor > needed:
             needed = floor
             text += f"; shrinking from {previous} by at most {pool.shrink_fraction:.0%} a decision"
-    return max(pool.min_serving, min(needed, free)), f"{text} of {free}"
+    return max(pool.min_serving, min(needed, free)), f"{text} of {free}", load
 
 
 def pool_statuses(
@@ -152,6 +154,7 @@ def pool_statuses(
         statuses.append(PoolStatus(
             name, sizing.needed, int(running.sum()), lent,
             reachable - int(running.sum()) - lent, int(capped.sum()), give_up_kw, within, reason,
+            float(serving_kw.sum()), float(setpoint_kw[group.lent].sum()), sizing.load_requests,
         ))  # fmt: skip
         serving_counts[name] = int(running.sum())
         if capped.any():

@@ -124,6 +124,9 @@ def test_the_service_sizes_a_pool_from_its_demand_and_lends_the_rest(
             assert pool() == (3, 5, 0)
             exposed = generate_latest(run.service.metrics.registry).decode()
             assert 'gridflex_pool_servers{pool="chat",use="lent"} 5.0' in exposed
+            telemetry = TelemetryMessage.model_construct(at=utc_now())
+            (shown,) = status_view(run.service, telemetry, None)["gpu_demand"]
+            assert (shown["decided"]["serving"], shown["decided"]["lent"]) == (3, 5)
             burst = page.replace("} 7.0", "} 300.0")
             metrics.pages.update({"/a/metrics": burst, "/b/metrics": burst})
             for _ in range(50):

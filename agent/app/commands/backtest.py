@@ -41,6 +41,7 @@ from agent.backtest import (
     replay_plain,
     settle,
 )
+from agent.backtest.hybrid import DemandTrace, demand_from_frame, hybrid_figures, pool_revenue
 from agent.config import ConfigFileError, load_config
 from agent.config.load import OFFLINE_SECTIONS
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
@@ -118,18 +119,38 @@ def _local_window(
     return frame[keep]
 
 
-def _run(site: _Site, intervals: Intervals, events: list[Obligation], plain: bool) -> Trace:
-    engine = replay_plain if plain else replay
+def _run(site: _Site, intervals: Intervals, events: list[Obligation], plain: bool,
+         demand: DemandTrace | None = None) -> Trace:  # fmt: skip
+    # a hybrid site's pools follow their demand every interval: only the plain replay sees it
+    engine = replay_plain if plain or site.policy.pools else replay
     columns = (
         TextColumn("[bold]replaying decide()"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(),
     )  # fmt: skip
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("replay", total=len(intervals))
-        return engine(
-            site.fleet, site.policy, intervals, events,
-            progress=lambda done: bar.update(task, completed=done),
-        )  # fmt: skip
+
+        def done(count: int) -> None:
+            bar.update(task, completed=count)
+
+        if engine is replay_plain:
+            return replay_plain(site.fleet, site.policy, intervals, events, progress=done,
+                                demand=demand)  # fmt: skip
+        return replay(site.fleet, site.policy, intervals, events, progress=done)
+
+
+def _demand(options: dict[str, Any], site: _Site, err: Console) -> DemandTrace | None:
+    names = tuple(pool.name for pool in site.policy.pools)
+    path = options["demand_trace"]
+    if path is None:
+        if names:
+            err.print("[yellow]warning:[/] no --demand-trace: every server of pool(s) "
+                      f"{', '.join(names)} serves all year", soft_wrap=True)  # fmt: skip
+        return None
+    if not names:
+        raise click.UsageError("--demand-trace needs a site file with gpu_demand pools that "
+                               "have an engine section (docs/hybrid.md)")  # fmt: skip
+    return demand_from_frame(_read_csv(path, "demand trace"), str(path), names)
 
 
 def _check_usage(options: dict[str, Any]) -> None:
@@ -200,6 +221,11 @@ _OPTIONS = [
         "latest price published before it",
     ),
     click.option("--no-plot", is_flag=True, help="skip plot.png"),
+    click.option(
+        "--demand-trace",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="CSV interval_start_utc,pool,running,waiting: inference demand (docs/hybrid.md)",
+    ),
 ]
 
 
@@ -255,7 +281,9 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
     site = _site(options)
     tz = site.policy.timezone
     intervals, events, warnings = _inputs(options, site, err)
-    trace = _run(site, intervals, events, options["plain"])
+    demand = _demand(options, site, err)
+    trace = _run(site, intervals, events, options["plain"], demand)
+    pools = pool_revenue(trace, intervals, site.fleet, site.policy) if site.policy.pools else None
     capacity = None
     if options["capacity_prices"] is not None:
         path = options["capacity_prices"]
@@ -267,6 +295,8 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
     settlement = settle(
         trace, intervals, site.fleet, timezone=tz, contract=contract,
         capacity_mw=options["capacity_mw"] or 0.0, capacity_usd_per_mw_h=capacity,
+        revenue_adjust_usd=None if pools is None else pools.revenue_adjust_usd,
+        baseline_adjust_usd=None if pools is None else pools.baseline_adjust_usd,
     )  # fmt: skip
     out: Path = options["out"]
     plotter.submit(out / "plot.png", settlement.frame, tz, site.name)
@@ -282,6 +312,8 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
         "dispatch_events": len(events),
         "warnings": warnings,
     }
+    if pools is not None:
+        summary["hybrid"] = hybrid_figures(settlement.frame, trace, site.fleet, pools.figures)
     if options["system_load"] is not None:
         path = options["system_load"]
         load_start, load_mw = load_series(_read_csv(path, "system load"), str(path))
@@ -299,6 +331,12 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
     console.print(months_table(summary, terminal))
     if "fourcp" in summary:
         console.print(fourcp_table(summary["fourcp"], terminal))
+    if "hybrid" in summary:
+        h = summary["hybrid"]
+        line = (f"hybrid site: inference ${h['inference_revenue_usd']:,.0f}, lent work "
+                f"${h['lent_work_revenue_usd']:,.0f}, mining ${h['mining_revenue_usd']:,.0f}, "
+                f"power ${h['energy_cost_usd']:,.0f}: margin ${h['margin_usd']:,.0f}")  # fmt: skip
+        console.print(line, highlight=False, soft_wrap=True)
     plotter.wait()
     written = "summary.json, decisions.csv" + ("" if options["no_plot"] else ", plot.png")
     console.print(f"wrote {written} in {out}", highlight=False, soft_wrap=True)

@@ -15,14 +15,29 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
 
 from adapters.devices.ray_serve import RayServePool, RayServeSettings
+from agent.domain.fleet import (
+    ControlMode,
+    DeviceKind,
+    DeviceSpec,
+    Fleet,
+    FleetState,
+    LoadClass,
+    Priority,
+)
+from agent.domain.hybrid import InferencePool
+from agent.domain.settings import Policy
+from agent.domain.signals import GpuDemand, PriceSignal, Signals
 from agent.errors import DeviceRejectedError, DeviceUnavailableError
+from agent.policy import Decision, Memory, decide
 from agent.ports import PoolPlan, PoolState
+from agent.service.pools import PoolSchedulers, ScheduledPool
 from tests.conftest import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))  # the venv's (ray[serve] is a dev dependency)
@@ -197,3 +212,41 @@ def test_a_dashboard_that_does_not_answer_is_unavailable() -> None:
 def test_a_plan_counts_workers() -> None:
     with pytest.raises(ValueError, match="counts workers"):
         PoolPlan(serving=-1, lent=0)
+
+
+def test_the_engine_s_pool_decision_reaches_ray_serve(ray_head: RayHead) -> None:
+    """decide() sizes a 4-server pool from its demand; the service's PoolSchedulers sends the
+    plan to Ray Serve; a burst reclaims the lent worker; a dead dashboard is a fault, retried."""
+    classes = [LoadClass("gpu", Priority.PROTECTED, 1500.0)]
+    servers = [DeviceSpec(f"g{i}", "gpu", DeviceKind.GPU, 1.2, 0.5, ControlMode.POWER_LIMIT)
+               for i in range(4)]  # fmt: skip
+    fleet = Fleet.build(classes, servers)
+    pool_spec = InferencePool("chat", "gpu", requests_per_server=10, queue_time_target_s=2,
+                              headroom_fraction=0, shrink_fraction=1.0,
+                              lend_value_usd_per_mwh=500)  # fmt: skip
+    policy = Policy(pools=(pool_spec,))
+    now = datetime.now(UTC)
+    cheap = PriceSignal(30.0, now - timedelta(minutes=1), now + timedelta(minutes=14), now)
+
+    def decided(running: float) -> Decision:
+        demand = GpuDemand("chat", now, 0.0, running, None, None, 1, 1)
+        signals = Signals(price=cheap, gpu_demand=(demand,))
+        state = FleetState.all_available(fleet)
+        return decide(signals, state, policy, Memory.initial(fleet), now)
+
+    async def main() -> None:
+        scheduler = pool(ray_head)
+        schedulers = PoolSchedulers({"chat": ScheduledPool(scheduler, timeout_s=60)})
+        for running, plan in ((25.0, PoolPlan(3, 1)), (40.0, PoolPlan(4, 0))):
+            await schedulers.after_cycle(decided(running))
+            assert schedulers.sent["chat"] == plan
+            assert (await settle(scheduler, plan)).meets(plan)
+        nowhere = RayServeSettings(f"http://127.0.0.1:{free_port()}", "chat", "Chat", "batch",
+                                   "Batch", timeout_s=1)  # fmt: skip
+        broken = PoolSchedulers({"chat": ScheduledPool(RayServePool("chat", nowhere))})
+        await broken.after_cycle(decided(25.0))
+        assert "chat" in broken.faults
+        assert "chat" not in broken.sent
+        await scheduler.apply(PoolPlan(2, 1))  # as the tests before left it
+
+    asyncio.run(main())
