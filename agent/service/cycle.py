@@ -113,6 +113,8 @@ class Shell:
             class_running=running,
             baselines_kw=dict(saved.baselines_kw),
             decided_at_utc=saved.decided_at_utc,
+            pool_serving=dict(saved.pool_serving),
+            pool_capped_since_s=dict(saved.pool_capped_since_s),
         )
 
     # -- SiteView ----------------------------------------------------------------------------

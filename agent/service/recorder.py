@@ -64,6 +64,8 @@ class Recorder:
                         for c, r in zip(self.fleet.classes, memory.class_running, strict=True)
                     },
                     "decided_at_utc": report.at_utc.isoformat(),
+                    "pool_serving": dict(memory.pool_serving),
+                    "pool_capped_since_s": dict(memory.pool_capped_since_s),
                 },
             )
             price = report.signals.price

@@ -4,7 +4,7 @@ rows, the engine's saved memory, and the JSON each is stored as."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -122,6 +122,10 @@ class SavedMemory:
     baselines_kw: dict[str, float]
     class_running: dict[str, bool]
     decided_at_utc: datetime | None
+    # inference pools: servers serving, and since when a ceiling has capped each (the flex
+    # tier's clock: a restart must not hand a pool a fresh tier mid-event)
+    pool_serving: dict[str, int] = field(default_factory=dict)
+    pool_capped_since_s: dict[str, float] = field(default_factory=dict)
 
 
 def override_json(override: Override) -> str:

@@ -397,7 +397,18 @@ class Store:
                 baselines_kw={k: float(v) for k, v in engine.get("baselines_kw", {}).items()},
                 class_running={k: bool(v) for k, v in engine.get("class_running", {}).items()},
                 decided_at_utc=decided,
-            )
+                pool_serving={str(k): int(v) for k, v in engine.get("pool_serving", {}).items()},
+                pool_capped_since_s={str(k): _finite(v) for k, v
+                                     in engine.get("pool_capped_since_s", {}).items()},
+            )  # fmt: skip
         except (AttributeError, TypeError, ValueError, OverflowError) as exc:
             self.quarantine(datetime.now(UTC), "state", "engine", engine, repr(exc))
             return None  # the engine starts without memory: devices are read, not guessed
+
+
+def _finite(value: Any) -> float:
+    """A stored instant in POSIX seconds; anything else is a bad state (quarantined)."""
+    seconds = float(value)
+    if seconds != seconds or abs(seconds) == float("inf"):
+        raise ValueError(f"not an instant: {value!r}")
+    return seconds

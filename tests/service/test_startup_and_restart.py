@@ -4,16 +4,19 @@ simulated Modbus devices, with the stale posture the shipped examples use."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 from adapters.sim.modbus_server import SimModbusSite
 from agent.app.assembly import MemoryOutbox, assemble
 from agent.app.simsite import endpoints_for
-from agent.config import SiteConfig
+from agent.config import SiteConfig, parse_config
 from agent.domain.settings import StalePosture
+from agent.domain.signals import GpuDemand, Obligation, ObligationKind
 from agent.service.messages import OverrideAck
 from tests.conftest import free_port
 from tests.service.site import FakeClock, site_config
+from tests.service.test_gpu_demand_service import HYBRID
 from tests.service.test_shell import price
 
 
@@ -115,5 +118,44 @@ def test_what_became_of_an_override_is_acked_and_audited(tmp_path: Path) -> None
                 assert [m.override_id for m in expired] == ["keep-controls-off"]
             finally:
                 await service.close()
+
+    asyncio.run(main())
+
+
+def test_a_restart_keeps_a_pools_flex_tier_clock_and_a_bad_one_loses_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """A pool capped by a dispatch keeps its flex-tier clock across a restart (a fresh tier
+    mid-event would give up more than declared); a clock stored corrupt is quarantined and the
+    service still starts."""
+    db = tmp_path / "db.sqlite3"
+    text = HYBRID.format(db=db, a="http://127.0.0.1:9/metrics", b="http://127.0.0.1:9/m")
+    config = parse_config(text, env={})
+
+    async def main() -> None:
+        clock = FakeClock()
+        first = assemble(config, clock=clock)
+        now = clock()
+        first.snapshot(price(clock, 30.0))
+        first.snapshot(GpuDemand("chat", now, 40.0, 120.0, None, None, 2, 2))
+        first.snapshot(Obligation("ev-1", ObligationKind.LIMIT, 5.0, now, now + timedelta(hours=1)))
+        await first.shell.poll()
+        report = await first.shell.cycle()
+        (pool,) = report.decision.pools
+        assert pool.capped > 0
+        since = first.shell.memory.pool_capped_since_s
+        assert since == {"chat": now.timestamp()}
+        await first.close()
+
+        clock.leap(30)
+        second = assemble(config, clock=clock)
+        assert second.shell.memory.pool_capped_since_s == since
+        assert second.shell.memory.pool_serving == {"chat": pool.serving}
+        second.store.save_state("engine", {"pool_capped_since_s": {"chat": "soon"}})
+        await second.close()
+
+        third = assemble(config, clock=clock)  # starts, without the engine's memory
+        assert third.shell.memory.pool_capped_since_s == {}
+        await third.close()
 
     asyncio.run(main())
