@@ -14,6 +14,7 @@ message is acknowledged to the broker only after its rows are committed.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -409,6 +410,6 @@ class Store:
 def _finite(value: Any) -> float:
     """A stored instant in POSIX seconds; anything else is a bad state (quarantined)."""
     seconds = float(value)
-    if seconds != seconds or abs(seconds) == float("inf"):
+    if not math.isfinite(seconds):
         raise ValueError(f"not an instant: {value!r}")
     return seconds
