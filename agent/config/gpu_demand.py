@@ -56,6 +56,38 @@ class RayServeSchedulerConfig(BaseModel):
     """one request's timeout"""
 
 
+class KueueSchedulerConfig(BaseModel):
+    """The pool on Kubernetes (docs/hybrid.md): serving workers are the inference Deployment's
+    replicas, lent workers are GPU quota of a Kueue ClusterQueue (the `kueue` extra)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    kind: Literal["kueue"]
+    """the scheduler"""
+    kubeconfig: str | None = None
+    """the kubeconfig file to use; null: the in-cluster service account"""
+    context: str | None = None
+    """the kubeconfig context; null: its current one"""
+    cluster_queue: str = Field(min_length=1)
+    """the ClusterQueue that admits the flexible work"""
+    flavor: str = Field(min_length=1)
+    """its ResourceFlavor whose GPU quota is the lent capacity"""
+    gpu_resource: str = "nvidia.com/gpu"
+    """the GPU resource name in the quota"""
+    gpus_per_worker: int = Field(default=1, ge=1, le=64)
+    """GPUs of quota per lent worker"""
+    namespace: str = Field(min_length=1)
+    """the namespace of the inference Deployment"""
+    deployment: str = Field(min_length=1)
+    """the inference Deployment whose replicas are the serving workers"""
+    drain: bool = True
+    """no worker lent: evict admitted work (HoldAndDrain); false: let it finish (Hold)"""
+    workers_per_server: int = Field(default=1, ge=1, le=64)
+    """workers one server carries"""
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    """one request's timeout"""
+
+
 class EngineConfig(BaseModel):
     """How the engine sizes the pool from its demand (docs/hybrid.md)."""
 
@@ -77,7 +109,10 @@ class EngineConfig(BaseModel):
     """power the pool may give up to a ceiling, once miners and flexible load are cut"""
     lend_value_usd_per_mwh: float | None = None
     """idle servers are lent to flexible work while the price is at or below this; null: never"""
-    scheduler: RayServeSchedulerConfig | None = None
+    scheduler: (
+        Annotated[RayServeSchedulerConfig | KueueSchedulerConfig, Field(discriminator="kind")]
+        | None
+    ) = None
     """the workload scheduler that puts servers to serving and lent work; null: power only"""
 
 
