@@ -146,7 +146,7 @@ def build_fleet(site: Site) -> Fleet:
 
 def gridflex_policy(site: Site) -> Policy:
     pool = InferencePool(
-        "llm", "gpu", requests_per_server=1.0, queue_time_target_s=site.queue_time_target_s,
+        "llm", "gpu", requests_per_server=1.0, service_level_s=site.queue_time_target_s,
         headroom_fraction=0.25, min_serving=50,
         flex_tiers=(FlexTier(0.30, 1800.0), FlexTier(0.25, 3 * 3600.0)),
         lend_value_usd_per_mwh=site.lend_value_usd_per_mwh, demand_stale_after_s=3 * STEP_S,

@@ -21,6 +21,7 @@ def test_the_documented_hybrid_site_parses_and_declares_its_pool() -> None:
     (pool,) = config.decision_policy().pools
     assert (pool.name, pool.load_class, pool.requests_per_server) == ("chat", "gpu", 32)
     assert [(t.give_up_fraction, t.for_s) for t in pool.flex_tiers] == [(0.3, 1800), (0.25, 10800)]
+    assert (pool.service_level, pool.service_level_s) == ("ttft", 2.0)
     assert pool.shrink_fraction == 0.01
 
 

@@ -42,6 +42,10 @@ _WAITING = {"vllm": "vllm:num_requests_waiting", "triton": "nv_inference_pending
 _RUNNING = {"vllm": "vllm:num_requests_running", "tgi": "tgi_batch_current_size"}
 _KV_CACHE = "vllm:kv_cache_usage_perc"
 _QUEUE_US, _SUCCESS = "nv_inference_queue_duration_us", "nv_inference_request_success"
+_TTFT_SUM, _TTFT_COUNT = (
+    "vllm:time_to_first_token_seconds_sum",
+    "vllm:time_to_first_token_seconds_count",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,8 @@ class _Sums:
     kv_cache_usage: float | None
     queue_us: float | None
     successes: float | None
+    ttft_sum_s: float | None = None
+    ttft_count: float | None = None
 
 
 def parse_demand(text: str, server: Server) -> _Sums | None:
@@ -74,7 +80,14 @@ def parse_demand(text: str, server: Server) -> _Sums | None:
             name = sample.name.removesuffix("_total")  # the parser names counter samples so
             if name == _KV_CACHE:
                 kv_cache = max(kv_cache or 0.0, sample.value)
-            elif name in (_WAITING[server], _RUNNING.get(server), _QUEUE_US, _SUCCESS):
+            elif name in (
+                _WAITING[server],
+                _RUNNING.get(server),
+                _QUEUE_US,
+                _SUCCESS,
+                _TTFT_SUM,
+                _TTFT_COUNT,
+            ):
                 sums[name] = sums.get(name, 0.0) + sample.value
     if _WAITING[server] not in sums:
         return None
@@ -85,6 +98,8 @@ def parse_demand(text: str, server: Server) -> _Sums | None:
         kv_cache_usage=kv_cache if server == "vllm" else None,
         queue_us=sums.get(_QUEUE_US) if server == "triton" else None,
         successes=sums.get(_SUCCESS) if server == "triton" else None,
+        ttft_sum_s=sums.get(_TTFT_SUM) if server == "vllm" else None,
+        ttft_count=sums.get(_TTFT_COUNT) if server == "vllm" else None,
     )
 
 
@@ -104,7 +119,8 @@ class DemandScraper:
     settings: PoolSettings
     fetch: Fetch = _http_get
     clock: Callable[[], datetime] = utc_now
-    _counters: dict[str, tuple[float, float]] = field(default_factory=dict)  # url: (us, n)
+    # (url, what): the last (sum, count) of a windowed mean's counters
+    _counters: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
     _down: set[str] = field(default_factory=set)
 
     async def scrape(self) -> GpuDemand | None:
@@ -121,7 +137,8 @@ class DemandScraper:
             waiting=sum(s.waiting for s in up.values()),
             running=sum(running) if running else None,
             kv_cache_usage=max(kv) if kv else None,
-            queue_time_s=self._queue_time_s(up),
+            queue_time_s=self._window_mean(up, "queue", lambda s: (s.queue_us, s.successes), 1e-6),
+            ttft_s=self._window_mean(up, "ttft", lambda s: (s.ttft_sum_s, s.ttft_count), 1.0),
             endpoints_up=len(up),
             endpoints_total=len(self.settings.endpoints),
         )
@@ -153,16 +170,21 @@ class DemandScraper:
             log.warning("GPU demand endpoint %s of pool %s left out: %s", url,
                         self.settings.name, why)  # fmt: skip
 
-    def _queue_time_s(self, up: Mapping[str, _Sums]) -> float | None:
-        """Mean queue time of the requests served since the last scrape, all endpoints."""
-        queued_us = served = 0.0
+    def _window_mean(
+        self, up: Mapping[str, _Sums], what: str,
+        pair: Callable[[_Sums], tuple[float | None, float | None]], scale: float,
+    ) -> float | None:  # fmt: skip
+        """Mean of a (sum, count) counter pair over the requests since the last scrape, all
+        endpoints (Triton's queue time, vLLM's time to first token), times `scale`."""
+        total = count = 0.0
         for url, sums in up.items():
-            if sums.queue_us is None or sums.successes is None:
+            value, n = pair(sums)
+            if value is None or n is None:
                 continue
-            before = self._counters.get(url)
-            self._counters[url] = (sums.queue_us, sums.successes)
-            if before is None or sums.queue_us < before[0] or sums.successes < before[1]:
+            before = self._counters.get((url, what))
+            self._counters[(url, what)] = (value, n)
+            if before is None or value < before[0] or n < before[1]:
                 continue  # the first scrape, or the server restarted: no window yet
-            queued_us += sums.queue_us - before[0]
-            served += sums.successes - before[1]
-        return queued_us / served / 1e6 if served > 0 else None
+            total += value - before[0]
+            count += n - before[1]
+        return total / count * scale if count > 0 else None

@@ -39,7 +39,13 @@ from agent.ports import Clock, utc_now
 from agent.service.cycle import CycleReport
 from agent.service.devices import id_ranges
 from agent.service.grid import EMERGENCY, FOURCP, fourcp_in_force
-from agent.service.messages import DecisionGroup, DecisionMessage, SetpointOut, TelemetryMessage
+from agent.service.messages import (
+    DecisionGroup,
+    DecisionMessage,
+    PoolOut,
+    SetpointOut,
+    TelemetryMessage,
+)
 from agent.service.outbox import PersistedOutbox
 from agent.service.queries import answer_device_query
 from agent.service.ratelimit import TopicRateLimit
@@ -118,7 +124,10 @@ def decision_message(report: CycleReport, previous_kw: np.ndarray | None) -> Dec
         groups=groups,
         changed_devices=len(changed_idx),
         changed=changed,
-    )
+        pools=[PoolOut(pool=p.pool, needed=p.needed, serving=p.serving, lent=p.lent,
+                       paused=p.paused, capped=p.capped, give_up_kw=round(p.give_up_kw, 3),
+                       within_flex=p.within_flex, reason=p.reason) for p in d.pools],
+    )  # fmt: skip
 
 
 class Runner:

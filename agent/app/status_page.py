@@ -102,6 +102,7 @@ def _gpu_demand(service: Service, now: datetime) -> list[dict[str, Any]]:
             "demand": None if demand is None else {
                 "waiting": demand.waiting, "running": demand.running,
                 "kv_cache_usage": demand.kv_cache_usage, "queue_time_s": demand.queue_time_s,
+                "ttft_s": demand.ttft_s,
                 "endpoints_up": demand.endpoints_up, "at": _iso(demand.observed_at_utc),
                 "stale": demand.is_stale(now, pool.stale_after_s),
             },

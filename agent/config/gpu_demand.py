@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 __all__ = ["EngineConfig", "GpuDemandConfig", "GpuDemandPoolConfig", "RayServeSchedulerConfig"]
 
@@ -97,8 +104,10 @@ class EngineConfig(BaseModel):
     """the protected load class of the pool's GPU servers"""
     requests_per_server: float = Field(gt=0, le=100000)
     """requests (running and waiting) one server carries while holding the service level"""
-    queue_time_target_s: float = Field(gt=0, le=3600)
-    """the service level: a measured queue time above it keeps the pool growing"""
+    queue_time_target_s: float | None = Field(default=None, gt=0, le=3600)
+    """the service level as a mean queue time (Triton reports it); above it the pool grows"""
+    ttft_target_s: float | None = Field(default=None, gt=0, le=3600)
+    """the service level as a mean time to first token (vLLM reports it); give one of the two"""
     headroom_pct: float = Field(default=25.0, ge=0, le=400)
     """servers kept serving above what the demand needs, for bursts between scrapes"""
     min_serving: int = Field(default=1, ge=0)
@@ -114,6 +123,13 @@ class EngineConfig(BaseModel):
         | None
     ) = None
     """the workload scheduler that puts servers to serving and lent work; null: power only"""
+
+    @model_validator(mode="after")
+    def _one_service_level(self) -> EngineConfig:
+        if (self.queue_time_target_s is None) == (self.ttft_target_s is None):
+            raise ValueError("give the service level as queue_time_target_s or ttft_target_s "
+                             "(one of them)")  # fmt: skip
+        return self
 
 
 class GpuDemandPoolConfig(BaseModel):

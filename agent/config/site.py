@@ -458,8 +458,12 @@ class SiteConfig(_Strict):
             if e is None:
                 continue
             tiers = tuple(FlexTier(t.give_up_pct / 100, t.for_s) for t in e.flex_tiers)
+            ttft = e.ttft_target_s is not None
+            level_s = e.ttft_target_s if ttft else e.queue_time_target_s
+            assert level_s is not None  # the engine section holds exactly one
             pools.append(InferencePool(
-                name, e.load_class, e.requests_per_server, e.queue_time_target_s,
+                name, e.load_class, e.requests_per_server, level_s,
+                service_level="ttft" if ttft else "queue_time",
                 headroom_fraction=e.headroom_pct / 100, min_serving=e.min_serving,
                 flex_tiers=tiers, lend_value_usd_per_mwh=e.lend_value_usd_per_mwh,
                 demand_stale_after_s=pool.stale_after_s, shrink_fraction=e.shrink_pct / 100,

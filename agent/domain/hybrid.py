@@ -32,22 +32,24 @@ class InferencePool:
     """An inference pool: the servers of one load class, with the service level it holds.
 
     Each decision, the pool's demand (requests running and waiting) sets how many servers serve:
-    `requests_per_server` is what one server carries while holding `queue_time_target_s`, plus
-    `headroom_fraction` for bursts between scrapes. A measured queue time above the target keeps
-    the pool growing; a falling demand shrinks it by at most `shrink_fraction` of its servers a
-    decision (a lent server reclaimed costs its job a checkpoint). Servers not needed are lent
+    `requests_per_server` is what one server carries while holding its service level (a mean
+    queue time or time to first token of `service_level_s`), plus `headroom_fraction` for bursts
+    between scrapes. A measured value above the target keeps the pool growing; a falling demand
+    shrinks it by at most `shrink_fraction` of its servers a decision (a lent server reclaimed
+    costs its job a checkpoint). Servers not needed are lent
     to flexible work while the price is at or below `lend_value_usd_per_mwh` (None: never
     lent), else paused."""
 
     name: str
     load_class: str
     requests_per_server: float
-    queue_time_target_s: float
+    service_level_s: float
     headroom_fraction: float = 0.25
     min_serving: int = 1
     flex_tiers: tuple[FlexTier, ...] = ()
     lend_value_usd_per_mwh: float | None = None
     demand_stale_after_s: float = 30.0
+    service_level: str = "queue_time"  # what service_level_s bounds: queue_time or ttft
     shrink_fraction: float = 0.01  # of the pool's servers, at most, released per decision
 
     def give_up_allowed(self, capped_for_s: float) -> float:

@@ -130,6 +130,7 @@ class GpuDemand:
     queue_time_s: float | None  # Triton: mean queue time over the last scrape interval
     endpoints_up: int
     endpoints_total: int
+    ttft_s: float | None = None  # vLLM: mean time to first token over the last scrape interval
 
     def is_stale(self, now_utc: datetime, stale_after_s: float) -> bool:
         return now_utc - self.observed_at_utc > timedelta(seconds=stale_after_s)

@@ -109,13 +109,16 @@ def _needed(
         f"pool {name}: {load:.0f} requests running and waiting need {needed} servers"
         f" ({pool.requests_per_server:g} each, {pool.headroom_fraction:.0%} headroom)"
     )
-    queue_s = demand.queue_time_s
-    if queue_s is not None and queue_s > pool.queue_time_target_s and previous is not None:
+    measured_s, what = (
+        (demand.ttft_s, "time to first token") if pool.service_level == "ttft"
+        else (demand.queue_time_s, "queue time")
+    )  # fmt: skip
+    if measured_s is not None and measured_s > pool.service_level_s and previous is not None:
         grown = previous + max(1, math.ceil(0.1 * free))
         if grown > needed:
             needed = grown
             text += (
-                f"; queue time {queue_s:.2f} s above its {pool.queue_time_target_s:g} s target:"
+                f"; {what} {measured_s:.2f} s above its {pool.service_level_s:g} s target:"
                 f" growing to {grown}"
             )
     elif previous is not None and needed < previous:

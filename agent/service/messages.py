@@ -295,6 +295,20 @@ class DecisionGroup(BaseModel):
     ids: str = Field(description="device id ranges: 'pdu-0001..pdu-0024, tank-0002'")
 
 
+class PoolOut(BaseModel):
+    """An inference pool as decided (docs/hybrid.md)."""
+
+    pool: str
+    needed: int = Field(description="servers its demand asks to serve")
+    serving: int
+    lent: int = Field(description="servers lent to flexible work")
+    paused: int
+    capped: int = Field(description="serving servers power-capped by a site ceiling")
+    give_up_kw: float = Field(description="serving power given up to a ceiling")
+    within_flex: bool = Field(description="what was given up is within the declared flex tier")
+    reason: str
+
+
 class DecisionMessage(BaseModel):
     """`<prefix>/decision`, whenever the setpoints change: compact at any fleet size, one group
     per (rule, class, reason); the audit log (`gridflex audit --device ID`) has each device's."""
@@ -306,3 +320,4 @@ class DecisionMessage(BaseModel):
     groups: list[DecisionGroup] = Field(description="every device, by rule, class and reason")
     changed_devices: int = Field(description="devices whose setpoint changed this decision")
     changed: list[SetpointOut] = Field(description="the first 20 of them, with setpoints")
+    pools: list[PoolOut] = Field(default_factory=list, description="hybrid sites' pools")

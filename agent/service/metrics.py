@@ -89,10 +89,12 @@ class Metrics:
         )  # fmt: skip
 
     def record_gpu_demand(self, demand: GpuDemand) -> None:
-        """`what`: waiting, running, kv_cache_usage, queue_time_seconds (those the server has)."""
+        """`what`: waiting, running, kv_cache_usage, queue_time_seconds, ttft_seconds (those the
+        server has)."""
         values = {"waiting": demand.waiting, "running": demand.running,
                   "kv_cache_usage": demand.kv_cache_usage,
-                  "queue_time_seconds": demand.queue_time_s}  # fmt: skip
+                  "queue_time_seconds": demand.queue_time_s,
+                  "ttft_seconds": demand.ttft_s}  # fmt: skip
         for what, value in values.items():
             if value is not None:
                 self.gpu_demand.labels(pool=demand.pool, what=what).set(value)

@@ -40,7 +40,7 @@ FLEET = Fleet.build(CLASSES, [
     DeviceSpec("c", "controls", DeviceKind.OTHER, 1.0, 0.0, ON_OFF),
 ])  # fmt: skip
 POOL = InferencePool(
-    "llm", "gpu", requests_per_server=8, queue_time_target_s=2.0, headroom_fraction=0.25,
+    "llm", "gpu", requests_per_server=8, service_level_s=2.0, headroom_fraction=0.25,
     flex_tiers=(FlexTier(0.30, 1800), FlexTier(0.25, 3 * 3600)), lend_value_usd_per_mwh=200.0,
 )  # fmt: skip
 POLICY = Policy(pools=(POOL,))
@@ -110,6 +110,15 @@ CASES = [
          Signals(price=CHEAP, gpu_demand=(demand(8, queue_time_s=5.0),)), serving=6, lent=4,
          paused=0, memory={"pool_serving": {"llm": 5}},
          reason_has=("queue time 5.00 s above its 2 s target: growing to 6",)),
+    Case("a pool held to a time to first token grows on it, not on queue time",
+         Signals(price=CHEAP, gpu_demand=(replace(demand(8, queue_time_s=0.1), ttft_s=3.0),)),
+         serving=6, lent=4, paused=0, memory={"pool_serving": {"llm": 5}},
+         policy=replace(POLICY, pools=(replace(POOL, service_level="ttft"),)),
+         reason_has=("time to first token 3.00 s above its 2 s target: growing to 6",)),
+    Case("and a queue time over its target does not move it",
+         Signals(price=CHEAP, gpu_demand=(demand(8, queue_time_s=9.0),)),
+         serving=4, lent=6, paused=0, memory={"pool_serving": {"llm": 5}},
+         policy=replace(POLICY, pools=(replace(POOL, service_level="ttft"),))),
     Case("a falling demand shrinks the pool by at most 1 % (one server here) a decision",
          Signals(price=CHEAP, gpu_demand=(demand(4),)), serving=8, lent=2, paused=0,
          memory={"pool_serving": {"llm": 9}}, reason_has=("shrinking from 9",)),

@@ -10,6 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 
+from agent.app.runner import decision_message
 from agent.app.status_page import status_view
 from agent.cli import main as gridflex
 from agent.config import parse_config
@@ -127,6 +128,10 @@ def test_the_service_sizes_a_pool_from_its_demand_and_lends_the_rest(
             telemetry = TelemetryMessage.model_construct(at=utc_now())
             (shown,) = status_view(run.service, telemetry, None)["gpu_demand"]
             assert (shown["decided"]["serving"], shown["decided"]["lent"]) == (3, 5)
+            report = run.service.shell.last
+            assert report is not None
+            (published,) = decision_message(report, None).pools  # <prefix>/decision's pools
+            assert (published.pool, published.serving, published.lent) == ("chat", 3, 5)
             burst = page.replace("} 7.0", "} 300.0")
             metrics.pages.update({"/a/metrics": burst, "/b/metrics": burst})
             for _ in range(50):
@@ -156,3 +161,8 @@ def test_check_config_names_a_pool_engine_on_a_class_that_is_not_protected(
     result = CliRunner().invoke(gridflex, ["check-config", str(site_file)])
     assert result.exit_code == 2, result.output
     assert "names no load class" in result.output
+    site_file.write_text(text.replace("queue_time_target_s: 2", "queue_time_target_s: 2, "
+                                      "ttft_target_s: 1"))  # fmt: skip
+    result = CliRunner().invoke(gridflex, ["check-config", str(site_file)])
+    assert result.exit_code == 2, result.output
+    assert "queue_time_target_s or ttft_target_s" in result.output

@@ -221,7 +221,7 @@ def test_the_engine_s_pool_decision_reaches_ray_serve(ray_head: RayHead) -> None
     servers = [DeviceSpec(f"g{i}", "gpu", DeviceKind.GPU, 1.2, 0.5, ControlMode.POWER_LIMIT)
                for i in range(4)]  # fmt: skip
     fleet = Fleet.build(classes, servers)
-    pool_spec = InferencePool("chat", "gpu", requests_per_server=10, queue_time_target_s=2,
+    pool_spec = InferencePool("chat", "gpu", requests_per_server=10, service_level_s=2,
                               headroom_fraction=0, shrink_fraction=1.0,
                               lend_value_usd_per_mwh=500)  # fmt: skip
     policy = Policy(pools=(pool_spec,))

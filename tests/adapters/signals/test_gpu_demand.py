@@ -113,3 +113,27 @@ def test_gridflex_gpu_demand_prints_a_json_line_per_scrape(metrics: MetricsServe
     down = CliRunner().invoke(gridflex, ["gpu-demand", "--server", "vllm", url])
     assert down.exit_code == 1
     assert "no endpoint answered with the series of a vllm" in down.output
+
+
+def test_vllm_time_to_first_token_is_the_mean_over_the_scrape_interval(
+    metrics: MetricsServer,
+) -> None:
+    page = (PAGES / "vllm.txt").read_text()
+    metrics.pages["/metrics"] = page
+    scraper = DemandScraper(PoolSettings("chat", "vllm", (metrics.url("/metrics"),)))
+
+    async def main() -> None:
+        first = await scraper.scrape()
+        assert first is not None
+        assert first.ttft_s is None  # one scrape is no window
+        # 50 more first tokens, 40 s more waiting for them between the scrapes: 0.8 s each
+        labels = '{engine="0",model_name="meta-llama/Llama-3.1-70B-Instruct"}'
+        metrics.pages["/metrics"] = page.replace(
+            f"_sum{labels} 1234.5", f"_sum{labels} 1274.5"
+        ).replace(f"_count{labels} 9950.0", f"_count{labels} 10000.0")
+        second = await scraper.scrape()
+        assert second is not None
+        assert second.ttft_s == pytest.approx(40.0 / 50)
+        assert second.queue_time_s is None
+
+    asyncio.run(main())
