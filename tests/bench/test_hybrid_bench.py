@@ -16,8 +16,9 @@ def test_the_bench_runs_on_trace_files_and_prints_its_figures(tmp_path: Path) ->
     rng = np.random.default_rng(5)
     arrivals = np.sort(rng.uniform(0, 86_400, 20_000))
     inference = tmp_path / "inference.csv"
-    inference.write_text("arrival_s,gpu_s\n" + "".join(
-        f"{a:.3f},{w:.2f}\n" for a, w in zip(arrivals, rng.exponential(30, 20_000), strict=True)))  # fmt: skip
+    work = rng.exponential(30, 20_000)
+    rows = "".join(f"{a:.3f},{w:.2f}\n" for a, w in zip(arrivals, work, strict=True))
+    inference.write_text("arrival_s,gpu_s\n" + rows)
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("arrival_s,gpus,gpu_hours\n0,8,16\n3600,2,1\n7200,16,4\n")
     done = subprocess.run(
