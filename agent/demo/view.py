@@ -203,7 +203,7 @@ def print_summary(console: Console, summary: DemoSummary, service: Service, day:
     table.add_row("slowest cycle", f"{summary.max_cycle_s * 1000:.0f} ms")
     limit = service.config.site.import_limit_kw
     peak = f"{summary.peak_site_kw:,.0f} kW" + ("" if limit is None else f" / {limit:,.0f} kW")
-    table.add_row("peak site load, measured / import limit", peak)
+    table.add_row("peak measured load / import limit", peak)
     table.add_row("MQTT", summary.mqtt)
     for ack in summary.acks:
         achieved = "" if ack.achieved_kw is None else f", achieved {ack.achieved_kw:,.0f} kW"
