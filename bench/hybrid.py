@@ -58,7 +58,9 @@ from agent.domain.signals import (  # noqa: E402
 from agent.policy import Memory, decide  # noqa: E402
 from bench.hybrid_model import (  # noqa: E402
     InferenceQueue,
+    InferenceTrace,
     JobCluster,
+    JobsTrace,
     generate_inference,
     generate_jobs,
     read_inference,
@@ -163,8 +165,8 @@ class World:
     price_at_s: np.ndarray
     price_usd: np.ndarray
     windows: list[tuple[float, float]]
-    inference: object
-    jobs: object
+    inference: InferenceTrace
+    jobs: JobsTrace
 
     def price(self, t_s: float) -> tuple[float, int]:
         i = int(np.searchsorted(self.price_at_s, t_s, side="right")) - 1
@@ -177,8 +179,8 @@ class World:
         return None
 
 
-def _account(world: World, result: Result, *, t0: float, price: float, asic_kw: float,
-             gpu_kw: float, limit_kw: float | None) -> float:  # fmt: skip
+def _account(world: World, result: Result, *, price: float, asic_kw: float, gpu_kw: float,
+             limit_kw: float | None) -> float:  # fmt: skip
     hours = STEP_S / 3600.0
     site_kw = world.site.controls_kw + asic_kw + gpu_kw
     result.energy_cost_usd += site_kw / 1000.0 * hours * price
@@ -186,14 +188,13 @@ def _account(world: World, result: Result, *, t0: float, price: float, asic_kw: 
     if limit_kw is not None:
         result.dispatch_steps += 1
         result.dispatch_met += int(site_kw <= limit_kw + 1e-6)
-    del t0
     return site_kw
 
 
 def run_gridflex(world: World) -> tuple[Result, float]:
     site = world.site
     fleet, policy = build_fleet(site), gridflex_policy(site)
-    queue, jobs = InferenceQueue(world.inference), JobCluster(world.jobs)  # type: ignore[arg-type]
+    queue, jobs = InferenceQueue(world.inference), JobCluster(world.jobs)
     memory = Memory.initial(fleet)
     gpu0 = fleet.index_of["gpu-0000"]
     result, flex_at = Result(), []
@@ -230,8 +231,9 @@ def run_gridflex(world: World) -> tuple[Result, float]:
         asic_kw = float(decision.setpoint_kw[: site.racks].sum())
         gpu_kw = (running * fraction * site.gpu_kw + used * site.gpu_kw
                   + (site.gpus - running - used) * site.gpu_idle_kw)  # fmt: skip
-        site_kw = _account(world, result, t0=t0, price=price, asic_kw=asic_kw, gpu_kw=gpu_kw,
-                           limit_kw=limit_kw)  # fmt: skip
+        site_kw = _account(
+            world, result, price=price, asic_kw=asic_kw, gpu_kw=gpu_kw, limit_kw=limit_kw
+        )
         flex_at.append(pool.capped > 0 and pool.within_flex)
     _finish(world, result, queue, jobs, np.array(flex_at))
     return result, decide_s
@@ -240,8 +242,8 @@ def run_gridflex(world: World) -> tuple[Result, float]:
 def run_static(world: World, serving: int, gpu_fraction: float, *, jobs_too: bool = True
                ) -> Result:  # fmt: skip
     site = world.site
-    queue = InferenceQueue(world.inference)  # type: ignore[arg-type]
-    jobs = JobCluster(world.jobs) if jobs_too else None  # type: ignore[arg-type]
+    queue = InferenceQueue(world.inference)
+    jobs = JobCluster(world.jobs) if jobs_too else None
     result = Result()
     gpu_reserved_kw = site.gpus * site.gpu_kw * gpu_fraction
     run_speed = speed(gpu_fraction)
@@ -258,8 +260,14 @@ def run_static(world: World, serving: int, gpu_fraction: float, *, jobs_too: boo
         used = 0 if jobs is None else jobs.step(t0, t1, site.gpus - serving, run_speed)
         gpu_kw = ((running + used) * gpu_fraction * site.gpu_kw
                   + (site.gpus - running - used) * site.gpu_idle_kw)  # fmt: skip
-        _account(world, result, t0=t0, price=price, asic_kw=racks * site.rack_kw,
-                 gpu_kw=gpu_kw, limit_kw=limit_kw)  # fmt: skip
+        _account(
+            world,
+            result,
+            price=price,
+            asic_kw=racks * site.rack_kw,
+            gpu_kw=gpu_kw,
+            limit_kw=limit_kw,
+        )
     flex = np.zeros(int(world.span_s / STEP_S), dtype=np.bool_)
     _finish(world, result, queue, jobs, flex)
     return result
@@ -267,7 +275,7 @@ def run_static(world: World, serving: int, gpu_fraction: float, *, jobs_too: boo
 
 def _finish(world: World, result: Result, queue: InferenceQueue, jobs: JobCluster | None,
             flex_at: np.ndarray) -> None:  # fmt: skip
-    arrival = world.inference.arrival_s  # type: ignore[attr-defined]
+    arrival = world.inference.arrival_s
     waits = queue.wait_s
     # a request still waiting at the end has waited until the end
     waits = np.where(np.isnan(waits), world.span_s - arrival, waits)

@@ -124,10 +124,8 @@ def decision_message(report: CycleReport, previous_kw: np.ndarray | None) -> Dec
         groups=groups,
         changed_devices=len(changed_idx),
         changed=changed,
-        pools=[PoolOut(pool=p.pool, needed=p.needed, serving=p.serving, lent=p.lent,
-                       paused=p.paused, capped=p.capped, give_up_kw=round(p.give_up_kw, 3),
-                       within_flex=p.within_flex, reason=p.reason) for p in d.pools],
-    )  # fmt: skip
+        pools=[PoolOut.of(p) for p in d.pools],
+    )
 
 
 class Runner:

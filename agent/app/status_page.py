@@ -27,7 +27,7 @@ import numpy as np
 
 from agent.app.assembly import Service, ack_of
 from agent.service.devices import id_ranges
-from agent.service.messages import DecisionMessage, TelemetryMessage
+from agent.service.messages import DecisionMessage, PoolOut, TelemetryMessage
 
 __all__ = ["MAX_DEVICES_LISTED", "StatusPage", "status_view"]
 
@@ -106,12 +106,7 @@ def _gpu_demand(service: Service, now: datetime) -> list[dict[str, Any]]:
                 "endpoints_up": demand.endpoints_up, "at": _iso(demand.observed_at_utc),
                 "stale": demand.is_stale(now, pool.stale_after_s),
             },
-            "decided": None if status is None else {
-                "needed": status.needed, "serving": status.serving, "lent": status.lent,
-                "paused": status.paused, "capped": status.capped,
-                "give_up_kw": status.give_up_kw, "within_flex": status.within_flex,
-                "reason": status.reason,
-            },
+            "decided": None if status is None else PoolOut.of(status).model_dump(mode="json"),
             "scheduler": None if plan is None else {
                 "serving_workers": plan.serving, "lent_workers": plan.lent,
                 "fault": service.shell.pools.faults.get(name),

@@ -4,18 +4,8 @@ power within a declared flex tier (values, no IO). decide() sizes each pool from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
-__all__ = ["FlexTier", "InferencePool", "PoolRole"]
-
-
-class PoolRole(IntEnum):
-    """What one server of a pool is doing this decision."""
-
-    NONE = 0  # not a pool server
-    SERVING = 1  # serves inference
-    LENT = 2  # lent to flexible work (batch inference, fine-tuning, training)
-    PAUSED = 3  # neither: workers stopped, the server at its idle draw
+__all__ = ["FlexTier", "InferencePool"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +26,8 @@ class InferencePool:
     queue time or time to first token of `service_level_s`), plus `headroom_fraction` for bursts
     between scrapes. A measured value above the target keeps the pool growing; a falling demand
     shrinks it by at most `shrink_fraction` of its servers a decision (a lent server reclaimed
-    costs its job a checkpoint). Servers not needed are lent
-    to flexible work while the price is at or below `lend_value_usd_per_mwh` (None: never
-    lent), else paused."""
+    costs its job a checkpoint). Servers not needed are lent to flexible work while the price is
+    at or below `lend_value_usd_per_mwh` (None: never lent), else paused."""
 
     name: str
     load_class: str

@@ -2,7 +2,8 @@
 
 Each pool (agent.domain.hybrid) is the servers of one protected load class. Its demand, the
 requests running and waiting across its inference servers, sets the servers needed to hold its
-service level; a measured queue time above target keeps it growing. The servers not needed are
+service level; its service level measured above target (queue time or time to first token)
+keeps it growing, and a falling demand shrinks it slowly. The servers not needed are
 lent to flexible work while the price is at or below the work's value, else paused. Rising demand
 reclaims lent servers first: servers serve in a fixed order, so the last lent are the first back.
 A pool whose demand is unknown or stale serves on every server (the service level comes first).
@@ -68,26 +69,23 @@ def _size(
                                  now)  # fmt: skip
     serving, spare = free[:needed], free[needed:]
     plan.describe(serving, Rule.PROTECTED, text)
-    lends = pool.lend_value_usd_per_mwh is not None and price is not None
-    if lends and price is not None and price <= (pool.lend_value_usd_per_mwh or 0.0):
+    value = pool.lend_value_usd_per_mwh
+    if value is not None and price is not None and price <= value:
         lent = spare
-        value = pool.lend_value_usd_per_mwh
         plan.describe(lent, Rule.POOL, f"{text}; not needed: lent to flexible work (price "
                       f"{price:.2f} $/MWh at or below its {value:.2f} value)")  # fmt: skip
     else:
         lent = spare[:0]
         why = (
-            "no flexible work is lent this pool's servers" if pool.lend_value_usd_per_mwh is None
+            "no flexible work is lent this pool's servers" if value is None
             else "price stale: flexible work is not lent servers" if price is None
-            else f"price {price:.2f} $/MWh above the {pool.lend_value_usd_per_mwh:.2f} value of "
-            "flexible work"
+            else f"price {price:.2f} $/MWh above the {value:.2f} value of flexible work"
         )  # fmt: skip
         plan.cap(spare, 0.0, Rule.POOL, f"{text}; not needed: paused ({why})")
     since = memory.pool_capped_since_s.get(pool.name)
     give_up = pool.give_up_allowed(0.0 if since is None else now.timestamp() - since)
     floor: FloatArray = fleet.rated_kw[serving] * (1.0 - give_up)
-    group = PoolGroup(pool.name, class_pos, serving, lent, floor, give_up,
-                      pool.lend_value_usd_per_mwh or 0.0)  # fmt: skip
+    group = PoolGroup(pool.name, class_pos, serving, lent, floor, give_up, value or 0.0)
     return PoolSizing(pool, group, needed, text, load)
 
 

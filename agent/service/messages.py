@@ -6,7 +6,7 @@ fields are rejected so a misspelt `target_kW` cannot be silently ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -16,6 +16,9 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from agent.policy import PoolStatus
 
 __all__ = [
     "ComplianceOut",
@@ -31,6 +34,7 @@ __all__ = [
     "OverrideAck",
     "OverrideMessage",
     "PeakWarningMessage",
+    "PoolOut",
     "SetpointOut",
     "TelemetryMessage",
 ]
@@ -307,6 +311,13 @@ class PoolOut(BaseModel):
     give_up_kw: float = Field(description="serving power given up to a ceiling")
     within_flex: bool = Field(description="what was given up is within the declared flex tier")
     reason: str
+
+    @classmethod
+    def of(cls, status: PoolStatus) -> PoolOut:
+        return cls(pool=status.pool, needed=status.needed, serving=status.serving,
+                   lent=status.lent, paused=status.paused, capped=status.capped,
+                   give_up_kw=round(status.give_up_kw, 3), within_flex=status.within_flex,
+                   reason=status.reason)  # fmt: skip
 
 
 class DecisionMessage(BaseModel):
