@@ -84,7 +84,7 @@ class FakeNvml:
 
     def nvmlDeviceSetPowerManagementLimit(self, handle: int, limit_mw: int) -> None:  # noqa: N802 - NVML names
         if self.refuse_with is not None:
-            raise self.refuse_with(0)
+            raise self.refuse_with()  # as pynvml builds its error classes: no argument
         self.set_calls.append((handle, limit_mw))
         if limit_mw != self.limits_mw[handle]:  # the same cap again changes nothing
             self._before_mw[handle] = self._drawn_cap_mw(handle)
