@@ -1,95 +1,20 @@
-"""Shared real peers for the tests: a Mosquitto broker on a free loopback port."""
+"""Fixtures over the shared real peers (tests/helpers/peers.py): a Mosquitto broker."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-MOSQUITTO = shutil.which("mosquitto") or (
-    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(host: str, port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s} s")
-
-
-@dataclass
-class Broker:
-    """A Mosquitto process of our own; `restart()` keeps its port (clients must reconnect)."""
-
-    host: str
-    port: int
-    config_path: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert MOSQUITTO is not None
-        self.process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.host, self.port)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def restart(self, down_s: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_s)
-        self.start()
-
-
-def _start_broker(tmp_dir: Path) -> Broker:
-    if MOSQUITTO is None:
-        pytest.skip("no mosquitto binary: .ci/run installs it")
-    port = free_port()
-    config = tmp_dir / "mosquitto.conf"
-    data_dir = tmp_dir / "mosquitto-data"
-    data_dir.mkdir(exist_ok=True)
-    # persistence on: a broker restart must keep persistent sessions and queued QoS 1 messages
-    config.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence true\n"
-        f"persistence_location {data_dir}/\n"
-        "autosave_interval 1\n"
-        "max_queued_messages 100000\n"
-    )
-    broker = Broker(host="127.0.0.1", port=port, config_path=config)
-    broker.start()
-    return broker
+from tests.helpers.peers import Broker, start_broker
 
 
 @pytest.fixture(scope="session")
 def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """One broker for the whole session (tests must use unique topics)."""
-    broker = _start_broker(tmp_path_factory.mktemp("broker"))
+    broker = start_broker(tmp_path_factory.mktemp("broker"))
     yield broker
     broker.stop()
 
@@ -97,7 +22,7 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 @pytest.fixture
 def own_mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
     """A broker for one test alone, for tests that restart or stop it."""
-    broker = _start_broker(tmp_path)
+    broker = start_broker(tmp_path)
     yield broker
     broker.stop()
 

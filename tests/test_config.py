@@ -9,12 +9,7 @@ import pytest
 
 from agent.config import ConfigFileError, load_config, parse_config
 from agent.domain.fleet import Priority
-
-EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("deploy", "examples").glob("*.yaml"))
-ENV = {
-    "GRIDFLEX_MQTT_PASSWORD": "s3cret-pw",
-    "GRIDFLEX_DISPATCH_HMAC": "hmac-key-of-at-least-thirty-two-bytes",
-}
+from tests.helpers.config_cases import BROKEN, ENV, EXAMPLES, EXPECTED_PROBLEMS
 
 MINIMAL = """
 site: {id: t}
@@ -74,45 +69,6 @@ def test_a_critical_class_has_no_breakeven() -> None:
     config = parse_config(text)
     assert config.classes["ctl"].priority is Priority.CRITICAL
     assert math.isinf(config.classes["ctl"].breakeven_usd_per_mwh())
-
-
-BROKEN = """\
-site:
-  id: bad site
-  timezone: Mars/Olympus
-classes:
-  s19:
-    priority: interruptable
-    economics: {kind: mining, hashprice_usd_per_ph_day: 0, efficiency_j_per_th: 21}
-  fans: {priority: flexible, follows: nothing}
-devices:
-  - {id: a, kind: miner, class: s19, rated_kw: 3, min_kw: 5}
-  - {id: a, kind: toaster, class: s99, rated_kw: -1, colour: blue}
-  - id: c
-    kind: gpu
-    class: s19
-    rated_kw: 3
-    driver: {type: modbus, host: x, port: 99999, profile: p}
-policy: {stale_posture: panic}
-mqtt: {password: "${NOPE_SECRET}"}
-"""
-
-EXPECTED_PROBLEMS = [
-    (2, "site.id", "should match pattern"),
-    (3, "site.timezone", "unknown time zone 'Mars/Olympus'"),
-    (6, "classes.s19.priority", "must be one of interruptible, flexible, protected, critical"),
-    (7, "classes.s19.economics.hashprice_usd_per_ph_day", "greater than 0"),
-    (8, "classes.fans.follows", "names no load class"),
-    (10, "devices[0].min_kw", "exceeds rated_kw 3"),
-    (11, "devices[1].id", "duplicate of devices[0].id"),
-    (11, "devices[1].kind", "Input should be 'miner'"),
-    (11, "devices[1].class", "unknown class"),
-    (11, "devices[1].rated_kw", "greater than 0"),
-    (11, "devices[1].colour", "unknown key"),
-    (16, "devices[2].driver.port", "less than or equal to 65535"),
-    (17, "policy.stale_posture", "'hold_last', 'curtail_interruptible' or 'run_all'"),
-    (18, "mqtt.password", "environment variable NOPE_SECRET is not set"),
-]
 
 
 def test_a_broken_file_reports_every_problem_at_once_with_line_and_path() -> None:

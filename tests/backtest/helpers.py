@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pandas as pd
 from adapters.signals.canonical_file import load_canonical_prices
 from agent.backtest import Intervals, Trace, intervals_from_prices
 from agent.config import SiteConfig, load_config
+from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 
 ROOT = Path(__file__).resolve().parents[2]
 RT_2024 = ROOT / "agent/data/ercot_rt_spp_15min_hb_hubavg_2024.csv.gz"
@@ -68,3 +72,25 @@ def assert_same_decisions(expected: Trace, actual: Trace) -> None:
         f"reasons differ at {reason_differs[:5]}: "
         f"{expected.class_reason[reason_differs[0]]} vs {actual.class_reason[reason_differs[0]]}"
     )
+
+
+LOAD_MW = 10.0
+GRIDFLEX = str(Path(sys.executable).parent / "gridflex")
+
+
+def one_class(breakeven: float, dwell_s: float = 0.0) -> Fleet:
+    load = LoadClass("load", Priority.INTERRUPTIBLE, breakeven)
+    device = DeviceSpec(
+        "load", "load", DeviceKind.OTHER, LOAD_MW * 1000, 0.0, ControlMode.ON_OFF, dwell_s, dwell_s
+    )
+    return Fleet.build([load], [device])
+
+
+def run_backtest(*args: str | Path, secrets: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(ENV if secrets else {}), "COLUMNS": "120"}
+    if not secrets:
+        env = {k: v for k, v in env.items() if not k.startswith("GRIDFLEX_")}
+    return subprocess.run(
+        [GRIDFLEX, "backtest", *map(str, args)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip

@@ -9,19 +9,8 @@ import pandas as pd
 import pytest
 
 from agent.backtest import Contract, intervals_from_prices, replay, settle
-from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.settings import Policy
-from tests.backtest.helpers import prices_2024, year_2024
-
-LOAD_MW = 10.0
-
-
-def one_class(breakeven: float, dwell_s: float = 0.0) -> Fleet:
-    load = LoadClass("load", Priority.INTERRUPTIBLE, breakeven)
-    device = DeviceSpec(
-        "load", "load", DeviceKind.OTHER, LOAD_MW * 1000, 0.0, ControlMode.ON_OFF, dwell_s, dwell_s
-    )
-    return Fleet.build([load], [device])
+from tests.backtest.helpers import LOAD_MW, one_class, prices_2024, year_2024
 
 
 def _known_before(prices: pd.Series) -> pd.Series:

@@ -5,9 +5,6 @@ the warnings about gaps and duplicates."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +12,7 @@ import pandas as pd
 import pytest
 
 from adapters.signals.canonical_file import write_canonical_prices
-from tests.backtest.helpers import ENV, RT_2024, prices_2024
-
-GRIDFLEX = str(Path(sys.executable).parent / "gridflex")
-
-
-def _run(*args: str | Path, secrets: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **(ENV if secrets else {}), "COLUMNS": "120"}
-    if not secrets:
-        env = {k: v for k, v in env.items() if not k.startswith("GRIDFLEX_")}
-    return subprocess.run(
-        [GRIDFLEX, "backtest", *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
+from tests.backtest.helpers import RT_2024, prices_2024, run_backtest
 
 
 def _system_load(path: Path) -> dict[str, pd.Timestamp]:
@@ -66,7 +51,7 @@ def test_what_if_year_with_contract_capacity_dispatch_and_4cp(tmp_path: Path) ->
     load = tmp_path / "load.csv"
     peaks = _system_load(load)
     out = tmp_path / "out"
-    done = _run(
+    done = run_backtest(
         "--prices", RT_2024, "--load-mw", "10", "--breakeven", "60", "--out", out,
         "--dispatch", dispatch, "--contract-mw", "10", "--contract-price", "40",
         "--capacity-prices", capacity, "--capacity-mw", "4",
@@ -125,7 +110,9 @@ def test_gaps_and_duplicates_are_warned_about_and_dst_days_count_right(tmp_path:
     path = tmp_path / "week.csv"
     write_canonical_prices(gapped, path)
     out = tmp_path / "out"
-    done = _run("--prices", path, "--load-mw", "5", "--breakeven", "30", "--out", out, "--no-plot")
+    done = run_backtest(
+        "--prices", path, "--load-mw", "5", "--breakeven", "30", "--out", out, "--no-plot"
+    )
     assert done.returncode == 0, done.stderr
     assert "1 duplicate interval(s) dropped" in done.stderr
     assert "4 interval(s) missing in 1 gap(s)" in done.stderr
@@ -149,7 +136,7 @@ def test_site_file_with_bad_dispatch_rows_reports_each(tmp_path: Path) -> None:
         "a,curtail,100,2024-01-01T00:00:00Z,,x\n"
         "b,limit,100,2024-01-01T00:00:00,,x\n"
     )
-    done = _run("--config", Path(__file__).parents[2] / "deploy/examples/small-site.yaml",
+    done = run_backtest("--config", Path(__file__).parents[2] / "deploy/examples/small-site.yaml",
                 "--prices", RT_2024, "--dispatch", dispatch, "--out", tmp_path / "out")  # fmt: skip
     assert done.returncode == 2
     assert "events.csv:2: kind 'curtail' is not limit or shed" in done.stderr
@@ -169,7 +156,9 @@ def test_a_price_that_is_no_number_is_refused_with_its_line(tmp_path: Path, bad:
     lines[8] = ",".join(row)
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    done = _run("--prices", path, "--load-mw", "5", "--breakeven", "30", "--out", out, "--no-plot")
+    done = run_backtest(
+        "--prices", path, "--load-mw", "5", "--breakeven", "30", "--out", out, "--no-plot"
+    )
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert "line 9" in done.stderr
@@ -184,7 +173,9 @@ def test_a_site_file_backtest_needs_no_secrets_and_its_tables_survive_a_pipe(
     the tables are plain ASCII, every column of every month whole, the labels in words."""
     out = tmp_path / "out"
     site = Path(__file__).parents[2] / "deploy/examples/west-50mw.yaml"
-    done = _run("--config", site, "--prices", RT_2024, "--out", out, "--no-plot", secrets=False)
+    done = run_backtest(
+        "--config", site, "--prices", RT_2024, "--out", out, "--no-plot", secrets=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.isascii(), "box-drawing or ellipsis characters in piped output"
     for label in ("energy cost running everything", "net benefit of flexibility"):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from agent.backtest import replay, settle
 from agent.domain.settings import Policy
-from tests.backtest.helpers import year_2024
-from tests.backtest.test_closed_form import one_class
+from tests.backtest.helpers import one_class, year_2024
 
 BREAKEVEN = 60.0
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tests.backtest.helpers import RT_2024
-from tests.backtest.test_command import _run
+from tests.backtest.helpers import RT_2024, run_backtest
 
 SITE = """
 site: {id: hybrid-trial, import_limit_kw: 400}
@@ -49,7 +48,7 @@ def test_a_pool_follows_its_demand_trace_and_the_year_is_weighed(tmp_path: Path)
     site = tmp_path / "site.yaml"
     site.write_text(SITE)
     trace = _trace(tmp_path / "demand.csv")
-    result = _run("--config", site, "--prices", RT_2024, "--start", START, "--end", END,
+    result = run_backtest("--config", site, "--prices", RT_2024, "--start", START, "--end", END,
                   "--demand-trace", tmp_path / "demand.csv", "--out", tmp_path / "out",
                   "--no-plot")  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -85,7 +84,7 @@ def test_a_demand_trace_naming_an_unknown_pool_is_refused(tmp_path: Path) -> Non
     site.write_text(SITE)
     frame = _trace(tmp_path / "demand.csv")
     frame.assign(pool="batch").to_csv(tmp_path / "demand.csv", index=False)
-    result = _run("--config", site, "--prices", RT_2024, "--start", START, "--end", END,
+    result = run_backtest("--config", site, "--prices", RT_2024, "--start", START, "--end", END,
                   "--demand-trace", tmp_path / "demand.csv", "--out", tmp_path / "out")  # fmt: skip
     assert result.returncode == 2
     assert "pool(s) batch are not in the site file (it has chat)" in result.stderr

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.service.store import Store
-from tests.commands.test_check_config import gridflex
+from tests.helpers.cli import gridflex
 
 
 def test_audit_pages_through_every_row_and_says_when_more_follow(tmp_path: Path) -> None:

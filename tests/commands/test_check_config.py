@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.test_config import BROKEN, ENV, EXAMPLES, EXPECTED_PROBLEMS
-
-GRIDFLEX = shutil.which("gridflex", path=str(Path(sys.executable).parent))
-
-
-def gridflex(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    assert GRIDFLEX is not None, "the gridflex console script is not installed in this venv"
-    return subprocess.run(
-        [GRIDFLEX, *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=60,
-        check=False,
-    )
+from tests.helpers.cli import gridflex
+from tests.helpers.config_cases import BROKEN, ENV, EXAMPLES, EXPECTED_PROBLEMS
+from tests.helpers.peers import free_port
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

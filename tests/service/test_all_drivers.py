@@ -30,7 +30,7 @@ from agent.cli import main as cli_main
 from agent.config import SiteConfig, parse_config
 from agent.service.messages import DispatchAck
 from tests.adapters.devices.peers import FakeNvml, echoing_device
-from tests.conftest import Broker, free_port
+from tests.helpers.peers import Broker, free_port
 from tests.service.site import FakeClock
 
 SITE = """

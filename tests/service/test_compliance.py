@@ -14,9 +14,9 @@ import pytest
 from adapters.sim.modbus_server import SimModbusSite
 from agent.app.assembly import MemoryOutbox, assemble
 from agent.app.simsite import endpoints_for
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
+from tests.helpers.shell import acks, dispatch, price
 from tests.service.site import FakeClock, site_config
-from tests.service.test_shell import acks, dispatch, price
 
 MINUTES = 30
 

@@ -16,7 +16,7 @@ from adapters.transport.mqtt_session import MqttSession, MqttSettings
 from agent.cli import main
 from agent.demo.run import DemoMqtt, DemoOptions, DemoSummary, run_demo
 from agent.service.messages import DecisionMessage, DispatchAck, TelemetryMessage
-from tests.conftest import Broker, free_port
+from tests.helpers.peers import Broker, free_port
 
 
 def test_demo_slice_dispatch_is_verified_and_the_live_view_renders() -> None:

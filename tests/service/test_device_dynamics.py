@@ -23,9 +23,9 @@ from agent.app.commands.node import NodeLink, run_node
 from agent.app.simsite import endpoints_for
 from agent.config import parse_config
 from tests.adapters.devices.peers import FakeNvml, echoing_device
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
+from tests.helpers.shell import acks, dispatch, price
 from tests.service.site import FakeClock, site_config
-from tests.service.test_shell import acks, dispatch, price
 
 OUTLET_KW = 3.25
 

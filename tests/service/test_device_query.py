@@ -15,9 +15,9 @@ from agent.app.assembly import assemble
 from agent.app.mqtt_link import MqttLink
 from agent.app.runner import listen
 from agent.app.simsite import endpoints_for
-from tests.conftest import Broker, free_port
+from tests.helpers.peers import Broker, free_port
+from tests.helpers.shell import price
 from tests.service.site import FakeClock, site_config
-from tests.service.test_shell import price
 
 
 def test_a_device_setpoint_is_answered_with_its_rule_reason_reading_and_state(

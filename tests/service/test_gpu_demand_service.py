@@ -16,20 +16,11 @@ from agent.cli import main as gridflex
 from agent.config import parse_config
 from agent.service.messages import TelemetryMessage
 from tests.adapters.signals.metrics_http import PAGES, MetricsServer
-from tests.service.test_openadr_service import service_running, utc_now
-
-SITE = """
-site: {{id: gpu-demand}}
-classes:
-  miners: {{priority: interruptible, economics: {{kind: fixed, value_usd_per_mwh: 90}}}}
-devices:
-  - {{id: miner, kind: miner, class: miners, count: 2, rated_kw: 3.25, driver: {{type: simulated}}}}
-prices: {{source: none}}
-service: {{cycle_s: 0.2, database: "{db}", metrics_port: null}}
-gpu_demand:
-  pools:
-    chat: {{server: vllm, endpoints: ["{a}", "{b}"], scrape_every_s: 1, stale_after_s: 5}}
-"""
+from tests.helpers.hybrid_site import (
+    HYBRID,
+    SITE,
+)
+from tests.helpers.openadr_service import service_running, utc_now
 
 
 def test_the_service_shows_each_pools_demand(tmp_path: Path, metrics: MetricsServer) -> None:
@@ -77,25 +68,6 @@ def test_check_config_names_every_bad_gpu_demand_field(tmp_path: Path) -> None:
                   "gpu_demand.pools.chat.scrape_every_s"):  # fmt: skip
         assert field in result.output, result.output
     assert "must be an http:// or https:// URL" in result.output
-
-
-HYBRID = (
-    SITE.replace(
-        "  - {{id: miner,",
-        "  - {{id: gpu, kind: gpu, class: gpu, count: 8, rated_kw: 1.2, min_kw: 0.4,\n"
-        "      idle_kw: 0.1, control: power_limit, driver: {{type: simulated}}}}\n  - {{id: miner,",
-    )
-    .replace(
-        "classes:\n",
-        "classes:\n  gpu: {{priority: protected}}\n",
-    )
-    .replace(
-        "stale_after_s: 5}}",
-        "stale_after_s: 5,\n"
-        "           engine: {{load_class: gpu, requests_per_server: 40, queue_time_target_s: 2,\n"
-        "                    lend_value_usd_per_mwh: 100}}}}",
-    )
-)
 
 
 def test_the_service_sizes_a_pool_from_its_demand_and_lends_the_rest(

@@ -25,7 +25,7 @@ from agent.domain.signals import EmergencyLevel
 from agent.policy import Rule
 from agent.service.intake import sign
 from agent.service.messages import GridAck, TelemetryMessage
-from tests.conftest import Broker, free_port
+from tests.helpers.peers import Broker, free_port
 from tests.service.site import FakeClock
 
 # T0 (tests.service.site) is 2024-05-08 17:00 UTC = 12:00 CDT: inside the 4CP window below.

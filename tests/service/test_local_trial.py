@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import Broker
-from tests.service.test_e2e_mqtt import GRIDFLEX, Watcher, ack, now_iso
+from tests.helpers.mqtt_watch import GRIDFLEX, Watcher, ack, now_iso
+from tests.helpers.peers import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,9 @@ from adapters.sim.modbus_server import SimModbusSite
 from agent.app.assembly import assemble
 from agent.app.simsite import endpoints_for
 from agent.cli import main as cli_main
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
+from tests.helpers.shell import price
 from tests.service.site import FakeClock, site_config
-from tests.service.test_shell import price
 
 
 def test_a_lost_endpoint_is_one_line_with_a_count_and_audited_per_device(

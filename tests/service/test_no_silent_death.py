@@ -18,9 +18,9 @@ from adapters.transport.mqtt_session import MqttSession, MqttSettings
 from agent.app.assembly import assemble
 from agent.app.simsite import endpoints_for
 from agent.config import parse_config
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
+from tests.helpers.shell import price
 from tests.service.site import FakeClock, site_config
-from tests.service.test_shell import price
 
 
 async def _short_modbus_server(port: int) -> asyncio.Server:

@@ -11,8 +11,7 @@ import pytest
 from adapters.sim.modbus_server import SimModbusSite
 from agent.app.simsite import endpoints_for
 from tests.adapters.signals.openadr_rig import Vtn, wait_until
-from tests.conftest import free_port
-from tests.service.test_openadr_service import (
+from tests.helpers.openadr_service import (
     LEVEL_2_CEILING_KW,
     LEVEL_3_CEILING_KW,
     TOLERANCE,
@@ -21,6 +20,7 @@ from tests.service.test_openadr_service import (
     enrolled,
     service_running,
 )
+from tests.helpers.peers import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 

@@ -16,9 +16,9 @@ from agent.app.assembly import assemble
 from agent.app.mqtt_link import MqttLink
 from agent.app.simsite import endpoints_for
 from agent.service.outbox import PersistedOutbox
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
+from tests.helpers.shell import dispatch, price
 from tests.service.site import FakeClock, site_config
-from tests.service.test_shell import dispatch, price
 
 
 def test_an_ack_committed_while_the_broker_is_down_is_published_after_a_restart(

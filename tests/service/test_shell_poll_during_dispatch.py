@@ -17,9 +17,9 @@ from adapters.sim.modbus_server import SimModbusSite
 from agent.app.assembly import assemble
 from agent.app.simsite import endpoints_for
 from agent.service.cycle import ShellSettings
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
+from tests.helpers.shell import dispatch, site_power_kw
 from tests.service.site import FakeClock, site_config
-from tests.service.test_shell import dispatch, site_power_kw
 
 
 def test_a_poll_overlapping_a_shed_marks_no_outlet_down_and_yields_to_it(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ from pymodbus.constants import ExcCodes
 from adapters.sim.modbus_server import SimEndpoint, SimModbusSite
 from agent.app.assembly import assemble
 from agent.app.simsite import endpoints_for
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
+from tests.helpers.shell import price
 from tests.service.site import FakeClock, site_config
-from tests.service.test_shell import price
 
 PDU_HOSTS = ("127.0.4.1", "127.0.4.2")
 

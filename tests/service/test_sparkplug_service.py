@@ -17,8 +17,8 @@ import yaml
 
 from agent.app.sparkplug_metrics import CLASS_METRICS, NODE_METRICS
 from tests.adapters.scada.sparkplug_host import BOOLEAN, DOUBLE, STRING, Host, Received, check_seq
-from tests.conftest import Broker
-from tests.service.test_e2e_mqtt import GRIDFLEX, Watcher
+from tests.helpers.mqtt_watch import GRIDFLEX, Watcher
+from tests.helpers.peers import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, EDGE, HOST_ID = "texas", "trial", "ignition"

@@ -16,8 +16,8 @@ from adapters.transport.mqtt_session import MqttSession, MqttSettings
 from agent.app.assembly import MemoryOutbox, assemble
 from agent.config import parse_config
 from tests.adapters.devices.peers import echoing_device
+from tests.helpers.shell import acks, dispatch, price
 from tests.service.site import FakeClock
-from tests.service.test_shell import acks, dispatch, price
 
 SITE = """
 site: {{id: spoof-{tag}, import_limit_kw: 60}}

@@ -14,10 +14,10 @@ from agent.config import SiteConfig, parse_config
 from agent.domain.settings import StalePosture
 from agent.domain.signals import GpuDemand, Obligation, ObligationKind
 from agent.service.messages import OverrideAck
-from tests.conftest import free_port
+from tests.helpers.hybrid_site import HYBRID
+from tests.helpers.peers import free_port
+from tests.helpers.shell import price
 from tests.service.site import FakeClock, site_config
-from tests.service.test_gpu_demand_service import HYBRID
-from tests.service.test_shell import price
 
 
 def _curtailing(config: SiteConfig) -> SiteConfig:

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from agent.app.status_page import StatusPage
-from tests.conftest import Broker, free_port
-from tests.service.test_e2e_mqtt import GRIDFLEX, Watcher, ack, now_iso
+from tests.helpers.mqtt_watch import GRIDFLEX, Watcher, ack, now_iso
+from tests.helpers.peers import Broker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

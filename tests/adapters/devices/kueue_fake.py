@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 __all__ = ["FakeKube", "fake_kube"]
 

@@ -18,9 +18,9 @@ from agent.domain.signals import Obligation, ObligationKind
 from agent.errors import DeviceRejectedError, DeviceTimeoutError, DeviceUnavailableError
 from agent.ports import DeviceCommand
 from tests.adapters.devices.braiins_fake import SAVE_AND_APPLY, FakeBraiinsMiner
-from tests.conftest import free_port
+from tests.helpers.openadr_service import service_running, utc_now
+from tests.helpers.peers import free_port
 from tests.protoc_check import assert_generated_from
-from tests.service.test_openadr_service import service_running, utc_now
 
 OFF = DeviceCommand("m", on=False, kw=0.0, percent=0.0)
 CAPPED = DeviceCommand("m", on=True, kw=2.0, percent=61.5)

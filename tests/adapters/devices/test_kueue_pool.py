@@ -20,8 +20,8 @@ from agent.errors import DeviceRejectedError, DeviceUnavailableError
 from agent.policy import Memory, decide
 from agent.ports import PoolPlan
 from tests.adapters.devices.kueue_fake import FakeKube, fake_kube
-from tests.conftest import free_port
-from tests.service.test_gpu_demand_service import HYBRID
+from tests.helpers.hybrid_site import HYBRID
+from tests.helpers.peers import free_port
 
 
 def pool(kube_url: str, **settings: object) -> KueuePool:

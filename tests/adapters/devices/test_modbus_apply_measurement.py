@@ -9,7 +9,7 @@ from adapters.sim.modbus_server import SimModbusSite, pdu_site
 from adapters.transport.modbus_pool import ModbusPool
 from agent.config.drivers import ModbusDriverConfig
 from agent.ports import DeviceCommand
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 OFF = DeviceCommand("x", on=False, kw=0.0, percent=0.0)
 ON = DeviceCommand("x", on=True, kw=3.25, percent=100.0)

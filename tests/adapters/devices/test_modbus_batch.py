@@ -15,7 +15,7 @@ from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
 from agent.config.drivers import ModbusDriverConfig
 from agent.errors import DeviceRejectedError
 from agent.ports import DeviceCommand
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 PROFILE = load_profile("rack_pdu_switched")
 

@@ -38,7 +38,7 @@ from agent.errors import DeviceRejectedError, DeviceUnavailableError
 from agent.policy import Decision, Memory, decide
 from agent.ports import PoolPlan, PoolState
 from agent.service.pools import PoolSchedulers, ScheduledPool
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))  # the venv's (ray[serve] is a dev dependency)
 # a Ray head takes seconds to start and each rescale a few more: in `make test-slow` (.ci/run)

@@ -24,7 +24,7 @@ from tests.adapters.devices.vendor_sims import (
     NetioPdu,
     serve,
 )
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 # profiles whose layout no vendor publishes: they must say so in `vendor`
 GENERIC = {"rack_pdu_switched": "generic", "load_controller_percent": "Generic"}

@@ -25,7 +25,7 @@ from tests.adapters.scada.sparkplug_host import (
     Payload,
     check_seq,
 )
-from tests.conftest import Broker
+from tests.helpers.peers import Broker
 from tests.protoc_check import assert_generated_from
 
 GROUP, EDGE = "plant", "edge-1"

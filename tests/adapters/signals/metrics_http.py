@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 __all__ = ["PAGES", "MetricsServer", "metrics_server"]
 

@@ -24,7 +24,7 @@ from tests.adapters.signals.fake_ercot import (
     api_rows,
     serve,
 )
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 DAYS = (date(2024, 11, 2), date(2024, 11, 4))
 GOOD = ErcotApiCredentials(USERNAME, PASSWORD, SUBSCRIPTION_KEY)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from adapters.signals.gpu_demand import DemandScraper, PoolSettings
 from agent.cli import main as gridflex
 from tests.adapters.signals.metrics_http import PAGES, MetricsServer
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 
 def triton(success: tuple[int, int], queue_us: tuple[int, int]) -> str:

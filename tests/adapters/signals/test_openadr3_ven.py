@@ -15,7 +15,7 @@ from agent.config.openadr3 import OpenAdr3Config
 from agent.domain.signals import Obligation, ObligationCancel, ObligationKind
 from tests.adapters.signals.openadr3_vtn import Vtn3
 from tests.adapters.signals.openadr_rig import SimSite, running_with, wait_until
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 FULL_KW = 250.0
 PROGRAM = "ERCOT-ERS-30"

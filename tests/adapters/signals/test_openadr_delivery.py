@@ -21,8 +21,8 @@ from tests.adapters.signals.openadr_rig import (
     vtn_received,
     wait_until,
 )
-from tests.adapters.signals.test_openadr_ven import LEVEL_2_CEILING_KW, running, ven_config
-from tests.conftest import free_port
+from tests.helpers.openadr_ven import LEVEL_2_CEILING_KW, running, ven_config
+from tests.helpers.peers import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 

@@ -13,8 +13,8 @@ from adapters.signals.openadr_priority import govern
 from adapters.signals.openadr_ven import OpenAdrVen
 from agent.domain.signals import ObligationKind
 from tests.adapters.signals.openadr_rig import SimSite, Vtn, wait_until
-from tests.adapters.signals.test_openadr_ven import FULL_KW, running, ven_config
-from tests.conftest import free_port
+from tests.helpers.openadr_ven import FULL_KW, running, ven_config
+from tests.helpers.peers import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 

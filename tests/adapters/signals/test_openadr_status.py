@@ -19,13 +19,13 @@ from tests.adapters.signals.openadr_rig import (
     vtn_received,
     wait_until,
 )
-from tests.adapters.signals.test_openadr_ven import (
+from tests.helpers.openadr_ven import (
     FULL_KW,
     LEVEL_2_CEILING_KW,
     running,
     ven_config,
 )
-from tests.conftest import free_port
+from tests.helpers.peers import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
@@ -129,7 +129,7 @@ def test_the_running_service_reports_an_engineers_override_in_its_status(tmp_pat
     from adapters.sim.modbus_server import SimModbusSite
     from agent.app.simsite import endpoints_for
     from agent.domain.signals import Override, OverrideAction
-    from tests.service.test_openadr_service import VEN_ID, enrolled, service_running, utc_now
+    from tests.helpers.openadr_service import VEN_ID, enrolled, service_running, utc_now
 
     async def main(received: list[str]) -> None:
         vtn = Vtn(port=free_port(), queued={})

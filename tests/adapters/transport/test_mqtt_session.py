@@ -21,7 +21,7 @@ from adapters.transport.mqtt_session import (
     TlsFiles,
 )
 from tests.adapters.signals.openadr_rig import Pki
-from tests.conftest import MOSQUITTO, Broker, free_port
+from tests.helpers.peers import MOSQUITTO, Broker, free_port
 
 
 @pytest.fixture
