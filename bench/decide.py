@@ -6,6 +6,7 @@ with the price (the least any per-device decision must do), to show what vectori
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -28,6 +29,7 @@ from agent.policy import Memory, Rule, decide
 
 DEVICES = 100_000
 ROUNDS = 21
+QUICK_DEVICES, QUICK_ROUNDS = 2_000, 3  # --quick: the same path, small (make test)
 
 
 def build_fleet(n: int) -> Fleet:
@@ -65,14 +67,18 @@ def rules_used(rule: np.ndarray) -> dict[str, int]:
 
 
 def main() -> None:
-    fleet = build_fleet(DEVICES)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for make test")
+    quick = parser.parse_args().quick
+    devices, rounds = (QUICK_DEVICES, QUICK_ROUNDS) if quick else (DEVICES, ROUNDS)
+    fleet = build_fleet(devices)
     state = FleetState.all_available(fleet)
     policy = Policy(hysteresis_usd_per_mwh=5.0)
     t0 = datetime(2024, 5, 8, 23, 0, tzinfo=UTC)
     memory = Memory.initial(fleet)
     timings_ms = []
     total_kw = float(fleet.rated_kw.sum())
-    for r in range(ROUNDS):
+    for r in range(rounds):
         now = t0 + timedelta(seconds=2 * r)
         # prices below every breakeven: all would run, so the dispatch binds every cycle and
         # decide() throttles and switches in merit order (its most expensive path)
@@ -96,10 +102,11 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "decide",
-                "devices": DEVICES,
-                "rounds": ROUNDS,
+                "quick": quick,
+                "devices": devices,
+                "rounds": rounds,
                 "median_ms": round(statistics.median(timings_ms), 2),
-                "p95_ms": round(sorted(timings_ms)[int(0.95 * (ROUNDS - 1))], 2),
+                "p95_ms": round(sorted(timings_ms)[int(0.95 * (rounds - 1))], 2),
                 "plain_loop_compare_only_median_ms": round(statistics.median(baseline_ms), 2),
                 "site_kw": round(decision.site_kw, 1),
                 "ceiling_kw": round(0.6 * total_kw, 1),

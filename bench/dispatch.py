@@ -21,6 +21,7 @@ The agent's peak RSS is its VmHWM, read from /proc before it is stopped. Prints 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import json
@@ -48,6 +49,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 SIZES = tuple(int(n) for n in os.environ.get("DISPATCH_SIZES", "1000,10000,50000").split(","))
 ROUNDS = int(os.environ.get("DISPATCH_BENCH_ROUNDS", "5"))
+QUICK_SIZES, QUICK_ROUNDS = (48,), 1  # --quick (make test): two PDUs, one round
 OUTLETS = 24
 RATED_KW = 3.25
 FIRST_HOST = "127.0.6.1"
@@ -309,15 +311,22 @@ async def _plain(n: int) -> float:
 
 
 def main() -> None:
+    global ROUNDS, PORT  # the quick mode sets them once, before anything reads them
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two PDUs, one round (make test)")
+    quick = parser.parse_args().quick
+    sizes = QUICK_SIZES if quick else SIZES
+    if quick:
+        ROUNDS, PORT = QUICK_ROUNDS, _free_port()
     results: dict[str, dict[str, object]] = {}
     medians_s: dict[int, float] = {}
     peak_rss_mb = 0.0
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         broker, mqtt_port = _start_broker(tmp)
-        devices = _start_devices(max(SIZES))
+        devices = _start_devices(max(sizes))
         try:
-            for n in SIZES:
+            for n in sizes:
                 rounds, plain, rss_mb = _agent(n, tmp, mqtt_port)
                 peak_rss_mb = max(peak_rss_mb, rss_mb)
                 agent_s = [r["publish_to_active_ack_s"] for r in rounds]
@@ -340,6 +349,7 @@ def main() -> None:
             broker.wait(timeout=10)
     print(json.dumps({
         "bench": "dispatch",
+        "quick": quick,
         "cpus": os.cpu_count(),
         "timed_span": "publish on MQTT -> 'active' ack received over MQTT (median of rounds)",
         "agent": "gridflex run, separate process",

@@ -17,10 +17,12 @@ read on "off": an "on" proves nothing by power at once). Prints one JSON line.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import json
 import os
+import socket
 import statistics
 import struct
 import subprocess
@@ -40,6 +42,7 @@ from agent.service.fanout import apply_setpoints
 
 SIZES = tuple(int(n) for n in os.environ.get("FANOUT_SIZES", "1000,10000,50000").split(","))
 ROUNDS = 9
+QUICK_SIZES, QUICK_ROUNDS = (48,), 3  # --quick (make test): two PDUs
 OUTLETS = 24
 FIRST_HOST = "127.0.2.1"
 PORT = int(os.environ.get("FANOUT_PORT", "15502"))
@@ -169,6 +172,12 @@ async def _measure(devices: int) -> dict[str, float]:
     return out
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def driver_host(index: int) -> str:
     return str(ipaddress.IPv4Address(FIRST_HOST) + index // OUTLETS)
 
@@ -178,9 +187,16 @@ def _host_key(host: str) -> tuple[int, ...]:
 
 
 def main() -> None:
-    server = _start_server(max(SIZES))
+    global ROUNDS, PORT  # the quick mode sets them once, before anything reads them
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two PDUs, three rounds (make test)")
+    quick = parser.parse_args().quick
+    sizes = QUICK_SIZES if quick else SIZES
+    if quick:
+        ROUNDS, PORT = QUICK_ROUNDS, _free_port()
+    server = _start_server(max(sizes))
     try:
-        results = {str(n): asyncio.run(_measure(n)) for n in SIZES}
+        results = {str(n): asyncio.run(_measure(n)) for n in sizes}
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -188,6 +204,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "fanout",
+                "quick": quick,
                 "devices_per_endpoint": OUTLETS,
                 "rounds": ROUNDS,
                 "cpus": os.cpu_count(),

@@ -363,9 +363,15 @@ def main() -> None:
     parser.add_argument("--inference-trace", type=Path)
     parser.add_argument("--jobs-trace", type=Path)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--quick", action="store_true",
+                        help="a tenth of the site, one day, no frontier")  # fmt: skip
     args = parser.parse_args()
+    if args.quick:
+        args.days = 1
     started = time.perf_counter()
-    site = Site()
+    # --quick: the same site at a tenth of its size (GPUs, racks, interconnect, controls)
+    site = Site(6_000.0, 200, racks=30, controls_kw=15.0) if args.quick else Site()
+    busy_servers = 0.35 * site.gpus  # inference keeps ~700 of 2,000 servers busy on average
     start_local = datetime(args.start.year, args.start.month, args.start.day, tzinfo=ZONE)
     start_utc = start_local.astimezone(UTC)
     span_s = args.days * 86_400.0
@@ -373,13 +379,13 @@ def main() -> None:
     if args.inference_trace is not None:
         inference = read_inference(args.inference_trace)
     else:
-        inference = generate_inference(args.days, 700.0, 60.0, args.seed)
+        inference = generate_inference(args.days, busy_servers, 60.0, args.seed)
         generated.append("inference")
     if args.jobs_trace is not None:
         jobs = read_jobs(args.jobs_trace)
     else:
         # half of the GPU-hours inference leaves on average are asked by flexible jobs
-        jobs = generate_jobs(args.days, 0.5 * (site.gpus - 700.0), args.seed)
+        jobs = generate_jobs(args.days, 0.5 * (site.gpus - busy_servers), args.seed)
         generated.append("jobs")
     price_at_s, price_usd = load_prices(start_utc, start_utc + timedelta(seconds=span_s))
     price_at_s = price_at_s.astype(np.float64)
@@ -387,11 +393,12 @@ def main() -> None:
                   dispatch_windows(site, start_local, args.days), inference, jobs)  # fmt: skip
     ours, decide_s = run_gridflex(world)
     static, servers, fraction, tried = best_static(world)
-    frontier = static_frontier(world)
+    frontier = [] if args.quick else static_frontier(world)
     wall_s = time.perf_counter() - started
-    print(json.dumps(_summary(world, ours, static, servers=servers, fraction=fraction,
+    summary = _summary(world, ours, static, servers=servers, fraction=fraction,
                               tried=tried, generated=generated, decide_s=decide_s,
-                              wall_s=wall_s, frontier=frontier)))  # fmt: skip
+                              wall_s=wall_s, frontier=frontier)  # fmt: skip
+    print(json.dumps({"quick": args.quick, **summary}))
 
 
 def _summary(world: World, ours: Result, static: Result, *, servers: int, fraction: float,

@@ -7,6 +7,7 @@ Run from the repository root: `.venv/bin/python bench/prices_fetch.py`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -27,6 +28,8 @@ from tests.adapters.signals.fake_ercot import (
 )
 
 MONTH = (date(2024, 3, 1), date(2024, 3, 31))  # includes the spring-forward day
+# --quick (make test): three days around the spring-forward day, under the per-minute limit
+QUICK_SPAN = (date(2024, 3, 9), date(2024, 3, 11))
 SMALL_PAGE = 50  # forces 60 pages: twice ERCOT's per-minute allowance
 CREDENTIALS = ErcotApiCredentials(USERNAME, PASSWORD, SUBSCRIPTION_KEY)
 
@@ -40,7 +43,9 @@ def _max_in_window(stamps: list[float], window_s: float = 60.0) -> int:
     return best
 
 
-def _run(fake: FakeErcot, page_size: int, limiter: SlidingWindowLimiter) -> dict[str, object]:
+def _run(
+    fake: FakeErcot, page_size: int, limiter: SlidingWindowLimiter, span: tuple[date, date]
+) -> dict[str, object]:
     fake.api_requests.clear()
     client = ErcotApiClient(
         CREDENTIALS,
@@ -50,7 +55,7 @@ def _run(fake: FakeErcot, page_size: int, limiter: SlidingWindowLimiter) -> dict
         limiter=limiter,
     )
     started = time.monotonic()
-    frame = client.fetch("rt15", "HB_HUBAVG", *MONTH)
+    frame = client.fetch("rt15", "HB_HUBAVG", *span)
     seconds = time.monotonic() - started
     stamps = [t for t, _, _ in fake.api_requests]
     return {
@@ -63,16 +68,21 @@ def _run(fake: FakeErcot, page_size: int, limiter: SlidingWindowLimiter) -> dict
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="three days, for make test")
+    quick = parser.parse_args().quick
+    span = QUICK_SPAN if quick else MONTH
     with serve(FakeErcot(data={"rt15": api_rows("rt15")})) as fake:
         sizes = (DEFAULT_PAGE_SIZE, SMALL_PAGE)
-        real = [_run(fake, size, SlidingWindowLimiter()) for size in sizes]
+        real = [_run(fake, size, SlidingWindowLimiter(), span) for size in sizes]
         unthrottled = SlidingWindowLimiter(max_requests=1_000_000, window_s=60.0)
-        baseline = _run(fake, SMALL_PAGE, unthrottled)
+        baseline = _run(fake, SMALL_PAGE, unthrottled, span)
     print(
         json.dumps(
             {
                 "bench": "prices_fetch",
-                "month": "2024-03",
+                "quick": quick,
+                "span": [span[0].isoformat(), span[1].isoformat()],
                 "limit_requests_per_minute": 30,
                 "limited": real,
                 "baseline_unthrottled": baseline,
