@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -62,5 +64,21 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup)
 @click.version_option(package_name="gridflex")
-def main() -> None:
+@click.option("--env-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="read NAME=value lines into the environment first, as systemd's "
+              "EnvironmentFile= does (e.g. /etc/gridflex/gridflex.env)")  # fmt: skip
+@click.option("--user", "as_user", metavar="NAME",
+              help="then run as this user (from root), as systemd's User= does")  # fmt: skip
+def main(env_file: Path | None, as_user: str | None) -> None:
     """gridflex: demand response and curtailment for flexible data centers."""
+    if env_file is None and as_user is None:
+        return
+    from agent.app.service_user import ServiceUserError, become, read_env_file  # noqa: PLC0415
+
+    try:
+        if env_file is not None:
+            os.environ.update(read_env_file(env_file))
+        if as_user is not None:
+            become(as_user)
+    except ServiceUserError as exc:
+        raise click.UsageError(str(exc)) from None

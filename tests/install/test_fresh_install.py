@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -27,27 +26,12 @@ from tests.adapters.signals.fake_ercot import (
     api_rows,
     serve,
 )
-from tests.conftest import Broker, free_port
+from tests.helpers.peers import Broker, free_port
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"GRIDFLEX_MQTT_PASSWORD": "pw", "GRIDFLEX_DISPATCH_HMAC": "x" * 40}
-
-
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bin/ of a new venv holding gridflex from a wheel, with nothing but its dependencies."""
-    base = tmp_path_factory.mktemp("fresh")
-    wheels = base / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
-                    str(wheels), str(ROOT)], check=True, timeout=300)  # fmt: skip
-    (wheel,) = wheels.glob("gridflex-*.whl")
-    subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True, timeout=120)
-    bin_dir = base / "venv" / "bin"
-    subprocess.run([str(bin_dir / "pip"), "install", "--quiet", str(wheel)], check=True,
-                   timeout=600)  # fmt: skip
-    return bin_dir
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

@@ -39,7 +39,12 @@ def run(config_path: Path, log_level: str) -> None:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    from agent.app.runner import run_service  # noqa: PLC0415 - keep --help fast
+    from agent.app.preflight import database_problems  # noqa: PLC0415 - keep --help fast
+    from agent.app.runner import run_service  # noqa: PLC0415
+
+    for problem in database_problems(config.service.database):
+        click.echo(problem, err=True)
+        sys.exit(2)
 
     try:
         asyncio.run(run_service(config))
