@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-__all__ = ["notify"]
+__all__ = ["notify", "watchdog_interval_s"]
 
 
 def notify(state: str) -> bool:
@@ -22,3 +22,16 @@ def notify(state: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def watchdog_interval_s() -> float | None:
+    """How often to kick systemd's watchdog: half of WatchdogSec ($WATCHDOG_USEC), as sd_watchdog_
+    enabled(3) advises; None when no watchdog is set (or it is meant for another process)."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(int(usec), 1) / 2e6
+    except ValueError:
+        return None

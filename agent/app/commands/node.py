@@ -26,6 +26,7 @@ import click
 
 from adapters.devices.node_protocol import Freshness, node_topics, parse_setpoint, stamp
 from adapters.transport.mqtt_session import MqttError, MqttSession, MqttSettings, TlsFiles
+from agent.app.systemd import notify, watchdog_interval_s
 from agent.errors import DeviceError
 from agent.ports import utc_now
 
@@ -88,15 +89,26 @@ async def run_node(
             _log.warning("state not published: %s", exc)
 
     session.subscribe(setpoint_topic, on_setpoint)
+    # under systemd's watchdog the loop comes round at least twice per WatchdogSec, and kicks it
+    # after each round: an apply that hangs (NVML, a pause command) gets the node restarted
+    kick_s = watchdog_interval_s()
+    wake_s = publish_interval_s if kick_s is None else min(publish_interval_s, kick_s)
+    loop = asyncio.get_running_loop()
+    next_publish = loop.time() + publish_interval_s
     while not stop.is_set():
+        notify("WATCHDOG=1")
         try:
-            async with asyncio.timeout(publish_interval_s):
+            async with asyncio.timeout(max(0.0, min(wake_s, next_publish - loop.time()))):
                 on, kw = await commands.get()
             last.update(on=on, kw=kw)
         except TimeoutError:
+            if loop.time() < next_publish:
+                continue  # a watchdog round only
             on, kw = bool(last["on"]), float(last["kw"])
             if kw == float("inf"):
+                next_publish = loop.time() + publish_interval_s
                 continue  # nothing commanded yet: leave the operator's caps alone
+        next_publish = loop.time() + publish_interval_s
         try:
             state = await gpu_node.apply(on, kw)
         except DeviceError as exc:
@@ -209,10 +221,13 @@ def node(
             await session.connect()
         except MqttError as exc:  # paho keeps trying with backoff; setpoints come when it is up
             _log.warning("broker not up yet (%s); waiting for it", exc)
+        # ready once NVML answered and the session exists (a broker away is waited out inside)
+        notify("READY=1")
         try:
             await run_node(node_id, gpu_node, session, publish_interval_s=publish_interval_s,
                            stop=stop, link=NodeLink(prefix=prefix, key=key))  # fmt: skip
         finally:
+            notify("STOPPING=1")
             await session.close()
             gpus.close()
 
