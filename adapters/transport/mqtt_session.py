@@ -229,15 +229,24 @@ class MqttSession:
         return True
 
     async def publish(
-        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        patient: bool = False,
     ) -> None:
-        """Publish and wait for the broker's PUBACK (QoS 1; queued while disconnected)."""
+        """Publish and wait for the broker's PUBACK (QoS 1; queued while disconnected). Within
+        `ack_timeout_s` (MqttError after it), or with `patient` for as long as it takes: a
+        message unconfirmed when the connection drops is sent again by paho on reconnect, so
+        waiting never makes a second copy."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         mid = self._send(topic, payload, qos, retain, future if qos else None)
         if mid is None:
             return  # QoS 0, or acknowledged already
         try:
-            async with asyncio.timeout(self._settings.ack_timeout_s):
+            async with asyncio.timeout(None if patient else self._settings.ack_timeout_s):
                 await future
         except TimeoutError as exc:
             raise MqttError(

@@ -1,4 +1,5 @@
-"""Wire one site's service together from its config: snapshot, store, events, intake, shell.
+"""Wire one site's service together from its config: snapshot, store, events, inbox, intake,
+shell.
 
 The runner (`gridflex run`), the demo and the tests all build the service here, so they run the
 same code; only the clock, the outbox (MQTT or none) and the drivers differ.
@@ -7,6 +8,7 @@ same code; only the clock, the outbox (MQTT or none) and the drivers differ.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -22,11 +24,13 @@ from agent.service.checks import IntakeLimits, MessageChecks
 from agent.service.cycle import DriftCheck, Shell, ShellSettings
 from agent.service.events import EventBook
 from agent.service.grid import GridIntake
+from agent.service.inbox import Inbox
 from agent.service.intake import Intake
 from agent.service.messages import ComplianceOut, DispatchAck
 from agent.service.metrics import Metrics
 from agent.service.outbox import ConfirmedPublisher, MemoryOutbox, Outbox, PersistedOutbox
 from agent.service.outcomes import OverrideOutcomes
+from agent.service.ratelimit import TopicRateLimit
 from agent.service.replay import ReplayGuard
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
@@ -71,6 +75,7 @@ class Service:
     outbox: Outbox
     wake: asyncio.Event
     grid: GridIntake
+    inbox: Inbox
     # who else hears every ack (topic, message) the service sends: the Sparkplug edge node
     # reports command outcomes and event states from them
     ack_listeners: list[Callable[[str, BaseModel], None]] = field(default_factory=list)
@@ -88,12 +93,14 @@ def assemble(
     drivers: Mapping[str, DeviceDriver] | None = None,
     settings: ShellSettings | None = None,
     mqtt_session: MqttSession | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> Service:
     """Build the service; resumes live events, overrides, the grid condition and engine memory
     from the database.
 
     Without `drivers`, every configured device gets its driver (agent.app.drivers); those
-    reached over MQTT use `mqtt_session`, the service's session (ConfigError when there is none).
+    reached over MQTT use `mqtt_session`, the devices' session (ConfigError when there is none).
+    `monotonic`: the seconds devices settle in (a test's stepped clock).
     """
     outbox = outbox or MemoryOutbox()
     listeners: list[Callable[[str, BaseModel], None]] = []
@@ -120,9 +127,8 @@ def assemble(
         del record
         metrics.dispatch_verified_seconds.observe(latency_s)
 
-    events = EventBook(
-        store, snapshot, lambda r: send("dispatch/ack", ack_of(r)), on_verified, metrics
-    )
+    events = EventBook(store, lambda r: send("dispatch/ack", ack_of(r)), on_verified, metrics)
+    inbox = Inbox(snapshot, wake.set, metrics)
     mqtt = config.mqtt
     secret = mqtt.hmac_secret if mqtt is not None else None
     secret_bytes = None if secret is None else secret.get_secret_value().encode()
@@ -133,6 +139,9 @@ def assemble(
         max_message_bytes=mqtt.max_message_bytes,
     )  # fmt: skip
     replay = ReplayGuard(store, limits.replay_window_s, clock())
+    # one budget per topic and sender, shared by the dispatch and grid intakes
+    rate = TopicRateLimit(mqtt.max_messages_per_s if mqtt else 20.0,
+                          mqtt.max_burst if mqtt else 200, monotonic=monotonic)  # fmt: skip
     fleet = config.fleet()
     policy = config.decision_policy()
     intake = Intake(
@@ -147,6 +156,7 @@ def assemble(
         hmac_keys=keys,
         limits=limits,
         replay=replay,
+        rate=rate,
     )
     grid = GridIntake(
         snapshot,
@@ -157,6 +167,7 @@ def assemble(
         checks=MessageChecks(secret_bytes, limits, keys),
         metrics=metrics,
         replay=replay,
+        rate=rate,
     )
     service_config = config.service
     shell = Shell(
@@ -177,6 +188,8 @@ def assemble(
         drift_checks=drift_checks,
         overrides=OverrideOutcomes(store, lambda ack: send("override/ack", ack)),
         pools=pool_schedulers(config),
+        inbox=inbox,
+        monotonic=monotonic,
     )
     # resume: engine memory, overrides, the grid condition, then live events (in that order:
     # the events' shed baselines live in the memory)
@@ -207,5 +220,6 @@ def assemble(
         outbox,
         wake,
         grid,
+        inbox,
         listeners,
     )

@@ -1,5 +1,5 @@
 """The site's inference pools as signal sources: each pool's servers scraped on their own
-schedule (adapters.signals.gpu_demand), each demand into the snapshot and onto /metrics
+schedule (adapters.signals.gpu_demand), each demand queued for the cycle and onto /metrics
 (`gridflex_gpu_demand{pool, what}`, `gridflex_gpu_demand_endpoints_up{pool}`). Endpoint
 faults are the scraper's (left out, counted); the runner restarts a scraper that fails."""
 
@@ -22,7 +22,7 @@ def gpu_demand_sources(service: Service) -> list[tuple[str, Callable[[], Awaitab
     from adapters.signals.gpu_demand import DemandScraper, PoolSettings  # noqa: PLC0415 - only when configured
 
     def sink(demand: GpuDemand) -> None:
-        service.snapshot(demand)
+        service.inbox.signal(demand)  # into the snapshot at the next cycle's start
         service.metrics.record_gpu_demand(demand)
 
     scrapers = [

@@ -1,20 +1,23 @@
 """The service's MQTT interface: dispatch and overrides in; acks, status, telemetry and decisions
-out, over the one session of adapters/transport/mqtt_session.py (which the MQTT devices share).
+out, over a session of adapters/transport/mqtt_session.py. The MQTT devices (`gridflex node`,
+MQTT relays) have a session of their own (`device_session_settings`): their messages never hold
+a place in the in-flight window that carries dispatch.
 
 A persistent session (clean_start=False, a fixed client id, a session expiry) with QoS 1
 subscriptions: dispatch messages sent while the service was down or the broker restarted are
-delivered when it is back. Incoming messages are acknowledged only after they are handled (and
-their event committed to the database): a crash in between leaves them with the broker, which
-redelivers them. The retained `<prefix>/status` says "online"; the broker's last will turns it to
-"offline" when the service dies without saying goodbye, and the service publishes "offline"
-itself on SIGTERM. Outgoing QoS 1 messages published while disconnected are queued and sent on
-reconnect.
+delivered when it is back. Incoming messages are acknowledged once the cycle that handled them has
+committed, whatever their outcome (agent.service.inbox): a crash in between leaves them with the
+broker, which redelivers them. The retained `<prefix>/status` says "online"; the broker's last
+will turns it to "offline" when the service dies without saying goodbye, and the service publishes
+"offline" itself on SIGTERM. Acks go out through the outbox's one publisher (QoS 1, confirmed);
+telemetry and decisions at QoS 0, never queued while the broker is away.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from pydantic import BaseModel
 
@@ -27,7 +30,9 @@ from adapters.transport.mqtt_session import (
 )
 from agent.config import MqttConfig
 
-__all__ = ["SESSION_EXPIRY_S", "MqttLink", "session_settings"]
+__all__ = [
+    "MQTT_DRIVERS", "SESSION_EXPIRY_S", "MqttLink", "device_session_settings", "session_settings",
+]  # fmt: skip
 
 log = logging.getLogger("gridflex.mqtt")
 
@@ -38,6 +43,7 @@ Handler = Callable[[bytes], Awaitable[None] | None]
 # decommissioned site's client id does not make the broker hoard messages for ever. Dispatches
 # older than the replay window are rejected on arrival anyway (with an ack saying so).
 SESSION_EXPIRY_S = 86_400
+MQTT_DRIVERS = frozenset({"mqtt", "gpu_node"})  # driver types that talk over the broker
 
 
 def session_settings(
@@ -67,6 +73,19 @@ def session_settings(
         will=Announcement(f"{prefix}/status", "offline"),
         birth=Announcement(f"{prefix}/status", "online"),
         max_queued_messages=100_000,
+    )
+
+
+def device_session_settings(config: MqttConfig, client_id: str) -> MqttSettings:
+    """The devices' own session: a clean one (a device's state is re-published every few
+    seconds, nothing to keep while away), acknowledged on receipt, no will or birth."""
+    return replace(
+        session_settings(config, "", f"{client_id}-devices", session_expiry_s=0),
+        clean_start=True,
+        manual_acks=False,
+        will=None,
+        birth=None,
+        max_queued_messages=1000,
     )
 
 
@@ -105,16 +124,26 @@ class MqttLink:
             log.error("MQTT broker %s not reachable yet (%s); retrying in the background",
                       self._where, exc)  # fmt: skip
 
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    def when_connected(self, callback: Callable[[], None]) -> None:
+        self.session.on_connected(callback)
+
     def send(self, topic: str, message: BaseModel | str, *, retain: bool = False) -> None:
+        """State (telemetry, decisions): QoS 0, dropped while the broker is away, never queued
+        (the next one supersedes it)."""
         payload = message if isinstance(message, str) else message.model_dump_json()
         try:
-            self.session.publish_nowait(f"{self.prefix}/{topic}", payload, retain=retain)
+            self.session.publish_nowait(f"{self.prefix}/{topic}", payload, qos=0, retain=retain)
         except MqttError as exc:
             log.warning("%s", exc)
 
     async def publish_confirmed(self, topic: str, payload: str, *, retain: bool) -> None:
-        """Publish under the site prefix and wait for the broker's PUBACK (MqttError if none)."""
-        await self.session.publish(f"{self.prefix}/{topic}", payload, retain=retain)
+        """Publish under the site prefix (QoS 1) and wait for the broker's PUBACK, across
+        reconnections (the outbox's one publisher)."""
+        await self.session.publish(f"{self.prefix}/{topic}", payload, retain=retain, patient=True)
 
     async def stop(self) -> None:
         """Say "offline" (retained) and disconnect cleanly, waiting for the broker's PUBACK."""

@@ -87,6 +87,10 @@ def obligation_sink(
     into the snapshot. `notes`: why an obligation stands as it does (event priority)."""
 
     def sink(value: object) -> None:
+        """The VEN's task only queues; the cycle takes the value into the event book."""
+        service.inbox.put(source, lambda: take(value))
+
+    def take(value: object) -> str:
         now = clock()
         if isinstance(value, ObligationCancel):
             why = released.get(value.event_id, "released")
@@ -105,7 +109,7 @@ def obligation_sink(
             outcome = "price"
         else:  # a VEN pushes nothing else
             raise TypeError(f"unexpected signal from the VEN: {value!r}")
-        service.metrics.messages.labels(topic=source, outcome=outcome).inc()
+        return outcome  # counted by the inbox (gridflex_messages_total)
 
     return sink
 

@@ -1,15 +1,23 @@
 """`gridflex run`: the service's tasks, one cadence each, and an orderly stop.
 
-  cycle      every `service.cycle_s`, or at once when a dispatch, override, grid emergency or
-             4CP warning wakes it
-  devices    read every device's power every cycle_s (its own cadence), probing the unreachable
-  prices     the configured price source pushes into the snapshot on ERCOT's rhythm
-  telemetry  every 2 s on `<prefix>/telemetry`; decisions on `<prefix>/decision` when they change
-  openadr    the VEN, when the site file has an `openadr` section (its events wake the cycle)
+  cycle      the one writer: every `service.cycle_s`, or at once when something urgent lands
+             in its inbox (a dispatch, override, grid message, a VEN's event); it drains the
+             inbox, takes the queued device readings, decides, applies, commits
+  devices    read every device every cycle_s (its own cadence) and queue the readings
+  prices     the configured price source queues each price on ERCOT's rhythm
+  outbox     the one publisher of acks, in sequence order, each once its row is committed
+  telemetry  every 2 s on `<prefix>/telemetry` (QoS 0); decisions on `<prefix>/decision`
+  openadr    the VEN, when the site file has an `openadr` section (its events go to the inbox)
+
+A cycle that fails is logged once, counted, and tried again after a pause that doubles up to
+BACKOFF_MAX_S; every wait yields to the other tasks and ends at SIGTERM at once.
 
 systemd: READY=1 after the first completed cycle, WATCHDOG=1 after every completed cycle (a hung
-cycle stops the kicks and systemd restarts us). SIGTERM lets the running cycle finish (never a
-half-applied batch), applies the shutdown posture, publishes "offline" and exits 0.
+or failing cycle stops the kicks and systemd restarts us). SIGTERM lets the running cycle finish
+(never a half-applied batch), then applies the shutdown posture through decide() (`restore`:
+every class back on, in staggered batches, within the live obligations, the import limit and
+overrides; `hold`: as they are), tells each live event's sender that the service is stopping
+(`suspended`), publishes "offline" and exits 0.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from adapters.transport.mqtt_session import MqttError, MqttSession
 from agent.app.assembly import MemoryOutbox, Outbox, Service, assemble
 from agent.app.gpu_demand import gpu_demand_sources
-from agent.app.mqtt_link import MqttLink
+from agent.app.mqtt_link import MQTT_DRIVERS, MqttLink, device_session_settings
 from agent.app.openadr import openadr_link, run_openadr
 from agent.app.openadr3 import run_openadr3
 from agent.app.prices import price_source
@@ -49,6 +58,7 @@ from agent.service.messages import (
 from agent.service.outbox import PersistedOutbox
 from agent.service.queries import answer_device_query
 from agent.service.ratelimit import TopicRateLimit
+from agent.service.report import CycleReport as Report
 
 __all__ = [
     "Runner", "decision_message", "listen", "run_service", "serve", "telemetry_message",
@@ -58,6 +68,11 @@ log = logging.getLogger("gridflex.service")
 
 TELEMETRY_EVERY_S = 2.0
 HOUSEKEEPING_EVERY_S = 86_400.0
+BACKOFF_FIRST_S = 0.5  # after a failed cycle, doubling ...
+BACKOFF_MAX_S = 30.0  # ... up to this (the watchdog, 30 s, restarts a service stuck failing)
+FOLLOW_UP_S = 0.05  # a device failed: plan around it soon, but never without yielding
+RESTORE_WITHIN_S = 90.0  # the restore posture's limit (the unit's TimeoutStopSec is 120 s)
+OUTBOX_DRAIN_S = 5.0  # at shutdown, for acks still waiting for the broker
 
 
 def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
@@ -138,29 +153,56 @@ class Runner:
         self._previous_kw: np.ndarray | None = None
         self._decision: DecisionMessage | None = None  # the last one published
         self._ready = False
+        self.failures = 0  # cycles failed in a row
+
+    async def step(self, *, restoring: bool = False) -> Report:
+        """One cycle and what follows it (the decision message): what `cycles` runs on the
+        service's cadence, and what the demo and the tests run on their stepped clocks."""
+        report = await self.service.shell.cycle(restoring=restoring)
+        self._publish_decision(report)
+        return report
 
     async def cycles(self) -> None:
         service, cycle_s = self.service, self.service.config.service.cycle_s
         while not self.stop.is_set():
             try:
-                report = await service.shell.cycle()
+                await self.step()
             except Exception:  # a bug must not take the site down; it is counted and logged
-                log.exception("cycle failed")
-                service.metrics.errors.labels(kind="cycle").inc()
-                report = None
-            if report is not None:
-                self._publish_decision(report)
+                self._failed()
+            else:
                 notify("WATCHDOG=1" if self._ready else "READY=1\nWATCHDOG=1")
                 self._ready = True
-            if service.shell.follow_up:
-                continue  # a device failed: plan around it now
-            waker = asyncio.ensure_future(service.wake.wait())
-            stopper = asyncio.ensure_future(self.stop.wait())
-            await asyncio.wait({waker, stopper}, timeout=cycle_s,
-                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-            waker.cancel()
-            stopper.cancel()
-            service.wake.clear()
+                if self.failures:
+                    log.info("cycles complete again after %d failed", self.failures)
+                    self.failures = 0
+            if self.failures:  # a pause that doubles; a message cannot cut it short
+                await self._wait(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self.failures - 1)),
+                                 wakeable=False)  # fmt: skip
+            elif service.shell.follow_up:  # a device failed: plan around it soon
+                await self._wait(FOLLOW_UP_S, wakeable=False)
+            else:
+                await self._wait(cycle_s, wakeable=True)
+
+    def _failed(self) -> None:
+        self.failures += 1
+        self.service.metrics.errors.labels(kind="cycle").inc()
+        if self.failures == 1:
+            log.exception("cycle failed; trying again with a backoff up to %.0f s",
+                          BACKOFF_MAX_S)  # fmt: skip
+
+    async def _wait(self, timeout_s: float, *, wakeable: bool) -> None:
+        """Until the timeout, SIGTERM, or (wakeable) an urgent input; always yields."""
+        wake = self.service.wake
+        waits = {asyncio.ensure_future(self.stop.wait())}
+        if wakeable:
+            waits.add(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if wakeable:
+            wake.clear()
 
     def _publish_decision(self, report: CycleReport) -> None:
         if not report.setpoints_changed:
@@ -171,11 +213,12 @@ class Runner:
         self.service.outbox.send("decision", message)
 
     async def devices(self) -> None:
+        """Read every device on its own cadence; the readings are queued for the next cycle."""
         guard = _Guard("device polling", self.service)
         while True:
             await asyncio.sleep(self.service.config.service.cycle_s)
             with guard:
-                await self.service.shell.poll()
+                await self.service.shell.devices.poll()  # queued: the cycle takes them
 
     def view(self) -> dict[str, Any]:
         """What the status page and the Sparkplug edge node show, as of now."""
@@ -200,26 +243,35 @@ class Runner:
                 self.service.store.prune_audit(utc_now() - timedelta(days=days))
             await asyncio.sleep(HOUSEKEEPING_EVERY_S)
 
-    async def shutdown_posture(self) -> None:
-        """Leave the devices as configured: hold (as they are) or restore (all back on)."""
+    async def shutdown_posture(self) -> str:
+        """Leave the devices as configured, through decide(): `hold` (as they are) or `restore`
+        (every class back on in staggered batches, within the live obligations, the import
+        limit, the grid posture and overrides). Returns how the devices are left, in words."""
         service = self.service
         if service.config.service.shutdown_posture == "hold":
             log.info("shutdown: devices hold their last setpoints")
-            return
-        log.info("shutdown: restoring every device in staggered batches")
-        shell = service.shell
-        fleet = shell.fleet
-        # restore = run every device at rated, batch by batch, with the configured pause
-        size = service.config.service.restore_batch_size
+            return "the devices hold their last setpoints"
+        log.info("shutdown: restoring the devices in staggered batches, within the obligations "
+                 "and the import limit")  # fmt: skip
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESTORE_WITHIN_S
         pause_s = service.config.service.restore_batch_interval_s
-        todo = [i for i in np.flatnonzero(shell.has_driver & shell.available)
-                if not np.isclose(shell.applied_kw[i], fleet.rated_kw[i])]  # fmt: skip
-        target = fleet.rated_kw.copy()
-        for start in range(0, len(todo), size):
-            batch = np.array(todo[start : start + size], dtype=np.intp)
-            await shell.apply_batch(batch, target)
-            if start + size < len(todo):
-                await asyncio.sleep(pause_s)
+        while True:
+            try:
+                report = await self.step(restoring=True)
+            except Exception:
+                log.exception("shutdown: a restore cycle failed; the devices are left as they are")
+                return "the devices are left as the last completed cycle set them"
+            if report.held_back == 0:
+                break
+            if loop.time() + pause_s > deadline:
+                log.warning("shutdown: %d device(s) not restored within %.0f s",
+                            report.held_back, RESTORE_WITHIN_S)  # fmt: skip
+                break
+            await asyncio.sleep(pause_s)
+        ceiling = report.decision.site_ceiling_kw
+        within = "" if ceiling is None else f" within the {ceiling:.1f} kW ceiling"
+        return f"the devices are restored{within} ({report.site_kw:.1f} kW verified)"
 
 
 async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> None:
@@ -231,32 +283,50 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     link: MqttLink | None = None
+    devices_session: MqttSession | None = None
     outbox: Outbox = MemoryOutbox()
     if config.mqtt is not None:
         client_id = config.mqtt.client_id or f"gridflex-{config.site.id}"
         link = MqttLink(config.mqtt, config.topic_prefix, client_id)
         outbox = link
-    session = None if link is None else link.session  # MQTT devices share it
-    service = assemble(config, clock=utc_now, outbox=outbox, mqtt_session=session)
-    if link is not None:
-        listen(service, link)
-        await link.start()
-        _check_session(service, link)
-    await serve(service, stop, link=link)
+        if any(d.driver is not None and d.driver.type in MQTT_DRIVERS for d in config.devices):
+            # devices talk on a session of their own: their traffic never takes a place in the
+            # in-flight window that carries dispatch (docs/security.md)
+            devices_session = MqttSession(device_session_settings(config.mqtt, client_id))
+    service = assemble(config, clock=utc_now, outbox=outbox, mqtt_session=devices_session)
+    try:
+        if devices_session is not None:
+            await _connect_devices(devices_session)
+        if link is not None:
+            listen(service, link)
+            await link.start()
+            _check_session(service, link)
+        await serve(service, stop, link=link)
+    finally:
+        if devices_session is not None:
+            await devices_session.close()
+
+
+async def _connect_devices(session: MqttSession) -> None:
+    try:
+        await session.connect()
+    except MqttError as exc:  # paho keeps trying; the devices are unavailable meanwhile
+        log.error("MQTT devices' session not connected yet (%s); retrying in the background", exc)
 
 
 def listen(service: Service, link: MqttLink) -> None:
-    """The service's inbound topics: what changes the site is PUBACKed once committed."""
+    """The service's inbound topics: each message goes to the cycle's inbox, and is PUBACKed
+    once the cycle that handled it has committed, whatever its outcome."""
     intake, grid = service.intake, service.grid
     mqtt = service.config.mqtt
     limit = TopicRateLimit(mqtt.max_messages_per_s if mqtt else 20.0,
                            mqtt.max_burst if mqtt else 200)  # fmt: skip
-    link.on("dispatch", _committed(service, "dispatch", intake.dispatch, limit))
-    link.on("override", _committed(service, "override", intake.override, limit))
-    link.on(EMERGENCY, _committed(service, EMERGENCY, grid.emergency, limit))
-    link.on(FOURCP, _committed(service, FOURCP, grid.peak_warning, limit))
+    link.on("dispatch", _queued(service, "dispatch", intake.dispatch))
+    link.on("override", _queued(service, "override", intake.override))
+    link.on(EMERGENCY, _queued(service, EMERGENCY, grid.emergency))
+    link.on(FOURCP, _queued(service, FOURCP, grid.peak_warning))
 
-    def on_query(data: bytes) -> None:
+    def on_query(data: bytes) -> None:  # a read: answered at once, never changes state
         if not limit.allow("decision/request"):
             service.metrics.messages.labels(topic="decision/request", outcome="rate_limited").inc()
             return
@@ -264,6 +334,17 @@ def listen(service: Service, link: MqttLink) -> None:
         service.outbox.send("decision/device", answer)
 
     link.on("decision/request", on_query)
+
+
+def _queued(
+    service: Service, topic: str, handle: Callable[[bytes], str]
+) -> Callable[[bytes], Awaitable[None] | None]:
+    """Put a message in the inbox; the broker's acknowledgement waits for the cycle's commit."""
+
+    def on_message(data: bytes) -> Awaitable[None] | None:
+        return service.inbox.put(topic, lambda: handle(data), acknowledged=True)
+
+    return on_message
 
 
 def _check_session(service: Service, link: MqttLink) -> None:
@@ -297,14 +378,14 @@ async def serve(
         if not page.serve(config.service.status_page_host, config.service.status_page_port):
             service.metrics.errors.labels(kind="status_page").inc()
             page = None
-    for record in service.events.live:
-        log.info("resumed event %s (%s)", record.event_id, record.status)
+    _announce_resumed(service, clock())
     runner = Runner(service, stop, page)
     await service.shell.poll()
     tasks = [asyncio.create_task(runner.devices()), asyncio.create_task(runner.telemetry()),
              asyncio.create_task(runner.housekeeping())]  # fmt: skip
-    if isinstance(service.outbox, PersistedOutbox):  # what a crash or an outage left unsent
-        tasks.append(asyncio.create_task(service.outbox.flush_forever()))
+    publisher = None
+    if isinstance(service.outbox, PersistedOutbox):  # what a crash or an outage left unsent too
+        publisher = asyncio.create_task(service.outbox.run())
     tasks += [asyncio.create_task(s) for s in _signal_sources(service, clock)]
     sparkplug_stop = asyncio.Event()
     node = edge_node(service, runner.view, clock)
@@ -322,7 +403,18 @@ async def serve(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.shutdown_posture()
+        left = await runner.shutdown_posture()
+        if service.events.live:
+            service.events.announce(clock(), "suspended", f"the service is stopping: {left}; "
+                                    "the event is not followed until it is back")  # fmt: skip
+        if publisher is not None:
+            assert isinstance(service.outbox, PersistedOutbox)
+            unsent = await service.outbox.drain(OUTBOX_DRAIN_S)
+            if unsent:
+                log.warning("%d ack(s) not confirmed by the broker at shutdown: kept, sent at "
+                            "the next start", unsent)  # fmt: skip
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
         if page is not None:
             page.close()
         if link is not None:
@@ -331,12 +423,22 @@ async def serve(
         log.info("stopped")
 
 
+def _announce_resumed(service: Service, now: datetime) -> None:
+    """Say at start what the service resumed: each live event, logged and acked again."""
+    live = service.events.live
+    for record in live:
+        log.info("resumed event %s (%s)", record.event_id, record.status)
+    if live:
+        service.events.announce(now, "resumed", "the service restarted and follows the event "
+                                "again; it is judged again from the next cycle")  # fmt: skip
+
+
 def _signal_sources(service: Service, clock: Clock) -> list[Coroutine[Any, Any, None]]:
     """The site's price source, VENs (OpenADR 2.0b, 3.0) and inference pools, as configured."""
     sources: list[Coroutine[Any, Any, None]] = []
     source = price_source(service.config)
     if source is not None:
-        sources.append(_run_source(lambda: source.run(service.snapshot), service,
+        sources.append(_run_source(lambda: source.run(service.inbox.signal), service,
                                    what="price source", kind="prices"))  # fmt: skip
     openadr = openadr_link(service, clock)
     if openadr is not None:
@@ -377,24 +479,6 @@ class _Guard:
             log.error("%s failed; it keeps running", self._task, exc_info=exc)
             self._failing = True
         return True
-
-
-def _committed(
-    service: Service, topic: str, handle: Callable[[bytes], str], limit: TopicRateLimit
-) -> Callable[[bytes], Awaitable[None] | None]:
-    """Handle a message on the loop, then wait (off the loop) until its outcome is committed:
-    the PUBACK follows that, so a crash before the commit leaves the message with the broker."""
-
-    def on_message(data: bytes) -> Awaitable[None] | None:
-        if not limit.allow(topic):
-            service.metrics.messages.labels(topic=topic, outcome="rate_limited").inc()
-            return None
-        mark = service.store.mark
-        outcome = handle(data)
-        service.metrics.messages.labels(topic=topic, outcome=outcome).inc()
-        return service.store.committed(after=mark)
-
-    return on_message
 
 
 async def _run_source(

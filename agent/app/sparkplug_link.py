@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from adapters.scada.sparkplug_codec import Metric
 from adapters.scada.sparkplug_node import EdgeNodeSettings, SparkplugEdgeNode
 from agent.app.assembly import Service
 from agent.app.mqtt_link import session_settings
@@ -57,10 +58,25 @@ def edge_node(
             report_every_s=spb.report_every_s,
         ),
         bridge,
-        bridge.command,
+        _queued(service, bridge),
         bdseq=first,
         on_bdseq=keep,
     )
+
+
+def _queued(
+    service: Service, bridge: SparkplugBridge
+) -> Callable[[str | None, list[Metric]], None]:
+    """A write from SCADA is queued for the cycle like any inbound message."""
+
+    def command(device_id: str | None, metrics: list[Metric]) -> None:
+        def take() -> str:
+            bridge.command(device_id, metrics)
+            return "taken"
+
+        service.inbox.put("sparkplug/command", take)
+
+    return command
 
 
 async def run_edge_node(node: SparkplugEdgeNode, stop: asyncio.Event) -> None:

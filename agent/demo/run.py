@@ -31,23 +31,26 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
+from pydantic import BaseModel
 from rich.console import Console
 from rich.live import Live
 
 from adapters.signals.replay import load_canonical_prices, price_schedule
 from adapters.sim.modbus_server import SimModbusSite
 from adapters.transport.mqtt_session import MqttError
-from agent.app.assembly import Service, assemble
+from agent.app.assembly import MemoryOutbox, Outbox, Service, assemble
+from agent.app.runner import Runner, listen
 from agent.app.simsite import sim_site_for
 from agent.config import SiteConfig, parse_config
 from agent.demo.inference import DemoInference, burst_note
-from agent.demo.mqtt import DemoMqtt, DemoMqttLink, DemoOutbox, open_demo_mqtt
+from agent.demo.mqtt import DISPATCH_DELIVERY_TIMEOUT_S, DemoMqtt, DemoMqttLink, open_demo_mqtt
 from agent.demo.view import DemoSummary, NoLive, View, print_summary
 from agent.domain.fleet import Fleet
 from agent.domain.signals import PriceSignal
 from agent.policy import Decision, Rule
 from agent.service.cycle import CycleReport
 from agent.service.messages import DispatchAck
+from agent.service.outbox import PersistedOutbox
 
 __all__ = ["DemoMqtt", "DemoOptions", "DemoSummary", "NoPricesError", "run_demo"]
 
@@ -117,6 +120,23 @@ class _Clock:
     def __call__(self) -> datetime:
         return self.now
 
+    def monotonic(self) -> float:
+        """Devices settle in demo time too: a settle window is the demo's seconds."""
+        return self.now.timestamp()
+
+
+@dataclass
+class _Day:
+    """What every step of the demo's day works with."""
+
+    service: Service
+    runner: Runner
+    inference: DemoInference
+    view: View
+    summary: DemoSummary
+    mqtt: DemoMqttLink | None
+    last: Decision | None = None
+
 
 def _dispatch_message(event_id: str, now: datetime, minutes: int, target_kw: float) -> bytes:
     message = {
@@ -132,42 +152,44 @@ def _dispatch_message(event_id: str, now: datetime, minutes: int, target_kw: flo
 
 
 async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
+    """The day, step by step, through the service's own runner (agent.app.runner.Runner.step:
+    its inbox, cycle, commit and outbox), on a clock the demo steps."""
     port, metrics_port = free_loopback_port(), free_loopback_port()
     config = load_demo_config(port, metrics_port=metrics_port)
     zone = ZoneInfo(config.site.timezone)
     prices = _day_prices(options.day, zone)
     start, end, dispatch_at = _times(options, zone)
     clock = _Clock(start)
-    outbox = DemoOutbox()
     summary = DemoSummary()
     live = console.is_terminal if options.live is None else options.live
     steps = int((end - start) / STEP)
     pace_s = options.seconds / steps if options.seconds > 0 else 0.0
     began = time.perf_counter()
     inference = DemoInference(POOL, metrics_port, zone)
+    mqtt = await _connect(options.mqtt, config.site.id, summary, console)
     async with sim_site_for(config) as sim, _quiet_logs():
-        service = assemble(config, clock=clock, outbox=outbox)
-        mqtt = await _connect(options.mqtt, service, outbox, summary, console)
+        outbox: Outbox = MemoryOutbox() if mqtt is None else mqtt.link
+        service = assemble(config, clock=clock, outbox=outbox, monotonic=clock.monotonic)
+        service.ack_listeners.append(lambda topic, ack: _heard(summary, topic, ack))
+        runner = Runner(service, asyncio.Event())
+        publisher = _publisher(service)
+        if mqtt is not None:
+            listen(service, mqtt.link)  # the same inbound topics as `gridflex run`
         try:
             await service.shell.poll()
             view = View(service, zone, options.dispatch_target_kw)
-            send = _dispatcher(service, mqtt)
+            day = _Day(service, runner, inference, view, summary, mqtt)
+            send = _dispatcher(service, runner, mqtt, summary)
             pending = list(prices)
-            last = None
             with inference, Live(view.render(None, summary), console=console, auto_refresh=False,
                       transient=False) if live else NoLive() as screen:  # fmt: skip
                 for step in range(steps):
                     tick = time.perf_counter()
                     clock.now = start + step * STEP
                     while pending and pending[0].observed_at_utc <= clock.now:
-                        service.snapshot(pending.pop(0))
+                        service.inbox.signal(pending.pop(0))  # as the price source queues it
                     await _scripted(clock.now, dispatch_at, send, sim, view, options)
-                    report = await _inference_cycle(service, inference, clock.now, last, view)
-                    last = report.decision
-                    if mqtt is not None:
-                        mqtt.publish_cycle(service, report)
-                    _account(summary, report, service, outbox)
-                    view.observe(report)
+                    report = await _step(day, clock.now)
                     if live:
                         screen.update(view.render(report, summary), refresh=True)
                     elif clock.now.astimezone(zone).minute == 0 or view.fresh_notes:
@@ -176,27 +198,46 @@ async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
                     if pace_s:
                         await asyncio.sleep(max(0.0, pace_s - (time.perf_counter() - tick)))
         finally:
-            if mqtt is not None:
-                await mqtt.close()
-            await service.close()
+            await _stop(service, publisher, mqtt)
     summary.wall_s = time.perf_counter() - began
     print_summary(console, summary, service, options.day)
     return summary
 
 
+def _publisher(service: Service) -> asyncio.Task[None] | None:
+    """The outbox's one publisher, as `gridflex run` runs it (over MQTT only)."""
+    if isinstance(service.outbox, PersistedOutbox):
+        return asyncio.create_task(service.outbox.run())
+    return None
+
+
+async def _stop(service: Service, publisher: asyncio.Task[None] | None,
+                mqtt: DemoMqttLink | None) -> None:  # fmt: skip
+    if publisher is not None:
+        assert isinstance(service.outbox, PersistedOutbox)
+        await service.outbox.drain(DISPATCH_DELIVERY_TIMEOUT_S)
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
+    if mqtt is not None:
+        await mqtt.close()
+    await service.close()
+
+
+def _heard(summary: DemoSummary, topic: str, ack: BaseModel) -> None:
+    """Every ack the service sends (its listeners hear each): the summary keeps the events'."""
+    if topic == "dispatch/ack" and isinstance(ack, DispatchAck):
+        summary.acks.append(ack)
+
+
 async def _connect(
-    target: DemoMqtt | None,
-    service: Service,
-    outbox: DemoOutbox,
-    summary: DemoSummary,
-    console: Console,
+    target: DemoMqtt | None, site_id: str, summary: DemoSummary, console: Console
 ) -> DemoMqttLink | None:
     """The service's real MQTT interface when a broker answers; one line saying which it is."""
     if target is None:
         summary.mqtt = "not used (--no-mqtt)"
         console.print("MQTT not used (--no-mqtt): the dispatch is handed to the service in-process")
         return None
-    opened = await open_demo_mqtt(target, service, outbox)
+    opened = await open_demo_mqtt(target, site_id)
     if isinstance(opened, str):
         summary.mqtt = f"not used: {opened}"
         console.print(
@@ -221,26 +262,34 @@ async def _connect(
 Dispatcher = Callable[[bytes], Awaitable[str]]
 
 
-def _dispatcher(service: Service, mqtt: DemoMqttLink | None) -> Dispatcher:
-    """How the QSE's dispatch reaches the service: over MQTT when connected, else in-process."""
+def _dispatcher(
+    service: Service, runner: Runner, mqtt: DemoMqttLink | None, summary: DemoSummary
+) -> Dispatcher:
+    """How the QSE's dispatch reaches the service's inbox: over MQTT when connected, else put
+    there in-process. What became of it is its first ack, after the cycle that takes it."""
 
-    async def in_process(payload: bytes) -> str:
-        return service.intake.dispatch(payload, source="demo-qse")
+    def in_process(payload: bytes) -> None:
+        service.inbox.put("dispatch", lambda: service.intake.dispatch(payload, source="demo-qse"))
 
-    if mqtt is None:
-        return in_process
-    link = mqtt
+    async def send(payload: bytes) -> str:
+        event_id = json.loads(payload)["event_id"]
+        how = "in-process"
+        if mqtt is not None:
+            try:
+                await mqtt.dispatch(payload, service)
+                how = f"over MQTT on {mqtt.prefix}/dispatch"
+            except (TimeoutError, MqttError) as exc:
+                # the broker took the connection but not this message: the demo's script goes on
+                in_process(payload)
+                how = f"in-process: not delivered over MQTT: {exc or 'timeout'}"
+        else:
+            in_process(payload)
+        await runner.step()  # the cycle that takes it, as the wake would start one
+        told = [a.status for a in summary.acks if a.event_id == event_id]
+        outcome = told[0] if told else "no answer"
+        return outcome if mqtt is None else f"{outcome} ({how})"
 
-    async def over_mqtt(payload: bytes) -> str:
-        try:
-            outcome = await link.dispatch(payload)
-        except (TimeoutError, MqttError) as exc:
-            # the broker took the connection but not this message: the demo's script goes on
-            outcome = await in_process(payload)
-            return f"{outcome} (in-process: not delivered over MQTT: {exc or 'timeout'})"
-        return f"{outcome} (over MQTT on {link.prefix}/dispatch)"
-
-    return over_mqtt
+    return send
 
 
 @contextlib.asynccontextmanager
@@ -317,32 +366,34 @@ def _forgone_usd(report: CycleReport, fleet: Fleet, hours: float) -> float:
     return usd
 
 
-async def _inference_cycle(
-    service: Service, inference: DemoInference, now: datetime, last: Decision | None, view: View
-) -> CycleReport:
-    """A cycle on the pool's demand as scraped now, noting what a change of it moved."""
-    demand = await inference.read(now)
+async def _step(day: _Day, now: datetime) -> CycleReport:
+    """A cycle on the pool's demand as scraped now, noting what a change of it moved, then
+    telemetry, the summary's accounts and the view."""
+    demand = await day.inference.read(now)
     if demand is not None:
-        service.snapshot(demand)
-    report = await _cycle(service)
-    moved = burst_note(last, report.decision, POOL, "inference", MINERS)
+        day.service.inbox.signal(demand)  # as the pool's scraper queues it
+    report = await _cycle(day.service, day.runner)
+    moved = burst_note(day.last, report.decision, POOL, "inference", MINERS)
     if moved is not None:
-        view.note(now, moved)
+        day.view.note(now, moved)
+    day.last = report.decision
+    if day.mqtt is not None:
+        day.mqtt.publish_telemetry(day.service, report.at_utc)
+    _account(day.summary, report, day.service)
+    day.view.observe(report)
     return report
 
 
-async def _cycle(service: Service) -> CycleReport:
+async def _cycle(service: Service, runner: Runner) -> CycleReport:
     # devices on their own cadence: read what every one draws, probe the unavailable ones
     await service.shell.poll()
-    report = await service.shell.cycle()
+    report = await runner.step()
     if service.shell.follow_up:
-        report = await service.shell.cycle()
+        report = await runner.step()
     return report
 
 
-def _account(
-    summary: DemoSummary, report: CycleReport, service: Service, outbox: DemoOutbox
-) -> None:
+def _account(summary: DemoSummary, report: CycleReport, service: Service) -> None:
     hours = STEP.total_seconds() / 3600.0
     price = report.decision.price_usd_per_mwh or 0.0
     site_kw = service.shell.site_kw()
@@ -362,7 +413,3 @@ def _account(
     summary.failed_devices.update(ids[i] for i in np.flatnonzero(down))
     summary.max_cycle_s = max(summary.max_cycle_s, report.duration_s)
     summary.forgone_usd += _forgone_usd(report, service.shell.fleet, hours)
-    while outbox.memory.sent:
-        topic, message = outbox.memory.sent.popleft()
-        if topic == "dispatch/ack" and isinstance(message, DispatchAck):
-            summary.acks.append(message)

@@ -1,4 +1,11 @@
-"""The shell around decide(): one cycle = snapshot -> decide -> stagger -> apply -> record.
+"""The shell around decide(): one cycle = take inputs -> decide -> stagger -> apply -> record.
+
+The cycle owns the site's state. At its start it drains the inbox (messages, signals, writes
+that arrived since the last cycle: agent.service.inbox) and takes the readings the polls queued
+(agent.service.devices), ends the events whose time is up, then freezes one snapshot and decides
+on it. Everything it changes (inbox outcomes, replay ids, events, the decision, the audit, outbox
+rows) is written in one transaction; the broker acknowledgements of the messages it took wait
+for that commit.
 
 A cycle sends only the setpoints that changed (agent.service.fanout), in parallel under a bound,
 each with a deadline; a device that fails is marked unavailable (agent.service.devices) so the
@@ -9,21 +16,26 @@ breakers behind them). What a cycle leaves behind is written by agent.service.re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Protocol
 
 import numpy as np
 
 from agent.domain.fleet import Fleet, FleetState, FloatArray, Priority
-from agent.domain.settings import Policy
+from agent.domain.settings import Policy, StalePosture
+from agent.domain.signals import Obligation
 from agent.policy import Memory, decide
 from agent.ports import Clock, DeviceDriver
 from agent.service.devices import EPS_KW, DeviceBank, DriftCheck, ShellSettings
 from agent.service.events import EventBook
 from agent.service.fanout import apply_setpoints
+from agent.service.inbox import Inbox, Taken
 from agent.service.metrics import Metrics
 from agent.service.outcomes import OverrideOutcomes
 from agent.service.pools import PoolSchedulers
@@ -32,9 +44,34 @@ from agent.service.report import CycleReport
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import SavedMemory, Store
 
-__all__ = ["CycleReport", "DriftCheck", "Shell", "ShellSettings"]
+__all__ = ["CycleReport", "DriftCheck", "FixedObligations", "Obligations", "Shell",
+           "ShellSettings"]  # fmt: skip
 
 log = logging.getLogger("gridflex.shell")
+
+
+class Obligations(Protocol):
+    """Where the cycle's obligations live (the event book; a fixed list in a bare shell)."""
+
+    def expire(self, now: datetime) -> Sequence[object]: ...
+
+    def obligations(self) -> tuple[Obligation, ...]: ...
+
+
+class FixedObligations:
+    """Obligations given up front (a shell without an event book: tests, the backtest's live
+    path); each is dropped once its end has passed."""
+
+    def __init__(self, obligations: tuple[Obligation, ...] = ()) -> None:
+        self.held = list(obligations)
+
+    def expire(self, now: datetime) -> Sequence[object]:
+        ended = [o for o in self.held if o.end_utc is not None and now >= o.end_utc]
+        self.held = [o for o in self.held if o not in ended]
+        return ended
+
+    def obligations(self) -> tuple[Obligation, ...]:
+        return tuple(self.held)
 
 
 class Shell:
@@ -55,6 +92,9 @@ class Shell:
         drift_checks: Mapping[str, DriftCheck] | None = None,
         overrides: OverrideOutcomes | None = None,
         pools: PoolSchedulers | None = None,
+        inbox: Inbox | None = None,
+        obligations: Obligations | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -62,11 +102,15 @@ class Shell:
         self.settings = settings or ShellSettings()
         self._clock = clock
         self._events = events
+        self._store = store
         self._overrides = overrides
         self.pools = pools or PoolSchedulers({})
-        self.devices = DeviceBank(
-            fleet, drivers, self.settings, metrics=metrics, drift_checks=drift_checks
-        )
+        self.inbox = inbox
+        # the event book is where a service's obligations live; a bare shell gets a fixed list
+        self.obligations: Obligations = events or obligations or FixedObligations()
+        self.devices = DeviceBank(fleet, drivers, self.settings, metrics=metrics,
+                                  drift_checks=drift_checks, monotonic=monotonic)  # fmt: skip
+        self._settling: set[asyncio.Task[None]] = set()
         self._recorder = Recorder(fleet, store, metrics)
         self.memory = Memory.initial(fleet)
         self.last: CycleReport | None = None
@@ -94,7 +138,11 @@ class Shell:
         return self.devices.applied_kw
 
     async def poll(self, indices: np.ndarray | None = None) -> None:
+        """Read devices and take what they said at once: only between cycles (at start, the
+        demo, tests). The service's own poller calls `devices.poll`, which only queues the
+        readings for the next cycle."""
         await self.devices.poll(indices)
+        self.devices.take_readings()
 
     # -- resuming ----------------------------------------------------------------------------
     def restore_memory(self, saved: SavedMemory) -> None:
@@ -138,13 +186,60 @@ class Shell:
         return any(o.is_active(now) for o in self.snapshot.overrides.values())
 
     # -- the cycle ---------------------------------------------------------------------------
-    async def cycle(self) -> CycleReport:
+    async def cycle(self, *, restoring: bool = False) -> CycleReport:
+        """One cycle, its writes in one transaction. `restoring` (the shutdown posture): every
+        class runs, as under a missing price with the run_all posture, within what the grid's
+        obligations, the import limit, the grid posture and overrides allow."""
+        with self._transaction():
+            taken = None if self.inbox is None else self.inbox.drain()
+            try:
+                report = await self._cycle(restoring)
+            finally:
+                if taken is not None:
+                    self._settle_after_commit(taken)
+        return report
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        if self._store is None:
+            yield
+            return
+        with self._store.transaction(keep_on_error=True):
+            yield
+
+    def _settle_after_commit(self, taken: Taken) -> None:
+        """The futures of what the inbox gave this cycle resolve once its writes are committed
+        (the broker acknowledgements wait on them), whatever became of the cycle."""
+        if not taken.futures:
+            return
+        if self._store is None:
+            taken.settle()
+            return
+        store = self._store
+
+        async def settle() -> None:
+            try:
+                await store.committed()
+            except Exception:  # a batch the database refused: logged by the writer
+                log.error("a cycle's writes were not all committed; its messages are "
+                          "acknowledged anyway (a redelivery would fail the same way)")  # fmt: skip
+            taken.settle()
+
+        task = asyncio.ensure_future(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _cycle(self, restoring: bool) -> CycleReport:
         started = time.perf_counter()
         now = self._clock()
-        ended, lapsed = self.snapshot.expire(now)
-        for obligation in ended:
-            log.info("event %s ended", obligation.event_id)
-        signals = self.snapshot.freeze(now)
+        self.devices.take_readings()
+        self.obligations.expire(now)
+        lapsed = self.snapshot.expire(now)
+        signals = self.snapshot.freeze(now, self.obligations.obligations())
+        policy = self.policy
+        if restoring:
+            signals = replace(signals, price=None, started_at_utc=None)
+            policy = replace(policy, stale_posture=StalePosture.RUN_ALL)
         # the verified load is what a shed starting now is measured from
         state = FleetState(
             self.fleet,
@@ -152,7 +247,7 @@ class Shell:
             self.measured_kw.copy(),
             site_kw=self.site_kw(),
         )
-        decision = decide(signals, state, self.policy, self.memory, now)
+        decision = decide(signals, state, policy, self.memory, now)
 
         target = self._staggered(decision.setpoint_kw, now)
         planned = self.devices.planned_available
@@ -222,12 +317,6 @@ class Shell:
         target = setpoint_kw.copy()
         target[order[allowed:]] = current[order[allowed:]]
         return target
-
-    async def apply_batch(self, indices: np.ndarray, target: FloatArray) -> dict[str, str]:
-        """Apply `target` to the given devices outside a cycle (the shutdown posture)."""
-        failed = await apply_setpoints(self.devices, indices, target)
-        self._recorder.restore_batch(self._clock(), indices, target, self.memory, failed)
-        return failed
 
 
 def _same(a: FloatArray, b: FloatArray) -> np.ndarray:

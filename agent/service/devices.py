@@ -2,7 +2,9 @@
 
 One `DeviceBank` per fleet holds, as columns, what the drivers last saw of each device (reachable,
 measured kW) and what was last applied to it. Polling reads devices on their own cadence and
-judges each reading:
+only queues what it read; the cycle takes the queued readings at its start (`take_readings`), so
+device state changes in one place, the cycle, and never while it commands. A reading begun
+before the device's last command started is stale and dropped. Each reading is judged:
 
   settling     drawing more than commanded within its settle window after a command (the
                driver's `settle_s`: a relay's meter, a miner spinning down): counted at its
@@ -104,6 +106,9 @@ class DeviceBank:
         self._monotonic = monotonic
         self.settle_s = np.array([0.0 if d is None else d.settle_s for d in self.drivers])
         self.commanded_at_s = np.full(n, -np.inf)  # monotonic time the last command ended
+        self.command_started_s = np.full(n, -np.inf)  # ... and when it started
+        # what polls read since the cycle last took them: (device, read began at, reading)
+        self._readings: list[tuple[int, float, DeviceReading | Exception]] = []
         self.obeying = np.ones(n, dtype=np.bool_)
         self._resend_at_s = np.full(n, np.inf)
         self._resend_every_s = np.zeros(n)
@@ -128,11 +133,6 @@ class DeviceBank:
         self._drift_checks = [checks.get(device_id) for device_id in fleet.device_ids]
         self._drift_resent = np.zeros(n, dtype=np.bool_)  # re-sent once since it last obeyed
         self.semaphore = asyncio.Semaphore(settings.max_concurrency)
-        # Bumped when a command to the device starts and again when it ends (odd: in flight). A
-        # poll reading that overlapped a command may predate it: the command's own verification
-        # speaks for the device, the reading is dropped (else a device read just before it was
-        # switched off would be judged "drawing against 0 kW commanded" and marked down).
-        self.command_seq = np.zeros(n, dtype=np.int64)
         self._applies = 0
         self._no_apply = asyncio.Event()  # set while no command fan-out runs: polls may read
         self._no_apply.set()
@@ -211,8 +211,8 @@ class DeviceBank:
 
     # -- reading devices (their own cadence) -------------------------------------------------
     async def poll(self, indices: np.ndarray | None = None) -> None:
-        """Read devices (all by default), those sharing an endpoint together; an unreachable one
-        becomes unavailable, a reachable one available again. Each change is logged once."""
+        """Read devices (all by default), those sharing an endpoint together, and queue what
+        was read for the cycle (`take_readings`)."""
         idx = np.flatnonzero(self.has_driver) if indices is None else indices
         singles, batches = self.by_endpoint(idx)
         jobs: list[int | tuple[EndpointBatch, list[int]]] = [*batches, *singles]
@@ -230,42 +230,51 @@ class DeviceBank:
 
         workers = min(len(jobs), self.settings.max_concurrency)
         await asyncio.gather(*(reader() for _ in range(workers)))
-        self.flush_log()
-        if self.metrics is not None:
-            self.metrics.devices_available.set(int(self.available.sum()))
 
     async def _read_one(self, i: int) -> None:
         driver = self.drivers[i]
         assert driver is not None
-        seq = int(self.command_seq[i])
+        began_s = self._monotonic()
         try:
             async with self.semaphore, asyncio.timeout(self.settings.verify_timeout_s):
                 reading: DeviceReading | Exception = await driver.read()
         except Exception as exc:  # judged in _take; cancellation goes through
             reading = exc
-        self._take(i, seq, reading)
+        self._readings.append((i, began_s, reading))
 
     async def _read_batch(self, batch: EndpointBatch, members: list[int]) -> None:
-        seqs = [int(self.command_seq[i]) for i in members]
+        began_s = self._monotonic()
         ids = [self.fleet.device_ids[i] for i in members]
         try:
             async with self.semaphore, asyncio.timeout(self.settings.verify_timeout_s):
                 results: list[DeviceReading | Exception | None] = list(await batch.read_many(ids))
         except Exception as exc:
             results = [exc] * len(members)
-        for i, seq, result in zip(members, seqs, results, strict=True):
-            self._take(i, seq, result if result is not None else TimeoutError("no reading"))
+        for i, result in zip(members, results, strict=True):
+            reading = result if result is not None else TimeoutError("no reading")
+            self._readings.append((i, began_s, reading))
 
-    def _take(self, i: int, seq: int, reading: DeviceReading | Exception) -> None:
-        """Judge what a read of device i (begun at command `seq`) brought back."""
+    def take_readings(self) -> int:
+        """Judge what the polls read since the last call (the cycle's start); how many."""
+        taken, self._readings = self._readings, []
+        for i, began_s, reading in taken:
+            # begun before the device's last command started: it may predate the command, whose
+            # own verification speaks for the device (else a device read just before it was
+            # switched off would be judged "drawing against 0 kW commanded" and marked down)
+            if began_s >= self.command_started_s[i]:
+                self._take(i, reading)
+        self.flush_log()
+        if self.metrics is not None:
+            self.metrics.devices_available.set(int(self.available.sum()))
+        return len(taken)
+
+    def _take(self, i: int, reading: DeviceReading | Exception) -> None:
+        """Judge what a read of device i brought back."""
         if isinstance(reading, DeviceError | TimeoutError):
-            if not self._overlapped(i, seq):
-                self.mark_down(i, why(reading))
+            self.mark_down(i, why(reading))
             return
         if isinstance(reading, Exception):  # a driver bug must not end the polling of the site
             self.unexpected(i, reading)
-            return
-        if self._overlapped(i, seq):
             return
         # an implausible reading leaves the device unverified: neither obeying nor not
         power_kw = reading.power_kw
@@ -293,10 +302,6 @@ class DeviceBank:
     def _settling(self, i: int) -> bool:
         """Whether device i is still within its settle window after its last command."""
         return bool(self._monotonic() - self.commanded_at_s[i] < self.settle_s[i])
-
-    def _overlapped(self, i: int, seq_before: int) -> bool:
-        """Whether a command to device i ran during a read that began at `seq_before`."""
-        return seq_before % 2 == 1 or int(self.command_seq[i]) != seq_before
 
     def _resend_if_drifted(self, i: int, reading: DeviceReading) -> bool:
         """A miner that drifted back (firmware reboot, auto-tuning) is sent its command again.

@@ -12,6 +12,10 @@ each change acked, metered and audited.
   expired        its end passed and the load never got under the ceiling
   rejected       (never stored as an event) the message could not be taken; the reason says why
 
+The event book is the one place a live event lives (with its row in the `events` table, written
+in the same transaction): the cycle takes its obligations from here when it freezes its inputs,
+and ends events here, once, at the cycle's start.
+
 Every cycle of a live event is judged (agent.service.compliance): the record of compliant cycles,
 worst exceedance, energy delivered against asked and the baseline is stored with the event and
 carried by every ack, the final one included.
@@ -34,12 +38,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from agent.domain.signals import Obligation, ObligationCancel
+from agent.domain.signals import Obligation
 from agent.policy import Decision
 from agent.policy.decision import ObligationStatus
 from agent.service.compliance import Compliance, verified_under
 from agent.service.metrics import Metrics
-from agent.service.snapshot import SnapshotStore
 from agent.service.store import FINAL_STATUSES, LIVE_STATUSES, EventRecord, Store
 
 FINISHED_KEPT = 10_000
@@ -54,18 +57,16 @@ Latency = Callable[[EventRecord, float], None]
 
 
 class EventBook:
-    """Keeps the live events, the snapshot's obligations and the store in step."""
+    """The live events, kept in step with the store; the source of the cycle's obligations."""
 
     def __init__(
         self,
         store: Store,
-        snapshot: SnapshotStore,
         ack: Ack,
         on_verified: Latency | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
-        self._snapshot = snapshot
         self._metrics = metrics
         self._ack = ack
         self._on_verified = on_verified
@@ -79,11 +80,34 @@ class EventBook:
         return sorted(self._live.values(), key=lambda r: r.event_id)
 
     def resume(self) -> list[EventRecord]:
-        """After a restart: put every live event back into the snapshot, status unchanged."""
+        """After a restart: every live event followed again, status unchanged."""
         for record in self._store.events(live_only=True):
             self._live[record.event_id] = record
-            self._snapshot(record.obligation())
         return self.live
+
+    def obligations(self) -> tuple[Obligation, ...]:
+        """What the live events ask, for the cycle's frozen inputs."""
+        return tuple(self._live[event_id].obligation() for event_id in sorted(self._live))
+
+    def expire(self, now: datetime) -> list[EventRecord]:
+        """End the events whose end has passed (at the cycle's start, before it decides)."""
+        ended = [r for r in self._live.values() if r.end_utc is not None and now >= r.end_utc]
+        for record in ended:
+            self._finish(record, now)
+        return ended
+
+    def announce(self, now: datetime, what: str, reason: str) -> None:
+        """Tell each live event's sender what is not a change of its status: `resumed` (the
+        service followed it again after a restart: its status acked again) or `suspended` (the
+        service is stopping with it live). Acked and audited, not stored as its status."""
+        with self._store.transaction():
+            for record in self.live:
+                status = "suspended" if what == "suspended" else record.status
+                told = replace(record, status=status, reason=reason, updated_at_utc=now)
+                self._store.audit(now, f"event-{what}", record.event_id,
+                                  {"reason": reason, "status": record.status},
+                                  record.source)  # fmt: skip
+                self._ack(told)
 
     def ack_again(self, event_id: str) -> None:
         """Publish the ack of an event as it stands (live, else as stored) once more."""
@@ -112,7 +136,6 @@ class EventBook:
         self._live[record.event_id] = record
         self._save(record)
         log.info("event %s accepted: %s %.0f kW", record.event_id, record.kind, record.requested_kw)
-        self._snapshot(record.obligation())
         return True
 
     def revise(
@@ -142,7 +165,6 @@ class EventBook:
             self._save(fresh)
             log.info("event %s accepted from %s: %s %.0f kW", fresh.event_id, fresh.source,
                      fresh.kind, fresh.requested_kw)  # fmt: skip
-            self._snapshot(obligation)
             return "accepted"
         if record.source != obligation.source:
             detail = {"ignored": True, "held_by": record.source}
@@ -174,8 +196,7 @@ class EventBook:
             "event %s modified (%s): %s %.0f kW -> %s %.0f kW", record.event_id, what,
             record.kind, record.requested_kw, obligation.kind.value, obligation.kw,
         )  # fmt: skip
-        self._snapshot(obligation)  # same id: replaces the obligation, keeps a shed's baseline
-        return "modified"
+        return "modified"  # same id: the engine keeps a shed's baseline
 
     def release(
         self, event_id: str, at: datetime, source: str, reason: str | None = None
@@ -192,16 +213,12 @@ class EventBook:
         )
         self._save(done)
         log.info("event %s released by %s", event_id, source)
-        self._snapshot(ObligationCancel(event_id, at, source))
         return done
 
     def after_cycle(self, now: datetime, decision: Decision, achieved_kw: float) -> None:
         """Judge every live event on the load this cycle verified, and move it on."""
         statuses = {s.event_id: s for s in decision.obligations}
         for record in list(self._live.values()):
-            if record.end_utc is not None and now >= record.end_utc:
-                self._finish(record, now)
-                continue
             status = statuses.get(record.event_id)
             if status is None:
                 continue  # not started yet

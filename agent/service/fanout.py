@@ -48,7 +48,7 @@ def _commands(bank: DeviceBank, idx: np.ndarray, target: FloatArray) -> list[Dev
     rated = bank.fleet.rated_kw[idx]
     percent = np.divide(100.0 * kw, rated, out=np.zeros_like(kw), where=rated > 0)
     bank.commanded_kw[idx] = kw
-    bank.command_seq[idx] += 1
+    bank.command_started_s[idx] = bank.monotonic_s()  # readings begun before it are stale
     ids = bank.fleet.device_ids
     rows = zip(idx.tolist(), kw.tolist(), percent.tolist(), strict=True)
     return [DeviceCommand(ids[i], k > EPS_KW, k, p) for i, k, p in rows]
@@ -83,7 +83,6 @@ async def _apply_batch(
             reasons[i] = f"unexpected {type(exc).__name__}: {why(exc)}"
         return reasons
     finally:
-        bank.command_seq[idx] += 1  # over: readings from now on see what it left
         bank.commanded_at_s[idx] = bank.monotonic_s()  # their settle windows start now
     ok = np.ones(len(members), dtype=np.bool_)
     for k, (i, result) in enumerate(zip(members, results, strict=True)):
@@ -127,7 +126,6 @@ async def _apply_one(bank: DeviceBank, i: int, target: FloatArray) -> str:
         bank.unexpected(i, exc)
         return f"unexpected {type(exc).__name__}: {why(exc)}"
     finally:
-        bank.command_seq[i] += 1  # over: readings from now on see what it left
         bank.commanded_at_s[i] = bank.monotonic_s()  # its settle window starts now
     return ""
 

@@ -2,9 +2,14 @@
 
 Nothing a sender writes can stop the service: every failure ends here as a "rejected" ack.
 Checks, in order: JSON, signature (when a secret is set), schema, freshness (issued_at within the
-replay window, not from the future beyond the clock skew), dates (not ended, not starting beyond
-the horizon), plausibility (a shed larger than the whole site), duplicates (first wins).
-The first four (`MessageChecks`) also guard the grid topics (agent.service.grid).
+replay window, not from the future beyond the clock skew), then the sender's rate (per key: one
+sender's flood never costs another's dispatch; over it, a rejected ack says so), dates (not
+ended, not starting beyond the horizon), plausibility (a shed larger than the whole site),
+duplicates (first wins). The first four (`MessageChecks`) also guard the grid topics
+(agent.service.grid). Messages that fail before they are authenticated share one budget: beyond
+it they are counted and dropped without an ack or an audit row each (a flood of junk must not
+fill the disk nor the acks topic). A message's id is remembered (replay) only once what it asked
+was taken: a rejected one may be sent again, and is judged again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from agent.ports import Clock
 from agent.service.checks import IntakeLimits, MessageChecks, RejectedError, safe_text, sign
 from agent.service.events import EventBook
 from agent.service.messages import DispatchAck, DispatchMessage, OverrideAck, OverrideMessage
+from agent.service.ratelimit import TopicRateLimit
 from agent.service.replay import ReplayGuard
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
@@ -46,6 +52,7 @@ class Intake:
         hmac_keys: Mapping[str, bytes] | None = None,
         limits: IntakeLimits | None = None,
         replay: ReplayGuard | None = None,
+        rate: TopicRateLimit | None = None,
     ) -> None:
         self._fleet = fleet
         self._events = events
@@ -57,27 +64,56 @@ class Intake:
         self._limits = limits or IntakeLimits()
         self._checks = MessageChecks(hmac_secret, self._limits, hmac_keys or {})
         self._replay = replay or ReplayGuard(store, self._limits.replay_window_s, clock())
+        self._rate = rate or TopicRateLimit(20.0, 200)
         self._site_rated_kw = float(fleet.rated_kw.sum())
+
+    def _within_rate(self, topic: str, key: str | None, authenticated: str | None) -> None:
+        """Per sender, once it is known who sent it: RejectedError (an ack says so) beyond."""
+        sender = authenticated or key or "unsigned"
+        if not self._rate.allow(f"{topic}@{sender}"):
+            raise RejectedError(f"rate limited: {sender} sends more than the site takes on "
+                                f"{topic} ({self._rate.per_s:g}/s); not applied")  # fmt: skip
+
+    def _refusal_counts(self, topic: str, authenticated: bool) -> bool:
+        """Whether a refusal before authentication still gets its ack and audit row."""
+        return authenticated or self._rate.allow(f"{topic}@unauthenticated")
 
     # -- dispatch ----------------------------------------------------------------------------
     def dispatch(
         self, payload: bytes, source: str = "mqtt", authenticated: str | None = None
     ) -> str:
         """Handle one dispatch message; returns the outcome (accepted, duplicate, rejected...).
-        `authenticated`: see MessageChecks.message."""
+        `authenticated`: see MessageChecks.message. Whatever goes wrong, the sender is told."""
+        try:
+            return self._dispatch(payload, source, authenticated)
+        except Exception as exc:  # a bug of ours: still an answer, never a silent drop
+            log.exception("a dispatch message could not be handled")
+            reason = f"could not be handled ({type(exc).__name__}); the site's log has why"
+            self._dispatch_ack(DispatchAck(event_id="", status="rejected", reason=reason,
+                                           requested_kw=None, achieved_kw=None,
+                                           at=self._clock()))  # fmt: skip
+            return "failed"
+
+    def _dispatch(self, payload: bytes, source: str, authenticated: str | None) -> str:
         now = self._clock()
         raw: Any = None
+        checked = False
         try:
             raw = self._checks.decode(payload)
             message, key = self._checks.message(DispatchMessage, raw, now, authenticated)
+            checked = True
+            self._within_rate("dispatch", key, authenticated)
             if self._replay.seen(message.message_id):
                 self._events.ack_again(message.event_id)  # the sender may not have seen it
                 return "duplicate"
             owner = source if key in (None, "site") else f"{source}/{key}"
             with self._store.transaction():
-                self._replay.remember(message.message_id, now)
-                return self._take_dispatch(message, now, owner)
+                outcome = self._take_dispatch(message, now, owner)
+                self._replay.remember(message.message_id, now)  # taken: a copy is a duplicate
+                return outcome
         except RejectedError as exc:
+            if not self._refusal_counts("dispatch", checked):
+                return "dropped"
             event_id = raw.get("event_id") if isinstance(raw, dict) else None
             requested = _requested_kw(raw)
             subject = safe_text(event_id) if event_id is not None else "?"
@@ -160,17 +196,34 @@ class Intake:
     def override(
         self, payload: bytes, source: str = "mqtt", authenticated: str | None = None
     ) -> str:
+        """Handle one override message; returns the outcome. Whatever goes wrong, the sender
+        is told."""
+        try:
+            return self._override(payload, source, authenticated)
+        except Exception as exc:  # a bug of ours: still an answer, never a silent drop
+            log.exception("an override message could not be handled")
+            reason = f"could not be handled ({type(exc).__name__}); the site's log has why"
+            self._override_ack(OverrideAck(override_id="", status="rejected", reason=reason,
+                                           at=self._clock()))  # fmt: skip
+            return "failed"
+
+    def _override(self, payload: bytes, source: str, authenticated: str | None) -> str:
         now = self._clock()
         raw: Any = None
+        checked = False
         try:
             raw = self._checks.decode(payload)
-            message, _key = self._checks.message(OverrideMessage, raw, now, authenticated)
+            message, key = self._checks.message(OverrideMessage, raw, now, authenticated)
+            checked = True
+            self._within_rate("override", key, authenticated)
             if self._replay.seen(message.message_id):
                 return "duplicate"  # applied once already: a replay changes nothing
             with self._store.transaction():
-                self._replay.remember(message.message_id, now)
                 status, reason = self._take_override(message, now, source)
+                self._replay.remember(message.message_id, now)
         except RejectedError as exc:
+            if not self._refusal_counts("override", checked):
+                return "dropped"
             override_id = raw.get("override_id") if isinstance(raw, dict) else None
             subject = safe_text(override_id) if override_id is not None else "?"
             self._store.audit(now, "override-rejected", subject, {"reason": str(exc)}, source)

@@ -191,12 +191,14 @@ class DispatchAck(BaseModel):
     """`<prefix>/dispatch/ack`: published on every change of an event's status."""
 
     event_id: str
-    status: Literal["accepted", "rejected", "active", "non_compliant", "completed", "expired"] = (
-        Field(
-            description="active: the verified site load is under the ceiling; non_compliant: it "
-            "went over after that (the reason gives the kW over and the cause); completed: it "
-            "ended after being active (the reason says whether with a shortfall)"
-        )
+    status: Literal[
+        "accepted", "rejected", "active", "non_compliant", "completed", "expired", "suspended"
+    ] = Field(
+        description="active: the verified site load is under the ceiling; non_compliant: it "
+        "went over after that (the reason gives the kW over and the cause); completed: it "
+        "ended after being active (the reason says whether with a shortfall); suspended: the "
+        "service is stopping with the event live (the reason says how the devices are left); "
+        "on its restart the event's status is acked again"
     )
     reason: str
     requested_kw: float | None
@@ -205,6 +207,10 @@ class DispatchAck(BaseModel):
     compliance: ComplianceOut | None = Field(
         default=None, description="the event's record so far, judged every cycle"
     )
+    seq: int | None = Field(
+        default=None, description="the site's sequence number of this ack: acks of every kind "
+        "share one sequence that only grows, across restarts; a copy has the same seq"
+    )  # fmt: skip
 
 
 class OverrideAck(BaseModel):
@@ -219,6 +225,10 @@ class OverrideAck(BaseModel):
     )
     reason: str
     at: AwareDatetime
+    seq: int | None = Field(
+        default=None, description="the site's sequence number of this ack: acks of every kind "
+        "share one sequence that only grows, across restarts; a copy has the same seq"
+    )  # fmt: skip
 
 
 class GridAck(BaseModel):
@@ -228,6 +238,10 @@ class GridAck(BaseModel):
     status: Literal["accepted", "rejected"]
     reason: str
     at: AwareDatetime
+    seq: int | None = Field(
+        default=None, description="the site's sequence number of this ack: acks of every kind "
+        "share one sequence that only grows, across restarts; a copy has the same seq"
+    )  # fmt: skip
 
 
 class TelemetryMessage(BaseModel):

@@ -5,7 +5,7 @@ The store is written in one transaction per cycle, so a restart resumes from a c
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
 
 import numpy as np
 
@@ -18,6 +18,15 @@ from agent.service.store import Store
 
 __all__ = ["Recorder"]
 
+_FIGURE = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+_CODES_KEPT = 10_000  # distinct reasons' words; beyond, numbering starts again (one full audit)
+
+
+def _same_row(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rows equal, nan equal to nan (a setpoint not decided yet)."""
+    same: np.ndarray = ((a == b) | (np.isnan(a) & np.isnan(b))).all(axis=1)
+    return same
+
 
 class Recorder:
     """Writes each cycle's outcome to the store and the metrics (either may be absent)."""
@@ -27,7 +36,8 @@ class Recorder:
         self.store = store
         self.metrics = metrics
         self._saved_price: PriceSignal | None = None
-        self._last_why: np.ndarray | None = None  # per device: (rule, reason) last audited
+        self._last_key: np.ndarray | None = None  # per device: (kW, rule, reason code) audited
+        self._codes: dict[str, int] = {}
 
     def cycle(
         self,
@@ -97,41 +107,34 @@ class Recorder:
                 store.audit(report.at_utc, "device-failed", device_id, {"error": why})
 
     def _audit_reasons(self, report: CycleReport) -> None:
-        """A row per device whose binding rule or reason changed: `gridflex audit --device ID`
-        answers why that device was off at 14:05."""
+        """A row per device whose setpoint, binding rule or reason changed: `gridflex audit
+        --device ID` answers why that device was off at 14:05. A reason is compared by its code
+        (its words, figures aside): a new price rewrites every reason's figure, and must not
+        write a row per device when no setpoint moved."""
         assert self.store is not None
         d = report.decision
-        reasons = np.array(d.reasons, dtype=object)[d.reason_index]
-        why = np.char.add(d.rule.astype(str).astype(object), reasons)
-        moved = (
-            np.arange(len(why)) if self._last_why is None else np.flatnonzero(why != self._last_why)
-        )
+        codes = np.array([self._reason_code(text) for text in d.reasons], dtype=np.int64)
+        key = np.stack([np.round(d.setpoint_kw, 3), d.rule.astype(np.float64),
+                        codes[d.reason_index].astype(np.float64)], axis=1)  # fmt: skip
+        last = self._last_key
+        if last is None or last.shape != key.shape:
+            moved = np.arange(len(key))
+        else:
+            moved = np.flatnonzero(~(_same_row(key, last)))
         ids = self.fleet.device_ids
         for i in moved.tolist():
             self.store.audit(report.at_utc, "setpoint", ids[i], {
                 "kw": round(float(d.setpoint_kw[i]), 3),
-                "rule": Rule(int(d.rule[i])).label, "reason": str(reasons[i]),
+                "rule": Rule(int(d.rule[i])).label, "reason": d.reasons[int(d.reason_index[i])],
             })  # fmt: skip
-        self._last_why = why
+        self._last_key = key
 
-    def restore_batch(
-        self,
-        at: datetime,
-        indices: np.ndarray,
-        target: FloatArray,
-        memory: Memory,
-        failed: dict[str, str],
-    ) -> None:
-        if self.store is None:
-            return
-        ids = self.fleet.device_ids
-        with self.store.transaction():
-            self.store.save_setpoints(
-                [(ids[i], float(target[i]), float(memory.changed_at_s[i]))
-                 for i in indices if ids[i] not in failed]
-            )  # fmt: skip
-            self.store.audit(at, "restore-batch", "site",
-                             {"devices": len(indices), "failed": failed})  # fmt: skip
+    def _reason_code(self, text: str) -> int:
+        """A reason's words, figures aside, as a small number."""
+        if len(self._codes) > _CODES_KEPT:
+            self._codes.clear()
+            self._last_key = None
+        return self._codes.setdefault(_FIGURE.sub("#", text), len(self._codes))
 
     def observe(self, report: CycleReport, devices_available: int) -> None:
         m = self.metrics

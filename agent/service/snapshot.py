@@ -1,13 +1,12 @@
 """The process image: the latest value of every signal, frozen once per cycle.
 
-Signal sources push into `SnapshotStore` (it is a `agent.ports.SignalSink`) at their own cadence;
-the cycle calls `freeze(now)` once and decides on that value alone. Grid obligations are keyed by
-event_id (a repeat replaces, a cancel removes), overrides by override_id; both expire here, so
-decide() never sees a finished one. The grid condition (emergency level) and the 4CP warning are
-one value each, the latest replacing the one before, with an optional expiry: a lapsed emergency
-becomes `normal`, a lapsed warning inactive, and `on_grid_lapsed` is told (the audit log). Urgent
-signals (dispatch, cancels, overrides, emergencies, 4CP warnings) call `on_urgent` so the cycle
-starts at once instead of waiting for the tick.
+The cycle puts what its inbox took into `SnapshotStore` (it is a `agent.ports.SignalSink`), then
+calls `freeze(now, obligations)` once and decides on that value alone. Grid obligations are not
+kept here: they live in the event book (agent.service.events), which hands them to `freeze`.
+Overrides are keyed by override_id and expire here, so decide() never sees a finished one. The
+grid condition (emergency level) and the 4CP warning are one value each, the latest replacing the
+one before, with an optional expiry: a lapsed emergency becomes `normal`, a lapsed warning
+inactive, and `on_grid_lapsed` is told (the audit log).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from agent.domain.signals import (
     EmergencySignal,
     GpuDemand,
     Obligation,
-    ObligationCancel,
     Override,
     PeakWarning,
     PriceSignal,
@@ -29,15 +27,7 @@ from agent.domain.signals import (
 
 __all__ = ["AnySignal", "GridSignal", "SnapshotStore"]
 
-AnySignal = (
-    PriceSignal
-    | Obligation
-    | ObligationCancel
-    | EmergencySignal
-    | PeakWarning
-    | Override
-    | GpuDemand
-)
+AnySignal = PriceSignal | EmergencySignal | PeakWarning | Override | GpuDemand
 GridSignal = EmergencySignal | PeakWarning
 
 # Prices kept: enough for a day-ahead curve published a day early (24 hourly or 96 15-min).
@@ -59,7 +49,6 @@ class SnapshotStore:
         # told of the emergency or warning that lapsed (its value before it lapsed)
         self.on_grid_lapsed = on_grid_lapsed
         self._prices: dict[datetime, PriceSignal] = {}
-        self._obligations: dict[str, Obligation] = {}
         self._overrides: dict[str, Override] = {}
         self._emergency: EmergencySignal | None = None
         self._peak_warning: PeakWarning | None = None
@@ -77,10 +66,6 @@ class SnapshotStore:
             if len(self._prices) > _PRICES_KEPT:
                 del self._prices[min(self._prices)]
             urgent = False
-        elif isinstance(signal, Obligation):
-            self._obligations[signal.event_id] = signal
-        elif isinstance(signal, ObligationCancel):
-            self._obligations.pop(signal.event_id, None)
         elif isinstance(signal, Override):
             self._overrides[signal.override_id] = signal
         elif isinstance(signal, EmergencySignal):
@@ -88,8 +73,10 @@ class SnapshotStore:
         elif isinstance(signal, GpuDemand):
             self._gpu_demand[signal.pool] = signal
             urgent = False
-        else:
+        elif isinstance(signal, PeakWarning):
             self._peak_warning, self._peak_warning_expires = signal, None
+        else:  # an obligation belongs to the event book: a wiring error, not a signal to drop
+            raise TypeError(f"not a snapshot signal: {type(signal).__name__}")
         if urgent and self._on_urgent is not None:
             self._on_urgent()
 
@@ -119,10 +106,6 @@ class SnapshotStore:
         return max(self._prices.values(), key=lambda p: (p.interval_start_utc, p.observed_at_utc))
 
     @property
-    def obligations(self) -> dict[str, Obligation]:
-        return dict(self._obligations)
-
-    @property
     def gpu_demand(self) -> dict[str, GpuDemand]:
         return dict(self._gpu_demand)
 
@@ -141,18 +124,13 @@ class SnapshotStore:
             return None
         return max(started, key=lambda p: (p.interval_start_utc, p.observed_at_utc))
 
-    def expire(self, now: datetime) -> tuple[list[Obligation], list[Override]]:
-        """Drop obligations whose end has passed and overrides that expired; return them."""
-        ended = [
-            o for o in self._obligations.values() if o.end_utc is not None and now >= o.end_utc
-        ]
-        for obligation in ended:
-            del self._obligations[obligation.event_id]
+    def expire(self, now: datetime) -> list[Override]:
+        """Drop the overrides that expired (returned) and lapse the grid condition."""
         lapsed = [o for o in self._overrides.values() if not o.is_active(now)]
         for override in lapsed:
             del self._overrides[override.override_id]
         self._expire_grid(now)
-        return ended, lapsed
+        return lapsed
 
     def _expire_grid(self, now: datetime) -> None:
         # The lapsed value is kept as an explicit "normal" / inactive one observed at the expiry,
@@ -172,11 +150,12 @@ class SnapshotStore:
         if self.on_grid_lapsed is not None:
             self.on_grid_lapsed(signal)
 
-    def freeze(self, now: datetime) -> Signals:
-        """One immutable snapshot for one cycle (call expire() first to drop finished ones)."""
+    def freeze(self, now: datetime, obligations: tuple[Obligation, ...] = ()) -> Signals:
+        """One immutable snapshot for one cycle (call expire() first to drop finished ones),
+        with the event book's obligations."""
         return Signals(
             price=self.price_at(now),
-            obligations=tuple(sorted(self._obligations.values(), key=lambda o: o.event_id)),
+            obligations=tuple(sorted(obligations, key=lambda o: o.event_id)),
             emergency=self._emergency,
             peak_warning=self._peak_warning,
             overrides=tuple(sorted(self._overrides.values(), key=lambda o: o.override_id)),

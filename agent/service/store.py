@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,9 +119,15 @@ class Store:
         self._db.executescript(_SCHEMA)
         self._depth = 0
         self._batch: list[Statement] = []
+        self._on_hand_over: list[Callable[[], None]] = []
         # an in-memory database is one connection's own: it cannot have a writer thread
         self._writer = SqlWriter(str(path)) if write_behind and not in_memory else None
-        row = self._db.execute("SELECT max(id) FROM outbox").fetchone()
+        # the outbox's ids are the site's ack sequence numbers: they never go back, even once
+        # every row is confirmed and deleted (AUTOINCREMENT keeps the highest in sqlite_sequence)
+        row = self._db.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0), "
+            "coalesce((SELECT max(id) FROM outbox), 0))"
+        ).fetchone()
         self._outbox_id = int(row[0] or 0)
 
     def close(self) -> None:
@@ -149,21 +155,43 @@ class Store:
         return True if self._writer is None else self._writer.flush(timeout_s)
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes (one cycle) into one atomic commit; nests. An exception inside drops
-        the group."""
+    def transaction(self, *, keep_on_error: bool = False) -> Iterator[None]:
+        """Group writes into one atomic commit; nests (the outermost commits). An exception
+        inside drops the group, unless `keep_on_error`: the cycle's transaction, whose writes
+        each go with a change already made in memory, hands over what it wrote so far so that
+        memory and database cannot disagree after a failed cycle."""
         self._depth += 1
         try:
             yield
         except BaseException:
             self._depth -= 1
             if self._depth == 0:
-                self._batch = []
+                batch, self._batch = self._batch, []
+                callbacks, self._on_hand_over = self._on_hand_over, []
+                if keep_on_error:
+                    self._hand_over(batch)
+                    _call_each(callbacks)
             raise
         self._depth -= 1
         if self._depth == 0:
             batch, self._batch = self._batch, []
+            callbacks, self._on_hand_over = self._on_hand_over, []
             self._hand_over(batch)
+            _call_each(callbacks)
+
+    def after_hand_over(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once what was written so far is handed to the database: at the end
+        of the transaction in progress (also when it ends in an error and keeps its writes), at
+        once outside one. A dropped transaction never calls it."""
+        if self._depth:
+            self._on_hand_over.append(callback)
+        else:
+            callback()
+
+    def write_now(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A write of its own, never part of a transaction in progress (the outbox's deletes,
+        retention): it must not wait for, nor be dropped with, a cycle's group."""
+        self._hand_over([Statement(sql, params)])
 
     def _write(self, sql: str, params: Sequence[Any] = (), *, many: bool = False) -> None:
         statement = Statement(sql, params, many)
@@ -213,7 +241,7 @@ class Store:
 
     def prune_audit(self, before: datetime) -> None:
         """Retention: rows older than `before` go (service.audit_retention_days)."""
-        self._write("DELETE FROM audit WHERE at_utc < ?", (iso(before),))
+        self.write_now("DELETE FROM audit WHERE at_utc < ?", (iso(before),))
 
     # -- events ------------------------------------------------------------------------------
     def put_event(self, record: EventRecord) -> None:
@@ -292,17 +320,21 @@ class Store:
             many=True,
         )
 
-    def outbox_put(self, topic: str, payload: str, *, retain: bool) -> int:
-        """Keep an outgoing message until the broker confirmed it (agent.service.outbox)."""
-        self._outbox_id += 1  # ours, not SQLite's: the row may be committed later
-        self._write(
-            "INSERT INTO outbox(id, topic, payload, retain) VALUES (?, ?, ?, ?)",
-            (self._outbox_id, topic, payload, int(retain)),
-        )
+    def next_outbox_seq(self) -> int:
+        """The sequence number the next outbox row gets (ours, not SQLite's: the row may be
+        committed later); the ack carries it so a receiver can order acks."""
+        self._outbox_id += 1
         return self._outbox_id
 
+    def outbox_put(self, seq: int, topic: str, payload: str, *, retain: bool) -> None:
+        """Keep an outgoing message until the broker confirmed it (agent.service.outbox)."""
+        self._write(
+            "INSERT INTO outbox(id, topic, payload, retain) VALUES (?, ?, ?, ?)",
+            (seq, topic, payload, int(retain)),
+        )
+
     def outbox_done(self, row_id: int) -> None:
-        self._write("DELETE FROM outbox WHERE id = ?", (row_id,))
+        self.write_now("DELETE FROM outbox WHERE id = ?", (row_id,))
 
     def outbox_pending(self) -> list[tuple[int, str, str, bool]]:
         rows = self._db.execute(
@@ -405,6 +437,11 @@ class Store:
         except (AttributeError, TypeError, ValueError, OverflowError) as exc:
             self.quarantine(datetime.now(UTC), "state", "engine", engine, repr(exc))
             return None  # the engine starts without memory: devices are read, not guessed
+
+
+def _call_each(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 def _finite(value: Any) -> float:

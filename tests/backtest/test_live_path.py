@@ -14,7 +14,7 @@ from agent.backtest.replay import Intervals
 from agent.config.drivers import SimulatedDriverConfig
 from agent.domain.signals import Obligation, ObligationKind, PriceSignal
 from agent.policy import Decision, Rule
-from agent.service.cycle import Shell, ShellSettings
+from agent.service.cycle import FixedObligations, Shell, ShellSettings
 from agent.service.snapshot import SnapshotStore
 from tests.backtest.helpers import assert_same_decisions, example, local_slice, year_2024
 
@@ -40,10 +40,12 @@ async def _live(
 ) -> list[Decision]:
     decisions = []
     pending = sorted(events, key=lambda e: e.start_utc)
+    held = FixedObligations()
+    shell.obligations = held
     for i in range(len(intervals)):
         clock.now = _at(int(intervals.start_ns[i]))
         while pending and pending[0].start_utc <= clock.now:
-            store(pending.pop(0))  # a dispatch arrives when it starts
+            held.held.append(pending.pop(0))  # a dispatch arrives when it starts
         store(
             PriceSignal(
                 price_usd_per_mwh=float(intervals.price_usd_per_mwh[i]),

@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from tests.adapters.signals.fake_ercot import (
     serve,
 )
 from tests.helpers.peers import Broker, free_port
+from tests.helpers.status_page import wait_for_priced_page
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(900)]
 
@@ -120,7 +119,7 @@ def test_the_service_and_the_commands_that_watch_it(
         service = subprocess.Popen(command, cwd=tmp_path, env=_clean_env(), stdout=sink,
                                    stderr=sink)  # fmt: skip
     try:
-        view = _wait_for_page(page_port, service, log)
+        view = wait_for_priced_page(page_port, service, log)
         assert view["telemetry"]["devices_total"] == 52
         status = _run(venv, tmp_path, "status", "--config", str(config))
         assert status.returncode == 0, status.stderr
@@ -135,22 +134,3 @@ def test_the_service_and_the_commands_that_watch_it(
     audit = _run(venv, tmp_path, "audit", "--config", str(config), "--since", "1h")
     assert audit.returncode == 0, audit.stderr
     assert "command" in audit.stdout
-
-
-def _wait_for_page(port: int, service: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
-    """The status page's JSON once telemetry has a price (the page's files came installed)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert service.poll() is None, log.read_text()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
-                assert b"gridflex status" in page.read()
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=2) as got:
-                view = json.loads(got.read())
-            telemetry = view.get("telemetry")
-            if isinstance(telemetry, dict) and telemetry.get("price_usd_per_mwh") is not None:
-                return dict(view)
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("the status page never showed a priced telemetry")

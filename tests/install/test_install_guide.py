@@ -10,7 +10,6 @@ Needs root (the guide's `sudo`): `make test-install` in CI.
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
@@ -18,8 +17,6 @@ import shlex
 import signal
 import subprocess
 import tempfile
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +25,7 @@ import pytest
 import yaml
 
 from tests.helpers.peers import Broker, free_port
+from tests.helpers.status_page import wait_for_priced_page
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(900)]
 
@@ -170,7 +168,7 @@ def test_the_install_guide_works_verbatim_as_a_non_root_service_user(
     log = root / "run.log"
     process = guide.popen(run_line, log)
     try:
-        view = _wait_for_page(page_port, process, log)
+        view = wait_for_priced_page(page_port, process, log)
         assert view["telemetry"]["devices_total"] == 52
         status = guide.run(next(step))
         assert "gridflex/trial: online" in status.stdout
@@ -193,19 +191,3 @@ def _installed_prices(venv: Path) -> Path:
                             "import agent, pathlib; print(pathlib.Path(agent.__file__).parent)"],
                            capture_output=True, text=True, check=True, cwd="/")  # fmt: skip
     return Path(found.stdout.strip()) / "data/ercot_rt_spp_15min_hb_hubavg_2024.csv.gz"
-
-
-def _wait_for_page(port: int, process: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=2) as got:
-                view = json.loads(got.read())
-            telemetry = view.get("telemetry")
-            if isinstance(telemetry, dict) and telemetry.get("price_usd_per_mwh") is not None:
-                return dict(view)
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("the status page never showed a priced telemetry")

@@ -12,7 +12,7 @@ from adapters.sim.simulated import SimulatedDriver
 from agent.config import parse_config
 from agent.config.drivers import SimulatedDriverConfig
 from agent.domain.signals import Obligation, ObligationKind, PriceSignal
-from agent.service.cycle import Shell
+from agent.service.cycle import FixedObligations, Shell
 from agent.service.snapshot import SnapshotStore
 
 SITE = """
@@ -40,12 +40,11 @@ def run(actual_idle_kw: float, usd_per_mwh: float, *obligations: Obligation) -> 
         for d in fleet.device_ids
     }  # fmt: skip
     store = SnapshotStore()
-    shell = Shell(fleet, config.decision_policy(), drivers, store, clock=lambda: now[0])
+    shell = Shell(fleet, config.decision_policy(), drivers, store, clock=lambda: now[0],
+                  obligations=FixedObligations(obligations))  # fmt: skip
 
     async def cycles() -> None:
         store(PriceSignal(usd_per_mwh, T0, T0 + timedelta(minutes=15), T0, source="test"))
-        for obligation in obligations:
-            store(obligation)
         await shell.cycle()
         now[0] += timedelta(seconds=2)
         await shell.poll()

@@ -64,10 +64,17 @@ async def _dispatch_limit_throttles_devices_and_acks_achieved_kw(
 ) -> None:
     service.snapshot(price(clock, 30.0))
     await service.shell.cycle()
-    outcome = service.intake.dispatch(dispatch(clock, "ev-1", kind="limit", target_kw=150.0))
-    assert outcome == "accepted"
-    assert service.wake.is_set()  # a dispatch starts a cycle at once
+    # what the MQTT link does with a message: into the inbox, which wakes the cycle at once
+    acknowledged = service.inbox.put(
+        "dispatch", lambda: service.intake.dispatch(dispatch(clock, "ev-1", kind="limit",
+                                                             target_kw=150.0)),
+        acknowledged=True,
+    )  # fmt: skip
+    assert acknowledged is not None
+    assert service.wake.is_set()
+    assert not acknowledged.done()  # not before the cycle that takes it has committed
     report = await service.shell.cycle()
+    await asyncio.wait_for(acknowledged, 5)
     assert report.site_kw <= 150.0 + 0.75
     assert site_power_kw(sim) + 5 <= 150.75
     statuses = [a.status for a in acks(service.outbox, "ev-1")]  # type: ignore[arg-type]
