@@ -141,7 +141,8 @@ class MqttDriver:
     def _on_state(self, _topic: str, payload: bytes) -> None:
         try:
             state = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+            self.refused_states += 1
             return  # not ours to crash on; the echo wait times out and says what it last saw
         if isinstance(state, dict) and self._freshness is not None:
             refused = self._freshness.refuse(state, self._clock())

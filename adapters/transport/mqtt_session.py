@@ -14,8 +14,10 @@ What a long-running service needs, all off by default:
     messages sent while we were away are kept by the broker and delivered when we are back. MQTT 5
     because 3.1.1 has no session expiry: an abandoned client id would hoard messages forever;
   - manual acknowledgements (`manual_acks`): the PUBACK of an incoming message is sent only after
-    its handlers returned, so a crash between receipt and handling leaves it with the broker,
-    which redelivers it;
+    its handlers returned and what they returned resolved (the service: its outcome committed),
+    so a crash between receipt and handling leaves it with the broker, which redelivers it. A
+    handler that raises gets its message acknowledged all the same (logged once per topic):
+    an unacknowledged message would hold the broker's in-flight window;
   - a last will and a birth message (e.g. a retained "offline" / "online" status);
   - username/password and TLS (CA, client certificate).
 """
@@ -148,7 +150,8 @@ class MqttSession:
         # another connection to that topic may not reach us
         self._unacked_subscriptions: set[int] = set()
         self._acking: set[asyncio.Future[None]] = set()  # PUBACKs waiting on a commit
-        self.handler_failures = 0  # messages left unacknowledged because handling them failed
+        self.handler_failures = 0  # messages whose handler raised (acknowledged all the same)
+        self._failing_topics: set[str] = set()
         # what the broker said at the last connect: it still held our persistent session
         self.session_present: bool | None = None
         self._subscriptions_settled = asyncio.Event()
@@ -366,14 +369,14 @@ class MqttSession:
         self, handlers: list[MessageHandler], topic: str, payload: bytes, mid: int, qos: int
     ) -> None:
         pending: list[Awaitable[None]] = []
-        try:
-            for handler in handlers:
+        for handler in handlers:
+            try:
                 outcome = handler(topic, payload)
-                if outcome is not None:
-                    pending.append(outcome)
-        except Exception:  # a handler that could not commit its outcome: do not acknowledge
-            self._not_acknowledged(topic)
-            return
+            except Exception:  # whatever a message does to a handler, it is acknowledged
+                self._handler_failed(topic)
+                continue
+            if outcome is not None:
+                pending.append(outcome)
         if pending:
             task = asyncio.ensure_future(self._ack_when_done(pending, topic, mid, qos))
             self._acking.add(task)
@@ -384,21 +387,22 @@ class MqttSession:
     async def _ack_when_done(
         self, pending: list[Awaitable[None]], topic: str, mid: int, qos: int
     ) -> None:
-        try:
-            for outcome in pending:
+        for outcome in pending:
+            try:
                 await outcome
-        except Exception:
-            self._not_acknowledged(topic)
-            return
+            except Exception:
+                self._handler_failed(topic)
         self._ack(mid, qos)
 
-    def _not_acknowledged(self, topic: str) -> None:
+    def _handler_failed(self, topic: str) -> None:
+        """Counted; logged once per topic. The message is acknowledged all the same: one left
+        unacknowledged holds a place in the broker's in-flight window until the session ends,
+        and the same message redelivered would fail the same way."""
         self.handler_failures += 1
-        _log.exception(
-            "handling a message on %s failed: not acknowledged, the broker keeps it and "
-            "redelivers it when the session resumes",
-            topic,
-        )
+        if topic not in self._failing_topics:
+            self._failing_topics.add(topic)
+            _log.exception("handling a message on %s failed; acknowledged and dropped (logged "
+                           "once for this topic)", topic[:200])  # fmt: skip
 
     def _ack(self, mid: int, qos: int) -> None:
         if self._settings.manual_acks:

@@ -58,6 +58,8 @@ def session_settings(
         client_id=client_id,
         keepalive_s=config.keepalive_s,
         reconnect_min_s=1.0,
+        # back within seconds of the broker: a dispatch must not wait out a long backoff
+        reconnect_max_s=5.0,
         username=config.username,
         password=None if config.password is None else config.password.get_secret_value(),
         tls=None

@@ -37,17 +37,26 @@ GRIDFLEX = (sys.executable, "-c", "from agent.cli import main; main()")
 class Watcher:
     """A test client on <prefix>/#: every message into a queue."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, prefix: str = PREFIX, *, persistent: bool = False) -> None:
+        """`persistent`: a session the broker keeps (and queues for) while the watcher is cut
+        off, so nothing published around a broker restart is missed."""
+        self.prefix = prefix
         self.messages: Queue[tuple[str, str]] = Queue()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-watcher")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{prefix}",
+                                  clean_session=not persistent)  # fmt: skip
+        self.client.reconnect_delay_set(1, 2)  # back at once when a test's broker restarts
         self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, m.payload.decode()))
-        self.client.on_connect = lambda c, *_a: c.subscribe(f"{PREFIX}/#", qos=1)
+        self.client.on_connect = lambda c, *_a: c.subscribe(f"{prefix}/#", qos=1)
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 
-    def send(self, suffix: str, message: dict[str, object] | str) -> None:
-        payload = message if isinstance(message, str) else json.dumps(message)
-        self.client.publish(f"{PREFIX}/{suffix}", payload, qos=1).wait_for_publish(5)
+    def send(self, suffix: str, message: dict[str, object] | str | bytes, qos: int = 1) -> None:
+        payload = message if isinstance(message, str | bytes) else json.dumps(message)
+        self.client.publish(f"{self.prefix}/{suffix}", payload, qos=qos).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
     def wait_for(self, topic: str, test, timeout_s: float = 15.0) -> str:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout_s
@@ -56,7 +65,7 @@ class Watcher:
                 got_topic, payload = self.messages.get(timeout=0.2)
             except Empty:
                 continue
-            if got_topic == f"{PREFIX}/{topic}" and test(payload):
+            if got_topic == f"{self.prefix}/{topic}" and test(payload):
                 return payload
         raise AssertionError(f"nothing on {topic} matching within {timeout_s} s")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -71,8 +72,12 @@ def start_broker(tmp_dir: Path) -> Broker:
     data_dir = tmp_dir / "mosquitto-data"
     data_dir.mkdir(exist_ok=True)
     # persistence on: a broker restart must keep persistent sessions and queued QoS 1 messages
+    # started as root, mosquitto drops to its own user, which cannot write a test's folder: its
+    # persistence (which docs/install.md requires of a site's broker) would silently not save
+    user = "user root\n" if os.geteuid() == 0 else ""
     config.write_text(
         f"listener {port} 127.0.0.1\n"
+        f"{user}"
         "allow_anonymous true\n"
         "persistence true\n"
         f"persistence_location {data_dir}/\n"

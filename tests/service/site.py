@@ -41,6 +41,10 @@ class FakeClock:
     def leap(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
 
+    def monotonic(self) -> float:
+        """The seconds devices settle in, stepped with the clock (assemble(monotonic=...))."""
+        return self.now.timestamp()
+
 
 def site_config(
     db: Path,

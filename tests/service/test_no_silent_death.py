@@ -125,9 +125,13 @@ service: {{database: ":memory:", metrics_port: null}}
     asyncio.run(main())
 
 
-def test_a_message_whose_handler_fails_is_not_acknowledged_and_comes_back(
+def test_a_message_is_acknowledged_once_its_outcome_is_done_and_even_when_its_handler_fails(
     own_mqtt_broker: Any,
 ) -> None:
+    """The PUBACK waits for what the handler returned (the service: the cycle's commit): a
+    session that dies before it leaves the message with the broker, which redelivers it. A
+    handler that raises gets its message acknowledged all the same: left unacknowledged it
+    would hold a place in the broker's in-flight window for as long as the session lives."""
     topic = f"test/{uuid.uuid4().hex[:8]}/dispatch"
     client_id = f"svc-{uuid.uuid4().hex[:6]}"
 
@@ -136,39 +140,54 @@ def test_a_message_whose_handler_fails_is_not_acknowledged_and_comes_back(
                             client_id=client_id, clean_start=False, session_expiry_s=600,
                             manual_acks=True)  # fmt: skip
 
+    async def received(into: list[bytes], count: int) -> None:
+        for _ in range(100):
+            if len(into) >= count:
+                return
+            await asyncio.sleep(0.05)
+
     async def main() -> None:
         seen: list[bytes] = []
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        def failing(_topic: str, payload: bytes) -> None:
+        def pending(_topic: str, payload: bytes) -> asyncio.Future[None]:
             seen.append(payload)
-            raise OSError("database is locked")  # storing the outcome failed
+            return never  # its commit never comes: the service dies first
 
         first = MqttSession(settings())
-        first.subscribe(topic, failing)
+        first.subscribe(topic, pending)
         await first.connect()
         await first.subscriptions_settled()
         sender = MqttSession(MqttSettings(host=own_mqtt_broker.host, port=own_mqtt_broker.port,
                                           client_id=f"qse-{uuid.uuid4().hex[:6]}"))  # fmt: skip
         await sender.connect()
         await sender.publish(topic, b'{"event_id": "ev-1"}')
-        for _ in range(50):
-            if seen:
-                break
-            await asyncio.sleep(0.05)
+        await received(seen, 1)
         assert seen == [b'{"event_id": "ev-1"}']
-        assert first.handler_failures == 1
         await first.close()
 
         again: list[bytes] = []
+
+        def failing(_topic: str, payload: bytes) -> None:
+            again.append(payload)
+            raise RecursionError("maximum recursion depth exceeded")
+
         second = MqttSession(settings())
-        second.subscribe(topic, lambda _t, payload: again.append(payload))
+        second.subscribe(topic, failing)
         await second.connect()
-        for _ in range(100):
-            if again:
-                break
-            await asyncio.sleep(0.05)
+        await received(again, 1)
         assert again == [b'{"event_id": "ev-1"}']  # the broker kept it: nothing acked is lost
+        assert second.handler_failures == 1
+        await asyncio.sleep(0.3)  # the PUBACK on its way
         await second.close()
+
+        third_seen: list[bytes] = []
+        third = MqttSession(settings())
+        third.subscribe(topic, lambda _t, payload: third_seen.append(payload))
+        await third.connect()
+        await asyncio.sleep(1.0)
+        assert third_seen == []  # acknowledged although its handler failed: not redelivered
+        await third.close()
         await sender.close()
 
     asyncio.run(main())
