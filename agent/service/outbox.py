@@ -7,9 +7,10 @@ each once its transaction is handed to the database (the writer commits in order
 insert before its delete) and only while the broker is connected, then waits for the broker's
 PUBACK before the next; the row is deleted once confirmed. A database slow to commit (a write
 lock held elsewhere) does not hold the acks back: the writer commits every batch in the end, and
-the inbound message itself is acknowledged to the broker only once committed. A connection lost before the PUBACK is waited out: the MQTT session
-sends the unconfirmed message again itself when it reconnects (a persistent session), and the
-publisher resumes from the first unconfirmed row, so an outage costs no copies. A restart sends
+the inbound message itself is acknowledged to the broker only once committed. A connection lost
+before the PUBACK is waited out: the MQTT session sends the unconfirmed message again itself
+when it reconnects, and the publisher resumes from the first unconfirmed row, so an outage
+costs no copies. A restart sends
 what was stored and never confirmed (QoS 1 is at least once: a receiver may see one twice, never
 zero times).
 
