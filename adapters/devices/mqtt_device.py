@@ -83,7 +83,7 @@ class MqttDriver:
         self._unanswered: str | None = None  # why the last command got no matching echo
         key = config.hmac_key
         self._key = None if key is None else key.get_secret_value().encode()
-        self._freshness = None if self._key is None else Freshness(self._key)
+        self._freshness = None if self._key is None else Freshness(self._key, self._state_topic)
         self.refused_states = 0  # states dropped: unsigned, forged, stale or replayed
         self._refusing: str | None = None
         session.subscribe(self._state_topic, self._on_state)
@@ -104,7 +104,8 @@ class MqttDriver:
         try:
             # the echo comes on our state topic: the broker must route it to us first
             await self._session.subscriptions_settled()
-            payload = stamp(command_payload(command), self._key, self._clock())
+            payload = stamp(command_payload(command), self._key, self._clock(),
+                            self._command_topic)  # fmt: skip
             await self._session.publish(self._command_topic, payload, qos=1)
         except MqttError as exc:
             raise DeviceUnavailableError(self._device_id, str(exc)) from exc

@@ -61,27 +61,31 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number")
 
 
-def stamp(body: dict[str, Any], key: bytes | None, now: datetime) -> bytes:
-    """The message as sent: signed, dated and numbered when there is a key."""
+def stamp(body: dict[str, Any], key: bytes | None, now: datetime, topic: str) -> bytes:
+    """The message as sent on `topic`: signed for that topic, dated and numbered when there is a
+    key."""
     if key is not None:
         body = {**body, "issued_at": now.isoformat(), "message_id": uuid.uuid4().hex}
-        body["signature"] = sign(body, key)
+        body["signature"] = sign(body, key, topic)
     return json.dumps(body).encode()
 
 
 class Freshness:
     """Judges the signed messages of one peer (see the module docstring)."""
 
-    def __init__(self, key: bytes, *, window_s: float = 30.0, skew_s: float = 5.0) -> None:
+    def __init__(
+        self, key: bytes, topic: str, *, window_s: float = 30.0, skew_s: float = 5.0
+    ) -> None:
         self._key = key
+        self._topic = topic  # what the signature must name: a copy from another topic fails
         self._window_s = window_s
         self._skew_s = skew_s
         self._last: datetime | None = None
 
     def refuse(self, raw: dict[str, Any], now: datetime) -> str | None:
         """Why the message cannot be taken, or None (and it becomes the newest taken)."""
-        if not signature_ok(raw, self._key):
-            return "unsigned or bad signature"
+        if not signature_ok(raw, self._key, self._topic):
+            return "unsigned, or a bad signature for this topic"
         try:
             issued = datetime.fromisoformat(str(raw.get("issued_at")))
             age_s = (now - issued).total_seconds()

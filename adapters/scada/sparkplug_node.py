@@ -44,6 +44,10 @@ log = logging.getLogger("gridflex.sparkplug")
 
 NAMESPACE = "spBv1.0"
 REBIRTH = "Node Control/Rebirth"
+# how far ahead of this clock a primary host's STATE may be dated (hosts keep NTP time; a minute
+# covers a drifting one, never a forged date years ahead)
+STATE_SKEW_MS = 60_000
+DROPPED_LOG_EVERY_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,8 @@ class SparkplugEdgeNode:
         self._born = False
         self._host_online = settings.primary_host_id is None
         self._host_stamp_ms: int | None = None  # timestamp of the last online STATE
+        self.dropped = 0  # commands that were no Sparkplug payload gridflex takes
+        self._dropped_logged_at = -math.inf
         self._reported: dict[tuple[str | None, str], object] = {}
         self._wake = asyncio.Event()
         self._restart = asyncio.Event()
@@ -161,6 +167,10 @@ class SparkplugEdgeNode:
     def _next_bdseq(self) -> None:
         with self._bdseq_lock:
             self._bdseq = (self._bdseq + 1) % 256
+
+    def wake(self) -> None:
+        """Report now, not at the next period: a command's outcome is known."""
+        self._wake.set()
 
     def _connected(self) -> None:
         """The loop, after each CONNACK: births are owed again, and the bdSeq now in use is
@@ -272,23 +282,34 @@ class SparkplugEdgeNode:
             log.exception("Sparkplug command on %s failed", device_id or "the node")
         self._wake.set()  # its outcome goes out in the next data message
 
-    @staticmethod
-    def _decoded(data: bytes, verb: str) -> list[Metric] | None:
+    def _decoded(self, data: bytes, verb: str) -> list[Metric] | None:
         try:
             return decode(data).metrics
         except PayloadError as exc:
-            log.warning("Sparkplug %s dropped: %s", verb, exc)
+            # a flood of bad commands is one line per DROPPED_LOG_EVERY_S, each cut short
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._dropped_logged_at >= DROPPED_LOG_EVERY_S:
+                self._dropped_logged_at = now
+                log.warning("Sparkplug %s dropped (%d so far): %s", verb, self.dropped,
+                            json.dumps(str(exc)[:200]))  # fmt: skip
             return None
 
     def _on_state(self, topic: str, data: bytes) -> None:
         del topic
         try:
             state = json.loads(data)
-            online, stamp = state["online"], state["timestamp"]
-            if not isinstance(online, bool) or not isinstance(stamp, int):
-                raise TypeError("online must be a boolean and timestamp an integer")
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("Sparkplug STATE ignored: %s", exc)
+            online, stamp = state["online"], _milliseconds(state["timestamp"])
+            if not isinstance(online, bool):
+                raise TypeError("online must be a boolean")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            log.warning("Sparkplug STATE ignored: %s", str(exc)[:200])
+            return
+        if stamp > _now_ms() + STATE_SKEW_MS:
+            # a STATE dated ahead of our clock would outrank every real one after it (a spoofed
+            # "online, 2100" then "offline" would silence the node until a restart)
+            log.warning("Sparkplug STATE ignored: dated %.0f s ahead of this clock",
+                        (stamp - _now_ms()) / 1000)  # fmt: skip
             return
         last = self._host_stamp_ms
         if last is not None and stamp < last:
@@ -319,6 +340,13 @@ def _moved(last: object, value: object, deadband: float) -> bool:
     if isinstance(last, int | float) and isinstance(value, int | float):
         return abs(float(value) - float(last)) > deadband
     return last != value
+
+
+def _milliseconds(value: object) -> int:
+    """A STATE timestamp: any JSON number of milliseconds (1.7e12 too; a fraction is dropped)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError("timestamp must be a number of milliseconds")
+    return int(value)
 
 
 def _now_ms() -> int:

@@ -15,12 +15,19 @@ An endpoint that does not answer, answers an HTTP error, or serves text without 
 series is left out and counted (`endpoints_up` of `endpoints_total`); with none up the scrape
 yields no demand, and a consumer judges the last one's age against `stale_after_s`, as for
 prices. Counters that go down (a server restarted) restart the queue-time window.
+
+A page is evidence from a server that may be wrong or hostile: it is read with a total deadline
+(`timeout_s`, however slowly it drips) and a size cap (MAX_PAGE_BYTES), and every number in it
+must be finite, not negative, and within what one server can hold (MAX_REQUESTS_PER_ENDPOINT
+requests, a KV cache between 0 and 1); an endpoint whose page fails any of it is left out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +53,15 @@ _TTFT_SUM, _TTFT_COUNT = (
     "vllm:time_to_first_token_seconds_sum",
     "vllm:time_to_first_token_seconds_count",
 )
+# A vLLM /metrics page is tens of KB, a large Triton one a few hundred: 4 MiB is far past any.
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+# No one server holds more requests running and waiting (vLLM's max_num_seqs is ~256-1024; its
+# waiting queue is bounded by memory): a larger figure is a fault or a lie, not demand.
+MAX_REQUESTS_PER_ENDPOINT = 100_000.0
+
+
+class PageError(ValueError):
+    """A page that is too large, too slow, or holds numbers no server reports."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +94,9 @@ def parse_demand(text: str, server: Server) -> _Sums | None:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name = sample.name.removesuffix("_total")  # the parser names counter samples so
+            if name != _KV_CACHE and name not in _WANTED[server]:
+                continue
+            _plausible(name, sample.value)
             if name == _KV_CACHE:
                 kv_cache = max(kv_cache or 0.0, sample.value)
             elif name in (
@@ -91,6 +110,10 @@ def parse_demand(text: str, server: Server) -> _Sums | None:
                 sums[name] = sums.get(name, 0.0) + sample.value
     if _WAITING[server] not in sums:
         return None
+    running_total = sums[_WAITING[server]] + sums.get(_RUNNING.get(server) or "", 0.0)
+    if running_total > MAX_REQUESTS_PER_ENDPOINT:
+        raise PageError(f"{running_total:g} requests on one server: more than any holds "
+                        f"({MAX_REQUESTS_PER_ENDPOINT:g})")  # fmt: skip
     running_name = _RUNNING.get(server)
     return _Sums(
         waiting=sums[_WAITING[server]],
@@ -103,13 +126,42 @@ def parse_demand(text: str, server: Server) -> _Sums | None:
     )
 
 
+_WANTED = {
+    server: {n for n in (_WAITING[server], _RUNNING.get(server), _QUEUE_US, _SUCCESS, _TTFT_SUM,
+                         _TTFT_COUNT) if n is not None}
+    for server in _WAITING
+}  # fmt: skip
+
+
+def _plausible(name: str, value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise PageError(f"{name} {value!r}: not a count")
+    if name == _KV_CACHE and value > 1.0:
+        raise PageError(f"{name} {value!r}: a usage is between 0 and 1")
+
+
 Fetch = Callable[[str, float], str]
 
 
 def _http_get(url: str, timeout_s: float) -> str:
-    response = requests.get(url, timeout=timeout_s)
-    response.raise_for_status()
-    return response.text
+    """The page, within `timeout_s` in all (not per read: a page that drips a byte at a time is
+    cut off) and MAX_PAGE_BYTES."""
+    deadline = time.monotonic() + timeout_s
+    # identity: the bytes counted and cut off are the page's own, not a compressed stream's
+    headers = {"Accept-Encoding": "identity"}
+    with requests.get(url, timeout=timeout_s, stream=True, headers=headers) as response:
+        response.raise_for_status()
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > MAX_PAGE_BYTES:
+            raise PageError(f"page of {int(length):,} bytes: more than {MAX_PAGE_BYTES:,}")
+        body = bytearray()
+        while chunk := response.raw.read1(65_536):  # what one read brings, never a full block
+            body += chunk
+            if len(body) > MAX_PAGE_BYTES:
+                raise PageError(f"page over {MAX_PAGE_BYTES:,} bytes")
+            if time.monotonic() > deadline:
+                raise PageError(f"page not read within {timeout_s:g} s")
+        return body.decode(response.encoding or "utf-8", errors="replace")
 
 
 @dataclass

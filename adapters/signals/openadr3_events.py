@@ -36,14 +36,29 @@ __all__ = ["not_for_ven", "plan_event3"]
 # the payload types this VEN acts on, most specific first
 _CEILINGS = ("IMPORT_CAPACITY_LIMIT", "DISPATCH_SETPOINT")
 _KW_PER_UNIT = {"KW": 1.0}  # the 3.0 unit enumeration's power unit
+# An event is a plan of hours or days: a day in minutes is 1,440 intervals, a year's span the
+# longest any program runs. Beyond, it is refused (a 100,000-interval event cost seconds a poll).
+MAX_INTERVALS = 2_000
+MAX_SPAN = timedelta(days=366)
 
 
-def not_for_ven(event: Event, ven_name: str) -> str | None:
-    """Why an event is not this VEN's (None: it is): a VEN_NAME target naming others only. The
-    VTN filters by target already; this is the VEN's own check of what it is handed."""
+def not_for_ven(event: Event, ven_name: str, resource_names: Sequence[str] = ()) -> str | None:
+    """Why an event is not this VEN's (None: it is). Every target must name this VEN: VEN_NAME
+    this VEN, RESOURCE_NAME one of its resources (`openadr3.resource_names`, else the VEN's
+    name); a target of another type is one this VEN cannot prove is its own. The VTN filters by
+    target already; this is the VEN's own check of what it is handed."""
+    resources = set(resource_names) or {ven_name}
     for target in event.targets or []:
-        if target.type == "VEN_NAME" and ven_name not in [str(v) for v in target.values]:
-            return f"targets VEN_NAME {', '.join(map(str, target.values))}, not {ven_name}"
+        values = [str(v) for v in target.values or []]
+        shown = ", ".join(values)[:200]
+        if target.type == "VEN_NAME":
+            if ven_name not in values:
+                return f"targets VEN_NAME {shown}, not {ven_name}"
+        elif target.type == "RESOURCE_NAME":
+            if not resources & set(values):
+                return f"targets RESOURCE_NAME {shown}, none of this site's resources"
+        else:
+            return f"targets {str(target.type)[:64]} {shown}: not a target this VEN can match"
     return None
 
 
@@ -52,6 +67,9 @@ def plan_event3(
 ) -> EventPlan:
     if not event.id:
         raise UnsupportedEventError("an event without an id")
+    if len(event.intervals) > MAX_INTERVALS:
+        raise UnsupportedEventError(f"{len(event.intervals)} intervals: at most {MAX_INTERVALS} "
+                                    "are followed")  # fmt: skip
     units = {d.payload_type: d.units for d in event.payload_descriptors or []}
     steps: list[Step] = []
     signal = ""
@@ -63,6 +81,9 @@ def plan_event3(
         if interval.interval_period is None:
             start = start + k * period.duration
         end = None if period.duration <= timedelta(0) else start + period.duration
+        if end is not None and end - start > MAX_SPAN:
+            raise UnsupportedEventError(f"interval {interval.id} lasts {end - start}: longer "
+                                        f"than {MAX_SPAN.days} days")  # fmt: skip
         payloads = {p.type: p.values for p in interval.payloads}
         signal, kind, kw, protected, why = _payload(payloads, units, config, floor_kw)
         steps.append(Step(start, end, kind, kw, protected, why))

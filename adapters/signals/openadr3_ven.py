@@ -103,7 +103,7 @@ class OpenAdr3Ven:
 
     def _follow(self, event: Event, program: str, now: datetime, sink: SignalSink) -> None:
         assert event.id is not None
-        why_not = not_for_ven(event, self._config.ven_name)
+        why_not = not_for_ven(event, self._config.ven_name, self._config.resource_names)
         if why_not is not None:
             self._refuse(event.id, f"not for this site: {why_not}", now, sink)
             return

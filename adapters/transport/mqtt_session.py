@@ -149,6 +149,9 @@ class MqttSession:
         # SUBSCRIBEs the broker has not acknowledged yet: until it has, a message published on
         # another connection to that topic may not reach us
         self._unacked_subscriptions: set[int] = set()
+        self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> its filter, until its SUBACK
+        # filters the broker refused (its ACL): nothing arrives on them; logged once each
+        self.refused_subscriptions: set[str] = set()
         self._acking: set[asyncio.Future[None]] = set()  # PUBACKs waiting on a commit
         self.handler_failures = 0  # messages whose handler raised (acknowledged all the same)
         self._failing_topics: set[str] = set()
@@ -229,6 +232,7 @@ class MqttSession:
             if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
                 return False
             self._unacked_subscriptions.add(mid)
+            self._subscribing[mid] = topic_filter
         return True
 
     async def publish(
@@ -413,12 +417,19 @@ class MqttSession:
         _client: mqtt.Client,
         _userdata: object,
         mid: int,
-        _reason_codes: object,
+        reason_codes: list[ReasonCode],
         _properties: object,
     ) -> None:
         with self._ack_lock:
             self._unacked_subscriptions.discard(mid)
+            topic_filter = self._subscribing.pop(mid, "?")
             settled = not self._unacked_subscriptions
+        refused = [code for code in reason_codes or [] if code.is_failure]
+        if refused and topic_filter not in self.refused_subscriptions:
+            self.refused_subscriptions.add(topic_filter)
+            _log.error("the MQTT broker refused our subscription to %s (%s): nothing will arrive "
+                       "on it; check the broker's ACL (docs/security.md)", topic_filter,
+                       refused[0])  # fmt: skip
         if settled:
             self._in_loop(self._subscriptions_settled.set)
 
@@ -427,7 +438,7 @@ class MqttSession:
         _client: mqtt.Client,
         _userdata: object,
         mid: int,
-        _reason_code: ReasonCode,
+        reason_code: ReasonCode,
         _properties: object,
     ) -> None:
         with self._ack_lock:
@@ -435,7 +446,11 @@ class MqttSession:
                 self._early_acks.add(mid)
                 return
             future = self._acks.pop(mid)
-        if future is not None:
+        if future is None:
+            return
+        if reason_code is not None and reason_code.is_failure:  # MQTT 5: a PUBACK that refuses
+            self._in_loop(_refuse, future, f"the broker refused the message: {reason_code}")
+        else:
             self._in_loop(_resolve, future)
 
     def _in_loop(self, callback: Callable[..., None], *args: object) -> None:
@@ -446,3 +461,8 @@ class MqttSession:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _refuse(future: asyncio.Future[None], why: str) -> None:
+    if not future.done():
+        future.set_exception(MqttError(why))

@@ -85,6 +85,62 @@ class Service:
         await asyncio.to_thread(self.store.close)  # commits what is queued
 
 
+Send = Callable[[str, BaseModel], None]
+
+
+def _intakes(  # noqa: PLR0917 - the parts of the service the intakes work with
+    config: SiteConfig,
+    events: EventBook,
+    snapshot: SnapshotStore,
+    store: Store,
+    metrics: Metrics,
+    send: Send,
+    clock: Clock,
+    monotonic: Callable[[], float],
+) -> tuple[Intake, GridIntake]:
+    """The dispatch/override intake and the grid intake: one set of keys, one replay memory and
+    one rate budget per topic and sender between them."""
+    mqtt = config.mqtt
+    secret = mqtt.hmac_secret if mqtt is not None else None
+    secret_bytes = None if secret is None else secret.get_secret_value().encode()
+    keys = {} if mqtt is None else {k: v.get_secret_value().encode()
+                                    for k, v in mqtt.hmac_keys.items()}  # fmt: skip
+    limits = IntakeLimits() if mqtt is None else IntakeLimits(
+        replay_window_s=mqtt.replay_window_s, clock_skew_s=mqtt.clock_skew_s,
+        max_message_bytes=mqtt.max_message_bytes,
+    )  # fmt: skip
+    replay = ReplayGuard(store, limits.replay_window_s, clock())
+    rate = TopicRateLimit(mqtt.max_messages_per_s if mqtt else 20.0,
+                          mqtt.max_burst if mqtt else 200, monotonic=monotonic)  # fmt: skip
+    intake = Intake(
+        config.fleet(),
+        events,
+        snapshot,
+        store,
+        clock=clock,
+        publish_dispatch_ack=lambda ack: send("dispatch/ack", ack),
+        publish_override_ack=lambda ack: send("override/ack", ack),
+        hmac_secret=secret_bytes,
+        hmac_keys=keys,
+        limits=limits,
+        replay=replay,
+        rate=rate,
+        site_id=config.site.id,
+    )
+    grid = GridIntake(
+        snapshot,
+        store,
+        config.decision_policy(),
+        clock=clock,
+        publish_ack=lambda ack: send("grid/ack", ack),
+        checks=MessageChecks(secret_bytes, limits, keys, config.site.id),
+        metrics=metrics,
+        replay=replay,
+        rate=rate,
+    )
+    return intake, grid
+
+
 def assemble(
     config: SiteConfig,
     *,
@@ -120,6 +176,10 @@ def assemble(
         built = build_drivers(config, pool, mqtt=mqtt_session, clock=clock)
         drivers, drift_checks = built.drivers, built.drift_checks
     store = Store(config.service.database, write_behind=True)
+    if store.quarantined is not None:  # a damaged database set aside: an alarm, and a record
+        metrics.errors.labels(kind="store_quarantined").inc()
+        store.audit(clock(), "store-quarantined", str(store.quarantined),
+                    {"price_kept": store.salvaged_price is not None}, "store")  # fmt: skip
     if isinstance(outbox, ConfirmedPublisher):
         outbox = PersistedOutbox(store, outbox)  # acks are stored before they are published
 
@@ -129,46 +189,9 @@ def assemble(
 
     events = EventBook(store, lambda r: send("dispatch/ack", ack_of(r)), on_verified, metrics)
     inbox = Inbox(snapshot, wake.set, metrics)
-    mqtt = config.mqtt
-    secret = mqtt.hmac_secret if mqtt is not None else None
-    secret_bytes = None if secret is None else secret.get_secret_value().encode()
-    keys = {} if mqtt is None else {k: v.get_secret_value().encode()
-                                    for k, v in mqtt.hmac_keys.items()}  # fmt: skip
-    limits = IntakeLimits() if mqtt is None else IntakeLimits(
-        replay_window_s=mqtt.replay_window_s, clock_skew_s=mqtt.clock_skew_s,
-        max_message_bytes=mqtt.max_message_bytes,
-    )  # fmt: skip
-    replay = ReplayGuard(store, limits.replay_window_s, clock())
-    # one budget per topic and sender, shared by the dispatch and grid intakes
-    rate = TopicRateLimit(mqtt.max_messages_per_s if mqtt else 20.0,
-                          mqtt.max_burst if mqtt else 200, monotonic=monotonic)  # fmt: skip
     fleet = config.fleet()
     policy = config.decision_policy()
-    intake = Intake(
-        fleet,
-        events,
-        snapshot,
-        store,
-        clock=clock,
-        publish_dispatch_ack=lambda ack: send("dispatch/ack", ack),
-        publish_override_ack=lambda ack: send("override/ack", ack),
-        hmac_secret=secret_bytes,
-        hmac_keys=keys,
-        limits=limits,
-        replay=replay,
-        rate=rate,
-    )
-    grid = GridIntake(
-        snapshot,
-        store,
-        policy,
-        clock=clock,
-        publish_ack=lambda ack: send("grid/ack", ack),
-        checks=MessageChecks(secret_bytes, limits, keys),
-        metrics=metrics,
-        replay=replay,
-        rate=rate,
-    )
+    intake, grid = _intakes(config, events, snapshot, store, metrics, send, clock, monotonic)
     service_config = config.service
     shell = Shell(
         fleet,

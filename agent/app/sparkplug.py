@@ -33,12 +33,14 @@ from agent.domain.settings import Posture
 from agent.domain.signals import EmergencyLevel
 from agent.ports import Clock
 from agent.service.checks import safe_text
+from agent.service.ratelimit import TopicRateLimit
 
 __all__ = ["SparkplugBridge"]
 
 log = logging.getLogger("gridflex.sparkplug")
 
 SOURCE = "sparkplug"
+MAX_COMMAND_METRICS = 64  # a SCADA write names a few metrics; thousands in one is a flood
 DEFAULT_OVERRIDE_MIN = 60
 
 
@@ -56,7 +58,8 @@ class SparkplugBridge(MetricSource):
         self._view = view
         self._clock = clock
         self._accept = accept_commands
-        self._ours: set[str] = set()  # ids of events and overrides written from SCADA
+        # overrides written from SCADA (their ids name their class); events written from SCADA
+        # are known by their owner, stored with them: a restart keeps what SCADA may release
         self._node_result: dict[str, Value] = {
             "Dispatch/Last Event ID": "",
             "Dispatch/Last Status": "",
@@ -67,6 +70,10 @@ class SparkplugBridge(MetricSource):
         self._class_result: dict[str, dict[str, Value]] = {}
         self._minutes: dict[str, int] = {}
         self._grid_pending = False
+        self._refusals = TopicRateLimit(1.0, 20)  # audit rows and log lines of refused writes
+        # the edge node's "report now" (set once it exists): a write's outcome is known when the
+        # cycle that took it, or a later one (active), acks it
+        self.report_now: Callable[[], None] = lambda: None
         self._current: dict[str, Any] | None = None  # the service's view for this round
         service.ack_listeners.append(self._heard)
 
@@ -115,7 +122,7 @@ class SparkplugBridge(MetricSource):
                 (
                     e["requested_kw"]
                     for e in events
-                    if e["event_id"] in self._ours and e["kind"] == "limit"
+                    if self._scada_event(e["event_id"]) and e["kind"] == "limit"
                 ),
                 default=None,
             ),
@@ -179,6 +186,10 @@ class SparkplugBridge(MetricSource):
 
     # -- what SCADA writes ---------------------------------------------------------------------
     def command(self, device_id: str | None, metrics: list[Metric]) -> None:
+        if len(metrics) > MAX_COMMAND_METRICS:  # one refusal for the lot, not one per metric
+            self._refused(device_id, metrics[0], f"{len(metrics)} metrics in one command: at "
+                          f"most {MAX_COMMAND_METRICS} are taken; none was")  # fmt: skip
+            return
         for metric in metrics:
             if device_id is None:
                 self._node_command(metric)
@@ -189,7 +200,8 @@ class SparkplugBridge(MetricSource):
         now = self._clock()
         spec = SPECS.get(metric.name)
         if spec is None or not spec.writable or spec not in NODE_METRICS:
-            self._refused(None, metric, f"{metric.name} is not a writable node metric")
+            self._refused(None, metric, f"{safe_text(metric.name, 64)} is not a writable node "
+                          "metric")  # fmt: skip
             return
         if not self._accept:
             self._refused(None, metric, "commands are off (sparkplug.accept_commands)")
@@ -197,7 +209,6 @@ class SparkplugBridge(MetricSource):
         intake, grid = self._service.intake, self._service.grid
         if metric.name == "Dispatch/Limit kW":
             event_id = f"scada-{int(now.timestamp() * 1000)}"
-            self._ours.add(event_id)
             self._node_result["Dispatch/Last Event ID"] = event_id
             intake.dispatch(
                 _json(
@@ -214,7 +225,7 @@ class SparkplugBridge(MetricSource):
             )
         elif metric.name == "Dispatch/Release" and metric.value is True:
             for record in self._service.events.live:
-                if record.event_id in self._ours:
+                if self._scada_event(record.event_id):
                     self._node_result["Dispatch/Last Event ID"] = record.event_id
                     intake.dispatch(
                         _json({"event_id": record.event_id, "kind": "release", "issued_at": now}),
@@ -257,7 +268,6 @@ class SparkplugBridge(MetricSource):
             }
             return
         override_id = f"scada-{class_name}"
-        self._ours.add(override_id)
         minutes = self._minutes.get(class_name, DEFAULT_OVERRIDE_MIN)
         message: dict[str, Any] = {
             "override_id": override_id,
@@ -280,15 +290,16 @@ class SparkplugBridge(MetricSource):
         self._service.intake.override(_json(message), SOURCE, SOURCE)
 
     def _refused(self, class_name: str | None, metric: Metric, reason: str) -> None:
-        """A write that never reached the intake: audited, and shown on its node or device."""
-        self._service.store.audit(
-            self._clock(),
-            "sparkplug-rejected",
-            metric.name,
-            {"reason": reason, "device": class_name},
-            SOURCE,
-        )
-        log.warning("Sparkplug write %s refused: %s", metric.name, reason)
+        """A write that never reached the intake: shown on its node or device; audited and
+        logged within a budget (a flood of refusals must not fill the disk or the journal:
+        beyond it they are counted, gridflex_messages_total{topic="sparkplug/command",
+        outcome="refused"})."""
+        name = safe_text(metric.name, 64)  # the sender's text: escaped and cut short
+        self._service.metrics.messages.labels(topic="sparkplug/command", outcome="refused").inc()
+        if self._refusals.allow("sparkplug/refused"):
+            self._service.store.audit(self._clock(), "sparkplug-rejected", name,
+                                      {"reason": reason, "device": class_name}, SOURCE)  # fmt: skip
+            log.warning("Sparkplug write %s refused: %s", name, reason)
         if class_name is None:
             prefix = "Grid" if metric.name.startswith("Grid/") else "Dispatch"
             self._node_result |= {
@@ -300,17 +311,25 @@ class SparkplugBridge(MetricSource):
                 "Override/Last Status": "rejected",
                 "Override/Last Reason": reason,
             }
+        self.report_now()
+
+    def _scada_event(self, event_id: str) -> bool:
+        """Whether SCADA wrote the event: its owner, stored with it (`sparkplug/...`)."""
+        record = self._service.events.get(event_id)
+        return record is not None and record.source.split("/", 1)[0] == SOURCE
 
     def _heard(self, topic: str, ack: BaseModel) -> None:
         """Every ack the service sends: the ones about SCADA's writes become metrics."""
         data = ack.model_dump()
-        if topic == "dispatch/ack" and data.get("event_id") in self._ours:
+        event_id = str(data.get("event_id"))
+        last = self._node_result["Dispatch/Last Event ID"]
+        if topic == "dispatch/ack" and (event_id == last or self._scada_event(event_id)):
             if data["event_id"] == self._node_result["Dispatch/Last Event ID"]:
                 self._node_result |= {
                     "Dispatch/Last Status": data["status"],
                     "Dispatch/Last Reason": data["reason"],
                 }
-        elif topic == "override/ack" and data.get("override_id") in self._ours:
+        elif topic == "override/ack" and str(data.get("override_id")).startswith("scada-"):
             name = str(data["override_id"]).removeprefix("scada-")
             self._class_result[name] = {
                 "Override/Last Status": data["status"],
@@ -321,6 +340,9 @@ class SparkplugBridge(MetricSource):
                 "Grid/Last Status": data["status"],
                 "Grid/Last Reason": data["reason"],
             }
+        else:
+            return
+        self.report_now()
 
 
 def _metric(spec: MetricSpec, value: Value) -> Metric:

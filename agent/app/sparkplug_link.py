@@ -49,7 +49,7 @@ def edge_node(
     def keep(bdseq: int) -> None:
         service.store.save_state(BDSEQ_STATE, {"bdseq": bdseq})
 
-    return SparkplugEdgeNode(
+    node = SparkplugEdgeNode(
         EdgeNodeSettings(
             mqtt=settings,
             group_id=spb.group_id,
@@ -62,6 +62,8 @@ def edge_node(
         bdseq=first,
         on_bdseq=keep,
     )
+    bridge.report_now = node.wake
+    return node
 
 
 def _queued(

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
+from collections.abc import Callable
 from datetime import datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from agent.app.assembly import Service, ack_of
+from agent.app.http_ports import BoundedHTTPServer
 from agent.service.devices import id_ranges
 from agent.service.messages import DecisionMessage, PoolOut, TelemetryMessage
 
@@ -134,9 +135,10 @@ def _iso(at: datetime | None) -> str | None:
 class StatusPage:
     """Holds the last document and serves it with the page's files."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_refused: Callable[[], None] | None = None) -> None:
         self._document = b'{"telemetry": null}'
-        self._server: ThreadingHTTPServer | None = None
+        self._server: BoundedHTTPServer | None = None
+        self._on_refused = on_refused
         self._files = {path: (resources.files("agent.app.web").joinpath(name).read_bytes(), kind)
                        for path, (name, kind) in _FILES.items()}  # fmt: skip
 
@@ -175,14 +177,11 @@ class StatusPage:
                 log.debug("%s " + format, self.address_string(), *args)
 
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = BoundedHTTPServer((host, port), Handler, on_refused=self._on_refused)
         except OSError as exc:
             log.error("status page not served: cannot listen on %s:%d (%s)", host, port, exc)
             return False
-        self._server.daemon_threads = True
-        thread = threading.Thread(target=self._server.serve_forever, name="status-page",
-                                  daemon=True)  # fmt: skip
-        thread.start()
+        self._server.serve_in_background("status-page")
         log.info("status page on http://%s:%d/", host, self.port)
         return True
 

@@ -7,6 +7,7 @@ environment at load time, so secrets stay out of the file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -288,24 +289,32 @@ def _only(raw: dict[Any, Any], sections: frozenset[str]) -> dict[Any, Any]:
     return kept
 
 
-def _literal_secrets(data: dict[str, Any], filled: set[tuple[int | str, ...]]) -> list[str]:
-    """Secret fields whose value is in the file, not from the environment."""
-    mqtt = data.get("mqtt")
-    if not isinstance(mqtt, dict):
-        return []
-    found = [f"mqtt.{key}" for key in ("password", "hmac_secret")
-             if isinstance(mqtt.get(key), str) and ("mqtt", key) not in filled]  # fmt: skip
-    keys = mqtt.get("hmac_keys")
-    if isinstance(keys, dict):
-        found += [
-            f"mqtt.hmac_keys.{k}" for k in keys if ("mqtt", "hmac_keys", str(k)) not in filled
-        ]
-    return found
-
-
 # what a replay of the site's history reads: no connections, no secrets, no drivers (the
 # inference pools' engine settings, not their endpoints, are what a hybrid replay uses)
 OFFLINE_SECTIONS = frozenset({"site", "classes", "devices", "policy", "gpu_demand"})
+
+# field names that hold a secret wherever they sit (mqtt, drivers, openadr3, prices)
+_SECRET_NAMES = frozenset({"password", "hmac_secret", "hmac_key", "client_secret", "secret",
+                           "token", "api_key", "subscription_key"})  # fmt: skip
+
+
+def _literal_secrets(data: Any, filled: set[tuple[int | str, ...]],
+                     at: tuple[int | str, ...] = ()) -> list[str]:  # fmt: skip
+    """Secret fields anywhere in the file whose value is written there, not taken from the
+    environment (`${VAR}`)."""
+    found: list[str] = []
+    items: list[tuple[int | str, Any]] = (
+        list(data.items()) if isinstance(data, dict)
+        else list(enumerate(data)) if isinstance(data, list) else []
+    )  # fmt: skip
+    for key, value in items:
+        path = (*at, key if isinstance(key, int) else str(key))
+        secret = str(key) in _SECRET_NAMES or (len(at) >= 1 and at[-1] == "hmac_keys")
+        if secret and isinstance(value, str) and path not in filled:
+            found.append(format_path(path))
+        elif isinstance(value, dict | list):
+            found += _literal_secrets(value, filled, path)
+    return found
 
 
 def load_config(
@@ -317,7 +326,11 @@ def load_config(
         why = "not a UTF-8 text file" if isinstance(exc, UnicodeDecodeError) else str(exc)
         issue = ConfigIssue(file=str(path), path="", line=None, value="", message=why)
         raise ConfigFileError([issue]) from None
-    return parse_config(text, file=str(path), env=env, sections=sections)
+    config = parse_config(text, file=str(path), env=env, sections=sections)
+    with contextlib.suppress(OSError):
+        if config._literal_secrets and path.stat().st_mode & 0o004:
+            config._world_readable = True
+    return config
 
 
 def database_of(path: Path, env: Mapping[str, str] | None = None) -> Path:

@@ -31,6 +31,10 @@ class OpenAdr3Config(BaseModel):
     """the VEN_NAME the program targets this site by"""
     programs: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(min_length=1)
     """the programName of every program the site is enrolled in"""
+    resource_names: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list
+    )
+    """the RESOURCE_NAMEs a program may target this site's resources by; empty: the VEN name"""
     poll_interval_s: float = Field(default=10, ge=MIN_POLL_S, le=86_400)
     """how often the VTN is asked for events"""
     simple_levels: dict[Annotated[int, Field(ge=0, le=3)], OpenAdrLevelConfig] = Field(

@@ -472,6 +472,7 @@ class SiteConfig(_Strict):
 
     # secrets written in the file itself rather than `${ENV}` (set by agent.config.load)
     _literal_secrets: list[str] = PrivateAttr(default_factory=list)
+    _world_readable: bool = PrivateAttr(default=False)  # the file, when it holds a secret
 
     def warnings(self) -> list[str]:
         """What is valid but probably not meant (check-config prints them, run logs them)."""
@@ -480,6 +481,10 @@ class SiteConfig(_Strict):
             f"write ${{GRIDFLEX_...}} here (docs/install.md)"
             for path in self._literal_secrets
         ]
+        if self._world_readable:
+            found.append("the site file is readable by every user of this host and holds a "
+                         "secret: chmod 0640 it (root and the service's group), and move the "
+                         "secret to the EnvironmentFile")  # fmt: skip
         rhythm_s = PUBLICATION_RHYTHM_S[self.prices.market]
         stale_s = self.policy.price_stale_after_s
         if self.prices.source != "none" and stale_s < rhythm_s:

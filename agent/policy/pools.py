@@ -102,6 +102,8 @@ def _needed(
     # endpoints that did not answer carry their share, as the ones that did
     scale = demand.endpoints_total / demand.endpoints_up
     load = (demand.waiting + (demand.running or 0.0)) * scale
+    if not math.isfinite(load) or load < 0:  # the scraper refuses these; a bug must not crash
+        return free, f"pool {name}: demand not a count ({load!r}): every server serves", None
     needed = math.ceil(load * (1.0 + pool.headroom_fraction) / pool.requests_per_server - 1e-9)
     text = (
         f"pool {name}: {load:.0f} requests running and waiting need {needed} servers"

@@ -104,6 +104,7 @@ class MessageChecks:
     secret: bytes | None = None
     limits: IntakeLimits = IntakeLimits()
     keys: Mapping[str, bytes] = field(default_factory=dict)
+    site_id: str = ""  # with the topic, what a signature covers (agent.domain.signing)
 
     @property
     def signed(self) -> bool:
@@ -126,9 +127,9 @@ class MessageChecks:
         _check_tree(raw, self.limits.max_depth)
         return raw
 
-    def signature(self, raw: Any) -> str | None:
-        """The id of the key that signed the message ("site" for the site key); None when the
-        site signs nothing."""
+    def signature(self, raw: Any, topic: str) -> str | None:
+        """The id of the key that signed the message for this site and `topic` ("site" for the
+        site key); None when the site signs nothing."""
         if not self.signed:
             return None
         if not isinstance(raw, dict) or not isinstance(raw.get("signature"), str):
@@ -143,11 +144,11 @@ class MessageChecks:
         else:
             raise RejectedError(f"bad signature: unknown key_id {safe_text(key_id, 40)}")
         try:
-            expected = sign(raw, key)
+            expected = sign(raw, key, f"{self.site_id}:{topic}")
         except (TypeError, ValueError):
             raise RejectedError("bad signature: message cannot be canonicalized") from None
         if not hmac.compare_digest(expected, raw["signature"]):
-            raise RejectedError("bad signature")
+            raise RejectedError(f"bad signature (for {self.site_id}:{topic})")
         if not isinstance(raw.get("message_id"), str):
             raise RejectedError("unsigned: a signed message needs a unique message_id")
         return name
@@ -191,7 +192,13 @@ class MessageChecks:
             )
 
     def message(
-        self, model: type[Model], raw: Any, now: datetime, authenticated: str | None = None
+        self,
+        model: type[Model],
+        raw: Any,
+        now: datetime,
+        authenticated: str | None = None,
+        *,
+        topic: str,
     ) -> tuple[Model, str | None]:
         """A decoded message through signature, schema, dates and freshness, in that order: the
         message and the id of the key that signed it (None when the site signs nothing).
@@ -199,7 +206,7 @@ class MessageChecks:
         `authenticated` names a sender its transport has already authenticated (Sparkplug
         commands, allowed by the broker's ACL: the protocol has no signature); the signature
         step is skipped for it, every other check stays."""
-        key = self.signature(raw) if authenticated is None else authenticated
+        key = self.signature(raw, topic) if authenticated is None else authenticated
         message = self.schema(model, raw)
         self.dates(message, now)
         issued_at = getattr(message, "issued_at", None)

@@ -48,6 +48,13 @@ EMERGENCY: Topic = "grid/emergency"
 FOURCP: Topic = "grid/4cp"
 _MODELS: dict[Topic, type[GridMessage]] = {EMERGENCY: EmergencyMessage, FOURCP: PeakWarningMessage}
 _SEVERITY = {level: rank for rank, level in enumerate(EmergencyLevel)}  # metrics: 0 normal..4
+SCADA = "sparkplug"  # the site's own SCADA: not a grid source
+
+
+def _severity(message: GridMessage) -> int:
+    if isinstance(message, EmergencyMessage):
+        return _SEVERITY[EmergencyLevel(message.level)]
+    return int(message.active)
 
 
 def fourcp_in_force(warning: PeakWarning | None, policy: Policy, now: datetime) -> bool:
@@ -88,6 +95,7 @@ class GridIntake:
         # ... and when it took effect: its issued_at, or when we received it if that was sooner
         # (a message dated ahead of our clock must not outrank one that arrives after it)
         self._held_at: dict[Topic, datetime] = {}
+        self._held_via: dict[Topic, str | None] = {}  # who set it: its owner, kept across restarts
         self._replay = replay or ReplayGuard(store, checks.limits.replay_window_s, clock())
         snapshot.on_grid_lapsed = self._lapsed
 
@@ -118,7 +126,8 @@ class GridIntake:
         checked = False
         try:
             raw = self._checks.decode(payload)
-            message, key = self._checks.message(_MODELS[topic], raw, now, authenticated)
+            message, key = self._checks.message(_MODELS[topic], raw, now, authenticated,
+                                                topic=topic)  # fmt: skip
             checked = True
             sender = authenticated or key or "unsigned"
             if not self._rate.allow(f"{topic}@{sender}"):
@@ -130,6 +139,7 @@ class GridIntake:
                 self._store.audit(now, "grid-duplicate", topic, _detail(message), source)
                 return "duplicate"
             self._check_order(topic, message)
+            self._check_authority(topic, message, now, source)
             reason = self._take(topic, message, now, source)
         except RejectedError as exc:
             if not checked and not self._rate.allow(f"{topic}@unauthenticated"):
@@ -153,15 +163,31 @@ class GridIntake:
                 f"force (in force since {held_at.isoformat()})"
             )
 
+    def _check_authority(
+        self, topic: Topic, message: GridMessage, now: datetime, source: str
+    ) -> None:
+        """Only a grid source lowers a grid condition it set: site SCADA (Sparkplug) may raise
+        one, or lower its own, never lift the QSE's EEA3."""
+        held, via = self._held.get(topic), self._held_via.get(topic)
+        if source.split("/", 1)[0] != SCADA or held is None or via is None:
+            return
+        lapsed = held.expires_at is not None and held.expires_at <= now
+        if via.split("/", 1)[0] == SCADA or lapsed:
+            return
+        if _severity(message) < _severity(held):
+            raise RejectedError(f"not yours: the condition in force came from {via}; only a grid "
+                                "source lowers it")  # fmt: skip
+
     def _take(self, topic: Topic, message: GridMessage, now: datetime, source: str) -> str:
         effective = min(message.issued_at, now)
         with self._store.transaction():
-            self._replay.remember(message.message_id, now)
+            self._replay.remember(message.message_id, now, message.issued_at)
             self._store.save_state(topic, {"message": _detail(message), "via": source,
                                            "effective_at": effective.isoformat()})  # fmt: skip
             self._store.audit(now, "grid", topic, _detail(message), source)
         self._held[topic] = message
         self._held_at[topic] = effective
+        self._held_via[topic] = source
         signal = _signal(message, now)
         self._snapshot.set_grid(signal, _utc(message.expires_at, now))
         self._observe(signal)
@@ -192,6 +218,8 @@ class GridIntake:
                 continue
             self._held[topic] = message
             self._held_at[topic] = effective
+            via = saved.get("via")
+            self._held_via[topic] = via if isinstance(via, str) else None
             if message.expires_at is not None and message.expires_at <= now:
                 continue  # lapsed while we were down: normal / inactive, as if never received
             signal = _signal(message, now)

@@ -53,6 +53,7 @@ class Intake:
         limits: IntakeLimits | None = None,
         replay: ReplayGuard | None = None,
         rate: TopicRateLimit | None = None,
+        site_id: str = "",
     ) -> None:
         self._fleet = fleet
         self._events = events
@@ -62,7 +63,7 @@ class Intake:
         self._dispatch_ack = publish_dispatch_ack
         self._override_ack = publish_override_ack
         self._limits = limits or IntakeLimits()
-        self._checks = MessageChecks(hmac_secret, self._limits, hmac_keys or {})
+        self._checks = MessageChecks(hmac_secret, self._limits, hmac_keys or {}, site_id)
         self._replay = replay or ReplayGuard(store, self._limits.replay_window_s, clock())
         self._rate = rate or TopicRateLimit(20.0, 200)
         self._site_rated_kw = float(fleet.rated_kw.sum())
@@ -100,7 +101,8 @@ class Intake:
         checked = False
         try:
             raw = self._checks.decode(payload)
-            message, key = self._checks.message(DispatchMessage, raw, now, authenticated)
+            message, key = self._checks.message(DispatchMessage, raw, now, authenticated,
+                                                topic="dispatch")  # fmt: skip
             checked = True
             self._within_rate("dispatch", key, authenticated)
             if self._replay.seen(message.message_id):
@@ -109,7 +111,8 @@ class Intake:
             owner = source if key in (None, "site") else f"{source}/{key}"
             with self._store.transaction():
                 outcome = self._take_dispatch(message, now, owner)
-                self._replay.remember(message.message_id, now)  # taken: a copy is a duplicate
+                # taken: a copy is a duplicate
+                self._replay.remember(message.message_id, now, message.issued_at)
                 return outcome
         except RejectedError as exc:
             if not self._refusal_counts("dispatch", checked):
@@ -213,14 +216,15 @@ class Intake:
         checked = False
         try:
             raw = self._checks.decode(payload)
-            message, key = self._checks.message(OverrideMessage, raw, now, authenticated)
+            message, key = self._checks.message(OverrideMessage, raw, now, authenticated,
+                                                topic="override")  # fmt: skip
             checked = True
             self._within_rate("override", key, authenticated)
             if self._replay.seen(message.message_id):
                 return "duplicate"  # applied once already: a replay changes nothing
             with self._store.transaction():
                 status, reason = self._take_override(message, now, source)
-                self._replay.remember(message.message_id, now)
+                self._replay.remember(message.message_id, now, message.issued_at)
         except RejectedError as exc:
             if not self._refusal_counts("override", checked):
                 return "dropped"

@@ -82,7 +82,8 @@ class DispatchMessage(_In):
     signature: str | None = Field(
         default=None,
         pattern=r"^[0-9a-f]{64}$",
-        description="HMAC-SHA256 (hex) of the message without this field, keys sorted, compact",
+        description="HMAC-SHA256 (hex) of '<site id>:<topic suffix>', a newline, and the message "
+        "without this field, keys sorted, compact",
     )
 
     @model_validator(mode="after")

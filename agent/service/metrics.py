@@ -6,7 +6,7 @@ default global registry.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.domain.signals import GpuDemand
 
@@ -99,6 +99,3 @@ class Metrics:
             if value is not None:
                 self.gpu_demand.labels(pool=demand.pool, what=what).set(value)
         self.gpu_demand_endpoints_up.labels(pool=demand.pool).set(demand.endpoints_up)
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=host, registry=self.registry)

@@ -130,11 +130,14 @@ that cannot be read is answered with `error`. The audit log has each device's hi
 
 With `mqtt.hmac_secret` (the site key) or `mqtt.hmac_keys` (one key per sender, 32 bytes or
 more each) set, every inbound message must carry `signature`: the lower-case hex HMAC-SHA256,
-under the key, of the message without `signature`, serialised with keys sorted and no whitespace
-(Python: `json.dumps(body, sort_keys=True, separators=(",", ":"))`). `key_id` names the key
-(default: the site key) and is signed with the rest. A signed message must carry a unique
-`message_id`: it is applied once, and a copy within the replay window (a redelivery, or a replay
-of a captured message) is a duplicate that changes nothing, across restarts too. `issued_at`
+under the key, of its scope `<site id>:<topic suffix>` (`west-50mw:dispatch`,
+`west-50mw:grid/emergency`), a newline, and the message without `signature` serialised with keys
+sorted and no whitespace (Python: `scope + "\n" + json.dumps(body, sort_keys=True,
+separators=(",", ":"), ensure_ascii=False)`): a message signed for one site or topic fails on
+another. `key_id` names the key (default: the site key) and is signed with the rest. A signed
+message must carry a unique `message_id`: once taken it is applied once, and a copy within the
+replay window (a redelivery, or a replay of a captured message) is a duplicate that changes
+nothing, across restarts too; a message that was refused may be sent again. `issued_at`
 must be within `mqtt.replay_window_s` of the site's clock and at most `mqtt.clock_skew_s`
 (default 5 s) ahead of it; a grid condition dated ahead of our clock takes effect when it was
 received, so it cannot outrank a message that arrives after it.

@@ -26,16 +26,21 @@ class ReplayGuard:
     def seen(self, message_id: str | None) -> bool:
         return message_id is not None and message_id in self._seen
 
-    def remember(self, message_id: str | None, now: datetime) -> None:
-        """Call inside the transaction that commits the message's outcome."""
+    def remember(
+        self, message_id: str | None, now: datetime, issued_at: datetime | None = None
+    ) -> None:
+        """Call inside the transaction that commits the message's outcome. Kept for the window
+        after its `issued_at` when that is later than now (a message dated ahead within the
+        clock skew stays fresh that much longer: so must its memory)."""
         if message_id is None or message_id in self._seen:
             return
-        self._seen[message_id] = now
-        self._store.remember_message(message_id, now)
+        kept_from = now if issued_at is None else max(now, issued_at)
+        self._seen[message_id] = kept_from
+        self._seen.move_to_end(message_id)
+        self._store.remember_message(message_id, kept_from)
         horizon = now - self._window
-        pruned = False
-        while self._seen and next(iter(self._seen.values())) < horizon:
-            self._seen.popitem(last=False)
-            pruned = True
-        if pruned:
+        expired = [m for m, at in self._seen.items() if at < horizon]
+        for forgotten in expired:
+            del self._seen[forgotten]
+        if expired:
             self._store.forget_messages_before(horizon)

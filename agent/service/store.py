@@ -14,6 +14,7 @@ message is acknowledged to the broker only after its rows are committed.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,7 @@ from agent.service.records import (
     override_json,
     parse,
 )
+from agent.service.store_file import open_database, set_aside
 from agent.service.writer import SqlWriter, Statement, StoreError, apply_batch
 
 __all__ = [
@@ -41,54 +43,7 @@ __all__ = [
     "StoreError",
 ]  # fmt: skip
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_utc TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    source TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_at ON audit(at_utc);
-CREATE TABLE IF NOT EXISTS events (
-    event_id TEXT PRIMARY KEY,
-    record TEXT NOT NULL,
-    status TEXT NOT NULL,
-    updated_at_utc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS overrides (
-    override_id TEXT PRIMARY KEY,
-    record TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS setpoints (
-    device_id TEXT PRIMARY KEY,
-    kw REAL NOT NULL,
-    changed_at_s REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS seen_messages (
-    message_id TEXT PRIMARY KEY,
-    at_utc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_utc TEXT NOT NULL,
-    source_table TEXT NOT NULL,
-    row_key TEXT NOT NULL,
-    content TEXT NOT NULL,
-    error TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    retain INTEGER NOT NULL
-);
-"""
+log = logging.getLogger("gridflex.store")
 
 
 _DELETE_ROW = {
@@ -112,11 +67,20 @@ class Store:
         in_memory = str(path) == ":memory:"
         if not in_memory:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=1000")
-        self._db.executescript(_SCHEMA)
+        # a file SQLite cannot read (garbage, truncated, a disk fault) must not stop every start:
+        # it is moved aside, whole, for an engineer, and the service starts on a fresh one
+        self.quarantined: Path | None = None
+        self.salvaged_price: str | None = None
+        try:
+            self._db = open_database(path)
+        except sqlite3.DatabaseError as exc:
+            if in_memory:
+                raise
+            self.quarantined, self.salvaged_price = set_aside(path, exc)
+            self._db = open_database(path)
+            if self.salvaged_price is not None:
+                self._db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('price', ?)",
+                                 (self.salvaged_price,))  # fmt: skip
         self._depth = 0
         self._batch: list[Statement] = []
         self._on_hand_over: list[Callable[[], None]] = []

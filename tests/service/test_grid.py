@@ -296,9 +296,12 @@ def test_grid_messages_need_the_dispatch_signature_when_a_secret_is_set(tmp_path
     body = {"level": "eea3", "issued_at": clock.now.isoformat(), "message_id": "g-1"}
     assert service.grid.emergency(json.dumps(body).encode()) == "rejected"
     assert "unsigned" in grid_acks(service)[-1].reason
-    forged = {**body, "signature": sign(body, b"other")}
+    forged = {**body, "signature": sign(body, b"other", "grid-a:grid/emergency")}
     assert service.grid.emergency(json.dumps(forged).encode()) == "rejected"
-    good = {**body, "signature": sign(body, b"s3cret-key-of-thirty-two-bytes-or-more")}
+    key = b"s3cret-key-of-thirty-two-bytes-or-more"
+    elsewhere = {**body, "signature": sign(body, key, "grid-b:grid/emergency")}  # another site's
+    assert service.grid.emergency(json.dumps(elsewhere).encode()) == "rejected"
+    good = {**body, "signature": sign(body, key, "grid-a:grid/emergency")}
     assert service.grid.emergency(json.dumps(good).encode()) == "accepted"
     service.store.close()
 

@@ -77,9 +77,9 @@ def _site(tmp_path: Path, broker: Broker, modbus_port: int, **fields: str) -> tu
     return path, prefix
 
 
-def _signed(body: dict[str, object]) -> dict[str, object]:
+def _signed(body: dict[str, object], site_id: str) -> dict[str, object]:
     body = {**body, "message_id": uuid.uuid4().hex}
-    return {**body, "signature": sign(body, HMAC.encode())}
+    return {**body, "signature": sign(body, HMAC.encode(), f"{site_id}:dispatch")}
 
 
 def _outlets_on(port: int) -> int:
@@ -258,7 +258,8 @@ def test_a_signed_dispatch_rejected_for_its_date_is_judged_again_when_sent_again
             watcher.wait_for("status", lambda p: p == "online")
             far = (datetime.now(UTC) + timedelta(days=9)).isoformat()
             message = _signed({"event_id": "ow-3", "kind": "limit", "target_kw": 50,
-                               "start": far, "issued_at": now_iso()})  # fmt: skip
+                               "start": far, "issued_at": now_iso()},
+                              prefix.removeprefix("gridflex/"))  # fmt: skip
             for _ in range(2):  # the sender did not see the first answer and sends it again
                 watcher.send("dispatch", message)
                 rejected = json.loads(watcher.wait_for("dispatch/ack", ack("ow-3", "rejected")))

@@ -112,7 +112,9 @@ def test_stored_rows_that_cannot_load_are_quarantined_audited_and_skipped(tmp_pa
 
 
 def _signed(body: dict[str, Any], key: bytes = KEY) -> bytes:
-    return json.dumps({**body, "signature": sign(body, key)}).encode()
+    """Signed for the test site (`ta`) and the topic the message is for."""
+    topic = "override" if "override_id" in body else "dispatch"
+    return json.dumps({**body, "signature": sign(body, key, f"ta:{topic}")}).encode()
 
 
 def _in_force(service: Service, clock: FakeClock) -> list[str]:

@@ -61,7 +61,9 @@ async def run_node(
     """Serve setpoints until `stop` is set."""
     link = link or NodeLink()
     setpoint_topic, state_topic = node_topics(link.prefix, node_id)
-    freshness = None if link.key is None else Freshness(link.key, window_s=link.window_s)
+    freshness = (
+        None if link.key is None else Freshness(link.key, setpoint_topic, window_s=link.window_s)
+    )
     commands: asyncio.Queue[tuple[bool, float]] = asyncio.Queue()
     last = {"on": True, "kw": float("inf")}
     refusing: list[str] = []  # the reason being logged: once per reason, not per message
@@ -84,7 +86,8 @@ async def run_node(
 
     async def publish(state: NodeState) -> None:
         try:
-            await session.publish(state_topic, stamp(state.as_json(), link.key, utc_now()), qos=1)
+            payload = stamp(state.as_json(), link.key, utc_now(), state_topic)
+            await session.publish(state_topic, payload, qos=1)
         except MqttError as exc:  # the broker is away: the next state goes when it is back
             _log.warning("state not published: %s", exc)
 

@@ -88,13 +88,16 @@ class Host:
     """Subscribes to a group's whole namespace, QoS 1 (so the QoS a message arrives with is
     the QoS it was published with)."""
 
-    def __init__(self, host: str, port: int, group: str, host_id: str) -> None:
+    def __init__(self, host: str, port: int, group: str, host_id: str,
+                 credentials: tuple[str, str] | None = None) -> None:  # fmt: skip
         self.group, self.host_id = group, host_id
         self.messages: Queue[Received] = Queue()
         self.seen: list[Received] = []
         client_id = f"host-{host_id}-{uuid.uuid4().hex[:6]}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)  # fmt: skip
+        if credentials is not None:
+            self.client.username_pw_set(*credentials)
         self.client.on_message = self._on_message
         self.client.connect(host, port)
         self.client.subscribe(f"{NS}/{group}/#", qos=1)

@@ -1,0 +1,92 @@
+"""What the service publishes about itself: telemetry every 2 s, and a decision message when
+the setpoints change (docs/mqtt.md). Built from the service's state, published by the runner
+(agent.app.runner), the demo and the status page."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+
+from agent.app.assembly import Service
+from agent.policy import Rule
+from agent.service.cycle import CycleReport
+from agent.service.devices import id_ranges
+from agent.service.grid import fourcp_in_force
+from agent.service.messages import (
+    DecisionGroup,
+    DecisionMessage,
+    PoolOut,
+    SetpointOut,
+    TelemetryMessage,
+)
+
+__all__ = ["decision_message", "telemetry_message"]
+
+
+def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
+    shell, last = service.shell, service.shell.last
+    down = np.flatnonzero(~shell.available)
+    decision = None if last is None else last.decision
+    emergency, emergency_until = service.snapshot.emergency
+    if emergency is None or (emergency_until is not None and now >= emergency_until):
+        emergency, emergency_until = None, None  # none received, or lapsed before the next cycle
+    warning, warning_until = service.snapshot.peak_warning
+    if warning_until is not None and now >= warning_until:
+        warning = None
+    fourcp_on = fourcp_in_force(warning, shell.policy, now)
+    return TelemetryMessage(
+        at=now,
+        site_kw=round(shell.site_kw(), 3),
+        planned_kw=0.0 if decision is None else round(decision.site_kw, 3),
+        class_kw={} if decision is None else decision.class_kw_by_name(),
+        price_usd_per_mwh=None if decision is None else decision.price_usd_per_mwh,
+        price_stale=True if decision is None else decision.price_stale,
+        site_ceiling_kw=None if decision is None else decision.site_ceiling_kw,
+        active_events=[e.event_id for e in service.events.live],
+        devices_total=len(shell.fleet),
+        devices_available=int(shell.available.sum()),
+        unavailable=[shell.fleet.device_ids[i] for i in down[:100]],
+        grid_emergency="normal" if emergency is None else emergency.level.value,
+        grid_emergency_expires_at=emergency_until,
+        fourcp_warning=fourcp_on,
+        fourcp_warning_expires_at=warning_until if fourcp_on else None,
+    )
+
+
+def decision_message(report: CycleReport, previous_kw: np.ndarray | None) -> DecisionMessage:
+    d = report.decision
+    fleet = d.fleet
+    keys = (d.rule.astype(np.int64) * len(fleet.classes) + fleet.class_index) * (
+        len(d.reasons) + 1
+    ) + d.reason_index
+    groups = []
+    for key in np.unique(keys):
+        members = np.flatnonzero(keys == key)
+        first = int(members[0])
+        groups.append(
+            DecisionGroup(
+                rule=Rule(int(d.rule[first])).label,
+                load_class=fleet.classes[int(fleet.class_index[first])].name,
+                reason=d.reasons[int(d.reason_index[first])],
+                devices=len(members),
+                kw=round(float(d.setpoint_kw[members].sum()), 3),
+                ids=id_ranges(fleet, members.tolist()),
+            )
+        )
+    changed_idx = np.arange(len(fleet)) if previous_kw is None else d.changed_devices(previous_kw)
+    changed = []
+    for i in changed_idx[:20]:
+        sp = d.setpoint(fleet.device_ids[int(i)])
+        changed.append(SetpointOut(device_id=sp.device_id, kw=round(sp.kw, 3),
+                                   rule=sp.rule.label, reason=sp.reason))  # fmt: skip
+    return DecisionMessage(
+        at=report.at_utc,
+        planned_kw=round(d.site_kw, 3),
+        site_ceiling_kw=d.site_ceiling_kw,
+        price_usd_per_mwh=d.price_usd_per_mwh,
+        groups=groups,
+        changed_devices=len(changed_idx),
+        changed=changed,
+        pools=[PoolOut.of(p) for p in d.pools],
+    )
