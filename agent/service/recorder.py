@@ -5,6 +5,7 @@ The store is written in one transaction per cycle, so a restart resumes from a c
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -58,13 +59,10 @@ class Recorder:
                 store.audit(report.at_utc, f"device-{change.split()[0]}", device_id,
                             {"change": change, "reason": reason})  # fmt: skip
             self._audit_reasons(report)
-            store.save_setpoints(
-                [
-                    (ids[i], float(memory.setpoint_kw[i]), float(memory.changed_at_s[i]))
-                    for i in ok
-                    if not np.isnan(memory.setpoint_kw[i])
-                ]
-            )
+            kept = ok[~np.isnan(memory.setpoint_kw[ok])]  # columns at once: 10,000 on a dispatch
+            changed_ids = [ids[i] for i in kept.tolist()]
+            kw, at_s = memory.setpoint_kw[kept].tolist(), memory.changed_at_s[kept].tolist()
+            store.save_setpoints(list(zip(changed_ids, kw, at_s, strict=True)))
             store.save_state(
                 "engine",
                 {
@@ -122,11 +120,18 @@ class Recorder:
         else:
             moved = np.flatnonzero(~(_same_row(key, last)))
         ids = self.fleet.device_ids
-        for i in moved.tolist():
-            self.store.audit(report.at_utc, "setpoint", ids[i], {
-                "kw": round(float(d.setpoint_kw[i]), 3),
-                "rule": Rule(int(d.rule[i])).label, "reason": d.reasons[int(d.reason_index[i])],
-            })  # fmt: skip
+        # each row's detail is the JSON of {"kw", "reason", "rule"} (keys sorted, as Store.audit
+        # writes them), the reason and rule texts encoded once each: a dispatch that moves
+        # 10,000 outlets writes 10,000 rows, and a json.dumps per row cost a third of its cycle
+        reasons = [json.dumps(text) for text in d.reasons]
+        rules = {code: json.dumps(Rule(code).label) for code in np.unique(d.rule).tolist()}
+        kw = np.round(d.setpoint_kw, 3).tolist()
+        rule, reason_index = d.rule.tolist(), d.reason_index.tolist()
+        self.store.audit_rows(report.at_utc, "setpoint", [
+            (ids[i], f'{{"kw": {json.dumps(kw[i])}, "reason": {reasons[reason_index[i]]}, '
+                     f'"rule": {rules[rule[i]]}}}')
+            for i in moved.tolist()
+        ])  # fmt: skip
         self._last_key = key
 
     def _reason_code(self, text: str) -> int:

@@ -181,6 +181,17 @@ class Store:
             (iso(at), kind, subject, source, json.dumps(detail, sort_keys=True, default=str)),
         )
 
+    def audit_rows(self, at: datetime, kind: str, rows: Sequence[tuple[str, str]],
+                   source: str = "") -> None:  # fmt: skip
+        """Many audit rows of one kind at once: (subject, detail already as JSON)."""
+        if rows:
+            when = iso(at)
+            self._write(
+                "INSERT INTO audit(at_utc, kind, subject, source, detail) VALUES (?, ?, ?, ?, ?)",
+                [(when, kind, subject, source, detail) for subject, detail in rows],
+                many=True,
+            )
+
     def audit_since(
         self,
         since: datetime,
