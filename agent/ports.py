@@ -74,7 +74,10 @@ class DeviceReading:
     device_id: str
     observed_at_utc: datetime
     power_kw: float | None = None
-    running: bool | None = None
+    running: bool | None = None  # what the device's relay or run state reads back
+    # why its meter gave no power while the rest of the device answered (a mute meter): the
+    # shell plans it on its relays' state, not as unreachable
+    power_fault: str | None = None
 
 
 @runtime_checkable

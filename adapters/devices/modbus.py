@@ -14,7 +14,7 @@ from adapters.devices.modbus_batch import ModbusEndpoint, proves_by_power
 from adapters.devices.profile import Profile, Register, load_profile
 from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
 from agent.config.drivers import ModbusDriverConfig
-from agent.errors import DeviceRejectedError, VerificationError
+from agent.errors import DeviceError, DeviceRejectedError, VerificationError
 from agent.ports import Capability, Clock, DeviceCommand, DeviceReading, utc_now
 
 __all__ = ["ModbusDriver", "capabilities_of"]
@@ -79,13 +79,20 @@ class ModbusDriver:
         return self._settle_s
 
     async def read(self) -> DeviceReading:
-        power_kw = await self._read_power_kw()
         state = self._profile.readings.state
+        power_fault = None
+        try:
+            power_kw = await self._read_power_kw()
+        except DeviceError as exc:
+            if state is None:
+                raise
+            power_kw, power_fault = None, str(exc).split(": ", 1)[-1]  # its relay may answer
         running = None
         if state is not None:
             raw = await self._read_raw(self._profile.register(state.ref))
             running = raw[0] in state.on_values
-        return DeviceReading(self._device_id, self._clock(), power_kw=power_kw, running=running)
+        return DeviceReading(self._device_id, self._clock(), power_kw=power_kw, running=running,
+                             power_fault=power_fault)  # fmt: skip
 
     async def apply(self, command: DeviceCommand) -> DeviceReading | None:
         """Write, read back, prove by measured power where the command allows; the proving

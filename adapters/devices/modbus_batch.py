@@ -124,8 +124,16 @@ class ModbusEndpoint:
     ) -> list[Result]:
         """Power and relay state of each device, the same few requests for all."""
         results: list[Result] = [None] * len(device_ids)
-        power_kw = await self._read_power(list(range(len(device_ids))), device_ids, results)
         state = self._profile.readings.state if with_state else None
+        power_kw = await self._read_power(list(range(len(device_ids))), device_ids, results)
+        # a meter that does not answer while the relays do (a mute meter) is a fault of the
+        # reading, not of the device: its relays still switch, and are read below
+        power_faults: dict[int, str] = {}
+        if state is not None:
+            for k, result in enumerate(results):
+                if isinstance(result, DeviceError):
+                    power_faults[k] = str(result).split(": ", 1)[-1]
+                    results[k] = None
         states: dict[int, int] = {}
         if state is not None:
             register = self._profile.register(state.ref)
@@ -143,7 +151,8 @@ class ModbusEndpoint:
                 running = None if state is None or k not in states else (
                     states[k] in state.on_values)  # fmt: skip
                 results[k] = DeviceReading(device_id, now, power_kw=power_kw.get(k),
-                                           running=running)  # fmt: skip
+                                           running=running,
+                                           power_fault=power_faults.get(k))  # fmt: skip
         return results
 
     # -- requests ----------------------------------------------------------------------------

@@ -108,7 +108,7 @@ class Runner:
         while True:
             await asyncio.sleep(self.service.config.service.cycle_s)
             with guard:
-                await self.service.shell.devices.poll()  # queued: the cycle takes them
+                await self.service.shell.poll_queued()  # queued: the cycle takes them
 
     def view(self) -> dict[str, Any]:
         """What the status page and the Sparkplug edge node show, as of now."""

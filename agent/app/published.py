@@ -35,9 +35,15 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
     if warning_until is not None and now >= warning_until:
         warning = None
     fourcp_on = fourcp_in_force(warning, shell.policy, now)
+    check = shell.meter_check
+    suspect = np.flatnonzero(shell.devices.evidence.suspect)
     return TelemetryMessage(
         at=now,
         site_kw=round(shell.site_kw(), 3),
+        evidence="site meter" if shell.meter_kw() is not None else "device readings",
+        devices_kw=round(shell.devices_kw(), 3),
+        meter_alarm=check.alarm,
+        suspect=[shell.fleet.device_ids[i] for i in suspect[:100]],
         planned_kw=0.0 if decision is None else round(decision.site_kw, 3),
         class_kw={} if decision is None else decision.class_kw_by_name(),
         price_usd_per_mwh=None if decision is None else decision.price_usd_per_mwh,

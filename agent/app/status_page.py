@@ -53,7 +53,8 @@ def status_view(
     devices = service.shell.devices
     fleet = devices.fleet
     attention = np.flatnonzero(
-        devices.has_driver & (~devices.available | devices.implausible | ~devices.obeying)
+        devices.has_driver
+        & (~devices.available | devices.implausible | devices.evidence.suspect | ~devices.obeying)
     )
     states: dict[str, int] = {}
     listed: list[dict[str, Any]] = []
@@ -69,6 +70,7 @@ def status_view(
                 "state": state,
                 "applied_kw": None if np.isnan(applied) else round(applied, 3),
                 "measured_kw": None if np.isnan(measured) else round(measured, 3),
+                "why": devices.evidence.why.get(i),
             })  # fmt: skip
     return {
         "site": service.config.site.id,

@@ -26,16 +26,17 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import numpy as np
 
 from agent.domain.fleet import Fleet, FloatArray
 from agent.errors import DeviceError
 from agent.ports import DeviceCommand, DeviceDriver, DeviceReading, EndpointBatch
+from agent.service.device_terms import ShellSettings, id_ranges, why
+from agent.service.evidence import MAX_REWRITES_PER_MIN, Evidence
 from agent.service.metrics import Metrics
 
-__all__ = ["EPS_KW", "DeviceBank", "DriftCheck", "ShellSettings", "why"]
+__all__ = ["EPS_KW", "DeviceBank", "DriftCheck", "ShellSettings", "id_ranges", "why"]
 
 log = logging.getLogger("gridflex.shell")
 
@@ -50,38 +51,6 @@ PLAUSIBLE_OVER_RATED = 1.5
 # window, if longer), doubling up to the maximum, so a stuck relay is not hammered every cycle.
 RESEND_FIRST_S = 5.0
 RESEND_MAX_S = 300.0
-
-
-def why(exc: BaseException) -> str:
-    """An error as a reason a person can read, without the device id (the log and the audit
-    name the device): never empty (str(TimeoutError()) is '')."""
-    text = str(exc)
-    if isinstance(exc, DeviceError):
-        text = text.removeprefix(f"{exc.device_id}: ")
-    return text if text else type(exc).__name__
-
-
-def id_ranges(fleet: Fleet, indices: list[int]) -> str:
-    """Device ids as runs of consecutive devices: 'pdu-0001..pdu-0024, tank-0002'."""
-    ordered = sorted(set(indices))
-    runs: list[tuple[int, int]] = []
-    for i in ordered:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], i)
-        else:
-            runs.append((i, i))
-    ids = fleet.device_ids
-    return ", ".join(ids[a] if a == b else f"{ids[a]}..{ids[b]}" for a, b in runs)
-
-
-@dataclass(frozen=True, slots=True)
-class ShellSettings:
-    max_concurrency: int = 512
-    verify_timeout_s: float = 10.0
-    restore_batch_size: int = 50
-    restore_batch_interval_s: float = 5.0
-    # read measured power after a command whose driver did not return the measurement proving it
-    read_after_apply: bool = True
 
 
 class DeviceBank:
@@ -125,6 +94,9 @@ class DeviceBank:
         # readings are evidence, not truth: one outside physics is set aside (take_reading)
         self._plausible_kw: FloatArray = np.full(n, np.nan)
         self.implausible = np.zeros(n, dtype=np.bool_)
+        self.evidence = Evidence(fleet)
+        self._believed_at_s = np.full(n, -np.inf)  # monotonic time of its last believed reading
+        self._read_began_s = np.full(n, -np.inf)  # when the read now judged began
         self._max_kw = fleet.rated_kw * PLAUSIBLE_OVER_RATED + 0.1
         self._min_kw = -np.maximum(0.05, 0.02 * fleet.rated_kw)  # meter noise around zero
         self.applied_kw: FloatArray = np.full(n, np.nan)  # nan: unknown, (re)assert next cycle
@@ -140,12 +112,14 @@ class DeviceBank:
     def monotonic_s(self) -> float:
         return self._monotonic()
 
+    def plausible(self, i: int, power_kw: float) -> bool:
+        return math.isfinite(power_kw) and self._min_kw[i] <= power_kw <= self._max_kw[i]
+
     def take_reading(self, i: int, power_kw: float) -> bool:
         """Record device i's reading if it is physically plausible (finite, not below zero beyond
         meter noise, at most rated x 1.5); if not, the device counts at its last plausible
         reading, the change is logged once and counted, and False is returned."""
-        plausible = math.isfinite(power_kw) and self._min_kw[i] <= power_kw <= self._max_kw[i]
-        if plausible:
+        if self.plausible(i, power_kw):
             self.measured_kw[i] = self._plausible_kw[i] = power_kw
             if self.implausible[i]:
                 self.implausible[i] = False
@@ -162,15 +136,13 @@ class DeviceBank:
         return False
 
     def state_of(self, i: int) -> str:
-        """no_driver | unavailable | implausible | not_obeying | settling | ok (module doc)."""
-        if not self.has_driver[i]:
-            return "no_driver"
-        if not self.available[i]:
-            return "unavailable"
-        if self.implausible[i]:
-            return "implausible"
-        if not self.obeying[i]:
-            return "not_obeying"
+        """no_driver | unavailable | implausible | suspect | not_obeying | settling | ok."""
+        states = (("no_driver", not self.has_driver[i]), ("unavailable", not self.available[i]),
+                  ("implausible", self.implausible[i]), ("suspect", self.evidence.suspect[i]),
+                  ("not_obeying", not self.obeying[i]))  # fmt: skip
+        first = next((name for name, holds in states if holds), None)
+        if first is not None:
+            return first
         measured = float(self.measured_kw[i])
         if self._settling(i) and not np.isnan(measured) and self._excess_kw(i, measured):
             return "settling"
@@ -178,10 +150,40 @@ class DeviceBank:
 
     def verified_kw(self, planned_kw: FloatArray) -> FloatArray:
         """Each device's draw as best known: measured, else applied, else planned (no driver:
-        rated)."""
+        rated); a device whose reading is not believed at its worst case."""
         kw = np.where(np.isnan(self.measured_kw), self.applied_kw, self.measured_kw)
         planned = np.nan_to_num(planned_kw, nan=0.0)
-        return np.where(np.isnan(kw), np.where(self.has_driver, planned, self.fleet.rated_kw), kw)
+        kw = np.where(np.isnan(kw), np.where(self.has_driver, planned, self.fleet.rated_kw), kw)
+        worst = self.evidence.worst_kw(self.fleet.idle_kw)
+        # relays read back closed against an off command (a reboot, a re-close): drawing, or
+        # about to, whatever its meter has caught up with so far
+        kw = np.where(self._closed_against_off(), np.maximum(kw, worst), kw)
+        verified: FloatArray = np.where(self.evidence.suspect, worst, kw)
+        return verified
+
+    def planning_kw(self) -> FloatArray:
+        """What decide() is told each device draws: its believed reading; a suspect reachable
+        one none (it plans on its configured figures), one planned around its worst case. A
+        device found closed against its off command (re-commanded this cycle) none either: what
+        it draws until the command lands is not its idle draw, and must not be learned as it;
+        nor is what one still settling after a command (a re-send included) reads."""
+        worst = self.evidence.worst_kw(self.fleet.idle_kw)
+        around = ~self.planned_available
+        settling = self._monotonic() - self.commanded_at_s < self.settle_s
+        unsure = self.evidence.suspect | self._closed_against_off() | settling
+        kw: FloatArray = np.where(unsure, np.where(around, worst, np.nan), self.measured_kw)
+        return kw
+
+    def _closed_against_off(self) -> np.ndarray:
+        """Relays read closed after an off command had time to land (past its settle window:
+        a reading taken before the command says nothing against it)."""
+        closed = np.nan_to_num(self.evidence.relay_on, nan=0.0) > 0.5
+        read_after = self._read_began_s > self.command_started_s
+        with np.errstate(invalid="ignore"):  # -inf - -inf: never read, or never commanded
+            settled = self._read_began_s - self.commanded_at_s >= self.settle_s
+        off = np.nan_to_num(self.commanded_kw, nan=1.0) <= EPS_KW
+        against: np.ndarray = closed & off & read_after & settled
+        return against
 
     @asynccontextmanager
     async def commanding(self) -> AsyncIterator[None]:
@@ -262,6 +264,7 @@ class DeviceBank:
             # own verification speaks for the device (else a device read just before it was
             # switched off would be judged "drawing against 0 kW commanded" and marked down)
             if began_s >= self.command_started_s[i]:
+                self._read_began_s[i] = began_s
                 self._take(i, reading)
         self.flush_log()
         if self.metrics is not None:
@@ -276,15 +279,89 @@ class DeviceBank:
         if isinstance(reading, Exception):  # a driver bug must not end the polling of the site
             self.unexpected(i, reading)
             return
-        # an implausible reading leaves the device unverified: neither obeying nor not
         power_kw = reading.power_kw
-        judged = power_kw is not None and self.take_reading(i, power_kw)
-        if judged and (self._resend_if_drifted(i, reading) or not self._judge(i, reading)):
+        # outside physics (negative, far over its rating): set aside before anything else
+        if power_kw is not None and not self.plausible(i, power_kw):
+            self.take_reading(i, power_kw)
+            self._recovered(i)
             return
+        suspect = self.evidence.judge(
+            i, reading, commanded_kw=float(self.commanded_kw[i]), settling=self._settling(i),
+            last_kw=float(self._plausible_kw[i]),
+            commanded_since_last=bool(self.commanded_at_s[i] > self._believed_at_s[i]),
+        )  # fmt: skip
+        self._suspect(i, suspect)
+        # relays found against their command are commanded again, not judged as disobeying:
+        # a rebooted PDU is not a reason to shed anything else
+        reverted = self._enforce(i)
+        if suspect is not None:  # the meter is not believed: planned on its relays
+            self.measured_kw[i] = np.nan
+            if not reverted:
+                self._obeys(i)  # its relays, the evidence left, say it does as told
+            self._recovered(i)
+            return
+        judged = power_kw is not None and self.take_reading(i, power_kw)
+        if judged:
+            self._believed_at_s[i] = self._monotonic()
+        if (
+            judged
+            and not reverted
+            and (self._resend_if_drifted(i, reading) or not self._judge(i, reading))
+        ):
+            return
+        self._recovered(i)
+
+    def _recovered(self, i: int) -> None:
         if not self.available[i]:
             self.available[i] = True
             self.applied_kw[i] = np.nan  # re-assert its setpoint next cycle
             self._changed(i, "recovered", "", logging.INFO)
+
+    def _suspect(self, i: int, reason: str | None) -> None:
+        """Log the change of device i's evidence, once each way."""
+        evidence = self.evidence
+        if reason is not None and not evidence.suspect[i]:
+            evidence.suspect[i] = True
+            evidence.why[i] = reason
+            self._changed(i, "reading not believed", f"{reason}; planned on its worst case",
+                          logging.WARNING)  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.errors.labels(kind="suspect_reading").inc()
+        elif reason is None and evidence.suspect[i]:
+            evidence.suspect[i] = False
+            evidence.why.pop(i, None)
+            self._changed(i, "reading believed again", "", logging.INFO)
+
+    def _enforce(self, i: int) -> bool:
+        """A relay read back in the state it was not told to be in gets its command again, at
+        most MAX_REWRITES_PER_MIN times a minute; then it is not obeying, re-sent on the
+        backoff of resend_due. Whether it was found so."""
+        commanded = float(self.commanded_kw[i])
+        if np.isnan(commanded) or np.isnan(self.applied_kw[i]) or not self.available[i]:
+            return False
+        evidence, on = self.evidence, commanded > EPS_KW
+        if not evidence.disagrees(i, on):
+            evidence.confirmed[i] = evidence.confirmed[i] or not np.isnan(evidence.relay_on[i])
+            return False
+        if self._settling(i):
+            return False
+        if not self.obeying[i]:  # already on the backoff: nothing more from here
+            return True
+        if not evidence.confirmed[i]:  # never seen in its commanded state: it ignores writes
+            state = "closed" if not on else "open"
+            self._disobeys(i, f"its relays still read back {state} (it takes writes and "
+                           "ignores them)")  # fmt: skip
+            return True
+        due = evidence.reverted(i, on, self._monotonic())
+        if due is True:
+            self.applied_kw[i] = np.nan  # the next cycle sends its setpoint again
+            state = "closed" if commanded <= EPS_KW else "open"
+            reason = f"its relays read back {state} against its command (a reboot, a re-close)"
+            self._changed(i, "re-commanded", reason, logging.WARNING)
+        elif due is False:  # its writes of this minute are spent: the backoff starts after it
+            self._disobeys(i, f"its relays keep reverting: re-sent {MAX_REWRITES_PER_MIN} "
+                           "times in a minute", first_resend_s=60.0)  # fmt: skip
+        return due is not None
 
     def _judge(self, i: int, reading: DeviceReading) -> bool:
         """Settling, obeying, or not obeying (False) after its settle window."""
@@ -292,12 +369,16 @@ class DeviceBank:
         if excess and not self._settling(i):
             self._disobeys(i, excess)
             return False
-        if not excess and not self.obeying[i]:
+        if not excess:
+            self._obeys(i)
+        return True
+
+    def _obeys(self, i: int) -> None:
+        if not self.obeying[i]:
             self.obeying[i] = True
             self._resend_at_s[i] = np.inf
             self._resend_every_s[i] = 0.0
             self._changed(i, "obeys its command again", "", logging.INFO)
-        return True
 
     def _settling(self, i: int) -> bool:
         """Whether device i is still within its settle window after its last command."""
@@ -344,7 +425,11 @@ class DeviceBank:
             return ""
         return f"draws {power_kw:.2f} kW against {commanded:.2f} kW commanded"
 
-    def _disobeys(self, i: int, reason: str) -> None:
+    def disobeys(self, i: int, reason: str) -> None:
+        """Device i answered and does not do as told."""
+        self._disobeys(i, reason)
+
+    def _disobeys(self, i: int, reason: str, *, first_resend_s: float = 0.0) -> None:
         if self.obeying[i]:
             self.obeying[i] = False
             why_text = f"{reason} after its {self.settle_s[i]:.0f} s settle window; re-sending"
@@ -353,7 +438,8 @@ class DeviceBank:
                 self.metrics.errors.labels(kind="not_obeying").inc()
         if np.isinf(self._resend_at_s[i]):
             self._resend_every_s[i] = max(RESEND_FIRST_S, float(self.settle_s[i]))
-            self._resend_at_s[i] = self._monotonic()  # at once, then with the backoff
+            # at once (or after `first_resend_s`), then with the backoff
+            self._resend_at_s[i] = self._monotonic() + first_resend_s
 
     def resend_due(self) -> np.ndarray:
         """Devices not obeying whose command is due to be sent again (the cycle sends it)."""
@@ -365,6 +451,14 @@ class DeviceBank:
         now_s = self._monotonic()
         self._resend_at_s[indices] = now_s + self._resend_every_s[indices]
         self._resend_every_s[indices] = np.minimum(RESEND_MAX_S, 2 * self._resend_every_s[indices])
+
+    def doubt_kw(self) -> float:
+        """What the devices planned around draw beyond their commands by their own meters:
+        planned for, but never a reason to shed protected load (FleetState.doubt_kw)."""
+        around = self.available & ~self.obeying & self.has_driver
+        planned = self.planning_kw()[around]
+        beyond = planned - np.nan_to_num(self.commanded_kw[around], nan=0.0)
+        return float(np.maximum(np.nan_to_num(beyond, nan=0.0), 0.0).sum())
 
     @property
     def planned_available(self) -> np.ndarray:

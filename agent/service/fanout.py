@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 
 from agent.domain.fleet import FloatArray
-from agent.errors import DeviceError, DeviceTimeoutError
+from agent.errors import DeviceError, DeviceTimeoutError, VerificationError
 from agent.ports import Capability, DeviceCommand, DeviceDriver, DeviceReading, EndpointBatch
 from agent.service.devices import EPS_KW, DeviceBank, why
 
@@ -49,6 +49,7 @@ def _commands(bank: DeviceBank, idx: np.ndarray, target: FloatArray) -> list[Dev
     percent = np.divide(100.0 * kw, rated, out=np.zeros_like(kw), where=rated > 0)
     bank.commanded_kw[idx] = kw
     bank.command_started_s[idx] = bank.monotonic_s()  # readings begun before it are stale
+    bank.evidence.confirmed[idx] = False  # until a relay reads back in the commanded state
     ids = bank.fleet.device_ids
     rows = zip(idx.tolist(), kw.tolist(), percent.tolist(), strict=True)
     return [DeviceCommand(ids[i], k > EPS_KW, k, p) for i, k, p in rows]
@@ -87,7 +88,7 @@ async def _apply_batch(
     ok = np.ones(len(members), dtype=np.bool_)
     for k, (i, result) in enumerate(zip(members, results, strict=True)):
         if isinstance(result, DeviceError):
-            bank.mark_down(i, why(result))
+            _failed(bank, i, result)
             reasons[i] = why(result)
             ok[k] = False
     bank.applied_kw[idx[ok]] = bank.commanded_kw[idx[ok]]
@@ -120,7 +121,7 @@ async def _apply_one(bank: DeviceBank, i: int, target: FloatArray) -> str:
         bank.mark_down(i, reason)
         return reason
     except DeviceError as exc:
-        bank.mark_down(i, why(exc))
+        _failed(bank, i, exc)
         return why(exc)
     except Exception as exc:  # a driver bug fails this device, never the fan-out of the site
         bank.unexpected(i, exc)
@@ -128,6 +129,17 @@ async def _apply_one(bank: DeviceBank, i: int, target: FloatArray) -> str:
     finally:
         bank.commanded_at_s[i] = bank.monotonic_s()  # its settle window starts now
     return ""
+
+
+def _failed(bank: DeviceBank, i: int, exc: DeviceError) -> None:
+    """A device that answered and did not do as told (its read-back says otherwise) is not
+    obeying: reachable, planned around at its worst case, re-sent on a backoff. One that did
+    not answer is unavailable."""
+    if isinstance(exc, VerificationError):
+        bank.applied_kw[i] = np.nan
+        bank.disobeys(i, why(exc))
+    else:
+        bank.mark_down(i, why(exc))
 
 
 def _reads_after(bank: DeviceBank, driver: DeviceDriver) -> bool:

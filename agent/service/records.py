@@ -17,7 +17,7 @@ __all__ = [
 ]  # fmt: skip
 
 # Statuses after which an event no longer binds the site.
-FINAL_STATUSES = frozenset({"completed", "expired", "rejected"})
+FINAL_STATUSES = frozenset({"completed", "expired", "rejected", "cancelled"})
 # Statuses of a live event: taken, verified under its ceiling, verified over it after that.
 LIVE_STATUSES = frozenset({"accepted", "active", "non_compliant"})
 
@@ -53,6 +53,9 @@ class EventRecord:
     revised_at_utc: datetime | None = None
     # judged on verified power every cycle from the event's first (agent.service.compliance)
     compliance: Compliance | None = None
+    # what the site said at acceptance it cannot deliver without load the event may not cut:
+    # compliance is judged against the ceiling plus it
+    expected_shortfall_kw: float = 0.0
 
     def obligation(self) -> Obligation:
         return Obligation(
@@ -99,6 +102,10 @@ class EventRecord:
         if isinstance(compliance, dict):
             for key in ("worst_at_utc", "last_judged_utc"):
                 compliance[key] = parse(compliance.get(key))
+            compliance["over_periods"] = tuple(
+                (str(start), None if end is None else str(end))
+                for start, end in compliance.get("over_periods", ())
+            )
             data["compliance"] = Compliance(**compliance)
         return cls(**data)
 

@@ -28,8 +28,9 @@ function showLoad(t) {
   const mark = $("ceiling-mark");
   mark.style.display = ceiling === null ? "none" : "block";
   if (ceiling !== null) mark.style.left = `${(100 * ceiling) / top}%`;
-  $("load-line").textContent = `site ${kw(t.site_kw)} kW verified, ${kw(t.planned_kw)} kW planned, ` +
-    (ceiling === null ? "no ceiling" : `ceiling ${kw(ceiling)} kW`);
+  $("load-line").textContent = `site ${kw(t.site_kw)} kW on the ${t.evidence}, ${kw(t.planned_kw)} kW planned, ` +
+    (ceiling === null ? "no ceiling" : `ceiling ${kw(ceiling)} kW`) +
+    (t.meter_alarm ? `; ALARM: ${t.meter_alarm}` : "");
   const price = t.price_usd_per_mwh === null ? "no price yet" : `price $${kw(t.price_usd_per_mwh)}/MWh`;
   $("price-line").textContent = t.price_stale ? `${price} (STALE)` : price;
   $("price-line").className = t.price_stale ? "stale" : "";
@@ -57,7 +58,7 @@ function show(doc) {
   const counts = Object.entries(doc.attention.counts).map(([s, n]) => `${n} ${s.replace("_", " ")}`);
   $("attention-line").textContent = counts.length ? `${counts.join(", ")}: ${doc.attention.ids}` : "every device obeys";
   rows("attention", doc.attention.devices, (d) => [[d.device_id], [d.load_class], [d.state.replace("_", " "), `state-${d.state}`],
-    [kw(d.applied_kw), "num"], [kw(d.measured_kw), "num"]]);
+    [kw(d.applied_kw), "num"], [kw(d.measured_kw), "num"], [d.why ?? ""]]);
   const pools = doc.gpu_demand || [];
   $("gpu-panel").hidden = pools.length === 0;
   rows("gpu-demand", pools, (p) => {
