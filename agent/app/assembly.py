@@ -11,10 +11,14 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from pydantic import BaseModel
 
-from adapters.transport.modbus_pool import ModbusPool
+from adapters.devices.modbus import ModbusDriver
+from adapters.devices.modbus_batch import ModbusEndpoint
+from adapters.devices.profile import load_profile
+from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
 from adapters.transport.mqtt_session import MqttSession
 from agent.app.drivers import build_drivers
 from agent.app.pools import pool_schedulers
@@ -26,12 +30,13 @@ from agent.service.events import EventBook
 from agent.service.grid import GridIntake
 from agent.service.inbox import Inbox
 from agent.service.intake import Intake
-from agent.service.messages import ComplianceOut, DispatchAck
+from agent.service.messages import ComplianceOut, DispatchAck, OverPeriod
 from agent.service.metrics import Metrics
 from agent.service.outbox import ConfirmedPublisher, MemoryOutbox, Outbox, PersistedOutbox
 from agent.service.outcomes import OverrideOutcomes
 from agent.service.ratelimit import TopicRateLimit
 from agent.service.replay import ReplayGuard
+from agent.service.site_meter import SiteMeter
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
@@ -50,6 +55,16 @@ def ack_of(record: EventRecord) -> DispatchAck:
             worst_at=c.worst_at_utc,
             asked_kwh=round(c.asked_kwh, 3),
             delivered_kwh=round(c.delivered_kwh, 3),
+            judged_on=c.judged_on,
+            ramp_cycles=c.ramp_cycles,
+            over_periods=[
+                OverPeriod(
+                    start=datetime.fromisoformat(start),
+                    end=None if end is None else datetime.fromisoformat(end),
+                )
+                for start, end in c.over_periods
+            ],
+            over_periods_total=c.over_periods_total,
         )
     return DispatchAck(
         event_id=record.event_id,
@@ -59,6 +74,7 @@ def ack_of(record: EventRecord) -> DispatchAck:
         achieved_kw=record.achieved_kw,
         at=record.updated_at_utc,
         compliance=compliance,
+        expected_shortfall_kw=record.expected_shortfall_kw or None,
     )
 
 
@@ -141,6 +157,23 @@ def _intakes(  # noqa: PLR0917 - the parts of the service the intakes work with
     return intake, grid
 
 
+def _site_meter(
+    config: SiteConfig, pool: ModbusPool, clock: Clock, monotonic: Callable[[], float]
+) -> SiteMeter | None:
+    section = config.site_meter
+    if section is None:
+        return None
+    address = section.driver
+    target = ModbusTarget("site-meter", address.host, address.port, address.unit_id,
+                          address.timeout_s)  # fmt: skip
+    profile = load_profile(address.profile)
+    driver = ModbusDriver("site-meter", address, pool, profile=profile, clock=clock,
+                          endpoint=ModbusEndpoint(pool, target, profile, clock))  # fmt: skip
+    return SiteMeter(driver, tolerance_kw=section.tolerance_kw,
+                     tolerance_pct=section.tolerance_pct,
+                     stale_after_s=section.stale_after_s, monotonic=monotonic)  # fmt: skip
+
+
 def assemble(
     config: SiteConfig,
     *,
@@ -187,7 +220,8 @@ def assemble(
         del record
         metrics.dispatch_verified_seconds.observe(latency_s)
 
-    events = EventBook(store, lambda r: send("dispatch/ack", ack_of(r)), on_verified, metrics)
+    events = EventBook(store, lambda r: send("dispatch/ack", ack_of(r)), on_verified, metrics,
+                       ramp_window_s=config.service.ramp_window_s)  # fmt: skip
     inbox = Inbox(snapshot, wake.set, metrics)
     fleet = config.fleet()
     policy = config.decision_policy()
@@ -213,7 +247,10 @@ def assemble(
         pools=pool_schedulers(config),
         inbox=inbox,
         monotonic=monotonic,
+        site_meter=_site_meter(config, pool, clock, monotonic),
     )
+    events.reach = shell.reach_kw
+    intake.beyond_reach = config.policy.beyond_reach
     # resume: engine memory, overrides, the grid condition, then live events (in that order:
     # the events' shed baselines live in the memory)
     saved = store.load_memory()

@@ -66,6 +66,12 @@ class LoadClass:
     priority: Priority
     value_usd_per_mwh: float  # the price above which running this load loses money
     follows: str | None = None  # cooling: draws in proportion to the running share of this class
+    # a class that must give way before any other under a ceiling, whatever its value (a
+    # contract says so); otherwise classes give way by value, least valuable MWh first
+    gives_way_first: bool = False
+    # a follower's draw as a share of its rating at a share of its leader's: points
+    # (leader share, follower share), both 0..1, interpolated; None: the same share
+    follow_curve: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +181,15 @@ class FleetState:
     measured_kw: FloatArray  # nan where unknown
     # the verified site load the shell measured (None: decide() sums what it knows)
     site_kw: float | None = None
+    # load the site meter sees that no device reports (0 without a site meter): planned as a
+    # fixed draw, so the devices are planned to the ceiling less it
+    unmetered_kw: float = 0.0
+    # devices whose meter is not believed (its relays still answer): switched off first among
+    # load of equal value, so what is shed is shed where the relays, not the meter, say so
+    doubtful: BoolArray | None = None
+    # what devices planned around (not obeying) draw beyond their commands, by their meters or
+    # their worst case: planned for, but with unmetered_kw never a reason to cut protected load
+    doubt_kw: float = 0.0
 
     @classmethod
     def all_available(cls, fleet: Fleet) -> FleetState:

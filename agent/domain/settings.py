@@ -78,5 +78,8 @@ class Policy:
     # An engineer's override beats grid obligations and emergency postures (never the import
     # limit): it then applies with a declared shortfall. Off by default: the grid comes first.
     overrides_may_exceed_grid: bool = False
+    # dispatch programs whose events may cut protected load (a grid emergency); any other is
+    # met without it (the import limit always may)
+    protected_shed_programs: frozenset[str] = frozenset({"ERS", "RRS", "ECRS", "emergency"})
     # hybrid sites: inference pools sized from their demand, lending idle servers
     pools: tuple[InferencePool, ...] = ()

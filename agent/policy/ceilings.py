@@ -51,8 +51,9 @@ def site_ceiling(
             f"grid dispatch {event_id} ({obligation.program}): "
             f"site ceiling {ceiling_kw:.0f} kW, least valuable load first"
         )
-        shed_to_ceiling(plan, ceiling_kw, Rule.DISPATCH, text,
-                        was_on=was_on, cut_forced=grid_first)  # fmt: skip
+        may_cut_protected = obligation.program in policy.protected_shed_programs
+        shed_to_ceiling(plan, ceiling_kw, Rule.DISPATCH, text, was_on=was_on,
+                        cut_forced=grid_first, cut_protected=may_cut_protected)  # fmt: skip
     all_ceilings = [c for _, c in ceilings]
     if policy.import_limit_kw is not None:
         all_ceilings.append(policy.import_limit_kw)
@@ -101,4 +102,14 @@ def _shortfall_cause(plan: Plan, applied: list[AppliedOverride]) -> str:
             held.append(f"override {a.override.override_id} holds {kw:.0f} kW on")
     if held:
         return "; ".join(held)
-    return "the load that cannot be cut (critical, unreachable, cooling of running load) exceeds it"
+    uncertain = []
+    if plan.unmetered_kw > EPS_KW:
+        uncertain.append(f"{plan.unmetered_kw:.0f} kW the site meter sees that no device reports")
+    if plan.doubt_kw > EPS_KW:
+        uncertain.append(f"{plan.doubt_kw:.0f} kW drawn by devices not obeying")
+    if uncertain:
+        return " and ".join(uncertain) + " (never a reason to cut protected load)"
+    return (
+        "the load this event may not cut (protected, critical, unreachable, cooling of "
+        "running load) exceeds it"
+    )

@@ -77,6 +77,10 @@ def decide(
         idle_kw=np.where(np.isnan(off_draw), fleet.idle_kw, off_draw),
         on_kw=np.where(np.isnan(on_draw), fleet.rated_kw, on_draw),
     )
+    plan.unmetered_kw = max(0.0, fleet_state.unmetered_kw)
+    plan.doubt_kw = max(0.0, fleet_state.doubt_kw)
+    if fleet_state.doubtful is not None:
+        plan.doubtful = fleet_state.doubtful
     grid_first = not policy.overrides_may_exceed_grid
     _safety(plan, cycle)
     if grid_first:
@@ -99,7 +103,7 @@ def decide(
 
     setpoint_kw = plan.feasible()
     drawn_kw = plan.drawn_kw(setpoint=setpoint_kw)
-    site_kw = float(drawn_kw.sum())
+    site_kw = float(drawn_kw.sum()) + plan.unmetered_kw
     # a first decision counts as a switch: the device is commanded into that state now
     turned = ((setpoint_kw > EPS_KW) != cycle.was_on) | np.isnan(memory.setpoint_kw)
     pools, pool_serving, capped_since = pool_statuses(plan, sizings, setpoint_kw, memory,

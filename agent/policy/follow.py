@@ -3,9 +3,10 @@
 Cooling is safety for the load it cools, so a follower is never cut below what its running leader
 needs, whatever the posture, override or merit order, and never sheds ahead of its leader: the
 only way to cut a follower is to cut its leader (merit.py skips follower classes). A throttled
-follower draws its rating times the leader's running share (at least its minimum while the
-leader runs); on/off followers run as whole devices covering at least that share of their kW,
-those already running first.
+follower draws its rating times the leader's running share, or the share its class's
+`follow_curve` gives at it (at least its minimum while the leader runs); on/off followers run
+as whole devices covering at least that share of their kW, the set with the least kW (on a tie,
+those already running).
 A follower an engineer forced on stays on.
 """
 
@@ -17,7 +18,7 @@ from agent.domain.fleet import BoolArray, Priority
 from agent.policy.decision import Rule
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
-__all__ = ["apply_followers", "leader_share"]
+__all__ = ["apply_followers", "follower_share", "leader_share"]
 
 
 def leader_share(plan: Plan, follower_class: int) -> float:
@@ -40,11 +41,23 @@ def apply_followers(plan: Plan, was_on: BoolArray) -> None:
         idx = members[plan.available[members]]  # an unreachable one is pinned at its reading
         if len(idx) == 0:
             continue
-        share = leader_share(plan, pos)
+        leader = leader_share(plan, pos)
+        share = follower_share(load_class.follow_curve, leader)
         kw = _needed_kw(plan, idx, share, was_on)
         kw = np.where(plan.forced[idx], np.maximum(kw, plan.lo[idx]), kw)
         text = f"follows class {load_class.follows} at {100 * share:.0f}% of its rating"
+        if load_class.follow_curve is not None:
+            text += f" (its curve at the leader's {100 * leader:.0f}%)"
         plan.set_to(idx, kw, Rule.FOLLOW, text)
+
+
+def follower_share(curve: tuple[tuple[float, float], ...] | None, leader: float) -> float:
+    """A follower's share of its rating at its leader's running share: the site file's curve,
+    else the same share. A leader that runs at all keeps its follower above zero."""
+    if curve is None or leader <= EPS_KW:
+        return leader
+    xs, ys = zip(*curve, strict=True)
+    return max(float(np.interp(leader, xs, ys)), EPS_KW * 10)
 
 
 def _needed_kw(plan: Plan, idx: Index, share: float, was_on: BoolArray) -> FloatArray:
@@ -54,12 +67,32 @@ def _needed_kw(plan: Plan, idx: Index, share: float, was_on: BoolArray) -> Float
     kw = np.where(share > EPS_KW, np.maximum(rated * share, min_kw), 0.0)
     on_off = np.flatnonzero(~continuous)
     if len(on_off):
-        # whole devices, rounded up: never less cooling (in kW) than the share needs, those
-        # already running first
-        order = on_off[np.argsort(~was_on[idx[on_off]], kind="stable")]
+        # whole devices, rounded up: never less cooling (in kW) than the share needs
         need_kw = share * float(rated[on_off].sum())
-        covered = np.cumsum(rated[order])
-        count = 0 if need_kw <= EPS_KW else int(np.searchsorted(covered, need_kw - 1e-9)) + 1
-        kw[on_off] = 0.0
-        kw[order[:count]] = rated[order[:count]]
+        chosen = _least_cover(rated[on_off], was_on[idx[on_off]], need_kw)
+        kw[on_off] = np.where(chosen, rated[on_off], 0.0)
     return np.asarray(kw, dtype=np.float64)
+
+
+_EXACT_UP_TO = 12  # on/off followers of one class covered exactly up to this many (4,096 sets)
+
+
+def _least_cover(rated: FloatArray, running: BoolArray, need_kw: float) -> BoolArray:
+    """Which whole devices to run: the set with the least kW that covers `need_kw` (exact up
+    to _EXACT_UP_TO devices; on a tie, the one running the most of those already running);
+    beyond that, those running first, then the smallest."""
+    n = len(rated)
+    if need_kw <= EPS_KW:
+        return np.zeros(n, dtype=np.bool_)
+    if n <= _EXACT_UP_TO:
+        masks = np.arange(1, 2**n)
+        bits = (masks[:, None] >> np.arange(n)) & 1
+        kw = bits @ rated
+        score = np.where(kw >= need_kw - 1e-9, kw - 1e-6 * (bits @ running), np.inf)
+        best: BoolArray = bits[int(np.argmin(score))].astype(np.bool_)
+        return best
+    order = np.lexsort((rated, ~running))
+    count = int(np.searchsorted(np.cumsum(rated[order]), need_kw - 1e-9)) + 1
+    chosen = np.zeros(n, dtype=np.bool_)
+    chosen[order[:count]] = True
+    return chosen

@@ -23,6 +23,7 @@ SETTLED_AFTER_S = 30.0
 # An on/off device is learned at most this far above its rating (inrush and meter noise aside,
 # more than that is a device not obeying, which the shell judges).
 _ON_DRAW_MAX_RATIO = 1.25
+_ON_DRAW_MIN_RATIO = 0.5
 
 
 def learned_draws(state: FleetState, memory: Memory, now_s: float) -> tuple[FloatArray, FloatArray]:
@@ -40,5 +41,9 @@ def learned_draws(state: FleetState, memory: Memory, now_s: float) -> tuple[Floa
     was_off = settled & (setpoint <= EPS_KW)
     off[was_off] = np.clip(measured[was_off], 0.0, fleet.rated_kw[was_off])
     at_rated = settled & ~fleet.continuous & (np.abs(setpoint - fleet.rated_kw) <= EPS_KW)
+    # an on/off device told to run that reads under half its rating is not running (a device
+    # just back from a fault, whose last setpoint was only its pinned reading; a relay that
+    # did not close): what it draws is not what it draws when on
+    at_rated &= measured >= _ON_DRAW_MIN_RATIO * fleet.rated_kw
     on[at_rated] = np.clip(measured[at_rated], 0.0, fleet.rated_kw[at_rated] * _ON_DRAW_MAX_RATIO)
     return off, on

@@ -22,6 +22,7 @@ import numpy as np
 
 from agent.domain.fleet import BoolArray, Fleet, Priority
 from agent.policy.decision import Rule
+from agent.policy.fill import Before, cooling_per_kw, fill_back
 from agent.policy.follow import apply_followers
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
@@ -46,83 +47,136 @@ def merit_order(fleet: Fleet) -> list[int]:
 class _Group:
     """Devices that give way together: a load class, or a pool's servers in one role."""
 
-    stage: int  # groups give way by stage, then value, then name
+    stage: int  # groups give way by stage, then value, then tier, then name
     value: float
+    tier: int  # on equal value, interruptible before flexible
     name: str
     idx: Index
     note: str  # added to the ceiling's reason
     floor_kw: FloatArray | None = None  # a flex tier: cut no lower than this per device
 
 
-# Stages. Under a grid dispatch, flexible GPU work goes first (a checkpointed job pauses within
-# seconds), then miners, then flexible loads, then inference within its pools' flex tiers, and
-# protected load beyond them only if that is not enough. Under the import limit lent GPUs are
-# flexible load like any other, in merit order by the value of their work.
-_LENT_FIRST, _INTERRUPTIBLE, _FLEXIBLE, _WITHIN_FLEX, _PROTECTED = range(5)
-_TIER_OF_STAGE = {
-    _INTERRUPTIBLE: Priority.INTERRUPTIBLE,
-    _FLEXIBLE: Priority.FLEXIBLE,
-    _PROTECTED: Priority.PROTECTED,
+# Stages. Classes the site file says must go first (`gives_way_first`, for contractual reasons)
+# go first; then every interruptible and flexible kW, miners and lent GPU work alike, least
+# valuable MWh first; then inference within its pools' flex tiers; protected load beyond them
+# last, and only where the ceiling may cut it (the import limit; a dispatch whose program the
+# site file lets cut protected load).
+_GIVES_WAY_FIRST, _BY_VALUE, _WITHIN_FLEX, _PROTECTED = range(4)
+_TIERS_OF_STAGE = {
+    _GIVES_WAY_FIRST: (Priority.INTERRUPTIBLE, Priority.FLEXIBLE),
+    _BY_VALUE: (Priority.INTERRUPTIBLE, Priority.FLEXIBLE),
+    _PROTECTED: (Priority.PROTECTED,),
 }
 
 
-def _groups(plan: Plan, dispatch: bool) -> list[_Group]:
+def _groups(plan: Plan) -> list[_Group]:
     fleet = plan.fleet
     pool_of = {p.load_class: p for p in plan.pools}
-    stage_of = {tier: stage for stage, tier in _TIER_OF_STAGE.items()}
     groups = []
     for c in merit_order(fleet):
         load_class = fleet.classes[c]
         pool = pool_of.get(c)
-        note = "" if pool is None else f"; beyond the flex tier of pool {pool.name}"
-        groups.append(_Group(stage_of[load_class.priority], load_class.value_usd_per_mwh,
+        if load_class.priority is Priority.PROTECTED:
+            stage = _PROTECTED
+        else:
+            stage = _GIVES_WAY_FIRST if load_class.gives_way_first else _BY_VALUE
+        worth = f"; {load_class.name} worth ${load_class.value_usd_per_mwh:,.0f}/MWh"
+        if stage == _PROTECTED:
+            worth += ", protected: every other load was cut first"
+        note = (f"; beyond the flex tier of pool {pool.name}" if pool is not None
+                else f"; {load_class.name} gives way first" if stage == _GIVES_WAY_FIRST
+                else worth)  # fmt: skip
+        groups.append(_Group(stage, load_class.value_usd_per_mwh, int(load_class.priority),
                              load_class.name, fleet.members[c], note))  # fmt: skip
     for pool in plan.pools:
-        lent_stage = _LENT_FIRST if dispatch else _FLEXIBLE
-        note = f"; flexible GPU work of pool {pool.name} paused"
-        groups.append(_Group(lent_stage, pool.lend_value_usd_per_mwh, pool.name, pool.lent, note))
+        value = pool.lend_value_usd_per_mwh
+        note = f"; flexible GPU work of pool {pool.name} worth ${value:,.0f}/MWh paused"
+        groups.append(_Group(_BY_VALUE, value, int(Priority.FLEXIBLE), pool.name, pool.lent, note))
         if pool.give_up_fraction > 0:
             note = (f"; inference of pool {pool.name} capped within its flex tier"
                     f" ({pool.give_up_fraction:.0%} of its power)")  # fmt: skip
-            groups.append(_Group(_WITHIN_FLEX, 0.0, pool.name, pool.serving, note,
-                                 floor_kw=pool.floor_kw))  # fmt: skip
-    return sorted(groups, key=lambda g: (g.stage, g.value, g.name))
+            groups.append(_Group(_WITHIN_FLEX, 0.0, int(Priority.PROTECTED), pool.name,
+                                 pool.serving, note, floor_kw=pool.floor_kw))  # fmt: skip
+    return sorted(groups, key=lambda g: (g.stage, g.value, g.tier, g.name))
 
 
 def shed_to_ceiling(
-    plan: Plan, ceiling_kw: float, rule: Rule, text: str, *, was_on: BoolArray, cut_forced: bool
+    plan: Plan,
+    ceiling_kw: float,
+    rule: Rule,
+    text: str,
+    *,
+    was_on: BoolArray,
+    cut_forced: bool,
+    cut_protected: bool = True,
 ) -> float:
-    """Cut load in merit order until the site is at or below `ceiling_kw`; returns the shortfall."""
-    groups = _groups(plan, dispatch=rule is Rule.DISPATCH)
+    """Cut load in merit order until the site is at or below `ceiling_kw`, then hand back what
+    the last cuts freed beyond it (cooling that dropped with its leader, whole devices
+    overshooting), most valuable first; returns the shortfall."""
+    groups = _groups(plan)
+    plan.was_on = was_on
+    before = Before(plan.hi.copy(), plan.rule.copy(), plan.reason_index.copy(),
+                     plan.bound.copy())  # fmt: skip
     excess = plan.total_kw() - ceiling_kw
-    for stage in sorted({g.stage for g in groups} | _TIER_OF_STAGE.keys()):
+    spared_kw = 0.0
+    # a kW of a class with cooling frees its cooling's share too: a class is asked for the
+    # excess less what its cooling will give (the rest is handed back by fill_back)
+    cooling = cooling_per_kw(plan)
+    stages = sorted({g.stage for g in groups} | _TIERS_OF_STAGE.keys())
+    if not cut_protected:
+        stages = [s for s in stages if s != _PROTECTED]
+    for stage in stages:
         in_stage = [g for g in groups if g.stage == stage]
+        if stage == _PROTECTED:
+            # load the site meter sees that no device reports, and what devices not obeying
+            # may draw beyond their commands, are planned for, but are never a reason to cut
+            # protected load: what they leave over is a shortfall, stated
+            spared_kw = plan.unmetered_kw + plan.doubt_kw
         for forced_pass in (False, True):
             if forced_pass and not cut_forced:
                 continue
             for group in in_stage:
-                if excess <= EPS_KW:
-                    return 0.0
-                chosen = plan.forced[group.idx] == forced_pass
-                idx = group.idx[chosen]
-                if len(idx) == 0 or (forced_pass and group.floor_kw is not None):
-                    continue  # an override's floor is its own, not a flex tier's to cut
-                if forced_pass:
-                    plan.release(idx)
-                if group.floor_kw is None:
-                    shed_class(plan, idx, excess, rule, text + group.note)
-                else:
-                    floor_kw = group.floor_kw[chosen]
-                    _cap_within(plan, idx, floor_kw, excess, rule=rule, text=text + group.note)
-                apply_followers(plan, was_on)  # cooling drops with what was shed
-                excess = plan.total_kw() - ceiling_kw
+                if excess - spared_kw <= EPS_KW:
+                    break
+                cooled = 1.0 + float(cooling[group.idx].max(initial=0.0))
+                for share in (1.0 / cooled, 1.0):  # again in full if the cooling fell short
+                    asked_kw = (excess - spared_kw) * share
+                    if asked_kw <= EPS_KW or not _cut_group(
+                        plan, group, asked_kw, rule, text, forced_pass=forced_pass
+                    ):
+                        break
+                    apply_followers(plan, was_on)  # cooling drops with what was shed
+                    excess = plan.total_kw() - ceiling_kw
             if forced_pass and excess > EPS_KW:
                 # cooling an engineer forced on gives way like any override of its tier, down
                 # to what its running leader needs (never below: cooling is safety)
-                tier = _TIER_OF_STAGE.get(stage)
-                if tier is not None:
-                    excess = _release_forced_followers(plan, tier, was_on, ceiling_kw, excess)
+                excess = _release_forced_followers(plan, _TIERS_OF_STAGE.get(stage, ()), was_on,
+                                                   ceiling_kw, excess)  # fmt: skip
+        if excess - spared_kw <= EPS_KW:
+            break
+    if excess < -EPS_KW:
+        fill_back(plan, [g.idx for g in reversed(groups)], before, ceiling_kw, was_on,
+                  rule=rule, text=text)  # fmt: skip
+        excess = plan.total_kw() - ceiling_kw
     return max(0.0, excess)
+
+
+def _cut_group(
+    plan: Plan, group: _Group, excess: float, rule: Rule, text: str, *, forced_pass: bool
+) -> bool:
+    """Cut one group's devices (its overridden ones on the forced pass) by up to `excess`;
+    False when it had none to cut."""
+    chosen = plan.forced[group.idx] == forced_pass
+    idx = group.idx[chosen]
+    if len(idx) == 0 or (forced_pass and group.floor_kw is not None):
+        return False  # an override's floor is its own, not a flex tier's to cut
+    if forced_pass:
+        plan.release(idx)
+    if group.floor_kw is None:
+        shed_class(plan, idx, excess, rule, text + group.note)
+    else:
+        _cap_within(plan, idx, group.floor_kw[chosen], excess, rule=rule, text=text + group.note)
+    return True
 
 
 def _cap_within(
@@ -139,12 +193,12 @@ def _cap_within(
 
 
 def _release_forced_followers(
-    plan: Plan, tier: Priority, was_on: BoolArray, ceiling_kw: float, excess: float
+    plan: Plan, tiers: tuple[Priority, ...], was_on: BoolArray, ceiling_kw: float, excess: float
 ) -> float:
     fleet = plan.fleet
     released = False
     for pos, load_class in enumerate(fleet.classes):
-        if load_class.follows is None or load_class.priority is not tier:
+        if load_class.follows is None or load_class.priority not in tiers:
             continue
         members = fleet.members[pos]
         forced = members[plan.forced[members]]
@@ -177,7 +231,12 @@ def shed_class(plan: Plan, idx: Index, excess: float, rule: Rule, text: str) -> 
     # Switch off what may go to zero, on/off devices first (switching a throttled one off
     # loses the fine control that lands the site on its target).
     can_stop = np.flatnonzero((target > EPS_KW) & (plan.lo[idx] <= EPS_KW))
-    can_stop = can_stop[np.argsort(continuous[can_stop], kind="stable")]
+    # on/off devices first; among them, those whose meter is not believed (see FleetState),
+    # then those already off (cutting them again writes nothing: a site near its ceiling must
+    # not trade one device's relay for another's cycle after cycle)
+    was_on = plan.was_on[idx][can_stop]
+    keys = (was_on, ~plan.doubtful[idx][can_stop], continuous[can_stop])
+    can_stop = can_stop[np.lexsort(keys)]
     # switching a device off saves what it draws (an on/off one: as measured when on) less
     # what it still draws when off
     drawn = np.where(continuous, target, plan.on_kw[idx])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.domain.fleet import Fleet
+from agent.domain.fleet import BoolArray, Fleet
 from agent.policy.decision import Rule
 
 __all__ = ["EPS_KW", "Plan", "PoolGroup"]
@@ -72,6 +72,10 @@ class Plan:
                 self.follower[fleet.members[pos]] = True
         self._reasons: dict[str, int] = {}
         self.pools: tuple[PoolGroup, ...] = ()  # set by the pool rule on hybrid sites
+        self.unmetered_kw = 0.0  # what the site meter sees beyond every device: fixed
+        self.doubtful: BoolArray = np.zeros(n, dtype=np.bool_)  # FleetState.doubtful
+        self.doubt_kw = 0.0  # FleetState.doubt_kw
+        self.was_on: BoolArray = np.zeros(n, dtype=np.bool_)  # running after the last cycle
 
     # -- reasons -----------------------------------------------------------------------------
     def reason(self, text: str) -> int:
@@ -113,7 +117,7 @@ class Plan:
         return np.maximum(drawn, idle)
 
     def total_kw(self) -> float:
-        return float(self.drawn_kw().sum())
+        return float(self.drawn_kw().sum()) + self.unmetered_kw
 
     # -- tightening --------------------------------------------------------------------------
     def fix(self, idx: Index, kw: FloatArray | float, rule: Rule, text: str) -> None:

@@ -1,9 +1,11 @@
 """An event's compliance record: judged on verified power every cycle until the event ends.
 
-What a settlement analyst checks against the audit log: how many cycles the verified site load
-was under the event's ceiling out of how many were judged, the worst exceedance and when, the
-energy delivered (below the baseline) against the energy asked, and the baseline used. A cycle
-counts from the event's first cycle, so the time the site took to respond is in the record.
+What a settlement analyst checks against the audit log: how many cycles the site load was under
+the event's ceiling out of how many were judged, on what evidence (the site meter, else the
+device readings), the worst exceedance and when, the periods it was over, the energy delivered
+(below the baseline) against the energy asked, and the baseline used. The cycles inside the
+event's ramp window (from when it was asked, `service.ramp_window_s`) are counted apart: the
+site is still getting there, and is judged from the end of the window.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import datetime
 
 __all__ = ["Compliance", "verified_under"]
 
+OVER_PERIODS_KEPT = 20
 # Meter noise and float rounding: a ceiling counts as met within 0.5 % (or 0.1 kW).
 _TOLERANCE_FRACTION = 0.005
 _TOLERANCE_KW = 0.1
@@ -32,14 +35,35 @@ class Compliance:
     asked_kwh: float = 0.0  # below the baseline, to get under the ceiling
     delivered_kwh: float = 0.0  # below the baseline, as verified
     last_judged_utc: datetime | None = None
+    judged_on: str = "device readings"  # the evidence: "site meter" or "device readings"
+    ramp_cycles: int = 0  # cycles inside the ramp window, not judged
+    # periods over the ceiling after the ramp window: (start, end; None while it lasts), ISO
+    # UTC; the first OVER_PERIODS_KEPT, with the count of all in over_periods_total
+    over_periods: tuple[tuple[str, str | None], ...] = ()
+    over_periods_total: int = 0
 
     def judge(
-        self, now: datetime, ceiling_kw: float, verified_kw: float, baseline_kw: float | None
+        self,
+        now: datetime,
+        ceiling_kw: float,
+        verified_kw: float,
+        baseline_kw: float | None,
+        *,
+        in_ramp: bool = False,
+        judged_on: str = "device readings",
+        declared_shortfall_kw: float = 0.0,
     ) -> Compliance:
-        """This record after one more cycle; energy counts the time since the last cycle."""
+        """This record after one more cycle; energy counts the time since the last cycle. An
+        event accepted with a declared shortfall is judged against what was declared (the
+        ceiling plus it); the energy asked stays the grid's."""
         base = self.baseline_kw if self.baseline_kw is not None else baseline_kw
-        over = verified_kw - ceiling_kw
-        ok = verified_under(verified_kw, ceiling_kw)
+        declared_kw = ceiling_kw + max(0.0, declared_shortfall_kw)
+        over = verified_kw - declared_kw
+        ok = verified_under(verified_kw, declared_kw)
+        if in_ramp and not ok:  # still getting there: neither compliant nor not
+            return replace(self, baseline_kw=base, ramp_cycles=self.ramp_cycles + 1,
+                           last_judged_utc=now, judged_on=judged_on)  # fmt: skip
+        periods, total = self._periods(now, ok)
         hours = 0.0
         if self.last_judged_utc is not None:
             hours = max(0.0, (now - self.last_judged_utc).total_seconds() / 3600.0)
@@ -58,10 +82,28 @@ class Compliance:
             asked_kwh=round(self.asked_kwh + asked, 6),
             delivered_kwh=round(self.delivered_kwh + delivered, 6),
             last_judged_utc=now,
+            judged_on=judged_on,
+            over_periods=periods,
+            over_periods_total=total,
         )
 
+    def _periods(self, now: datetime, ok: bool) -> tuple[tuple[tuple[str, str | None], ...], int]:
+        periods, total = list(self.over_periods), self.over_periods_total
+        open_ = bool(periods) and periods[-1][1] is None
+        if not ok and not open_ and total < OVER_PERIODS_KEPT:
+            periods.append((now.isoformat(), None))
+        if not ok and not open_:
+            total += 1
+        if ok and open_:
+            periods[-1] = (periods[-1][0], now.isoformat())
+        return tuple(periods), total
+
     def summary(self) -> str:
-        text = f"compliant {self.compliant_cycles} of {self.cycles} cycles"
+        text = f"compliant {self.compliant_cycles} of {self.cycles} cycles on {self.judged_on}"
+        if self.ramp_cycles:
+            text += f" (after {self.ramp_cycles} in its ramp window)"
+        if self.over_periods_total:
+            text += f", over the ceiling {self.over_periods_total} time(s)"
         if self.worst_at_utc is not None:
             text += f", worst {self.worst_over_kw:.1f} kW over at {self.worst_at_utc:%H:%M:%S} UTC"
         return f"{text}, delivered {self.delivered_kwh:.1f} of {self.asked_kwh:.1f} kWh asked"

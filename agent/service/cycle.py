@@ -41,6 +41,7 @@ from agent.service.outcomes import OverrideOutcomes
 from agent.service.pools import PoolSchedulers
 from agent.service.recorder import Recorder
 from agent.service.report import CycleReport
+from agent.service.site_meter import MeterCheck, SiteMeter
 from agent.service.snapshot import SnapshotStore
 from agent.service.store import SavedMemory, Store
 
@@ -95,6 +96,7 @@ class Shell:
         inbox: Inbox | None = None,
         obligations: Obligations | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        site_meter: SiteMeter | None = None,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -106,6 +108,8 @@ class Shell:
         self._overrides = overrides
         self.pools = pools or PoolSchedulers({})
         self.inbox = inbox
+        self.site_meter = site_meter
+        self.meter_check = MeterCheck(None, 0.0, 0.0, None)  # the last cycle's
         # the event book is where a service's obligations live; a bare shell gets a fixed list
         self.obligations: Obligations = events or obligations or FixedObligations()
         self.devices = DeviceBank(fleet, drivers, self.settings, metrics=metrics,
@@ -138,11 +142,18 @@ class Shell:
         return self.devices.applied_kw
 
     async def poll(self, indices: np.ndarray | None = None) -> None:
-        """Read devices and take what they said at once: only between cycles (at start, the
-        demo, tests). The service's own poller calls `devices.poll`, which only queues the
-        readings for the next cycle."""
-        await self.devices.poll(indices)
+        """Read devices (and the site meter) and take what they said at once: only between
+        cycles (at start, the demo, tests). The service's own poller calls `poll_queued`, which
+        only queues the readings for the next cycle."""
+        await self.poll_queued(indices)
         self.devices.take_readings()
+        if self.site_meter is not None:
+            self.site_meter.take()
+
+    async def poll_queued(self, indices: np.ndarray | None = None) -> None:
+        await self.devices.poll(indices)
+        if self.site_meter is not None and indices is None:
+            await self.site_meter.poll()
 
     # -- resuming ----------------------------------------------------------------------------
     def restore_memory(self, saved: SavedMemory) -> None:
@@ -167,13 +178,44 @@ class Shell:
 
     # -- SiteView ----------------------------------------------------------------------------
     def site_kw(self) -> float:
+        """The site's load as the evidence says: the site meter while its reading is fresh, else
+        the sum of the devices' verified draws."""
+        meter = self.meter_kw()
+        return meter if meter is not None else self.devices_kw()
+
+    def meter_kw(self) -> float | None:
+        """The site meter's fresh reading; None without one."""
+        return None if self.site_meter is None else self.site_meter.fresh_kw()
+
+    def devices_kw(self) -> float:
         return float(self.devices.verified_kw(self.memory.setpoint_kw).sum())
+
+    def _check_meter(self) -> MeterCheck:
+        devices_kw = self.devices_kw()
+        if self.site_meter is None:
+            return MeterCheck(None, devices_kw, 0.0, None)
+        ids = self.fleet.device_ids
+        suspects = [ids[i] for i in np.flatnonzero(self.devices.evidence.suspect)]
+        check = self.site_meter.check(devices_kw, suspects)
+        # the next readings are judged knowing whether the meter sees what the devices claim
+        self.devices.evidence.site_meter_disowns = check.disowns
+        return check
 
     def floor_kw(self, *, include_protected: bool) -> float:
         fleet = self.fleet
         deepest = Priority.PROTECTED if include_protected else Priority.FLEXIBLE
         sheddable = (fleet.priority <= deepest) & self.available & self.has_driver
         return float(self.devices.verified_kw(self.memory.setpoint_kw)[~sheddable].sum())
+
+    def reach_kw(self, program: str) -> tuple[float, float]:
+        """The lowest the site gets without the load an event of `program` may not cut
+        (protected unless the program may cut it, critical, unreachable, what is held on, the
+        idle draw of what is switched off), and the site's load now."""
+        may_cut = program in self.policy.protected_shed_programs
+        kept = self.floor_kw(include_protected=may_cut)
+        deepest = Priority.PROTECTED if may_cut else Priority.FLEXIBLE
+        cut = (self.fleet.priority <= deepest) & self.available & self.has_driver
+        return kept + float(self.fleet.idle_kw[cut].sum()), self.site_kw()
 
     def capacity_kw(self) -> float:
         return float(self.fleet.rated_kw.sum())
@@ -233,6 +275,9 @@ class Shell:
         started = time.perf_counter()
         now = self._clock()
         self.devices.take_readings()
+        if self.site_meter is not None:
+            self.site_meter.take()
+        check = self._check_meter()
         self.obligations.expire(now)
         lapsed = self.snapshot.expire(now)
         signals = self.snapshot.freeze(now, self.obligations.obligations())
@@ -244,8 +289,11 @@ class Shell:
         state = FleetState(
             self.fleet,
             self.devices.planned_available.copy(),  # a device not obeying is planned around
-            self.measured_kw.copy(),
+            self.devices.planning_kw(),  # a reading not believed is planned on its worst case
             site_kw=self.site_kw(),
+            unmetered_kw=max(0.0, check.gap_kw),  # what the site meter sees beyond the devices
+            doubtful=self.devices.evidence.suspect.copy(),
+            doubt_kw=self.devices.doubt_kw(),
         )
         decision = decide(signals, state, policy, self.memory, now)
 
@@ -259,6 +307,10 @@ class Shell:
         changed = np.union1d(changed, resend).astype(np.intp)
         failed = await apply_setpoints(self.devices, changed, send)
         self.devices.resent(resend)
+        if self.site_meter is not None and len(changed) and signals.obligations:
+            await self.site_meter.poll()  # an obligation is met when the meter says so
+            self.site_meter.take()
+            check = self._check_meter()
         if self.pools:
             await self.pools.after_cycle(decision)
         failed_idx = np.array([self.fleet.index_of[d] for d in failed], dtype=np.intp)
@@ -292,8 +344,9 @@ class Shell:
         self._recorder.cycle(
             report, self.memory, self.applied_kw, changed, failed_idx, device_changes=device_changes
         )
+        self.meter_check = check
         if self._events is not None:
-            self._events.after_cycle(now, decision, site_kw)
+            self._events.after_cycle(now, decision, site_kw, check.evidence)
         if self._overrides is not None:
             self._overrides.after_cycle(now, decision, lapsed)
         self.follow_up = bool(failed)

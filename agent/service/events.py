@@ -65,12 +65,17 @@ class EventBook:
         ack: Ack,
         on_verified: Latency | None = None,
         metrics: Metrics | None = None,
+        ramp_window_s: float = 10.0,
     ) -> None:
         self._store = store
+        self.ramp_window_s = ramp_window_s
         self._metrics = metrics
         self._ack = ack
         self._on_verified = on_verified
         self._live: dict[str, EventRecord] = {}
+        # (lowest kW the site reaches without the load a program may not cut, kW now), set by
+        # the assembly from the shell: what an event is declared short by at acceptance
+        self.reach: Callable[[str], tuple[float, float]] | None = None
         # events finished in this run, newest last: a duplicate is recognised, and re-acked, even
         # while the final write is still on its way to the database (agent.service.writer)
         self._finished: OrderedDict[str, EventRecord] = OrderedDict()
@@ -122,6 +127,23 @@ class EventBook:
     def known(self, event_id: str) -> bool:
         return self.get(event_id) is not None or self._store.event(event_id) is not None
 
+    def beyond_reach(self, record: EventRecord) -> EventRecord:
+        """The record with its expected shortfall declared, when the site cannot get under its
+        ceiling without load the event may not cut (protected, critical, unreachable)."""
+        if self.reach is None:
+            return record
+        floor_kw, now_kw = self.reach(record.program)
+        ceiling_kw = (record.requested_kw if record.kind == "limit"
+                      else max(0.0, now_kw - record.requested_kw))  # fmt: skip
+        if verified_under(floor_kw, ceiling_kw):
+            return record
+        short_kw = round(floor_kw - ceiling_kw, 3)
+        why = (f"expected shortfall {short_kw:.1f} kW: the site cannot get below "
+               f"{floor_kw:.1f} kW without load a {record.program} event may not cut "
+               f"(protected, critical, unreachable), and the ceiling is "
+               f"{ceiling_kw:.1f} kW")  # fmt: skip
+        return replace(record, expected_shortfall_kw=short_kw, reason=f"valid; {why}")
+
     def accept(self, record: EventRecord) -> bool:
         """Take a new event; False (and nothing changes) when its event_id is already known."""
         if self.known(record.event_id):
@@ -161,6 +183,7 @@ class EventBook:
                 revision=revision,
                 revised_at_utc=now,
             )
+            fresh = self.beyond_reach(fresh)
             self._live[fresh.event_id] = fresh
             self._save(fresh)
             log.info("event %s accepted from %s: %s %.0f kW", fresh.event_id, fresh.source,
@@ -190,6 +213,7 @@ class EventBook:
             revision=revision,
             revised_at_utc=now,
         )
+        modified = self.beyond_reach(replace(modified, expected_shortfall_kw=0.0))
         self._live[record.event_id] = modified
         self._save(modified, audit_kind="event-modified", before=record)
         log.info(
@@ -205,60 +229,84 @@ class EventBook:
         record = self._live.pop(event_id, None)
         if record is None:
             return None
+        # one that never started was not delivered: cancelled, not completed
+        status = "cancelled" if at < record.start_utc else "completed"
         done = replace(
             record,
-            status="completed",
-            reason=reason or f"released by {source}",
+            status=status,
+            reason=reason or (f"cancelled by {source} before its start"
+                              if status == "cancelled" else f"released by {source}"),
             updated_at_utc=at,
-        )
+        )  # fmt: skip
         self._save(done)
         log.info("event %s released by %s", event_id, source)
         return done
 
-    def after_cycle(self, now: datetime, decision: Decision, achieved_kw: float) -> None:
-        """Judge every live event on the load this cycle verified, and move it on."""
+    def after_cycle(
+        self, now: datetime, decision: Decision, achieved_kw: float, evidence: str = ""
+    ) -> None:
+        """Judge every live event on the load this cycle verified (on `evidence`: the site
+        meter, else the device readings), and move it on."""
         statuses = {s.event_id: s for s in decision.obligations}
         for record in list(self._live.values()):
             status = statuses.get(record.event_id)
             if status is None:
                 continue  # not started yet
+            asked = max(record.revised_at_utc or record.received_at_utc, record.start_utc)
+            in_ramp = (now - asked).total_seconds() < self.ramp_window_s
+            on = evidence or "device readings"
             judged = (record.compliance or Compliance()).judge(
-                now, status.ceiling_kw, achieved_kw, status.baseline_kw
-            )
+                now, status.ceiling_kw, achieved_kw, status.baseline_kw,
+                in_ramp=in_ramp, judged_on=on,
+                declared_shortfall_kw=record.expected_shortfall_kw,
+            )  # fmt: skip
             current = replace(record, compliance=judged)
             self._live[record.event_id] = current
-            if self._move(current, status, now, achieved_kw) is None:
+            if self._move(current, status, now, achieved_kw, in_ramp=in_ramp, on=on) is None:
                 self._store.put_event(current)  # the record, quietly: no status change
         if self._metrics is not None:
             over = sum(1 for r in self._live.values() if r.status == "non_compliant")
             self._metrics.events_non_compliant.set(over)
 
     def _move(
-        self, record: EventRecord, status: ObligationStatus, now: datetime, achieved_kw: float
+        self,
+        record: EventRecord,
+        status: ObligationStatus,
+        now: datetime,
+        achieved_kw: float,
+        *,
+        in_ramp: bool = False,
+        on: str = "device readings",
     ) -> EventRecord | None:
-        ceiling = status.ceiling_kw
+        """accepted -> active once under the ceiling; active or accepted (past its ramp
+        window) -> non_compliant while over; non_compliant -> active when back under."""
+        # an event accepted with a declared shortfall is judged against what was declared
+        ceiling = status.ceiling_kw + record.expected_shortfall_kw
         under = verified_under(achieved_kw, ceiling)
+        at = f"site at {achieved_kw:.1f} kW on the {on}"
+        if record.expected_shortfall_kw > 0:
+            at += f" (declared {record.expected_shortfall_kw:.1f} kW short of the grid's ceiling)"
         if record.status == "accepted" and under:
             asked_at = record.revised_at_utc or record.received_at_utc
             moved = replace(
                 record,
                 status="active",
-                reason=f"site verified at {achieved_kw:.1f} kW, ceiling {ceiling:.1f} kW",
+                reason=f"{at}, ceiling {ceiling:.1f} kW",
                 achieved_kw=round(achieved_kw, 3),
                 verified_at_utc=now,
                 updated_at_utc=now,
             )
             if self._on_verified is not None:
                 self._on_verified(moved, (now - asked_at).total_seconds())
-        elif record.status == "active" and not under:
+        elif record.status in {"active", "accepted"} and not under and not in_ramp:
             cause = status.cause or (
-                "the verified load is above the plan: devices still settling or not obeying"
+                "the measured load is above the plan: devices still settling or not obeying"
             )
             moved = replace(
                 record,
                 status="non_compliant",
-                reason=f"site verified at {achieved_kw:.1f} kW, {achieved_kw - ceiling:.1f} kW "
-                f"over the {ceiling:.1f} kW ceiling: {cause}",
+                reason=f"{at}, {achieved_kw - ceiling:.1f} kW over the {ceiling:.1f} kW "
+                f"ceiling: {cause}",
                 achieved_kw=round(achieved_kw, 3),
                 updated_at_utc=now,
             )
@@ -268,9 +316,9 @@ class EventBook:
             moved = replace(
                 record,
                 status="active",
-                reason=f"back under the ceiling: site verified at {achieved_kw:.1f} kW, "
-                f"ceiling {ceiling:.1f} kW",
+                reason=f"back under the ceiling: {at}, ceiling {ceiling:.1f} kW",
                 achieved_kw=round(achieved_kw, 3),
+                verified_at_utc=record.verified_at_utc or now,
                 updated_at_utc=now,
             )
         else:

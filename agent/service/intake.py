@@ -67,6 +67,9 @@ class Intake:
         self._replay = replay or ReplayGuard(store, self._limits.replay_window_s, clock())
         self._rate = rate or TopicRateLimit(20.0, 200)
         self._site_rated_kw = float(fleet.rated_kw.sum())
+        # an event the site cannot meet without load it may not cut: "accept" it with its
+        # expected shortfall declared, or "reject" it (the site file's policy.beyond_reach)
+        self.beyond_reach = "accept"
 
     def _within_rate(self, topic: str, key: str | None, authenticated: str | None) -> None:
         """Per sender, once it is known who sent it: RejectedError (an ack says so) beyond."""
@@ -174,6 +177,9 @@ class Intake:
                 f"impossible: shed_kw {message.shed_kw:.0f} exceeds the site's rated "
                 f"{self._site_rated_kw:.0f} kW"
             )
+        record = self._events.beyond_reach(record)
+        if record.expected_shortfall_kw > 0 and self.beyond_reach == "reject":
+            raise RejectedError(f"beyond reach: {record.reason.removeprefix('valid; ')}")
         self._events.accept(record)
         return "accepted"
 

@@ -176,6 +176,11 @@ class PeakWarningMessage(_GridIn):
         return self
 
 
+class OverPeriod(BaseModel):
+    start: AwareDatetime
+    end: AwareDatetime | None
+
+
 class ComplianceOut(BaseModel):
     """An event's compliance record, judged on verified site power every cycle."""
 
@@ -186,6 +191,17 @@ class ComplianceOut(BaseModel):
     worst_at: AwareDatetime | None
     asked_kwh: float = Field(description="energy below the baseline the ceiling asked for")
     delivered_kwh: float = Field(description="energy below the baseline, as verified")
+    judged_on: str = Field(
+        default="device readings", description="the evidence judged: the site meter (at the "
+        "point of interconnection) where the site has one, else the sum of device readings",
+    )  # fmt: skip
+    ramp_cycles: int = Field(default=0, description="cycles in the event's ramp window, before "
+                             "it was judged (service.ramp_window_s)")  # fmt: skip
+    over_periods: list[OverPeriod] = Field(
+        default_factory=list, description="when it was over its ceiling after the ramp window "
+        "(the first 20; `end` null while it lasts)",
+    )  # fmt: skip
+    over_periods_total: int = Field(default=0, description="how many times, all told")
 
 
 class DispatchAck(BaseModel):
@@ -193,11 +209,19 @@ class DispatchAck(BaseModel):
 
     event_id: str
     status: Literal[
-        "accepted", "rejected", "active", "non_compliant", "completed", "expired", "suspended"
+        "accepted",
+        "rejected",
+        "active",
+        "non_compliant",
+        "completed",
+        "expired",
+        "cancelled",
+        "suspended",
     ] = Field(
         description="active: the verified site load is under the ceiling; non_compliant: it "
         "went over after that (the reason gives the kW over and the cause); completed: it "
-        "ended after being active (the reason says whether with a shortfall); suspended: the "
+        "ended after being active (the reason says whether with a shortfall); cancelled: released "
+        "before its start; suspended: the "
         "service is stopping with the event live (the reason says how the devices are left); "
         "on its restart the event's status is acked again"
     )
@@ -207,6 +231,12 @@ class DispatchAck(BaseModel):
     at: AwareDatetime
     compliance: ComplianceOut | None = Field(
         default=None, description="the event's record so far, judged every cycle"
+    )
+    expected_shortfall_kw: float | None = Field(
+        default=None,
+        description="declared at acceptance: the kW of the ceiling the site "
+        "cannot reach without load this event may not cut (protected, critical); compliance "
+        "is judged against the ceiling plus it",
     )
     seq: int | None = Field(
         default=None, description="the site's sequence number of this ack: acks of every kind "
@@ -249,7 +279,21 @@ class TelemetryMessage(BaseModel):
     """`<prefix>/telemetry`, every 2 s."""
 
     at: AwareDatetime
-    site_kw: float = Field(description="verified: measured where devices report, else applied")
+    site_kw: float = Field(
+        description="the site's load on the evidence named in `evidence`: the site meter while "
+        "it reads, else the devices' readings (measured where believed, else applied; a reading "
+        "not believed at its worst case)"
+    )
+    evidence: Literal["site meter", "device readings"]
+    devices_kw: float = Field(description="the sum of the devices' readings, as in site_kw")
+    meter_alarm: str | None = Field(
+        default=None,
+        description="the site meter and the devices disagree beyond the tolerance: by how much "
+        "and the suspects",
+    )
+    suspect: list[str] = Field(
+        default_factory=list, description="devices whose readings are not believed (<= 100)"
+    )
     planned_kw: float
     class_kw: dict[str, float]
     price_usd_per_mwh: float | None

@@ -14,15 +14,16 @@ import pytest
 from tests.helpers.peers import MOSQUITTO
 
 ROOT = Path(__file__).resolve().parents[2]
-# bench/hybrid_model.py is the hybrid bench's simulator, not a bench of its own
-SCRIPTS = sorted(p.name for p in ROOT.joinpath("bench").glob("*.py") if p.name != "hybrid_model.py")
+# bench/*_model.py are a bench's model (the hybrid simulator, the oracle), not benches
+SCRIPTS = sorted(p.name for p in ROOT.joinpath("bench").glob("*.py")
+                 if not p.name.endswith("_model.py"))  # fmt: skip
 NEEDS_BROKER = {"dispatch.py"}
 
 
 def test_every_bench_script_is_covered() -> None:
     """A new bench is picked up here by its file; a rename must not drop one silently."""
-    assert {"backtest.py", "decide.py", "dispatch.py", "fanout.py", "hybrid.py",
-            "openadr_latency.py", "prices_fetch.py"} <= set(SCRIPTS)  # fmt: skip
+    assert {"audit_volume.py", "backtest.py", "decide.py", "dispatch.py", "fanout.py", "hybrid.py",
+            "openadr_latency.py", "oracle.py", "prices_fetch.py"} <= set(SCRIPTS)  # fmt: skip
 
 
 @pytest.mark.timeout(240)

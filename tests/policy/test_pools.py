@@ -125,10 +125,15 @@ CASES = [
     Case("the import limit binds: miners are curtailed, inference and lent work are not",
          Signals(price=CHEAP, gpu_demand=(demand(20, 4),)), serving=4, lent=6, paused=0,
          policy=replace(POLICY, import_limit_kw=45.0), asics_on=9, site_kw=44.5),
-    Case("a dispatch pauses flexible GPU work first, then miners",
+    Case("under a dispatch the cheapest MWh goes first: $60 miners before $200 lent GPU work",
+         Signals(price=CHEAP, gpu_demand=(demand(20, 4),), obligations=(limit(38),)),
+         serving=4, lent=6, paused=0, asics_on=7, site_kw=4.8 + 7.2 + 24.5 + 1,
+         gpu_reason_has={"a0": "asic worth $60/MWh"}),
+    Case("lent GPU work worth less than the miners is paused first, then miners",
          Signals(price=CHEAP, gpu_demand=(demand(20, 4),), obligations=(limit(38),)),
          serving=4, lent=0, paused=6, asics_on=9, site_kw=4.8 + 0.6 + 31.5 + 1,
-         gpu_reason_has={"g9": "flexible GPU work of pool llm paused"}),
+         policy=replace(POLICY, pools=(replace(POOL, lend_value_usd_per_mwh=40.0),)),
+         gpu_reason_has={"g9": "flexible GPU work of pool llm worth $40/MWh paused"}),
     Case("past every miner, inference is capped within its 30 % flex tier",
          Signals(price=CHEAP, gpu_demand=(demand(60, 10),), obligations=(limit(10),)),
          serving=10, lent=0, paused=0, capped=10, asics_on=0, site_kw=10.0,
@@ -181,7 +186,7 @@ def test_the_flex_tier_clock_starts_when_a_ceiling_first_caps_the_pool_and_stops
 
 
 def test_a_pool_server_the_dispatch_paused_is_reported_paused_with_the_dispatch_rule() -> None:
-    (case,) = [c for c in CASES if c.name.startswith("a dispatch pauses flexible GPU work")]
+    (case,) = [c for c in CASES if c.name.startswith("lent GPU work worth less")]
     decision, status = run(case)
     assert decision.setpoint("g9").rule is Rule.DISPATCH
     assert status.needed == 4

@@ -117,7 +117,8 @@ def test_the_site_stays_under_the_ceiling_whenever_that_is_feasible(data: st.Dat
     fleet = data.draw(fleets())
     state = data.draw(states(fleet))
     ceiling = data.draw(st.floats(0.0, 600.0))
-    event = Obligation("ev", ObligationKind.LIMIT, ceiling, T0)
+    # an emergency program: protected load may be cut when the rest is not enough
+    event = Obligation("ev", ObligationKind.LIMIT, ceiling, T0, program="emergency")
     sig = replace(data.draw(signals()), obligations=(event,))
     decision = decide(sig, state, POLICY, Memory.initial(fleet), T0)
     critical = fleet.priority == int(Priority.CRITICAL)
@@ -129,6 +130,27 @@ def test_the_site_stays_under_the_ceiling_whenever_that_is_feasible(data: st.Dat
         assert decision.site_kw <= ceiling + 1e-6
         assert decision.shortfall_kw <= 1e-6
     elif ceiling < floor - 1e-6:
+        assert decision.shortfall_kw > 0.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_voluntary_program_never_cuts_protected_load_and_lands_on_what_it_may(
+    data: st.DataObject,
+) -> None:
+    fleet = data.draw(fleets())
+    state = data.draw(states(fleet))
+    ceiling = data.draw(st.floats(0.0, 600.0))
+    event = Obligation("ev", ObligationKind.LIMIT, ceiling, T0, program="price-response")
+    sig = replace(data.draw(signals()), obligations=(event,))
+    decision = decide(sig, state, POLICY, Memory.initial(fleet), T0)
+    kept = (fleet.priority >= int(Priority.PROTECTED)) & state.available
+    assert np.allclose(decision.setpoint_kw[kept], fleet.rated_kw[kept])
+    floor = float(fleet.rated_kw[kept].sum())
+    floor += float(decision.setpoint_kw[~state.available].sum())
+    floor += float(fleet.idle_kw[~kept & state.available].sum())
+    assert decision.site_kw <= max(ceiling, floor) + 1e-6
+    if ceiling < floor - 1e-6:
         assert decision.shortfall_kw > 0.0
 
 

@@ -105,10 +105,11 @@ CASES = [
         reason_has={"t1": "grid dispatch ev-1 (ERS): site ceiling 50 kW"},
     ),
     Case(
-        "on/off loads overshoot by at most one step",
+        "on/off loads land within one step: a $50 miner back for 1.6 kW of an $80 one",
         Signals(price=price(20), obligations=(limit(60),)),
-        {"m1": 0.0, "m2": 0.0, "m3": 0.0, "m4": 3.0},
-        site_kw=58,
+        {"m1": 0.0, "m2": 0.0, "m3": 3.0, "m4": 3.0, "t1": 8.4, "t2": 10.0},
+        site_kw=59.4,  # 1 % short: m3 was off, and a device that was off needs that margin
+        reason_has={"t1": "1.6 kW throttled to let in m3: 3.0 kW at $50/MWh is worth more"},
     ),
     Case(
         "a shed is measured from the baseline at the start: 67 - 30 = 37 kW",
@@ -135,9 +136,9 @@ CASES = [
     Case(
         "the import limit is a safety ceiling",
         Signals(price=price(20)),
-        {"m1": 0.0, "m2": 0.0, "m3": 0.0, "m4": 3.0},
-        {"m1": Rule.SAFETY},
-        site_kw=58,
+        {"m1": 0.0, "m2": 0.0, "m3": 3.0, "m4": 3.0, "t1": 8.4},
+        {"m1": Rule.SAFETY, "t1": Rule.SAFETY},
+        site_kw=59.4,
         policy=replace(POLICY, import_limit_kw=60.0),
         reason_has={"m1": "import limit 60 kW"},
     ),
@@ -231,9 +232,9 @@ CASES = [
     Case(
         "an unreachable device is held and counted at its last measurement",
         Signals(price=price(20), obligations=(limit(60),)),
-        {"m1": 2.9, "m2": 0.0, "m3": 0.0, "m4": 0.0},
+        {"m1": 2.9, "m2": 0.0, "m3": 0.0, "m4": 3.0, "t1": 8.5},
         {"m1": Rule.SAFETY, "m2": Rule.DISPATCH},
-        site_kw=57.9,
+        site_kw=59.4,
         unavailable={"m1": 2.9},
     ),
 ]

@@ -65,7 +65,7 @@ def test_an_idle_draw_is_counted_in_the_site_load() -> None:
 
 
 def test_a_limit_counts_what_off_devices_still_draw() -> None:
-    limit = Obligation("ev", ObligationKind.LIMIT, 6.0, T0)
+    limit = Obligation("ev", ObligationKind.LIMIT, 6.0, T0, program="emergency")  # cuts protected
     shell = run(1.5, 20.0, limit)
     assert shell.last is not None
     decision = shell.last.decision

@@ -138,7 +138,9 @@ def test_a_restart_keeps_a_pools_flex_tier_clock_and_a_bad_one_loses_nothing_els
         now = clock()
         first.snapshot(price(clock, 30.0))
         first.snapshot(GpuDemand("chat", now, 40.0, 120.0, None, None, 2, 2))
-        limit = Obligation("ev-1", ObligationKind.LIMIT, 5.0, now, now + timedelta(hours=1))
+        limit = Obligation(
+            "ev-1", ObligationKind.LIMIT, 5.0, now, now + timedelta(hours=1), program="ERS"
+        )  # an emergency program: protected load may give way
         first.events.revise(limit, now, None, "a limit")  # an event of the book
         await first.shell.poll()
         report = await first.shell.cycle()
