@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from agent.config.plausible import plausibility_problems
 from agent.config.problems import (
     ConfigFileError,
     ConfigIssue,
@@ -42,6 +43,7 @@ def _cross_checks(raw: Any) -> list[tuple[tuple[int | str, ...], Any, str]]:
     assert isinstance(classes, dict)
     problems.extend(_follower_checks(raw, classes))
     problems.extend(_pool_checks(raw, classes))
+    problems.extend(plausibility_problems(raw))
     openadr, prices = raw.get("openadr"), raw.get("prices")
     source = prices.get("source", "ercot-mis") if isinstance(prices, dict) else "ercot-mis"
     if isinstance(openadr, dict) and openadr.get("price_signals") is True and source != "none":

@@ -6,6 +6,7 @@ How a file is read and its problems reported is agent.config.load.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from datetime import time
@@ -23,10 +24,11 @@ from pydantic import (
     model_validator,
 )
 
-from agent.config.drivers import DriverConfig, Host, expand
+from agent.config.drivers import DriverConfig, Host, ModbusDriverConfig, expand
 from agent.config.gpu_demand import GpuDemandConfig
 from agent.config.openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
 from agent.config.openadr3 import OpenAdr3Config
+from agent.config.plausible import DEFAULT_MAX_KW, FLEET_OVER_LIMIT_RATIO
 from agent.config.sparkplug import SparkplugConfig
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.hybrid import FlexTier, InferencePool
@@ -118,6 +120,12 @@ class LoadClassConfig(_Strict):
     """what the class's energy is worth (its breakeven price); needed by interruptible and flexible
     classes unless they follow another"""
     follows: str | None = Field(default=None, description="cooling: follow this class's load")
+    follow_curve: list[tuple[float, float]] | None = None
+    """a follower's draw (% of its rating) at its leader's load (% of the leader's rating), as
+    points [leader %, follower %] from 0 to 100 in rising order, interpolated; null: the same %"""
+    gives_way_first: bool = False
+    """under a ceiling this class gives way before any other, whatever its value (a contract
+    says so); otherwise interruptible and flexible classes give way least valuable MWh first"""
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -135,7 +143,23 @@ class LoadClassConfig(_Strict):
         sheddable = self.priority in {Priority.INTERRUPTIBLE, Priority.FLEXIBLE}
         if sheddable and self.economics is None and self.follows is None:
             raise ValueError("an interruptible or flexible class needs `economics` (or `follows`)")
+        if self.follow_curve is not None:
+            if self.follows is None:
+                raise ValueError("follow_curve is for a class that `follows` another")
+            xs = [x for x, _ in self.follow_curve]
+            rising = all(a < b for a, b in itertools.pairwise(xs))
+            if len(xs) < 2 or xs[0] != 0 or xs[-1] != 100 or not rising:
+                raise ValueError("follow_curve: leader % must rise from 0 to 100")
+            if any(not 0 <= y <= 100 for _, y in self.follow_curve):
+                raise ValueError("follow_curve: follower % must be within 0..100")
+        if self.gives_way_first and not sheddable:
+            raise ValueError("gives_way_first is for an interruptible or flexible class")
         return self
+
+    def curve(self) -> tuple[tuple[float, float], ...] | None:
+        if self.follow_curve is None:
+            return None
+        return tuple((x / 100.0, y / 100.0) for x, y in self.follow_curve)
 
     def breakeven_usd_per_mwh(self) -> float:
         return math.inf if self.economics is None else self.economics.breakeven_usd_per_mwh()
@@ -162,6 +186,9 @@ class DeviceConfig(_Strict):
     max_ramp_kw_per_s: float | None = Field(default=None, gt=0)
     """the fastest a throttled device may change its setpoint"""
     idle_kw: float = Field(default=0.0, ge=0, description="drawn when commanded off")
+    units: int = Field(default=1, ge=1, le=10_000)
+    """how many machines of its kind the device stands for (an immersion tank or a container
+    behind one controller): its kind's plausible maximum (site.plausible_max_kw) scales with it"""
     driver: DriverConfig | None = None
     """how the device is reached (`type`: modbus, miner, mqtt, gpu_node, simulated); null: modelled
     only"""
@@ -178,6 +205,11 @@ class SiteInfo(_Strict):
     """the price node the site settles at"""
     import_limit_kw: float | None = Field(default=None, gt=0)
     """a safety ceiling the site never exceeds, whatever else asks"""
+    plausible_max_kw: dict[DeviceKind, float] = Field(
+        default_factory=lambda: {DeviceKind(k): v for k, v in DEFAULT_MAX_KW.items()}
+    )
+    """the most a device of a kind may be rated (kW): beyond it check-config refuses the rating
+    (watts typed for kW); kinds not named keep their defaults (miner 20, gpu 15, pdu_outlet 25)"""
 
     @field_validator("timezone")
     @classmethod
@@ -236,6 +268,15 @@ class PolicyConfig(_Strict):
         description="an engineer's override beats grid obligations and emergency postures "
         "(never the import limit), with a declared shortfall; off: the grid comes first",
     )
+    protected_shed_programs: list[str] = Field(
+        default_factory=lambda: ["ERS", "RRS", "ECRS", "emergency"]
+    )
+    """dispatch programs whose events may cut protected load when the rest is not enough (a
+    grid emergency); any other event is met without it, its shortfall declared at acceptance.
+    The import limit may always cut protected load"""
+    beyond_reach: Literal["accept", "reject"] = "accept"
+    """an event the site cannot meet without the load it will not cut: accepted with its
+    expected shortfall, or rejected"""
 
 
 class PricesConfig(_Strict):
@@ -352,6 +393,24 @@ class ServiceConfig(_Strict):
     """after a restart or an event's end, start this many devices at once"""
     restore_batch_interval_s: float = Field(default=5, ge=0, le=600)
     """and wait this long between batches"""
+    ramp_window_s: float = Field(default=10, ge=0, le=600)
+    """after a dispatch asks for less, the site has this long to get there: cycles over the
+    ceiling within it are counted as ramp, not as violations, and `active` may be sent"""
+
+
+class SiteMeterConfig(_Strict):
+    """The point-of-interconnection (revenue) meter: what the site draws from the grid, read on
+    the device cadence. With it, compliance and every ack are judged on it, not on the sum of
+    device readings, and that sum is checked against it every cycle."""
+
+    driver: ModbusDriverConfig
+    """a read-only power analyser profile (three_phase_meter, siemens_pac3200)"""
+    tolerance_kw: float = Field(default=5.0, ge=0, le=100_000)
+    """how far the sum of device readings may be from the meter before it is an alarm ..."""
+    tolerance_pct: float = Field(default=3.0, ge=0, le=100)
+    """... or this share of the meter's reading, whichever is larger"""
+    stale_after_s: float = Field(default=10.0, gt=0, le=3600)
+    """a reading older than this is not the judge: the device readings are, and acks say so"""
 
 
 class SiteConfig(_Strict):
@@ -382,11 +441,20 @@ class SiteConfig(_Strict):
     """the site as a Sparkplug B edge node for SCADA (Ignition); null: JSON over MQTT only"""
     gpu_demand: GpuDemandConfig | None = None
     """inference pools whose demand is read from their servers' metrics; null: none"""
+    site_meter: SiteMeterConfig | None = None
+    """the site's revenue meter; null: the sum of device readings is the site's load"""
 
     # -- what the core needs -----------------------------------------------------------------
     def load_classes(self) -> list[LoadClass]:
         return [
-            LoadClass(name, c.priority, c.breakeven_usd_per_mwh(), follows=c.follows)
+            LoadClass(
+                name,
+                c.priority,
+                c.breakeven_usd_per_mwh(),
+                follows=c.follows,
+                gives_way_first=c.gives_way_first,
+                follow_curve=c.curve(),
+            )
             for name, c in self.classes.items()
         ]
 
@@ -445,6 +513,7 @@ class SiteConfig(_Strict):
             emergency_postures={**defaults, **p.emergency_postures},
             fourcp=fourcp,
             overrides_may_exceed_grid=p.overrides_may_exceed_grid,
+            protected_shed_programs=frozenset(p.protected_shed_programs),
             pools=self.inference_pools(),
         )
 
@@ -492,6 +561,14 @@ class SiteConfig(_Strict):
                 f"policy.price_stale_after_s {stale_s:g} s is shorter than the {self.prices.market}"
                 f" feed's rhythm (a price can be {rhythm_s} s past its interval before the next"
                 " one is published): a healthy feed will read as stale"
+            )
+        limit_kw = self.site.import_limit_kw
+        fleet_kw = sum(d.rated_kw for d in self.devices)
+        if limit_kw is not None and fleet_kw > FLEET_OVER_LIMIT_RATIO * limit_kw:
+            found.append(
+                f"the devices are rated {fleet_kw:,.0f} kW, {fleet_kw / limit_kw:.1f} times "
+                f"site.import_limit_kw {limit_kw:,.0f}: a rating in W where kW is meant, or an "
+                "import limit too low? (valid for a site that never runs everything at once)"
             )
         if self.openadr is not None and not self.openadr.programs:
             found.append(
