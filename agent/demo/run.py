@@ -52,7 +52,7 @@ from agent.service.cycle import CycleReport
 from agent.service.messages import DispatchAck
 from agent.service.outbox import PersistedOutbox
 
-__all__ = ["DemoMqtt", "DemoOptions", "DemoSummary", "NoPricesError", "run_demo"]
+__all__ = ["DemoMqtt", "DemoOptions", "DemoSummary", "NoPricesError", "SteppedClock", "run_demo"]
 
 STEP = timedelta(minutes=5)
 POOL, MINERS = "inference", ("s19xp", "s21")
@@ -113,7 +113,9 @@ class NoPricesError(ValueError):
     """The demo has no prices for the day asked."""
 
 
-class _Clock:
+class SteppedClock:
+    """A clock the caller moves (the demo, benches): now, and a monotonic reading with it."""
+
     def __init__(self, start: datetime) -> None:
         self.now = start
 
@@ -159,7 +161,7 @@ async def run_demo(options: DemoOptions, console: Console) -> DemoSummary:
     zone = ZoneInfo(config.site.timezone)
     prices = _day_prices(options.day, zone)
     start, end, dispatch_at = _times(options, zone)
-    clock = _Clock(start)
+    clock = SteppedClock(start)
     summary = DemoSummary()
     live = console.is_terminal if options.live is None else options.live
     steps = int((end - start) / STEP)
@@ -366,6 +368,17 @@ def _forgone_usd(report: CycleReport, fleet: Fleet, hours: float) -> float:
     return usd
 
 
+def _would_run_kw(report: CycleReport, service: Service) -> float:
+    """The run-flat baseline: every device at its rating, except inference servers paused for
+    want of demand (they would not have run either), and never above the import limit (the
+    site cannot draw more than its connection)."""
+    fleet = service.shell.fleet
+    pool = report.decision.rule == int(Rule.POOL)
+    kw = float(np.where(pool, report.decision.setpoint_kw, fleet.rated_kw).sum())
+    limit = service.config.site.import_limit_kw
+    return kw if limit is None else min(kw, limit)
+
+
 async def _step(day: _Day, now: datetime) -> CycleReport:
     """A cycle on the pool's demand as scraped now, noting what a change of it moved, then
     telemetry, the summary's accounts and the view."""
@@ -397,7 +410,7 @@ def _account(summary: DemoSummary, report: CycleReport, service: Service) -> Non
     hours = STEP.total_seconds() / 3600.0
     price = report.decision.price_usd_per_mwh or 0.0
     site_kw = service.shell.site_kw()
-    flat_kw = float(service.shell.fleet.rated_kw.sum())
+    flat_kw = _would_run_kw(report, service)
     summary.cycles += 1
     summary.energy_mwh += site_kw * hours / 1000.0
     summary.cost_usd += site_kw * hours / 1000.0 * price

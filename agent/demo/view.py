@@ -60,7 +60,10 @@ class View:
     def __init__(self, service: Service, zone: ZoneInfo, target_kw: float) -> None:
         self._service = service
         self._zone = zone
-        self._rated_kw = float(service.shell.fleet.rated_kw.sum())
+        # the site's load is shown against what it may draw: the import limit, when it has one
+        limit_kw = service.config.site.import_limit_kw
+        self._rated_kw = float(service.shell.fleet.rated_kw.sum()) if limit_kw is None else limit_kw
+        self._of = "rated" if limit_kw is None else "import limit"
         self._target_kw = target_kw
         self._notes: list[str] = []
         self.fresh_notes = False
@@ -117,7 +120,7 @@ class View:
                 else f"price {d.price_usd_per_mwh:,.2f} $/MWh",
                 style="red bold" if (d.price_usd_per_mwh or 0) > 200 else "green",
             ),
-            Text(f"site {site_kw:,.0f} kW of {self._rated_kw:,.0f}", style="bold"),
+            Text(f"site {site_kw:,.0f} kW of {self._rated_kw:,.0f} {self._of}", style="bold"),
             Text("" if d.site_ceiling_kw is None else f"ceiling {d.site_ceiling_kw:,.0f} kW",
                  style="yellow bold"),
         )  # fmt: skip
@@ -166,7 +169,7 @@ def _top_reason(report: CycleReport) -> str:
 
 
 def _bar(site_kw: float, rated_kw: float, ceiling_kw: float | None, width: int = 60) -> Text:
-    filled = round(width * site_kw / rated_kw) if rated_kw else 0
+    filled = min(width, round(width * site_kw / rated_kw)) if rated_kw else 0
     text = Text("█" * filled + "·" * (width - filled), style="green")
     if ceiling_kw is not None and rated_kw:
         mark = min(width - 1, round(width * ceiling_kw / rated_kw))
@@ -192,6 +195,7 @@ def print_summary(console: Console, summary: DemoSummary, service: Service, day:
     table.add_row("cycles (5 simulated minutes each)", str(summary.cycles))
     table.add_row("highest real-time price", f"{summary.max_price:,.2f} $/MWh")
     table.add_row("energy drawn / curtailed", f"{summary.energy_mwh:,.2f} / {curtailed:,.2f} MWh")
+    # flat out: every device that would have run, within the import limit
     table.add_row("energy cost: as run / flat out", f"${summary.cost_usd:,.0f} / "
                   f"${summary.flat_cost_usd:,.0f}")  # fmt: skip
     table.add_row("energy cost avoided by curtailing", f"${avoided:,.0f}")

@@ -25,10 +25,14 @@ def test_demo_slice_dispatch_is_verified_and_the_live_view_renders() -> None:
     options = DemoOptions(day=date(2024, 5, 8), seconds=0, live=True, from_hour=10, to_hour=13)
     summary = asyncio.run(run_demo(options, console))
     statuses = [a.status for a in summary.acks]
-    assert statuses == ["accepted", "active", "completed"]
+    # the site lands on its 700 kW ceiling (not 10 % under it), so the PDU the script makes
+    # stick with 24 miners on puts it over for the cycle that finds it: said, then planned
+    # around, and counted in the record
+    assert statuses == ["accepted", "active", "non_compliant", "active", "completed"]
     active = summary.acks[1]
     assert active.achieved_kw is not None
-    assert active.achieved_kw <= 700.0 * 1.005
+    assert 700.0 - 3.25 - 7.0 <= active.achieved_kw <= 700.0 * 1.005  # within a step and 1 %
+    assert "over the ceiling 1 time(s)" in summary.acks[-1].reason
     assert summary.cycles == 36
     assert summary.commands > 0
     text = out.getvalue()
@@ -155,11 +159,12 @@ def test_demo_over_a_broker_publishes_as_the_service_and_takes_its_dispatch_over
     # the scripted dispatch went over the broker, and its acks came back the production way
     assert [b'"event_id": "ercot-rrs-0508"' in p for p in by_topic["dispatch"]] == [True]
     acks = [DispatchAck.model_validate_json(p) for p in by_topic["dispatch/ack"]]
-    assert [a.status for a in acks] == ["accepted", "active", "completed"]
+    lived = ["accepted", "active", "non_compliant", "active", "completed"]  # the stuck PDU
+    assert [a.status for a in acks] == lived
     assert {a.event_id for a in acks} == {"ercot-rrs-0508"}
     assert acks[1].achieved_kw is not None
     assert acks[1].achieved_kw <= 700.0 * 1.005
-    assert [a.status for a in summary.acks] == ["accepted", "active", "completed"]
+    assert [a.status for a in summary.acks] == lived
 
 
 def test_a_burst_of_inference_demand_moves_power_from_miners_to_gpus() -> None:
