@@ -39,7 +39,8 @@ devices:
   - {{id: pdu, kind: pdu_outlet, class: miners, count: 24, rated_kw: 3.25, min_on_s: 0,
      min_off_s: 0, driver: {{type: modbus, host: 127.0.9.1, port: {port},
      profile: rack_pdu_switched, channels_per_host: 24, timeout_s: 0.5}}}}
-  - {{id: tank, kind: miner, class: tanks, count: 2, rated_kw: 100, units: 20, min_kw: 20, control: percent,
+  - {{id: tank, kind: miner, class: tanks, count: 2, rated_kw: 100, units: 20, min_kw: 20,
+     control: percent,
      min_on_s: 0, min_off_s: 0, driver: {{type: modbus, host: 127.0.9.101, port: {port},
      profile: load_controller_percent, timeout_s: 0.5}}}}
   - {{id: controls, kind: other, class: controls, rated_kw: 5}}
