@@ -139,10 +139,12 @@ def shed_to_ceiling(
                 if excess - spared_kw <= EPS_KW:
                     break
                 cooled = 1.0 + float(cooling[group.idx].max(initial=0.0))
+                # chosen once: the forced pass releases the overrides it cuts
+                chosen = plan.forced[group.idx] == forced_pass
                 for share in (1.0 / cooled, 1.0):  # again in full if the cooling fell short
                     asked_kw = (excess - spared_kw) * share
                     if asked_kw <= EPS_KW or not _cut_group(
-                        plan, group, asked_kw, rule, text, forced_pass=forced_pass
+                        plan, group, chosen, asked_kw, rule=rule, text=text, forced_pass=forced_pass
                     ):
                         break
                     apply_followers(plan, was_on)  # cooling drops with what was shed
@@ -162,11 +164,17 @@ def shed_to_ceiling(
 
 
 def _cut_group(
-    plan: Plan, group: _Group, excess: float, rule: Rule, text: str, *, forced_pass: bool
+    plan: Plan,
+    group: _Group,
+    chosen: BoolArray,
+    excess: float,
+    *,
+    rule: Rule,
+    text: str,
+    forced_pass: bool,
 ) -> bool:
-    """Cut one group's devices (its overridden ones on the forced pass) by up to `excess`;
-    False when it had none to cut."""
-    chosen = plan.forced[group.idx] == forced_pass
+    """Cut one group's `chosen` devices (its overridden ones on the forced pass) by up to
+    `excess`; False when it had none to cut."""
     idx = group.idx[chosen]
     if len(idx) == 0 or (forced_pass and group.floor_kw is not None):
         return False  # an override's floor is its own, not a flex tier's to cut
