@@ -19,6 +19,10 @@ everything would run: only the ceiling binds. The program mirrors what decide() 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -250,9 +254,10 @@ def optimum(  # noqa: PLR0912, PLR0915 - one program, written out as the docstri
     rows.append(site)
     row_lo.append(-np.inf)
     row_hi.append(case.ceiling_kw - fixed_kw)
-    result = milp(-value, constraints=LinearConstraint(np.array(rows), row_lo, row_hi),
-                  integrality=integrality, bounds=Bounds(lo, hi),
-                  options={"mip_rel_gap": 1e-7})  # fmt: skip
+    with _quiet_stdout():  # HiGHS writes some notes to the process's stdout itself
+        result = milp(-value, constraints=LinearConstraint(np.array(rows), row_lo, row_hi),
+                      integrality=integrality, bounds=Bounds(lo, hi),
+                      options={"mip_rel_gap": 1e-7, "disp": False})  # fmt: skip
     if result.status != 0 or result.x is None:
         return False, 0.0
     x = result.x
@@ -260,6 +265,20 @@ def optimum(  # noqa: PLR0912, PLR0915 - one program, written out as the docstri
     if plan is not None:
         plan.extend(float(k) for k in kw)
     return True, float((v * kw).sum())
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """File descriptor 1 to /dev/null for the block: the bench prints one JSON line."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def judge(case: Case) -> Outcome:

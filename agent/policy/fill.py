@@ -12,8 +12,8 @@ what is restored, so the check is a bisection over the additions kept).
 After it the site is at most the ceiling and at least the ceiling less the smallest step still
 shed (one device that did not fit, plus its cooling; for a device that was off, plus a margin
 of 1 % of the ceiling, so that one on the margin is not switched on and off as the slack
-moves), unless nothing was left to restore. A whole device that does not fit is then let in
-where throttling less valuable devices makes the room and the swap gains value (swap_in).
+moves), unless nothing was left to restore. Then a device still short takes power from running
+devices worth less, where the trade gains value (exchange.py).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import numpy as np
 
 from agent.domain.fleet import BoolArray, Priority
 from agent.policy.decision import Rule
+from agent.policy.exchange import Takers, exchange
 from agent.policy.follow import apply_followers
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
-__all__ = ["Before", "cooling_per_kw", "fill_back", "swap_in"]
+__all__ = ["Before", "cooling_per_kw", "fill_back"]
 
 _MAX_PASSES = 64  # greedy passes over the candidates (each drops every one too big to fit)
 _MARGIN = 0.01  # the room beyond its step a device that was off needs, of the ceiling
-_MAX_SWAPS = 8  # whole devices let in by throttling less valuable ones, per shed
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,8 @@ def fill_back(
     plan.hi[cut] = full_hi
     full_kw = plan.drawn_kw(cut)
     plan.hi[cut] = now_hi
-    with_cooling = 1.0 + cooling_per_kw(plan)[cut]
+    cooling = cooling_per_kw(plan)
+    with_cooling = 1.0 + cooling[cut]
     # a device that was off needs room beyond its step to come back: the slack moves a little
     # from cycle to cycle (a meter settling, a learned draw), and a device on the margin must
     # not be switched on and off with it
@@ -90,8 +91,8 @@ def fill_back(
         restored.extend(picks[:kept].tolist())
         # (positions in `cut` are in value order: the sorted difference keeps it)
         left = np.setdiff1d(left, picks[: kept + 1], assume_unique=True)
-    restored += swap_in(plan, cut=cut, candidates=candidates, left=left, ceiling_kw=ceiling_kw,
-                        was_on=was_on, rule=rule, text=text)  # fmt: skip
+    takers = Takers(cut, full_hi, with_cooling, margin_kw, cooling)
+    restored += exchange(plan, takers, ceiling_kw=ceiling_kw, was_on=was_on, rule=rule, text=text)
     back = cut[np.asarray(restored, dtype=np.intp)]
     back = back[plan.hi[back] >= before.hi[back] - EPS_KW]
     # a device restored whole runs as it did before the shed, for the reason it had then
@@ -185,7 +186,8 @@ def _most_that_fit(
     was_on: BoolArray,
 ) -> int:
     """Apply the first k picks for the largest k that keeps the site under the ceiling,
-    followers re-planned; returns k (the plan is left with those k applied)."""
+    followers re-planned, the k+1st too when it is throttled and fits lowered by what it
+    overshot (new_hi is lowered with it); returns how many are applied."""
     base_hi = plan.hi[cut].copy()
 
     def apply(k: int) -> float:
@@ -203,98 +205,18 @@ def _most_that_fit(
             lo = mid
         else:
             hi = mid - 1
+    i = int(cut[picks[lo]])
+    if plan.fleet.continuous[i]:
+        # the first that did not fit is throttled: lower it by what it overshot, twice over
+        # (its cooling moves with it), as long as it stays above its minimum
+        for _ in range(2):
+            over_kw = apply(lo + 1) - ceiling_kw
+            if over_kw <= EPS_KW:
+                return lo + 1
+            new_hi[lo] -= over_kw
+            if new_hi[lo] < max(plan.fleet.min_kw[i], plan.lo[i]) - EPS_KW:
+                break
+        if apply(lo + 1) <= ceiling_kw + EPS_KW and new_hi[lo] >= plan.fleet.min_kw[i] - EPS_KW:
+            return lo + 1
     apply(lo)
     return lo
-
-
-def swap_in(
-    plan: Plan,
-    *,
-    cut: Index,
-    candidates: _Candidates,
-    left: Index,
-    ceiling_kw: float,
-    was_on: BoolArray,
-    rule: Rule,
-    text: str,
-) -> list[int]:
-    """Let in whole devices that do not fit by throttling running devices (the least valuable
-    first), where the swap gains value: 5 kW of a $1,200/MWh miner for 1.3 kW of a throttled
-    $1,500/MWh load. Returns the positions (in `cut`) let in."""
-    fleet = plan.fleet
-    value = np.array([c.value_usd_per_mwh for c in fleet.classes])[fleet.class_index]
-    sheddable = fleet.priority <= int(Priority.FLEXIBLE)
-    let_in: list[int] = []
-    # built once, and again only after a swap changed the plan
-    donors: _Donors | None = None
-    total_kw = plan.total_kw()
-    for pos in left[~candidates.continuous[left]][: _MAX_SWAPS * 4]:
-        if len(let_in) >= _MAX_SWAPS:
-            break
-        i = int(cut[pos])
-        need_kw = float(candidates.step_kw[pos]) - (ceiling_kw - total_kw)
-        if need_kw <= EPS_KW:
-            continue
-        if donors is None:
-            donors = _Donors.of(plan, value, sheddable)
-        given = donors.cheapest(need_kw, besides=i)
-        if given is None:
-            continue
-        used, taken = given
-        gain = value[i] * (candidates.step_kw[pos] - candidates.margin_kw[pos])
-        gain /= candidates.with_cooling[pos]
-        if gain <= float((value[used] * taken).sum()) + EPS_KW:
-            continue
-        saved_hi = plan.hi.copy()
-        plan.hi[used] = donors.setpoint[used] - taken
-        plan.hi[i] = candidates.full_hi[pos]
-        apply_followers(plan, was_on)
-        if plan.total_kw() > ceiling_kw + EPS_KW:  # the cooling estimate was short: undo
-            plan.hi[:] = saved_hi
-            apply_followers(plan, was_on)
-            continue
-        donors, total_kw = None, plan.total_kw()
-        given_kw = float(taken.sum())
-        note = (f"; {given_kw:.1f} kW throttled to let in {fleet.device_ids[i]}: "
-                f"{fleet.rated_kw[i]:.1f} kW at ${value[i]:,.0f}/MWh is worth more than "
-                f"{given_kw:.1f} kW at up to ${float(value[used].max()):,.0f}/MWh")  # fmt: skip
-        plan.describe(used, rule, text + note, only_unbound=False)
-        plan.bound[used] = True
-        let_in.append(int(pos))
-    return let_in
-
-
-@dataclass(frozen=True, slots=True)
-class _Donors:
-    """Running, throttleable, sheddable devices, least valuable first, with the room each has
-    above its floor: what swap_in may take, found by one search instead of a pass per try."""
-
-    setpoint: FloatArray
-    order: Index
-    room_kw: FloatArray  # in `order`
-    cum_room_kw: FloatArray
-
-    @classmethod
-    def of(cls, plan: Plan, value: FloatArray, sheddable: BoolArray) -> _Donors:
-        fleet = plan.fleet
-        setpoint = plan.feasible()
-        floor = np.maximum(fleet.min_kw, plan.lo)
-        donor = fleet.continuous & sheddable & ~plan.follower & (setpoint > EPS_KW)
-        room = np.where(donor, np.maximum(setpoint - floor, 0.0), 0.0)
-        order = np.flatnonzero(room > EPS_KW)
-        order = order[np.argsort(value[order], kind="stable")]
-        return cls(setpoint, order, room[order], np.cumsum(room[order]))
-
-    def cheapest(self, need_kw: float, *, besides: int) -> tuple[Index, FloatArray] | None:
-        """The least valuable room that adds up to need_kw (devices, kW taken from each), not
-        counting device `besides`; None when there is not enough."""
-        # enough room to cover need_kw even if `besides` is among the first: one more step
-        k = int(np.searchsorted(self.cum_room_kw, need_kw - EPS_KW, side="left")) + 2
-        order, room = self.order[:k], self.room_kw[:k]
-        keep = order != besides
-        order, room = order[keep], room[keep]
-        taken = np.minimum(room, np.maximum(need_kw - np.cumsum(room) + room, 0.0))
-        if float(taken.sum()) < need_kw - EPS_KW:
-            return None
-        used = taken > EPS_KW
-        return order[used], taken[used]

@@ -4,8 +4,9 @@ and the value it gives up. 300 sites here, 2,000 in test-slow (`python bench/ora
 the distribution).
 
 What is asserted is what decide() achieves today, not the 1 % on every site asked for: a
-greedy by value with fill-back and one-device swaps loses more than 1 % on about one site in
-six of these small sites (a knapsack it does not solve exactly); see bench/oracle.py."""
+greedy by value with fill-back and trades (exchange.py) loses more than 1 % on about one site
+in eleven of these small sites, at most about a fifth of the optimum's value (knapsacks of a
+few large on/off devices it does not solve exactly); see bench/oracle.py."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def _check(outcomes: list[Outcome]) -> None:
     loss = np.array([o.loss for o in feasible])
     assert len(loss) > 0.8 * len(outcomes)
     assert float(np.percentile(loss, 50)) <= 0.005, np.percentile(loss, [50, 90, 99])
-    assert float(np.percentile(loss, 90)) <= 0.05, np.percentile(loss, [50, 90, 99])
-    assert float((loss > 0.01).mean()) <= 0.2
+    assert float(np.percentile(loss, 90)) <= 0.015, np.percentile(loss, [50, 90, 99])
+    assert float((loss > 0.01).mean()) <= 0.12
+    assert float(loss.max()) <= 0.3
 
 
 def test_decide_is_near_the_exact_optimum_on_300_random_sites() -> None:

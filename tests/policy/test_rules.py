@@ -109,7 +109,7 @@ CASES = [
         Signals(price=price(20), obligations=(limit(60),)),
         {"m1": 0.0, "m2": 0.0, "m3": 3.0, "m4": 3.0, "t1": 8.4, "t2": 10.0},
         site_kw=59.4,  # 1 % short: m3 was off, and a device that was off needs that margin
-        reason_has={"t1": "1.6 kW throttled to let in m3: 3.0 kW at $50/MWh is worth more"},
+        reason_has={"t1": "1.6 kW given up for m3: 3.0 kW at $50/MWh is worth more"},
     ),
     Case(
         "a shed is measured from the baseline at the start: 67 - 30 = 37 kW",
