@@ -19,6 +19,7 @@ _COMMANDS: dict[str, str] = {
     "events": "agent.app.commands.events:events",
     "gpu-demand": "agent.app.commands.gpu_demand:gpu_demand",
     "run": "agent.app.commands.run:run",
+    "send": "agent.app.commands.send:send",
     "check-config": "agent.app.commands.check_config:check_config",
     "node": "agent.app.commands.node:node",
     "prices": "agent.app.commands.prices:prices",
@@ -38,6 +39,8 @@ SHORT_HELP: dict[str, str] = {
     "node": "Apply GPU power caps from MQTT setpoints on this server.",
     "prices": "ERCOT market prices for study and backtests.",
     "run": "Run the demand-response service for one site until SIGTERM.",
+    "send": "Send a dispatch, release, override, clear or grid condition, signed, and print its "
+    "ack.",
     "status": "What the running site is doing now: load against the ceiling, price, postures, "
     "devices down and live events.",
 }
