@@ -9,7 +9,11 @@ Per interval of h hours, with the site drawing E MWh (= site kW x h / 1000) at p
   value (critical loads, cooling that follows another class) earn nothing themselves;
 * the baseline draws every device at its rating all the time, priced the same way;
 * net benefit = (revenue - cost) - (baseline revenue - baseline cost);
-* demand-response capacity payments (if given) = committed MW x $/MW-h x h, on top.
+* demand-response capacity payments (if given) = committed MW x $/MW-h x h, on top, for the
+  intervals in which the commitment could have been delivered: a load resource sells the
+  reduction of load it is running, so an interval in which the site drew less than the committed
+  MW (already curtailed by price, say) earns nothing; what those intervals would have been paid
+  is reported apart (`capacity_withheld_usd`, `capacity_undeliverable_hours`).
 """
 
 from __future__ import annotations
@@ -88,8 +92,14 @@ def settle(
     frame["event_start"] = frame["curtailed"] & ~frame["curtailed"].shift(1, fill_value=False)
     _price_energy(frame, contract)
     frame["capacity_usd"] = 0.0
+    frame["capacity_withheld_usd"] = 0.0
+    frame["capacity_undeliverable"] = False
     if capacity_usd_per_mw_h is not None:
-        frame["capacity_usd"] = capacity_mw * capacity_usd_per_mw_h * hours
+        offered = capacity_mw * capacity_usd_per_mw_h * hours
+        short = trace.site_kw < capacity_mw * 1000.0 - CURTAILED_BELOW_KW
+        frame["capacity_usd"] = np.where(short, 0.0, offered)
+        frame["capacity_withheld_usd"] = np.where(short, offered, 0.0)
+        frame["capacity_undeliverable"] = short
     local = start.tz_convert(timezone)
     month_key = local.year * 100 + local.month
     names = {int(k): f"{k // 100:04d}-{k % 100:02d}" for k in np.unique(month_key)}
@@ -122,6 +132,7 @@ _SUMS = {
     "power_credits_usd": "power_credits_usd",
     "baseline_power_credits_usd": "baseline_power_credits_usd",
     "capacity_payments_usd": "capacity_usd",
+    "capacity_withheld_usd": "capacity_withheld_usd",
 }
 
 
@@ -131,6 +142,8 @@ def _figures(rows: pd.DataFrame) -> dict[str, object]:
         out[name] = round(float(rows[column].sum()), 6)
     out["curtailed_hours"] = round(float(rows.loc[rows["curtailed"], "hours"].sum()), 6)
     out["curtailed_intervals"] = int(rows["curtailed"].sum())
+    undeliverable = rows["capacity_undeliverable"].astype(bool)
+    out["capacity_undeliverable_hours"] = round(float(rows.loc[undeliverable, "hours"].sum()), 6)
     out["curtailment_events"] = int(rows["event_start"].sum())
     net = (rows["revenue_usd"] - rows["energy_cost_usd"]).sum() - (
         rows["baseline_revenue_usd"] - rows["baseline_energy_cost_usd"]

@@ -122,3 +122,21 @@ def test_the_plot_shows_the_settlement_money() -> None:
         )
         assert row["payments_usd"] == pytest.approx(m["capacity_payments_usd"], rel=1e-9)
         assert row["net_usd"] == pytest.approx(m["total_benefit_usd"], rel=1e-9)
+
+
+def test_a_commitment_is_paid_only_while_the_load_could_have_delivered_it() -> None:
+    """4 MW committed at $2.50/MW-h on a site curtailed by price (breakeven $60): the intervals
+    it was already off earn nothing, and exactly what they would have earned is withheld."""
+    intervals = year_2024()
+    fleet = one_class(60.0)
+    trace = replay(fleet, Policy(), intervals)
+    capacity = np.full(len(intervals.start_ns), 2.5)
+    settlement = settle(trace, intervals, fleet, timezone="America/Chicago", capacity_mw=4,
+                        capacity_usd_per_mw_h=capacity)  # fmt: skip
+    hours = intervals.hours()
+    running = trace.site_kw >= 4000.0
+    assert 0 < (~running).sum() < len(running)
+    summary = settlement.summary
+    assert summary["capacity_payments_usd"] == pytest.approx(4 * 2.5 * hours[running].sum())
+    assert summary["capacity_withheld_usd"] == pytest.approx(4 * 2.5 * hours[~running].sum())
+    assert summary["capacity_undeliverable_hours"] == pytest.approx(hours[~running].sum())

@@ -67,7 +67,13 @@ def test_what_if_year_with_contract_capacity_dispatch_and_4cp(tmp_path: Path) ->
                 "energy_cost_usd", "baseline_energy_cost_usd", "revenue_usd",
                 "baseline_revenue_usd", "net_benefit_usd", "power_credits_usd"):  # fmt: skip
         assert isinstance(summary[key], int | float), key
-    assert summary["capacity_payments_usd"] == pytest.approx(4 * 2.5 * 8784)
+    # paid only while the site ran at least the 4 MW it committed: the hours curtailed below
+    # it (by price, by the dispatch) could not have delivered the reserve sold
+    offered = 4 * 2.5 * 8784
+    withheld = summary["capacity_withheld_usd"]
+    assert summary["capacity_payments_usd"] + withheld == pytest.approx(offered)
+    assert withheld == pytest.approx(4 * 2.5 * summary["capacity_undeliverable_hours"])
+    assert 0 < summary["capacity_undeliverable_hours"] <= summary["curtailed_hours"]
     net = (summary["revenue_usd"] - summary["energy_cost_usd"]) - (
         summary["baseline_revenue_usd"] - summary["baseline_energy_cost_usd"]
     )
