@@ -8,6 +8,9 @@ Per interval of h hours, with the site drawing E MWh (= site kW x h / 1000) at p
 * revenue of a load class = its energy x its value (breakeven) $/MWh; classes without a finite
   value (critical loads, cooling that follows another class) earn nothing themselves;
 * the baseline draws every device at its rating all the time, priced the same way;
+* a restart costs output: a class given `restart_minutes` loses that many minutes of the load it
+  brings back (its kW above the interval before, at its value) each time it comes back on; the
+  baseline never restarts, so the net benefit is lower by exactly `restart_cost_usd`;
 * net benefit = (revenue - cost) - (baseline revenue - baseline cost);
 * demand-response capacity payments (if given) = committed MW x $/MW-h x h, on top, for the
   intervals in which the commitment could have been delivered: a load resource sells the
@@ -18,6 +21,7 @@ Per interval of h hours, with the site drawing E MWh (= site kW x h / 1000) at p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +62,7 @@ def settle(
     capacity_usd_per_mw_h: FloatArray | None = None,
     revenue_adjust_usd: FloatArray | None = None,
     baseline_adjust_usd: FloatArray | None = None,
+    restart_minutes: Mapping[str, float] | None = None,
 ) -> Settlement:
     """`revenue_adjust_usd` / `baseline_adjust_usd`: per interval, what a hybrid site's pools
     earned beyond `energy x value` (agent.backtest.hybrid)."""
@@ -87,6 +92,8 @@ def settle(
         frame["revenue_usd"] += revenue_adjust_usd
     if baseline_adjust_usd is not None:
         frame["baseline_revenue_usd"] += baseline_adjust_usd
+    frame["restart_cost_usd"] = _restart_cost(trace, values, restart_minutes or {})
+    frame["revenue_usd"] -= frame["restart_cost_usd"]
     frame["curtailed"] = frame["baseline_kw"] - frame["site_kw"] >= CURTAILED_BELOW_KW
     frame["curtailed_mwh"] = frame["baseline_energy_mwh"] - frame["energy_mwh"]
     frame["event_start"] = frame["curtailed"] & ~frame["curtailed"].shift(1, fill_value=False)
@@ -105,6 +112,18 @@ def settle(
     names = {int(k): f"{k // 100:04d}-{k % 100:02d}" for k in np.unique(month_key)}
     frame["month"] = [names[int(k)] for k in month_key]
     return Settlement(frame, _summary(frame, contract, trace, timezone))
+
+
+def _restart_cost(trace: Trace, values: FloatArray,
+                  minutes: Mapping[str, float]) -> FloatArray:  # fmt: skip
+    """Per interval, the output lost to restarts: each class's kW back on since the interval
+    before (none in the first) x its minutes of lost output x its value."""
+    cost = np.zeros(len(trace.site_kw))
+    for name, lost_min in minutes.items():
+        k = trace.classes.index(name)
+        back_kw = np.diff(trace.class_kw[:, k], prepend=trace.class_kw[:1, k]).clip(min=0.0)
+        cost += back_kw * (lost_min / 60.0) / 1000.0 * float(values[k])
+    return cost
 
 
 def _price_energy(frame: pd.DataFrame, contract: Contract | None) -> None:
@@ -133,6 +152,7 @@ _SUMS = {
     "baseline_power_credits_usd": "baseline_power_credits_usd",
     "capacity_payments_usd": "capacity_usd",
     "capacity_withheld_usd": "capacity_withheld_usd",
+    "restart_cost_usd": "restart_cost_usd",
 }
 
 

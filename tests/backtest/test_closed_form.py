@@ -140,3 +140,21 @@ def test_a_commitment_is_paid_only_while_the_load_could_have_delivered_it() -> N
     assert summary["capacity_payments_usd"] == pytest.approx(4 * 2.5 * hours[running].sum())
     assert summary["capacity_withheld_usd"] == pytest.approx(4 * 2.5 * hours[~running].sum())
     assert summary["capacity_undeliverable_hours"] == pytest.approx(hours[~running].sum())
+
+
+def test_a_restart_cost_lowers_the_net_by_the_output_each_restart_loses() -> None:
+    """10 minutes of output lost each time the $60/MWh load comes back on: the net benefit is
+    lower by exactly restarts x rating x 10 min x $60/MWh, and nothing else moves."""
+    intervals = year_2024()
+    fleet = one_class(60.0)
+    trace = replay(fleet, Policy(), intervals)
+    plain = settle(trace, intervals, fleet, timezone="America/Chicago").summary
+    costly = settle(trace, intervals, fleet, timezone="America/Chicago",
+                    restart_minutes={"load": 10.0}).summary  # fmt: skip
+    on = trace.site_kw > 0
+    restarts = int((on[1:] & ~on[:-1]).sum())
+    assert restarts > 0
+    expected = restarts * LOAD_MW * (10 / 60) * 60.0
+    assert costly["restart_cost_usd"] == pytest.approx(expected, rel=1e-9)
+    assert plain["net_benefit_usd"] - costly["net_benefit_usd"] == pytest.approx(expected)
+    assert costly["energy_cost_usd"] == plain["energy_cost_usd"]

@@ -195,3 +195,23 @@ def test_a_site_file_backtest_needs_no_secrets_and_its_tables_survive_a_pipe(
         assert cells[0] == month
         assert len(cells) == 7
         assert cells[-1] == f"{m['total_benefit_usd']:,.0f}"
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [("load=10", None), ("miners=10", "CLASS one of load"), ("load=soon", "MINUTES a number")],
+)
+def test_a_restart_cost_is_given_per_class_and_reported(
+    tmp_path: Path, given: str, says: str | None
+) -> None:
+    out = tmp_path / "out"
+    done = run_backtest("--prices", RT_2024, "--load-mw", "10", "--breakeven", "60",
+                        "--restart-minutes", given, "--out", out, "--no-plot")  # fmt: skip
+    if says is not None:
+        assert done.returncode == 2
+        assert "--restart-minutes" in done.stderr
+        assert says in done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["restart_cost_usd"] > 0

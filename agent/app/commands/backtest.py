@@ -213,6 +213,12 @@ _OPTIONS = [
         type=click.FloatRange(min=0),
         help="transmission rate the 4CP tag is billed at",
     ),
+    click.option(
+        "--restart-minutes",
+        multiple=True,
+        metavar="CLASS=MIN",
+        help="minutes of a class's output lost each time it comes back on (repeatable)",
+    ),
     click.option("--plain", is_flag=True, help="decide() on every device every interval (slow)"),
     click.option(
         "--foresight",
@@ -227,6 +233,25 @@ _OPTIONS = [
         help="CSV interval_start_utc,pool,running,waiting: inference demand (docs/hybrid.md)",
     ),
 ]
+
+
+def _restart_minutes(given: tuple[str, ...], fleet: Fleet) -> dict[str, float]:
+    """--restart-minutes CLASS=MIN, each naming a class of the site."""
+    names = [c.name for c in fleet.classes]
+    out: dict[str, float] = {}
+    for text in given:
+        name, _, minutes = text.partition("=")
+        try:
+            value = float(minutes)
+        except ValueError:
+            value = -1.0
+        if name not in names or not 0 <= value <= 1e6:
+            raise click.BadParameter(
+                f"{text!r}: want CLASS=MINUTES, CLASS one of {', '.join(names)} and MINUTES a "
+                "number >= 0", param_hint="--restart-minutes",
+            )  # fmt: skip
+        out[name] = value
+    return out
 
 
 def _with_options(command: Any) -> Any:
@@ -297,6 +322,7 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
         capacity_mw=options["capacity_mw"] or 0.0, capacity_usd_per_mw_h=capacity,
         revenue_adjust_usd=None if pools is None else pools.revenue_adjust_usd,
         baseline_adjust_usd=None if pools is None else pools.baseline_adjust_usd,
+        restart_minutes=_restart_minutes(options["restart_minutes"], site.fleet),
     )  # fmt: skip
     out: Path = options["out"]
     plotter.submit(out / "plot.png", settlement.frame, tz, site.name)
