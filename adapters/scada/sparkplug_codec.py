@@ -2,13 +2,19 @@
 
 A metric is a name, a Sparkplug datatype and a value; `None` is sent as `is_null`. Integers
 go in `int_value` (up to 32 bits) or `long_value` (64 bits, DateTime), signed ones as two's
-complement, as section 6.4.16 of the specification says. Decoding a host's command turns every
-value back to Python, and a payload that is not Sparkplug B raises PayloadError.
+complement, as section 6.4.16 of the specification says. Births carry each metric's datatype;
+data messages do not (the specification: NDATA, DDATA and commands SHOULD NOT), so a host reads
+their types from the births. Decoding a host's command turns every value back to Python; a
+command metric without a datatype (as Eclipse Tahu's host sends every command) takes the type
+its birth declared, and one the births do not declare, or a payload that is not Sparkplug B,
+raises PayloadError. A value in a field that does not fit the declared type is kept as sent,
+for the intake to refuse with its reason.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -67,13 +73,16 @@ class Decoded:
     metrics: list[Metric]
 
 
-def encode(metrics: list[Metric], *, timestamp_ms: int, seq: int | None) -> bytes:
+def encode(metrics: list[Metric], *, timestamp_ms: int, seq: int | None,
+           datatypes: bool = True) -> bytes:  # fmt: skip
+    """`datatypes`: for births and deaths; data messages go without (their births declared)."""
     payload = pb.Payload(timestamp=timestamp_ms)
     if seq is not None:
         payload.seq = seq
     for metric in metrics:
-        out = payload.metrics.add(name=metric.name, datatype=int(metric.datatype),
-                                  timestamp=metric.timestamp_ms or timestamp_ms)  # fmt: skip
+        out = payload.metrics.add(name=metric.name, timestamp=metric.timestamp_ms or timestamp_ms)
+        if datatypes:
+            out.datatype = int(metric.datatype)
         for key, text in metric.properties.items():
             out.properties.keys.append(key)
             out.properties.values.add(type=int(DataType.STRING), string_value=text)
@@ -99,13 +108,14 @@ def _set_value(out: pb.Payload.Metric, metric: Metric) -> None:
         raise PayloadError(f"{metric.name}: datatype {kind} is not written by gridflex")
 
 
-def decode(data: bytes) -> Decoded:
+def decode(data: bytes, declared: Mapping[str, DataType] | None = None) -> Decoded:
+    """`declared`: each metric's type as the births declared it, for metrics sent without."""
     payload = pb.Payload()
     try:
         payload.ParseFromString(data)
     except DecodeError as exc:
         raise PayloadError(f"not a Sparkplug B payload: {exc}") from None
-    metrics = [_metric(m) for m in payload.metrics]
+    metrics = [_metric(m, declared or {}) for m in payload.metrics]
     return Decoded(
         timestamp_ms=payload.timestamp if payload.HasField("timestamp") else None,
         seq=payload.seq if payload.HasField("seq") else None,
@@ -113,13 +123,24 @@ def decode(data: bytes) -> Decoded:
     )
 
 
-def _metric(m: pb.Payload.Metric) -> Metric:
-    try:
-        kind = DataType(m.datatype)
-    except ValueError:
-        raise PayloadError(f"{m.name}: datatype {m.datatype} is not one gridflex accepts") from None
+def _metric(m: pb.Payload.Metric, declared: Mapping[str, DataType]) -> Metric:
     stamp = m.timestamp if m.HasField("timestamp") else None
     held = m.WhichOneof("value")
+    if not m.HasField("datatype") or m.datatype == 0:
+        # no datatype: the one its birth declared (a Tahu host strips them from commands)
+        kind = declared.get(m.name)
+        if kind is None:
+            raise PayloadError(f"{m.name}: sent without a datatype, and no birth declares it")
+        if held is not None and held not in _FIELDS[kind]:
+            # kept as sent: the intake refuses it with its reason, reported in the next data
+            return Metric(m.name, kind, _as_sent(m, held), timestamp_ms=stamp)
+    else:
+        try:
+            kind = DataType(m.datatype)
+        except ValueError:
+            raise PayloadError(
+                f"{m.name}: datatype {m.datatype} is not one gridflex accepts"
+            ) from None
     if m.is_null or held is None:
         return Metric(m.name, kind, None, timestamp_ms=stamp)
     if held not in _FIELDS[kind]:
@@ -139,3 +160,13 @@ def _metric(m: pb.Payload.Metric) -> Metric:
         signed = kind is DataType.INT64 and raw >= 1 << 63
         value = raw - (1 << 64) if signed else raw
     return Metric(m.name, kind, value, timestamp_ms=stamp)
+
+
+def _as_sent(m: pb.Payload.Metric, held: str) -> Value:
+    """A value as its field holds it (bytes and extensions: not a value gridflex takes)."""
+    if held in {"boolean_value", "string_value", "double_value", "float_value"}:
+        value: Value = getattr(m, held)
+        return value
+    if held in {"int_value", "long_value"}:
+        return int(getattr(m, held))
+    raise PayloadError(f"{m.name}: a value sent in {held}")

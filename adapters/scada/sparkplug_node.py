@@ -13,9 +13,11 @@ What the specification asks of an edge node, and where it is done here:
   - NBIRTH (seq 0, QoS 0, not retained) holds every node metric with name, datatype and value,
     `bdSeq` and `Node Control/Rebirth` = false; a DBIRTH per device follows;
   - every later message (DBIRTH, NDATA, DDATA) carries seq + 1, 255 wrapping to 0; data is
-    reported by exception: a metric goes out when it moved past its deadband;
+    reported by exception: a metric goes out when it moved past its deadband, without its
+    datatype (the births declared it: NDATA and DDATA SHOULD NOT carry it);
   - NCMD `Node Control/Rebirth` = true: NBIRTH and DBIRTHs again (same bdSeq); other NCMD and
-    DCMD metrics go to `on_command`;
+    DCMD metrics go to `on_command`. A command metric without a datatype (commands SHOULD NOT
+    carry one; Tahu's host strips them) takes the type the last birth declared for its name;
   - on a clean stop: NDEATH published, then DISCONNECT.
 
 Why a connection of its own: MQTT gives a connection one will, and the service's JSON status
@@ -110,6 +112,8 @@ class SparkplugEdgeNode:
         self._rebirth = False
         self._session: MqttSession | None = None
         self.births = 0  # NBIRTHs sent (tests and metrics)
+        # each metric's type as the last births declared it, node (None) and per device
+        self._declared: dict[str | None, dict[str, DataType]] = {}
 
     # -- topics ------------------------------------------------------------------------------
     def topic(self, verb: str, device_id: str | None = None) -> str:
@@ -218,9 +222,11 @@ class SparkplugEdgeNode:
         self._seq = 0
         session.publish_nowait(self.topic("NBIRTH"), encode(node, timestamp_ms=now, seq=0), qos=0)
         self._reported = {(None, m.name): m.value for m in node}
+        self._declared = {None: {m.name: m.datatype for m in node}}
         for device_id, metrics in self._source.device_metrics().items():
-            self._send(session, "DBIRTH", device_id, metrics, now)
+            self._send(session, "DBIRTH", device_id, metrics, now, datatypes=True)
             self._reported.update({(device_id, m.name): m.value for m in metrics})
+            self._declared[device_id] = {m.name: m.datatype for m in metrics}
         self._born, self._rebirth = True, False
         self.births += 1
         log.info("Sparkplug: born as %s (bdSeq %d)", self.topic("NBIRTH"), self._bdseq)
@@ -248,14 +254,14 @@ class SparkplugEdgeNode:
         return out
 
     def _send(self, session: MqttSession, verb: str, device_id: str | None,
-              metrics: list[Metric], now_ms: int) -> None:  # fmt: skip
+              metrics: list[Metric], now_ms: int, *, datatypes: bool = False) -> None:  # fmt: skip
         self._seq = (self._seq + 1) % 256
-        payload = encode(metrics, timestamp_ms=now_ms, seq=self._seq)
+        payload = encode(metrics, timestamp_ms=now_ms, seq=self._seq, datatypes=datatypes)
         session.publish_nowait(self.topic(verb, device_id), payload, qos=0)
 
     # -- inbound -------------------------------------------------------------------------------
     def _on_ncmd(self, _topic: str, data: bytes) -> None:
-        metrics = self._decoded(data, "NCMD")
+        metrics = self._decoded(data, "NCMD", None)
         if metrics is None:
             return
         rest = []
@@ -271,9 +277,10 @@ class SparkplugEdgeNode:
             self._command(None, rest)
 
     def _on_dcmd(self, topic: str, data: bytes) -> None:
-        metrics = self._decoded(data, "DCMD")
+        device_id = topic.rsplit("/", 1)[-1]
+        metrics = self._decoded(data, "DCMD", device_id)
         if metrics:
-            self._command(topic.rsplit("/", 1)[-1], metrics)
+            self._command(device_id, metrics)
 
     def _command(self, device_id: str | None, metrics: list[Metric]) -> None:
         try:
@@ -282,9 +289,11 @@ class SparkplugEdgeNode:
             log.exception("Sparkplug command on %s failed", device_id or "the node")
         self._wake.set()  # its outcome goes out in the next data message
 
-    def _decoded(self, data: bytes, verb: str) -> list[Metric] | None:
+    def _decoded(self, data: bytes, verb: str, device_id: str | None) -> list[Metric] | None:
+        # the types of the last births: paho's thread reads the dict the loop last assigned
+        declared = self._declared.get(device_id, {REBIRTH: DataType.BOOLEAN})
         try:
-            return decode(data).metrics
+            return decode(data, declared).metrics
         except PayloadError as exc:
             # a flood of bad commands is one line per DROPPED_LOG_EVERY_S, each cut short
             self.dropped += 1

@@ -57,7 +57,11 @@ and `DCMD/#`. The outcome, and every later status of an event the write started 
 active, non_compliant, completed, ...), shows in the `Last Status` and `Last Reason` metrics of
 the next NDATA or DDATA, and in `gridflex audit`. A write gridflex cannot take (a metric that
 is not writable, a class that does not exist, commands off) is audited as `sparkplug-rejected`
-and shown the same way. `Node Control/Rebirth` is always honoured.
+and shown the same way. `Node Control/Rebirth` is always honoured. A command metric needs no
+datatype (commands SHOULD NOT carry one, and Eclipse Tahu's host, on which Ignition's MQTT
+Engine is built, strips it): it takes the type its birth declared; a value that does not fit
+that type is refused with the intake's reason, shown in the next NDATA or DDATA. A metric sent
+without a datatype that no birth declares is dropped and counted.
 
 - `Dispatch/Limit kW` = X: a limit dispatch of X kW until released, event id `scada-<ms>`.
 - `Dispatch/Release` = true: releases every live event written from SCADA.
@@ -91,7 +95,12 @@ no seq, matching the NBIRTH, and published before a clean disconnect; bdSeq + 1 
 across paho's own reconnects and across restarts; the NCMD and DCMD subscriptions (QoS 1)
 before birth; the primary host's STATE: no birth until online, timestamps older than the last
 online ignored, an offline STATE answered with NDEATH, disconnect and a new session, born again
-when the host is back; rebirth on request with the same bdSeq; report by exception.
+when the host is back; rebirth on request with the same bdSeq; report by exception; NDATA and
+DDATA without datatypes, and commands (Rebirth and writes) without datatypes taking the birth's
+(the test host writes commands as Tahu's `HostApplication.publishCommand` does).
+
+Not yet: after a reconnect the node is born again on the STATE it last saw, not on a fresh one;
+the DISCONNECT on a clean stop carries reason 0x00, not 0x04.
 
 Not covered: metric aliases (names are sent every time), templates, datasets, historical data
 and store-and-forward while the primary host is away (data is not buffered: the next birth

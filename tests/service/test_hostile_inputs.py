@@ -271,9 +271,11 @@ def test_3_a_flood_of_sparkplug_commands_is_bounded_and_dispatch_still_acked(
                 many = [(f"Bogus/{k}", DOUBLE, 1.0) for k in range(3200)]
                 ended = time.monotonic() + 3.0
                 while time.monotonic() < ended:
-                    host.command(site, many)
-                    host.command(site, [("x" * 60_000, DOUBLE, 1.0)])
-                    host.command(site, [("Forged\nERROR gridflex: all devices off", STRING, "x")])
+                    # typed: a metric no birth declares is then refused one by one, audited
+                    host.command(site, many, typed=True)
+                    host.command(site, [("x" * 60_000, DOUBLE, 1.0)], typed=True)
+                    host.command(site, [("Forged\nERROR gridflex: all devices off", STRING, "x")],
+                                 typed=True)  # fmt: skip
                     time.sleep(0.1)
                 sent = time.monotonic()
                 _qse_dispatch(qse, site, "h3-1", 100.0)

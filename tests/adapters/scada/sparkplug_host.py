@@ -69,19 +69,18 @@ class Received:
         return {m.name: m for m in self.payload.metrics}
 
     def value(self, name: str) -> Any:
+        """A metric's value, read as a host reads data messages that carry no datatype: from
+        the field that holds it (the births' datatypes are checked apart)."""
         m = self.metrics()[name]
         if m.is_null:
             return None
-        kind = m.datatype
-        if kind == BOOLEAN:
-            return m.boolean_value
-        if kind == STRING:
-            return m.string_value
-        if kind == DOUBLE:
-            return m.double_value
-        if kind == INT32:
+        if m.HasField("int_value"):
             return m.int_value - (1 << 32) if m.int_value >= 1 << 31 else m.int_value
-        return m.long_value
+        for held in ("boolean_value", "string_value", "double_value", "float_value",
+                     "long_value"):  # fmt: skip
+            if m.HasField(held):
+                return getattr(m, held)
+        return None
 
 
 class Host:
@@ -142,10 +141,14 @@ class Host:
                             retain=True).wait_for_publish(5)  # fmt: skip
 
     def command(self, edge: str, metrics: list[tuple[str, int, Any]],
-                device: str | None = None) -> None:  # fmt: skip
+                device: str | None = None, *, typed: bool = False) -> None:  # fmt: skip
+        """Write metrics as Tahu's HostApplication.publishCommand does: each value in the field
+        of `kind`, and no datatype (commands SHOULD NOT carry one) unless `typed`."""
         payload = Payload(timestamp=time.time_ns() // 1_000_000)
         for name, kind, value in metrics:
-            m = payload.metrics.add(name=name, datatype=kind)
+            m = payload.metrics.add(name=name)
+            if typed:
+                m.datatype = kind
             field = {BOOLEAN: "boolean_value", STRING: "string_value", DOUBLE: "double_value",
                      INT32: "int_value", INT64: "long_value"}[kind]  # fmt: skip
             setattr(m, field, value)

@@ -121,12 +121,19 @@ def test_births_data_seq_wrap_rebirth_commands_and_a_clean_death(
         assert (again.payload.seq, _bdseq(again)) == (0, 7)  # same connection, same bdSeq
         host.next("DBIRTH", device="pumps")
 
-        host.command(EDGE, [("Set kW", DOUBLE, 12.5)], device="pumps")
-        host.command(EDGE, [("Mode", STRING, "auto")])
+        host.command(EDGE, [("Set kW", DOUBLE, 12.5)], device="pumps", typed=True)
+        host.command(EDGE, [("Mode", STRING, "auto")], typed=True)
+        # as Tahu's host writes: no datatype; the DBIRTH declared Running a Boolean
+        host.command(EDGE, [("Running", BOOLEAN, False)], device="pumps")
+        dropped = node.node.dropped
+        host.command(EDGE, [("Mode", STRING, "auto")])  # no datatype, and no birth declares it
         host.drain(1.0)
         assert [(d, [(m.name, m.value) for m in ms]) for d, ms in node.commands] == [
             ("pumps", [("Set kW", 12.5)]), (None, [("Mode", "auto")]),
+            ("pumps", [("Running", False)]),
         ]  # fmt: skip
+        assert node.commands[-1][1][0].datatype is DataType.BOOLEAN
+        assert node.node.dropped == dropped + 1
     finally:
         node.close()
     death = host.next("NDEATH")  # published before DISCONNECT (the will is then not sent)
