@@ -7,6 +7,12 @@ longer lists, or one whose intervals have all passed, is released (ObligationCan
 that cannot be reached, or refuses the token, is logged once and retried at the poll interval;
 accepted obligations stay in force meanwhile (they carry their own end). 3.0 has no opt-in or
 opt-out: an event the site cannot express is logged and audited (`on_refused`) and not applied.
+
+The token: the specification's clientCredentialResponse requires only `access_token` and
+`token_type` (RFC 6749 only recommends `expires_in`), and the Alliance's reference VTN sends no
+`expires_in`; toadr3 requires it. `_Client` asks for the token itself and takes a response
+without it at TOKEN_LIFETIME_S; a request the VTN refuses (401, 403: a token it revoked or
+forgot on a restart) drops the token, so the next poll logs in again.
 """
 
 from __future__ import annotations
@@ -32,6 +38,35 @@ __all__ = ["SOURCE", "OpenAdr3Ven"]
 log = logging.getLogger(__name__)
 
 SOURCE = "openadr3"
+TOKEN_LIFETIME_S = 300  # a token whose lifetime the VTN does not say: asked again after 4 min
+
+
+class _Client(toadr3.ToadrClient):
+    """toadr3's client, with a token response read as the specification defines it."""
+
+    async def _fetch_token(self) -> toadr3.AccessToken | None:
+        oauth = self._oauth_config
+        if oauth is None:
+            return None
+        form = {"grant_type": oauth.grant_type, "client_id": oauth.client_id or "",
+                "client_secret": oauth.client_secret or "", **oauth.claims}  # fmt: skip
+        async with self.client_session.post(oauth.url, data=form) as response:
+            if response.status >= 400:
+                raise toadr3.ToadrError("the VTN refused the token request", response.status,
+                                        response.reason)  # fmt: skip
+            body = await response.json(content_type=None)
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise toadr3.ToadrError("a token response without access_token", response.status)
+        try:
+            lifetime_s = int(float(body.get("expires_in", TOKEN_LIFETIME_S)))
+        except (TypeError, ValueError):
+            lifetime_s = TOKEN_LIFETIME_S
+        return toadr3.AccessToken(token, max(lifetime_s, 0))
+
+    def forget_token(self) -> None:
+        """Log in again before the next request (the VTN refused this token)."""
+        self._token = None
 
 
 class OpenAdr3Ven:
@@ -72,12 +107,16 @@ class OpenAdr3Ven:
             client_id=c.client_id,
             client_secret=c.client_secret.get_secret_value(),
         )
-        async with toadr3.ToadrClient(c.vtn_url, oauth) as client:
+        async with _Client(c.vtn_url, oauth) as client:
             while True:
                 try:
                     await self._poll(client, sink)
                     self._set_reachable(True)
-                except (toadr3.ToadrError, aiohttp.ClientError, ValueError, TimeoutError) as exc:
+                except toadr3.ToadrError as exc:
+                    if exc.status_code in {401, 403}:
+                        client.forget_token()
+                    self._set_reachable(False, exc)
+                except (aiohttp.ClientError, ValueError, TimeoutError) as exc:
                     self._set_reachable(False, exc)
                 await asyncio.sleep(c.poll_interval_s)
 

@@ -36,6 +36,7 @@ class Vtn3:
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)  # "GET /events?..." as received
     down: bool = False  # answers 503 to everything while set
+    logins: int = 0  # tokens issued
     _tokens: set[str] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _runner: web.AppRunner | None = None
@@ -98,6 +99,10 @@ class Vtn3:
     def delete(self, event_id: str) -> None:
         del self.events[event_id]
 
+    def forget_tokens(self) -> None:
+        """Every token issued so far is refused from now on (a VTN restarted, keys rotated)."""
+        self._tokens.clear()
+
     # -- the API ---------------------------------------------------------------------------------
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -112,8 +117,10 @@ class Vtn3:
             return web.json_response({"error": "invalid_client"}, status=403)
         token = secrets.token_hex(16)
         self._tokens.add(token)
-        return web.json_response({"access_token": token, "token_type": "Bearer",
-                                  "expires_in": 3600})  # fmt: skip
+        self.logins += 1
+        # as the Alliance's reference VTN answers: the two fields clientCredentialResponse
+        # requires, no expires_in (RFC 6749 only recommends it)
+        return web.json_response({"access_token": token, "token_type": "Bearer"})
 
     def _authorised(self, request: web.Request) -> web.Response | None:
         self.requests.append(f"{request.method} {request.path_qs}")

@@ -155,3 +155,28 @@ def test_an_event_held_before_a_restart_and_gone_from_the_vtn_is_released() -> N
             assert ven.released["event-old"] == "no longer listed by the VTN"
 
     asyncio.run(main())
+
+
+def test_a_token_without_expires_in_logs_in_and_a_refused_token_logs_in_again() -> None:
+    """The reference VTN's token response has no expires_in: the VEN still polls; when the VTN
+    stops taking the token (restarted, keys rotated), the next poll logs in again and an event
+    created meanwhile is followed."""
+
+    async def main() -> None:
+        vtn, site = Vtn3(port=free_port()), SimSite()
+        ven = OpenAdr3Ven(config(vtn), site)
+        program_id = vtn.add_program(PROGRAM)
+        async with running_with(vtn, site, ven):
+            await wait_until(lambda: ven.reachable is True, 5, "the VTN")
+            assert vtn.logins == 1
+            polls = len(vtn.requests)
+            await wait_until(lambda: len(vtn.requests) >= polls + 3, 5, "more polls")
+            assert vtn.logins == 1  # the token is kept between polls
+            vtn.forget_tokens()
+            ours = [{"type": "VEN_NAME", "values": ["small-site"]}]
+            vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT", [120.0], units="KW",
+                          targets=ours)  # fmt: skip
+            await wait_until(lambda: site.site_kw() == 120.0, 5, "the event after a new login")
+            assert vtn.logins == 2
+
+    asyncio.run(main())
