@@ -1,7 +1,11 @@
 """The agent as an OpenADR 3.0 VEN: a SignalSource on toadr3 (REST, OAuth 2 client credentials).
 
-Each poll: the enrolled programs are looked up by programName once, then the events of each,
-targeted at this VEN_NAME, are read. Every event becomes an obligation (openadr3_events.py)
+Each poll: the enrolled programs are looked up by programName once, then the events of each
+are read twice: those targeted at this VEN_NAME, and the program's events without a target
+filter, of which those with no targets (program-wide: a VTN asked by VEN_NAME does not list
+them) are this site's too; events targeted at others are not. Each event is parsed alone: one
+the VEN cannot read is refused with the reason and the others are followed as usual. Every
+event becomes an obligation (openadr3_events.py)
 pushed when it changes (a modification replaces it under the same id); an event the VTN no
 longer lists, or one whose intervals have all passed, is released (ObligationCancel). A VTN
 that cannot be reached, or refuses the token, is logged once and retried at the poll interval;
@@ -25,6 +29,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 import toadr3
+from pydantic import ValidationError
 from toadr3.models import Event
 
 from adapters.signals.openadr3_events import not_for_ven, plan_event3
@@ -38,6 +43,9 @@ __all__ = ["SOURCE", "OpenAdr3Ven"]
 log = logging.getLogger(__name__)
 
 SOURCE = "openadr3"
+_MAX_EVENTS = 1_000  # events read per program and query
+# an event as listed: its id, the event (or why it cannot be read), whether it names targets
+_Listed = tuple[str, Event | str, bool]
 TOKEN_LIFETIME_S = 300  # a token whose lifetime the VTN does not say: asked again after 4 min
 
 
@@ -120,7 +128,7 @@ class OpenAdr3Ven:
                     self._set_reachable(False, exc)
                 await asyncio.sleep(c.poll_interval_s)
 
-    async def _poll(self, client: toadr3.ToadrClient, sink: SignalSink) -> None:
+    async def _poll(self, client: _Client, sink: SignalSink) -> None:
         if not self._programs:
             programs = await client.get_programs()
             self._programs = {p.id: p.program_name for p in programs
@@ -131,14 +139,55 @@ class OpenAdr3Ven:
         listed: set[str] = set()
         now = datetime.now(UTC)
         for program_id, name in self._programs.items():
-            events = await client.get_events(program_id=program_id, target_type="VEN_NAME",
-                                             target_values=[self._config.ven_name])  # fmt: skip
-            for event in events:
-                if event.id:
-                    listed.add(event.id)
+            targeted = await self._events(
+                client,
+                [
+                    ("programID", program_id),
+                    ("targetType", "VEN_NAME"),
+                    ("targetValues", self._config.ven_name),
+                ],
+            )
+            program_wide = await self._events(client, [("programID", program_id)])
+            ours = {event_id for event_id, _, _ in targeted}
+            for event_id, event, has_targets in targeted + program_wide:
+                if event_id in listed:
+                    continue
+                if event_id not in ours and has_targets:
+                    continue  # another VEN's event, read without the target filter
+                listed.add(event_id)
+                if isinstance(event, str):
+                    self._refuse(event_id, f"cannot be read: {event}", now, sink)
+                else:
                     self._follow(event, name, now, sink)
         for event_id in [e for e in self._held if e not in listed]:
             self._release(event_id, "no longer listed by the VTN", now, sink)
+
+    async def _events(self, client: _Client, params: list[tuple[str, str]]) -> list[_Listed]:
+        """GET /events, each event parsed alone: (id, the event or why it cannot be read,
+        whether it names targets)."""
+        token = await client.token
+        headers = {} if token is None else {"Authorization": f"Bearer {token.token}"}
+        url = f"{self._config.vtn_url.rstrip('/')}/events"
+        async with client.client_session.get(url, params=params, headers=headers) as response:
+            if response.status >= 400:
+                raise toadr3.ToadrError("the VTN refused GET /events", response.status,
+                                        response.reason)  # fmt: skip
+            listed = await response.json(content_type=None)
+        if not isinstance(listed, list):
+            raise ValueError(f"GET /events answered a {type(listed).__name__}, not a list")
+        out: list[_Listed] = []
+        for raw in listed[:_MAX_EVENTS]:
+            event_id = raw.get("id") if isinstance(raw, dict) else None
+            if not isinstance(event_id, str) or not event_id:
+                continue  # nothing to name it by: not an event this VEN can follow or refuse
+            has_targets = bool(raw.get("targets"))
+            try:
+                out.append((event_id, Event.model_validate(raw), has_targets))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                out.append((event_id[:128], f"{where}: {first['msg']}"[:200], has_targets))
+        return out
 
     def _follow(self, event: Event, program: str, now: datetime, sink: SignalSink) -> None:
         assert event.id is not None

@@ -72,7 +72,8 @@ class Vtn3:
     def add_event(self, program_id: str, payload_type: str, values: list[float], *,
                   interval_s: float = 600, start: datetime | None = None,
                   targets: list[dict[str, Any]] | None = None,
-                  units: str | None = None) -> str:  # fmt: skip
+                  units: str | None = None, duration: str | None = None) -> str:  # fmt: skip
+        """`duration`: an ISO 8601 duration as sent (P9999Y, P1M, ...), else interval_s's."""
         event_id = f"event-{next(self._ids)}"
         now = datetime.now(UTC)
         start = start or now
@@ -84,7 +85,7 @@ class Vtn3:
                                     "payloadType": payload_type, "units": units,
                                     "currency": None}],
             "intervalPeriod": {"start": _iso(start),
-                               "duration": _duration(timedelta(seconds=interval_s))},
+                               "duration": duration or _duration(timedelta(seconds=interval_s))},
             "intervals": [{"id": k, "payloads": [{"type": payload_type, "values": [v]}]}
                           for k, v in enumerate(values)],
         }  # fmt: skip
@@ -150,9 +151,11 @@ class Vtn3:
         for event in self.events.values():
             if program_id and event["programID"] != program_id:
                 continue
-            if target_type and event["targets"]:
-                named = [t for t in event["targets"] if t["type"] == target_type]
-                if named and not any(v in values for t in named for v in t["values"]):
+            if target_type:
+                # as the reference VTN filters: only events that carry a matching target (an
+                # untargeted, program-wide event is not listed under a VEN_NAME filter)
+                named = [t for t in event["targets"] or [] if t["type"] == target_type]
+                if not any(v in values for t in named for v in t["values"]):
                     continue
             found.append(event)
         return web.json_response(found)

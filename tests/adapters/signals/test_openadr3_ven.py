@@ -180,3 +180,34 @@ def test_a_token_without_expires_in_logs_in_and_a_refused_token_logs_in_again() 
             assert vtn.logins == 2
 
     asyncio.run(main())
+
+
+def test_a_program_wide_event_applies_and_one_it_cannot_read_blinds_it_to_no_other() -> None:
+    """Asked by VEN_NAME the VTN does not list an untargeted event of the program: the VEN
+    reads the program's events too and follows it. An event with a P9999Y duration beside it
+    is refused with the reason, and the other is still followed, modified and released; an
+    event targeted at another VEN is left alone."""
+
+    async def main() -> None:
+        vtn, site = Vtn3(port=free_port()), SimSite()
+        refused: list[tuple[str, str]] = []
+        ven = OpenAdr3Ven(config(vtn), site, on_refused=lambda e, w: refused.append((e, w)))
+        program_id = vtn.add_program(PROGRAM)
+        theirs = [{"type": "VEN_NAME", "values": ["other-site"]}]
+        vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT", [10.0], units="KW", targets=theirs)
+        forever = vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT", [50.0], units="KW",
+                                duration="P9999Y")  # fmt: skip
+        async with running_with(vtn, site, ven):
+            await wait_until(lambda: ven.reachable is True, 5, "the VTN")
+            wide = vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT", [120.0], units="KW")
+            await wait_until(lambda: site.site_kw() == 120.0, 5, "the program-wide event")
+            assert [e for e, _ in refused] == [forever]
+            assert "duration" in refused[0][1] or "P9999Y" in refused[0][1], refused
+            vtn.modify(wide, "IMPORT_CAPACITY_LIMIT", [90.0])
+            await wait_until(lambda: site.site_kw() == 90.0, 5, "the modification")
+            vtn.delete(wide)
+            await wait_until(lambda: site.site_kw() == FULL_KW, 5, "the release")
+            assert ven.released[wide] == "no longer listed by the VTN"
+            assert [e for e, _ in refused] == [forever]  # the other VEN's event: not refused
+
+    asyncio.run(main())
