@@ -16,6 +16,7 @@ telemetry and decisions at QoS 0, never queued while the broker is away.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -31,7 +32,8 @@ from adapters.transport.mqtt_session import (
 from agent.config import MqttConfig
 
 __all__ = [
-    "MQTT_DRIVERS", "SESSION_EXPIRY_S", "MqttLink", "device_session_settings", "session_settings",
+    "MQTT_DRIVERS", "SESSION_EXPIRY_S", "MqttLink", "device_session_settings", "passing_settings",
+    "session_settings",
 ]  # fmt: skip
 
 log = logging.getLogger("gridflex.mqtt")
@@ -44,6 +46,14 @@ Handler = Callable[[bytes], Awaitable[None] | None]
 # older than the replay window are rejected on arrival anyway (with an ack saying so).
 SESSION_EXPIRY_S = 86_400
 MQTT_DRIVERS = frozenset({"mqtt", "gpu_node"})  # driver types that talk over the broker
+
+
+def passing_settings(config: MqttConfig, prefix: str, role: str) -> MqttSettings:
+    """A command's passing look at the site's broker (`gridflex status`, `gridflex send`): a
+    fresh client id, no session kept, no last will, no "online" announced in the site's name."""
+    settings = session_settings(config, prefix, f"gridflex-{role}-{uuid.uuid4().hex[:8]}",
+                                session_expiry_s=0)  # fmt: skip
+    return replace(settings, clean_start=True, will=None, birth=None, manual_acks=False)
 
 
 def session_settings(

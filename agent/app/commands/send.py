@@ -249,14 +249,9 @@ def _settle(got: asyncio.Future[dict[str, Any]], ack: dict[str, Any]) -> None:
 
 async def _publish(config: Any, out: _Outgoing, wait_s: float) -> dict[str, Any] | None:
     from adapters.transport.mqtt_session import MqttError, MqttSession  # noqa: PLC0415
-    from agent.app.mqtt_link import session_settings  # noqa: PLC0415
+    from agent.app.mqtt_link import passing_settings  # noqa: PLC0415
 
-    settings = session_settings(config.mqtt, config.topic_prefix,
-                                f"gridflex-send-{uuid.uuid4().hex[:8]}",
-                                session_expiry_s=0)  # fmt: skip
-    # a passing sender: no session kept, no last will, no "online" announced in the site's name
-    settings = replace(settings, clean_start=True, will=None, birth=None, manual_acks=False)
-    session = MqttSession(settings)
+    session = MqttSession(passing_settings(config.mqtt, config.topic_prefix, "send"))
     prefix = config.topic_prefix
     got: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()

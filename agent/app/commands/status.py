@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +53,9 @@ def status(config_path: Path, wait_s: float) -> None:
 
 async def _listen(config: Any, wait_s: float) -> dict[str, Any]:
     from adapters.transport.mqtt_session import MqttError, MqttSession  # noqa: PLC0415
-    from agent.app.mqtt_link import session_settings  # noqa: PLC0415
+    from agent.app.mqtt_link import passing_settings  # noqa: PLC0415
 
-    settings = session_settings(config.mqtt, config.topic_prefix,
-                                f"gridflex-status-{uuid.uuid4().hex[:8]}",
-                                session_expiry_s=0)  # fmt: skip
-    # a passing look: no session kept, no last will, no "online" announced in the site's name
-    settings = replace(settings, clean_start=True, will=None, birth=None, manual_acks=False)
-    session = MqttSession(settings)
+    session = MqttSession(passing_settings(config.mqtt, config.topic_prefix, "status"))
     seen: dict[str, Any] = {}
     got = asyncio.Event()
     prefix = config.topic_prefix
