@@ -7,9 +7,10 @@ What the specification asks of an edge node, and where it is done here:
     this one's;
   - NCMD (and DCMD of every device) is subscribed, QoS 1, before any birth;
   - with a primary host configured, nothing is born until `spBv1.0/STATE/<host>` says
-    online=true; an online=false at least as new as the last online one makes the node publish
-    NDEATH, disconnect, and start over with the next bdSeq (so it is born again when the host
-    is back). A STATE older than the last online one is ignored;
+    online=true, received on the connection in use (after a reconnect too: the retained STATE
+    comes with the subscription); an online=false at least as new as the last online one makes
+    the node publish NDEATH, disconnect, and start over with the next bdSeq (so it is born again
+    when the host is back). A STATE older than the last online one is ignored;
   - NBIRTH (seq 0, QoS 0, not retained) holds every node metric with name, datatype and value,
     `bdSeq` and `Node Control/Rebirth` = false; a DBIRTH per device follows;
   - every later message (DBIRTH, NDATA, DDATA) carries seq + 1, 255 wrapping to 0; data is
@@ -18,7 +19,8 @@ What the specification asks of an edge node, and where it is done here:
   - NCMD `Node Control/Rebirth` = true: NBIRTH and DBIRTHs again (same bdSeq); other NCMD and
     DCMD metrics go to `on_command`. A command metric without a datatype (commands SHOULD NOT
     carry one; Tahu's host strips them) takes the type the last birth declared for its name;
-  - on a clean stop: NDEATH published, then DISCONNECT.
+  - on a clean stop: NDEATH published, then DISCONNECT with MQTT 5's reason code 0x04
+    ("disconnect with will message"), so the broker sends the will as well.
 
 Why a connection of its own: MQTT gives a connection one will, and the service's JSON status
 already needs its "offline" will; and the primary-host rule disconnects the edge node, which must
@@ -139,7 +141,9 @@ class SparkplugEdgeNode:
             finally:
                 if self._born or session.connected:
                     await self._death(session)
-                await session.close()
+                # MQTT 5: "disconnect with will message", so the broker sends the will too
+                # (tck-id-payloads-ndeath-will-message-publisher-disconnect-mqtt50)
+                await session.close(with_will=True)
                 self._born = False
             if not stop.is_set():
                 self._next_bdseq()  # a new CONNECT follows: a new bdSeq
@@ -180,6 +184,10 @@ class SparkplugEdgeNode:
         """The loop, after each CONNACK: births are owed again, and the bdSeq now in use is
         kept (a restart continues after it)."""
         self._born = False
+        if self._settings.primary_host_id is not None:
+            # a new connection waits for the host's online STATE (the retained one arrives
+            # with the subscription): a host that went away meanwhile gets no birth until back
+            self._host_online = False
         if self._on_bdseq is not None:
             self._on_bdseq(self._bdseq)
         self._wake.set()

@@ -270,10 +270,15 @@ class MqttSession:
         """Queue a message and return (QoS 1 ones queued while disconnected go out later)."""
         self._send(topic, payload, qos, retain, None)
 
-    async def close(self) -> None:
-        """Disconnect cleanly (the broker does not send the last will) and stop the loop."""
+    async def close(self, *, with_will: bool = False) -> None:
+        """Disconnect and stop the loop. The broker drops the last will, unless `with_will`:
+        MQTT 5's reason code 0x04, "disconnect with will message" (Sparkplug asks it of an edge
+        node that leaves on purpose, after its own NDEATH)."""
         self._closing = True
-        self._client.disconnect()
+        if with_will:
+            self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+        else:
+            self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self._connected.clear()
 

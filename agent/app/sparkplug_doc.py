@@ -86,21 +86,34 @@ without a datatype that no birth declares is dropped and counted.
 
 ## What the specification asks, and what is covered
 
-Covered and tested against an independent host written from the specification
-(tests/adapters/scada/sparkplug_host.py, tests/service/test_sparkplug_service.py): the topic
-namespace (chapter 4); NBIRTH QoS 0, not retained, seq 0, every metric with name, datatype and
-value, `bdSeq` Int64, `Node Control/Rebirth` Boolean false; DBIRTH after NBIRTH; seq + 1 on
-every later message with the 255 wrap; NDEATH as the will, QoS 1, not retained, `bdSeq` only,
-no seq, matching the NBIRTH, and published before a clean disconnect; bdSeq + 1 on every CONNECT,
-across paho's own reconnects and across restarts; the NCMD and DCMD subscriptions (QoS 1)
-before birth; the primary host's STATE: no birth until online, timestamps older than the last
-online ignored, an offline STATE answered with NDEATH, disconnect and a new session, born again
-when the host is back; rebirth on request with the same bdSeq; report by exception; NDATA and
-DDATA without datatypes, and commands (Rebirth and writes) without datatypes taking the birth's
-(the test host writes commands as Tahu's `HostApplication.publishCommand` does).
+Each normative statement below (by its Sparkplug 3.0 TCK id, without the `tck-id-` prefix) is
+checked against an independent host written from the specification
+(tests/adapters/scada/sparkplug_host.py, which writes commands as Tahu's
+`HostApplication.publishCommand` does: without datatypes), over a real Mosquitto. N: the node
+(tests/adapters/scada/test_sparkplug_node.py), S: `gridflex run` itself
+(tests/service/test_sparkplug_service.py).
 
-Not yet: after a reconnect the node is born again on the STATE it last saw, not on a fresh one;
-the DISCONNECT on a clean stop carries reason 0x00, not 0x04.
+| Statement | What is checked | Test |
+|---|---|---|
+| topic-structure | `spBv1.0/<group>/<verb>/<edge>[/<device>]` | N, S |
+| payloads-nbirth-qos, payloads-nbirth-retain, payloads-nbirth-seq | NBIRTH QoS 0, not retained, seq 0 | N, S |
+| payloads-nbirth-bdseq, topics-nbirth-bdseq-included, topics-nbirth-bdseq-matching | `bdSeq` Int64 in NBIRTH, equal to the will's | N, S |
+| payloads-nbirth-rebirth-req, topics-nbirth-rebirth-metric | `Node Control/Rebirth` Boolean false in NBIRTH | N, S |
+| topics-nbirth-metrics, payloads-name-birth-data-requirement | every metric with name, datatype, value | N, S |
+| payloads-dbirth-order, payloads-dbirth-seq | a DBIRTH per device (load class) after NBIRTH, seq + 1 | N, S |
+| payloads-sequence-num-incrementing | seq + 1 on every later message, 255 to 0 | N |
+| payloads-ndeath-will-message, payloads-ndeath-will-message-qos, payloads-ndeath-will-message-retain | NDEATH is the will: QoS 1, not retained | N, S |
+| payloads-ndeath-bdseq, topics-ndeath-payload, topics-ndeath-seq | `bdSeq` only, no seq; the birth's bdSeq | N, S |
+| topics-nbirth-bdseq-increment | bdSeq + 1 on every CONNECT (paho's reconnects, restarts) | N, S |
+| payloads-ndeath-will-message-publisher, operational-behavior-edge-node-intentional-disconnect-ndeath | NDEATH published before a clean disconnect | N, S |
+| payloads-ndeath-will-message-publisher-disconnect-mqtt50 | the DISCONNECT carries reason 0x04: the broker sends the will too | N, S |
+| message-flow-edge-node-ncmd-subscribe, message-flow-device-dcmd-subscribe | NCMD and DCMD subscribed, QoS 1, before birth | N |
+| message-flow-edge-node-birth-publish-phid-wait, operational-behavior-edge-node-birth-sequence-wait | no birth until the primary host's STATE says online; after any reconnect, only on an online STATE received on the new connection | N, S |
+| message-flow-edge-node-birth-publish-phid-wait-timestamp | an online STATE counts when its timestamp is at least the previous one's (a JSON number: `1.7e12` and fractions read as whole milliseconds) | N |
+| message-flow-edge-node-birth-publish-phid-offline, operational-behavior-edge-node-termination-host-offline-timestamp | an offline STATE at least as new: NDEATH, disconnect, new session, born when the host is back; an older one ignored | N |
+| operational-behavior-data-commands-rebirth-action-1, -2, -3 | rebirth on request: NBIRTH and DBIRTHs, same bdSeq | N, S |
+| payloads-metric-datatype-not-req | commands without datatypes take the birth's; NDATA and DDATA carry none | N, S |
+| principles-rbe-recommended | NDATA and DDATA carry only metrics that moved past their deadband | N |
 
 Not covered: metric aliases (names are sent every time), templates, datasets, historical data
 and store-and-forward while the primary host is away (data is not buffered: the next birth

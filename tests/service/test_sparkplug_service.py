@@ -4,7 +4,8 @@ online, every metric of docs/sparkplug.md in the births, commands written as met
 through the same intake as JSON (a dispatch, an override, a malformed write), their outcome in
 the next NDATA/DDATA and in the audit, commands and rebirth written without datatypes as Eclipse
 Tahu's host writes them, and the broker's NDEATH after kill -9 with the
-bdSeq of the last birth; the restarted service is born with the next bdSeq."""
+bdSeq of the last birth; the restarted service is born with the next bdSeq, and at SIGTERM
+publishes its NDEATH and disconnects with the will (MQTT 5's reason 0x04)."""
 
 from __future__ import annotations
 
@@ -149,6 +150,10 @@ def test_gridflex_run_is_an_edge_node_an_independent_host_can_drive(
         assert service.wait(timeout=30) == 0
         clean = host.next("NDEATH", timeout_s=10)  # published before the clean DISCONNECT
         assert clean.value("bdSeq") == (bdseq + 1) % 256
+        # and the will as well: the DISCONNECT says "disconnect with will message" (MQTT 5)
+        will = host.next("NDEATH", timeout_s=10)
+        assert will.value("bdSeq") == (bdseq + 1) % 256
+        assert will.payload.timestamp < clean.payload.timestamp
     finally:
         if service.poll() is None:
             service.kill()

@@ -10,7 +10,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from adapters.scada import sparkplug_b_pb2
 from adapters.scada.sparkplug_codec import DataType, Metric, PayloadError, decode, encode
@@ -136,11 +138,16 @@ def test_births_data_seq_wrap_rebirth_commands_and_a_clean_death(
         assert node.node.dropped == dropped + 1
     finally:
         node.close()
-    death = host.next("NDEATH")  # published before DISCONNECT (the will is then not sent)
-    assert (death.qos, death.retain) == (1, False)
-    assert list(death.metrics()) == ["bdSeq"]
-    assert _bdseq(death) == 7
-    assert not death.payload.HasField("seq")
+    # NDEATH published before DISCONNECT, and the will too: MQTT 5's DISCONNECT carries
+    # "disconnect with will message" (0x04); a plain DISCONNECT would make the broker drop it
+    deaths = [host.next("NDEATH"), host.next("NDEATH")]
+    for death in deaths:
+        assert (death.qos, death.retain) == (1, False)
+        assert list(death.metrics()) == ["bdSeq"]
+        assert _bdseq(death) == 7
+        assert not death.payload.HasField("seq")
+    # the will was written at CONNECT, before the birth; the node's own NDEATH after it
+    assert deaths[0].payload.timestamp >= birth.payload.timestamp > deaths[1].payload.timestamp
     check_seq(host.seen)
 
 
@@ -181,6 +188,35 @@ def test_the_primary_host_gates_birth_and_its_death_restarts_the_session(
     finally:
         node.close()
     check_seq(host.seen)
+
+
+def test_after_a_reconnect_the_node_waits_for_the_hosts_online_state(
+    own_mqtt_broker: Broker, host: Host
+) -> None:
+    node = Node(own_mqtt_broker, primary="scada", report_s=0.2)
+    try:
+        host.state(online=True, timestamp_ms=1_000)
+        first = _bdseq(host.next("NBIRTH"))
+        # the node's connection is taken over (a network cut as the broker sees it) and, while
+        # it is away, the primary host goes offline: its retained STATE says so
+        thief = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edge-under-test",
+                            protocol=mqtt.MQTTv5)  # fmt: skip
+        thief.connect(own_mqtt_broker.host, own_mqtt_broker.port)
+        thief.loop(timeout=0.5)
+        host.state(online=False, timestamp_ms=2_000)
+        for _ in range(100):  # paho reconnects the node (and keeps its new bdSeq at CONNACK)
+            if node.kept[-1] != first:
+                break
+            host.drain(0.1)
+        assert not [m for m in host.drain(1.5) if m.verb == "NBIRTH"], (
+            "born again after a reconnect while its primary host is offline"
+        )
+        assert node.kept[-1] == (first + 1) % 256, "the node did not reconnect"
+        host.state(online=True, timestamp_ms=3_000)  # the host is back: the node is born
+        assert _bdseq(host.next("NBIRTH")) == (first + 1) % 256
+        thief.disconnect()
+    finally:
+        node.close()
 
 
 def host_after_restart(broker: Broker) -> Host:
