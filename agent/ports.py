@@ -193,6 +193,10 @@ class SiteView(Protocol):
         """Every device at its rating: what a capacity fraction (OpenADR) is a fraction of."""
         ...
 
+    def baseline_kw(self, event_id: str) -> float | None:
+        """The load a live event's shed is counted from (None: none is kept for it)."""
+        ...
+
     def online(self) -> bool:
         """The agent can act on the site now: at least one device with a driver answers."""
         ...

@@ -31,7 +31,7 @@ from adapters.signals.openadr_events import (
 from agent.config.openadr3 import OpenAdr3Config
 from agent.domain.signals import ObligationKind
 
-__all__ = ["not_for_ven", "plan_event3"]
+__all__ = ["interval_steps", "not_for_ven", "plan_event3"]
 
 # the payload types this VEN acts on, most specific first
 _CEILINGS = ("IMPORT_CAPACITY_LIMIT", "DISPATCH_SETPOINT")
@@ -70,8 +70,31 @@ def plan_event3(
     if len(event.intervals) > MAX_INTERVALS:
         raise UnsupportedEventError(f"{len(event.intervals)} intervals: at most {MAX_INTERVALS} "
                                     "are followed")  # fmt: skip
+    signal, numbered = _steps(event, config, floor_kw)
+    if not numbered:
+        raise UnsupportedEventError("an event without intervals")
+    return EventPlan(
+        event_id=event.id,
+        modification_number=revision,
+        program=program_name,
+        signal=signal,
+        steps=tuple(sorted((s for _, s in numbered), key=lambda s: s.start_utc)),
+    )
+
+
+def interval_steps(
+    event: Event, config: OpenAdr3Config, floor_kw: FloorKw
+) -> list[tuple[int, Step]]:
+    """(interval id, what it asks) for each interval, in start order (reports are made of
+    them: openadr3_reports.py). The event must have been planned (plan_event3) already."""
+    return sorted(_steps(event, config, floor_kw)[1], key=lambda pair: pair[1].start_utc)
+
+
+def _steps(
+    event: Event, config: OpenAdr3Config, floor_kw: FloorKw
+) -> tuple[str, list[tuple[int, Step]]]:
     units = {d.payload_type: d.units for d in event.payload_descriptors or []}
-    steps: list[Step] = []
+    steps: list[tuple[int, Step]] = []
     signal = ""
     for k, interval in enumerate(event.intervals):
         period = interval.interval_period or event.interval_period
@@ -86,16 +109,8 @@ def plan_event3(
                                         f"than {MAX_SPAN.days} days")  # fmt: skip
         payloads = {p.type: p.values for p in interval.payloads}
         signal, kind, kw, protected, why = _payload(payloads, units, config, floor_kw)
-        steps.append(Step(start, end, kind, kw, protected, why))
-    if not steps:
-        raise UnsupportedEventError("an event without intervals")
-    return EventPlan(
-        event_id=event.id,
-        modification_number=revision,
-        program=program_name,
-        signal=signal,
-        steps=tuple(sorted(steps, key=lambda s: s.start_utc)),
-    )
+        steps.append((interval.id, Step(start, end, kind, kw, protected, why)))
+    return signal, steps
 
 
 def _payload(

@@ -12,6 +12,13 @@ that cannot be reached, or refuses the token, is logged once and retried at the 
 accepted obligations stay in force meanwhile (they carry their own end). 3.0 has no opt-in or
 opt-out: an event the site cannot express is logged and audited (`on_refused`) and not applied.
 
+Besides events (openadr3_enrol.py, openadr3_reports.py): the VEN keeps its own `ven` object
+and resources on the VTN; with `callback_url` it subscribes to its programs' event changes and
+polls at once when called back; and it answers each event's reportDescriptors, measuring the
+site's load every few seconds and POSTing each report at the end of the interval it is due.
+A report the VTN refuses is tried again at the next poll; one whose payload this VEN cannot
+measure is refused once (logged and audited).
+
 The token: the specification's clientCredentialResponse requires only `access_token` and
 `token_type` (RFC 6749 only recommends `expires_in`), and the Alliance's reference VTN sends no
 `expires_in`; toadr3 requires it. `_Client` asks for the token itself and takes a response
@@ -22,17 +29,23 @@ forgot on a restart) drops the token, so the next poll logs in again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-from collections.abc import Callable, Mapping
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import toadr3
 from pydantic import ValidationError
 from toadr3.models import Event
 
-from adapters.signals.openadr3_events import not_for_ven, plan_event3
+from adapters.signals.openadr3_enrol import Webhook, ensure_ven, subscribe
+from adapters.signals.openadr3_events import interval_steps, not_for_ven, plan_event3
+from adapters.signals.openadr3_reports import LoadLog, Window, due_reports, report_body, unsupported
 from adapters.signals.openadr_events import EventPlan, UnsupportedEventError, obligation_at
 from agent.config.openadr3 import OpenAdr3Config
 from agent.domain.signals import Obligation, ObligationCancel
@@ -47,6 +60,7 @@ _MAX_EVENTS = 1_000  # events read per program and query
 # an event as listed: its id, the event (or why it cannot be read), whether it names targets
 _Listed = tuple[str, Event | str, bool]
 TOKEN_LIFETIME_S = 300  # a token whose lifetime the VTN does not say: asked again after 4 min
+SAMPLE_S = 1.0  # the site's load is sampled this often while an event asks for reports
 
 
 class _Client(toadr3.ToadrClient):
@@ -96,6 +110,15 @@ class OpenAdr3Ven:
         self._refused: dict[str, str] = {}  # event id -> why (logged once per reason)
         self.reachable: bool | None = None
         self.released: dict[str, str] = {}
+        self.ven_id: str | None = None  # this VEN's object on the VTN, once found or made
+        self._subscribed = False
+        self._enrol_failed: str | None = None  # logged once per reason
+        self._load = LoadLog()
+        self._reportable: dict[str, tuple[Event, list[Window]]] = {}  # events asking reports
+        self._baselines: dict[str, float] = {}  # kept past the event's end, for its reports
+        self.reported: set[tuple[str, str, int]] = set()  # (event, payload, due interval)
+        self._bearer = secrets.token_urlsafe(24)
+        self._webhook: Webhook | None = None
 
     def resume(self, held: Mapping[str, Obligation]) -> None:
         """The events the site already follows (from before a restart): the first poll keeps
@@ -115,18 +138,131 @@ class OpenAdr3Ven:
             client_id=c.client_id,
             client_secret=c.client_secret.get_secret_value(),
         )
-        async with _Client(c.vtn_url, oauth) as client:
-            while True:
+        if c.callback_url is not None:
+            self._webhook = Webhook(c.callback_url, c.callback_listen_host,
+                                    c.callback_listen_port, self._bearer)  # fmt: skip
+            await self._webhook.start()
+        try:
+            async with _Client(c.vtn_url, oauth) as client:
+                measuring = asyncio.ensure_future(self._measure(client))
                 try:
-                    await self._poll(client, sink)
-                    self._set_reachable(True)
-                except toadr3.ToadrError as exc:
-                    if exc.status_code in {401, 403}:
-                        client.forget_token()
-                    self._set_reachable(False, exc)
-                except (aiohttp.ClientError, ValueError, TimeoutError) as exc:
-                    self._set_reachable(False, exc)
-                await asyncio.sleep(c.poll_interval_s)
+                    while True:
+                        await self._poll_once(client, sink)
+                        await self._until_next_poll()
+                finally:
+                    measuring.cancel()
+        finally:
+            if self._webhook is not None:
+                await self._webhook.stop()
+
+    async def _poll_once(self, client: _Client, sink: SignalSink) -> None:
+        try:
+            await self._poll(client, sink)
+            self._set_reachable(True)
+            await self._enrol(client)
+        except toadr3.ToadrError as exc:
+            if exc.status_code in {401, 403}:
+                client.forget_token()
+            self._set_reachable(False, exc)
+        except (aiohttp.ClientError, ValueError, TimeoutError) as exc:
+            self._set_reachable(False, exc)
+
+    async def _until_next_poll(self) -> None:
+        """The poll interval, cut short by a webhook call (a subscription's notification)."""
+        if self._webhook is None:
+            await asyncio.sleep(self._config.poll_interval_s)
+            return
+        wake = self._webhook.wake
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), self._config.poll_interval_s)
+        wake.clear()
+
+    async def _measure(self, client: _Client) -> None:
+        """Every SAMPLE_S: the site's load into the intervals of the events that ask for
+        reports, and each report that fell due POSTed (on time, whatever the poll interval)."""
+        while True:
+            now, site_kw = datetime.now(UTC), self._site.site_kw()
+            for event_id, (_, windows) in self._reportable.items():
+                self._load.add(event_id, windows, now, site_kw)
+                baseline_kw = self._site.baseline_kw(event_id)
+                if baseline_kw is not None:
+                    self._baselines.setdefault(event_id, baseline_kw)
+            await self._report(client)
+            await asyncio.sleep(SAMPLE_S)
+
+    async def _call(
+        self, client: _Client, method: str, path: str, params: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+    ) -> Any:  # fmt: skip
+        """One request to the VTN with this VEN's token; the JSON answer (None if empty)."""
+        token = await client.token
+        headers = {} if token is None else {"Authorization": f"Bearer {token.token}"}
+        url = f"{self._config.vtn_url.rstrip('/')}{path}"
+        async with client.client_session.request(method, url, params=list(params), json=body,
+                                                 headers=headers) as response:  # fmt: skip
+            if response.status >= 400:
+                raise toadr3.ToadrError(f"the VTN refused {method} {path}", response.status,
+                                        response.reason)  # fmt: skip
+            text = await response.text()
+        return None if not text.strip() else json.loads(text)
+
+    async def _enrol(self, client: _Client) -> None:
+        """Once a session: this VEN's object and resources, and its subscriptions. A VTN
+        that does not offer them is logged once; events are followed all the same."""
+        c = self._config
+
+        async def call(method: str, path: str, params: Sequence[tuple[str, str]],
+                       body: Any) -> Any:  # fmt: skip
+            return await self._call(client, method, path, params, body)
+
+        try:
+            if self.ven_id is None:
+                self.ven_id = await ensure_ven(call, c.ven_name, c.resource_names)
+            if c.callback_url is not None and not self._subscribed and self._programs:
+                await subscribe(call, c.ven_name, list(self._programs), c.callback_url,
+                                self._bearer)  # fmt: skip
+                self._subscribed = True
+                log.info("OpenADR 3: subscribed to event changes of %d program(s)",
+                         len(self._programs))  # fmt: skip
+            self._enrol_failed = None
+        except (toadr3.ToadrError, aiohttp.ClientError, ValueError, KeyError) as exc:
+            self._failed(client, exc, "VEN object or subscription not kept on the VTN")
+
+    async def _report(self, client: _Client) -> None:
+        """POST every report now due (at the end of its interval); a refused one is tried
+        again at the next poll."""
+        now = datetime.now(UTC)
+        resources = self._config.resource_names
+        resource = resources[0] if len(resources) == 1 else None
+        for event_id, (event, windows) in list(self._reportable.items()):
+            for descriptor in event.report_descriptors or []:
+                for due, held in due_reports(descriptor, len(windows)):
+                    key = (event_id, descriptor.payload_type, due)
+                    end = windows[due].end_utc
+                    if key in self.reported or end is None or end > now:
+                        continue
+                    body = report_body(event, descriptor, windows, held, log=self._load,
+                                       baseline_kw=self._baselines.get(event_id),
+                                       client_name=self._config.ven_name,
+                                       resource_name=resource)  # fmt: skip
+                    try:
+                        await self._call(client, "POST", "/reports", (), body)
+                    except (toadr3.ToadrError, aiohttp.ClientError, ValueError) as exc:
+                        self._failed(client, exc, f"report {body['reportName']} not posted")
+                        return
+                    self.reported.add(key)
+                    log.info("OpenADR 3 report %s posted", body["reportName"])
+
+    def _failed(self, client: _Client, exc: BaseException, what: str) -> None:
+        """A request besides the events' refused or failed: logged once per reason, tried
+        again at the next poll (a refused token is dropped, so it logs in again)."""
+        status = getattr(exc, "status_code", None)
+        if status == 401:
+            client.forget_token()
+        why = f"{what}: {exc}" + ("" if status is None else f" ({status})")
+        if why != self._enrol_failed:
+            self._enrol_failed = why
+            log.warning("OpenADR 3: %s; events are followed all the same", why)
 
     async def _poll(self, client: _Client, sink: SignalSink) -> None:
         if not self._programs:
@@ -161,6 +297,10 @@ class OpenAdr3Ven:
                     self._follow(event, name, now, sink)
         for event_id in [e for e in self._held if e not in listed]:
             self._release(event_id, "no longer listed by the VTN", now, sink)
+        for event_id in [e for e in self._reportable if e not in listed]:
+            del self._reportable[event_id]  # deleted: nothing more to report on it
+            self._baselines.pop(event_id, None)
+            self._load.forget(event_id)
 
     async def _events(self, client: _Client, params: list[tuple[str, str]]) -> list[_Listed]:
         """GET /events, each event parsed alone: (id, the event or why it cannot be read,
@@ -202,7 +342,27 @@ class OpenAdr3Ven:
             self._refuse(event.id, str(exc), now, sink)
             return
         self._refused.pop(event.id, None)
+        self._keep_for_reports(event)
         self._push_at(plan, now, sink)
+
+    def _keep_for_reports(self, event: Event) -> None:
+        assert event.id is not None
+        descriptors = event.report_descriptors or []
+        for descriptor in descriptors:
+            why = unsupported(descriptor)
+            if why is not None and self._refused.get(f"{event.id}/report") != why:
+                self._refused[f"{event.id}/report"] = why
+                log.warning("OpenADR 3 event %s: report not made: %s", event.id, why)
+                if self._on_refused is not None:
+                    self._on_refused(event.id, why)
+        served = [d for d in descriptors if unsupported(d) is None]
+        if not served:
+            self._reportable.pop(event.id, None)
+            return
+        steps = interval_steps(event, self._config, self._floor_kw)
+        windows = [Window(k, step.start_utc, step.end_utc, step) for k, step in steps]
+        self._reportable[event.id] = (event.model_copy(update={"report_descriptors": served}),
+                                      windows)  # fmt: skip
 
     def _push_at(self, plan: EventPlan, now: datetime, sink: SignalSink) -> None:
         obligation, _wake = obligation_at(plan, now)  # the next poll looks again
@@ -258,4 +418,5 @@ class OpenAdr3Ven:
             log.warning("OpenADR 3 VTN %s unreachable (%s): keeping %d event(s), retrying",
                         self._config.vtn_url, exc, len(self._held))  # fmt: skip
             self._programs = {}  # looked up again when it answers
+            self._subscribed = False  # and subscribed again (a VTN may have restarted)
         self.reachable = reachable

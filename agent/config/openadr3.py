@@ -41,12 +41,20 @@ class OpenAdr3Config(BaseModel):
         default_factory=lambda: {0: OpenAdrLevelConfig(posture=Posture.NONE)}
     )
     """what each SIMPLE level 0-3 asks of the site"""
+    callback_url: str | None = Field(default=None, pattern=r"^https?://")
+    """where the VTN can reach this VEN's webhook: with it set, the VEN subscribes to its
+    programs' event changes and polls at once when called back; null: polling only"""
+    callback_listen_host: str = "127.0.0.1"
+    """the address the webhook listens on (loopback behind a TLS reverse proxy, as a site's
+    status page is served; or the interface the VTN reaches)"""
+    callback_listen_port: int = Field(default=8089, ge=1, le=65535)
+    """the port the webhook listens on (the callback URL's port as the VTN sees it may differ)"""
     allow_plain_http: bool = False
-    """accept an http:// VTN (test rigs only)"""
+    """accept an http:// VTN or callback URL (test rigs only)"""
 
     @model_validator(mode="after")
     def _transport(self) -> OpenAdr3Config:
-        urls = [self.vtn_url, self.token_url or ""]
+        urls = [self.vtn_url, self.token_url or "", self.callback_url or ""]
         if any(u.startswith("http://") for u in urls) and not self.allow_plain_http:
             raise ValueError(
                 "plain HTTP sends the OAuth secret and dispatch in clear: use https://, or set "

@@ -217,6 +217,10 @@ class Shell:
         cut = (self.fleet.priority <= deepest) & self.available & self.has_driver
         return kept + float(self.fleet.idle_kw[cut].sum()), self.site_kw()
 
+    def baseline_kw(self, event_id: str) -> float | None:
+        """The site's load a live shed event is counted from (its kW at the event's start)."""
+        return self.memory.baselines_kw.get(event_id)
+
     def capacity_kw(self) -> float:
         return float(self.fleet.rated_kw.sum())
 

@@ -247,7 +247,9 @@ def test_a_program_price_from_the_vtn_is_the_engines_price(tmp_path: Path) -> No
 
 def test_an_openadr_3_import_limit_through_the_running_service(tmp_path: Path) -> None:
     """The 3.0 VEN inside serve(): an IMPORT_CAPACITY_LIMIT event is an event of the book
-    (source openadr3), verified active on the devices, and released when the VTN deletes it."""
+    (source openadr3), verified active on the devices, and released when the VTN deletes it;
+    the VEN's object is on the VTN, and an event's report request is answered with the load
+    the service measured."""
     from agent.config.openadr3 import OpenAdr3Config
     from tests.adapters.signals.openadr3_vtn import Vtn3
 
@@ -277,6 +279,19 @@ def test_an_openadr_3_import_limit_through_the_running_service(tmp_path: Path) -
                 await wait_until(lambda: run.service.events.live == [], 10, "the release")
                 assert run.acks(event_id)[-1].status == "completed"
                 assert "OpenADR 3: no longer listed by the VTN" in run.acks(event_id)[-1].reason
+                # the VEN keeps its object on the VTN, and reports the site's measured load
+                # for each interval the event's reportDescriptors ask, once it has ended
+                assert [v["venName"] for v in vtn.vens.values()] == [VEN_NAME]
+                asked = [{"payloadType": "DEMAND", "readingType": "MEAN", "startInterval": 0,
+                          "numIntervals": 1, "frequency": 1, "repeat": -1}]  # fmt: skip
+                reported = vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT",
+                                         [LEVEL_2_CEILING_KW] * 2, units="KW", interval_s=2,
+                                         report_descriptors=asked)  # fmt: skip
+                await wait_until(lambda: len(vtn.reports) == 2, 15, "two reports")
+                values = [r["resources"][0]["intervals"][0]["payloads"][0]["values"][0]
+                          for r in vtn.reports]  # fmt: skip
+                assert all(r["eventID"] == reported for r in vtn.reports)
+                assert 0 < values[1] <= LEVEL_2_CEILING_KW * TOLERANCE, values
         finally:
             await vtn.stop()
 

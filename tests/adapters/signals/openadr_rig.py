@@ -327,6 +327,9 @@ class SimSite:
     def capacity_kw(self) -> float:
         return float(self.fleet.rated_kw.sum())
 
+    def baseline_kw(self, event_id: str) -> float | None:
+        return None if self._memory is None else self._memory.baselines_kw.get(event_id)
+
     def online(self) -> bool:
         return True
 

@@ -211,3 +211,94 @@ def test_a_program_wide_event_applies_and_one_it_cannot_read_blinds_it_to_no_oth
             assert [e for e, _ in refused] == [forever]  # the other VEN's event: not refused
 
     asyncio.run(main())
+
+
+def test_the_ven_keeps_its_object_is_woken_by_its_subscription_and_reports_on_time() -> None:
+    """The VEN creates its `ven` object and resource, subscribes to its program's events with a
+    webhook, follows an event within a second of the VTN's callback although it polls every
+    30 s, and POSTs the reports the event's reportDescriptors ask at the end of each interval
+    they are due, with the event's interval ids and periods; a payload it cannot measure is
+    refused with the reason."""
+
+    async def main() -> None:
+        vtn, site = Vtn3(port=free_port()), SimSite()
+        hook_port = free_port()
+        refused: list[tuple[str, str]] = []
+        cfg = config(vtn, poll_interval_s=30, resource_names=["site-a"],
+                     callback_url=f"http://127.0.0.1:{hook_port}/oadr3/notify",
+                     callback_listen_port=hook_port)  # fmt: skip
+        ven = OpenAdr3Ven(cfg, site, on_refused=lambda e, w: refused.append((e, w)))
+        program_id = vtn.add_program(PROGRAM)
+        async with running_with(vtn, site, ven):
+            await wait_until(lambda: len(vtn.subscriptions) == 1, 5, "the subscription")
+            assert [v["venName"] for v in vtn.vens.values()] == ["small-site"]
+            assert [(r["resourceName"], r["venID"]) for r in vtn.resources.values()] == [
+                ("site-a", ven.ven_id)]  # fmt: skip
+            (sub,) = vtn.subscriptions.values()
+            assert sub["programID"] == program_id
+            assert sub["objectOperations"][0]["objects"] == ["EVENT"]
+            descriptors = [
+                {"payloadType": "DEMAND", "readingType": "MEAN", "units": "KW",
+                 "startInterval": 0, "numIntervals": 1, "frequency": 1, "repeat": -1},
+                {"payloadType": "USAGE", "startInterval": 1, "numIntervals": 1},
+                {"payloadType": "SETPOINT"},  # the defaults: once, at the end, every interval
+                {"payloadType": "STORAGE_CHARGE_LEVEL"},
+            ]  # fmt: skip
+            start = datetime.now(UTC)
+            event = vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT", [120.0] * 3, units="KW",
+                                  interval_s=2, start=start,
+                                  report_descriptors=descriptors)  # fmt: skip
+            await wait_until(lambda: site.site_kw() == 120.0, 2, "the event, on the callback")
+            assert vtn.notified >= 1
+            assert [(e, "STORAGE_CHARGE_LEVEL" in w) for e, w in refused] == [(event, True)]
+            await wait_until(lambda: len(vtn.reports) == 5, 10, "five reports")
+        by_type: dict[str, list[dict[str, object]]] = {}
+        for report in vtn.reports:
+            assert (report["eventID"], report["programID"], report["clientName"]) == (
+                event, program_id, "small-site")  # fmt: skip
+            (descriptor,) = report["payloadDescriptors"]
+            by_type.setdefault(descriptor["payloadType"], []).append(report)
+        assert sorted(by_type) == ["DEMAND", "SETPOINT", "USAGE"]
+
+        def intervals(report: dict[str, object]) -> list[tuple[int, str, float]]:
+            (resource,) = report["resources"]  # type: ignore[misc]
+            assert resource["resourceName"] == "site-a"
+            return [(i["id"], i["intervalPeriod"]["start"], i["payloads"][0]["values"][0])
+                    for i in resource["intervals"]]  # fmt: skip
+
+        starts = [(start + timedelta(seconds=2 * k)).isoformat().replace("+00:00", "Z")
+                  for k in range(3)]  # fmt: skip
+        demand = [intervals(r) for r in by_type["DEMAND"]]
+        assert [[(k, at) for k, at, _ in r] for r in demand] == [[(k, starts[k])] for k in range(3)]
+        assert [r[0][2] for r in demand[1:]] == [120.0, 120.0]  # measured, once followed
+        assert intervals(by_type["USAGE"][0]) == [(1, starts[1], round(120.0 * 2 / 3600, 3))]
+        assert intervals(by_type["SETPOINT"][0]) == [(k, starts[k], 120.0) for k in range(3)]
+        # each report was posted once its last interval had ended
+        for report in vtn.reports:
+            due = intervals(report)[-1][0]
+            posted = datetime.fromisoformat(str(report["createdDateTime"]))
+            assert posted >= start + timedelta(seconds=2 * (due + 1))
+
+    asyncio.run(main())
+
+
+def test_a_vtn_without_subscriptions_is_polled_and_a_known_ven_object_is_kept() -> None:
+    async def main() -> None:
+        vtn, site = Vtn3(port=free_port(), offers_subscriptions=False), SimSite()
+        hook_port = free_port()
+        cfg = config(vtn, callback_url=f"http://127.0.0.1:{hook_port}/notify",
+                     callback_listen_port=hook_port)  # fmt: skip
+        program_id = vtn.add_program(PROGRAM)
+        async with running_with(vtn, site, ven := OpenAdr3Ven(cfg, site)):
+            await wait_until(lambda: ven.ven_id is not None, 5, "the VEN object")
+            vtn.add_event(program_id, "IMPORT_CAPACITY_LIMIT", [90.0], units="KW")
+            await wait_until(lambda: site.site_kw() == 90.0, 5, "the event, by polling")
+            assert not vtn.subscriptions
+        # a restarted VEN finds its object by name rather than making a second one
+        again = OpenAdr3Ven(cfg, SimSite())
+        async with running_with(vtn, SimSite(), again):
+            await wait_until(lambda: again.ven_id is not None, 5, "the VEN object again")
+        assert again.ven_id == ven.ven_id
+        assert len(vtn.vens) == 1
+
+    asyncio.run(main())
