@@ -188,6 +188,8 @@ class SparkplugEdgeNode:
             # a new connection waits for the host's online STATE (the retained one arrives
             # with the subscription): a host that went away meanwhile gets no birth until back
             self._host_online = False
+            log.info("Sparkplug: connected; not born until %s/STATE/%s says online", NAMESPACE,
+                     self._settings.primary_host_id)  # fmt: skip
         if self._on_bdseq is not None:
             self._on_bdseq(self._bdseq)
         self._wake.set()

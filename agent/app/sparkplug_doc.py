@@ -77,7 +77,10 @@ without a datatype that no birth declares is dropped and counted.
   certificate), with the user name and password the broker gives the SCADA host.
 - **General > Main**: *Primary Host Enabled* on, *Primary Host ID* = `sparkplug.primary_host_id`
   (letters, digits and `. $ % @ ! - _ ^ *`). MQTT Engine then publishes the STATE the edge
-  node waits for.
+  node waits for. It must be Sparkplug 3.0's STATE: topic `spBv1.0/STATE/<id>`, a retained
+  JSON `{"online": ..., "timestamp": ...}`. Modules from before the 3.0 specification publish
+  `STATE/<id>` with `ONLINE`/`OFFLINE`, which gridflex does not read: the node then stays
+  unborn (and says so in its log). Use MQTT Engine modules of a Sparkplug 3.0 release.
 - **Namespaces**: the default Sparkplug B (spBv1.0) namespace; the site appears under *MQTT
   Engine / Edge Nodes / <group> / <edge>*, one folder per load class.
 - **Writes**: MQTT Engine blocks node and device commands by default (*Block Node Commands* and

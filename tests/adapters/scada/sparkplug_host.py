@@ -140,6 +140,11 @@ class Host:
         self.client.publish(f"{NS}/STATE/{self.host_id}", json.dumps(body), qos=1,
                             retain=True).wait_for_publish(5)  # fmt: skip
 
+    def state_text(self, text: str) -> None:
+        """A STATE payload exactly as written (hosts write numbers as their JSON library does)."""
+        self.client.publish(f"{NS}/STATE/{self.host_id}", text, qos=1,
+                            retain=True).wait_for_publish(5)  # fmt: skip
+
     def command(self, edge: str, metrics: list[tuple[str, int, Any]],
                 device: str | None = None, *, typed: bool = False) -> None:  # fmt: skip
         """Write metrics as Tahu's HostApplication.publishCommand does: each value in the field

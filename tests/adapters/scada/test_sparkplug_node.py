@@ -219,6 +219,21 @@ def test_after_a_reconnect_the_node_waits_for_the_hosts_online_state(
         node.close()
 
 
+def test_a_state_timestamp_is_any_json_number_of_milliseconds(
+    own_mqtt_broker: Broker, host: Host
+) -> None:
+    node = Node(own_mqtt_broker, primary="scada", report_s=0.2)
+    try:
+        host.state_text('{"online": true, "timestamp": 1.5e3}')  # as some JSON writers put it
+        first = _bdseq(host.next("NBIRTH"))
+        host.state_text('{"online": false, "timestamp": 1499.9}')  # older: ignored
+        assert not [m for m in host.drain(1.5) if m.verb == "NDEATH"]
+        host.state_text('{"online": false, "timestamp": 2000.25}')  # newer, with a fraction
+        assert _bdseq(host.next("NDEATH")) == first
+    finally:
+        node.close()
+
+
 def host_after_restart(broker: Broker) -> Host:
     return Host(broker.host, broker.port, GROUP, "scada")
 
