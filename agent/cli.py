@@ -20,6 +20,7 @@ _COMMANDS: dict[str, str] = {
     "gpu-demand": "agent.app.commands.gpu_demand:gpu_demand",
     "run": "agent.app.commands.run:run",
     "send": "agent.app.commands.send:send",
+    "shadow-report": "agent.app.commands.shadow_report:shadow_report",
     "check-config": "agent.app.commands.check_config:check_config",
     "node": "agent.app.commands.node:node",
     "prices": "agent.app.commands.prices:prices",
@@ -41,6 +42,8 @@ SHORT_HELP: dict[str, str] = {
     "run": "Run the demand-response service for one site until SIGTERM.",
     "send": "Send a dispatch, release, override, clear or grid condition, signed, and print its "
     "ack.",
+    "shadow-report": "Shadow mode: what the site drew against what gridflex would have "
+    "commanded, per event.",
     "status": "What the running site is doing now: load against the ceiling, price, postures, "
     "devices down and live events.",
 }

@@ -8,9 +8,10 @@ same code; only the clock, the outbox (MQTT or none) and the drivers differ.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -22,6 +23,7 @@ from adapters.transport.modbus_pool import ModbusPool, ModbusTarget
 from adapters.transport.mqtt_session import MqttSession
 from agent.app.drivers import build_drivers
 from agent.app.pools import pool_schedulers
+from agent.app.shadow import read_only
 from agent.config import SiteConfig
 from agent.ports import Clock, DeviceDriver
 from agent.service.checks import IntakeLimits, MessageChecks
@@ -30,7 +32,7 @@ from agent.service.events import EventBook
 from agent.service.grid import GridIntake
 from agent.service.inbox import Inbox
 from agent.service.intake import Intake
-from agent.service.messages import ComplianceOut, DispatchAck, OverPeriod
+from agent.service.messages import ComplianceOut, DispatchAck, GridAck, OverPeriod, OverrideAck
 from agent.service.metrics import Metrics
 from agent.service.outbox import ConfirmedPublisher, MemoryOutbox, Outbox, PersistedOutbox
 from agent.service.outcomes import OverrideOutcomes
@@ -41,6 +43,8 @@ from agent.service.snapshot import SnapshotStore
 from agent.service.store import EventRecord, Store
 
 __all__ = ["MemoryOutbox", "Outbox", "Service", "ack_of", "assemble"]
+
+log = logging.getLogger("gridflex.service")
 
 
 def ack_of(record: EventRecord) -> DispatchAck:
@@ -157,6 +161,25 @@ def _intakes(  # noqa: PLR0917 - the parts of the service the intakes work with
     return intake, grid
 
 
+def _note_mode(store: Store, mode: str, clock: Clock) -> None:
+    """Say the mode at every start, and a change of it once (audited: `mode-changed`)."""
+    saved = store.load_state("mode")
+    before = saved.get("mode") if isinstance(saved, dict) else None
+    if mode == "shadow":
+        log.warning("shadow mode: every device is read, none is written")
+    if before is not None and before != mode:
+        log.warning("service mode changed from %s to %s", before, mode)
+        store.audit(clock(), "mode-changed", "site", {"from": before, "to": mode}, "config")
+    store.save_state("mode", {"mode": mode})
+
+
+def _in_mode(ack: BaseModel, *, shadow: bool) -> BaseModel:
+    """In shadow mode every ack says so (`mode: shadow`): no device was written."""
+    if shadow and isinstance(ack, DispatchAck | OverrideAck | GridAck):
+        return ack.model_copy(update={"mode": "shadow"})
+    return ack
+
+
 def _site_meter(
     config: SiteConfig, pool: ModbusPool, clock: Clock, monotonic: Callable[[], float]
 ) -> SiteMeter | None:
@@ -193,10 +216,11 @@ def assemble(
     """
     outbox = outbox or MemoryOutbox()
     listeners: list[Callable[[str, BaseModel], None]] = []
+    shadow = config.service.mode == "shadow"
 
     def send(topic: str, ack: BaseModel) -> None:
         assert outbox is not None  # set above; mypy does not narrow inside a closure
-        outbox.send(topic, ack)
+        outbox.send(topic, _in_mode(ack, shadow=shadow))
         for listener in listeners:
             listener(topic, ack)
 
@@ -208,7 +232,9 @@ def assemble(
     if drivers is None:  # first: a device that cannot be driven stops the start here
         built = build_drivers(config, pool, mqtt=mqtt_session, clock=clock)
         drivers, drift_checks = built.drivers, built.drift_checks
+    drivers = read_only(drivers) if shadow else drivers  # refuse writes, whoever asks
     store = Store(config.service.database, write_behind=True)
+    _note_mode(store, config.service.mode, clock)
     if store.quarantined is not None:  # a damaged database set aside: an alarm, and a record
         metrics.errors.labels(kind="store_quarantined").inc()
         store.audit(clock(), "store-quarantined", str(store.quarantined),
@@ -233,11 +259,13 @@ def assemble(
         drivers,
         snapshot,
         clock=clock,
-        settings=settings
-        or ShellSettings(
+        settings=replace(settings, shadow=settings.shadow or shadow)
+        if settings is not None
+        else ShellSettings(
             verify_timeout_s=service_config.verify_timeout_s,
             restore_batch_size=service_config.restore_batch_size,
             restore_batch_interval_s=service_config.restore_batch_interval_s,
+            shadow=shadow,
         ),
         store=store,
         events=events,

@@ -57,6 +57,7 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
         grid_emergency_expires_at=emergency_until,
         fourcp_warning=fourcp_on,
         fourcp_warning_expires_at=warning_until if fourcp_on else None,
+        mode=service.config.service.mode,
     )
 
 

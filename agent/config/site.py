@@ -363,6 +363,10 @@ class MqttConfig(_Strict):
 
 
 class ServiceConfig(_Strict):
+    mode: Literal["control", "shadow"] = "control"
+    """control: gridflex commands the devices; shadow: it reads every device and signal and
+    decides, but writes to no device: acks say shadow, and `gridflex shadow-report` compares
+    what it would have done with what the site did. A change is a restart, logged"""
     cycle_s: float = Field(default=2.0, gt=0, le=60)
     """one decision per this many seconds"""
     database: Path = Path("/var/lib/gridflex/gridflex.sqlite3")

@@ -115,7 +115,7 @@ class Shell:
         self.devices = DeviceBank(fleet, drivers, self.settings, metrics=metrics,
                                   drift_checks=drift_checks, monotonic=monotonic)  # fmt: skip
         self._settling: set[asyncio.Task[None]] = set()
-        self._recorder = Recorder(fleet, store, metrics)
+        self._recorder = Recorder(fleet, store, metrics, shadow=self.settings.shadow)
         self.memory = Memory.initial(fleet)
         self.last: CycleReport | None = None
         self.follow_up = False  # a device failed: run again at once
@@ -302,15 +302,11 @@ class Shell:
         decision = decide(signals, state, policy, self.memory, now)
 
         target = self._staggered(decision.setpoint_kw, now)
-        planned = self.devices.planned_available
-        changed = np.flatnonzero(self.has_driver & planned & ~_same(target, self.applied_kw))
-        # a device not obeying gets its last command again, on its backoff
-        resend = self.devices.resend_due()
-        send = target.copy()
-        send[resend] = self.devices.commanded_kw[resend]
-        changed = np.union1d(changed, resend).astype(np.intp)
-        failed = await apply_setpoints(self.devices, changed, send)
-        self.devices.resent(resend)
+        if self.settings.shadow:  # what would be commanded, recorded; nothing is sent
+            changed = np.flatnonzero(self.has_driver & ~_same(target, self.memory.setpoint_kw))
+            failed: dict[str, str] = {}
+        else:
+            changed, failed = await self._apply(target)
         if self.site_meter is not None and len(changed) and signals.obligations:
             await self.site_meter.poll()  # an obligation is met when the meter says so
             self.site_meter.take()
@@ -349,14 +345,29 @@ class Shell:
             report, self.memory, self.applied_kw, changed, failed_idx, device_changes=device_changes
         )
         self.meter_check = check
-        if self._events is not None:
-            self._events.after_cycle(now, decision, site_kw, check.evidence)
+        if self._events is not None:  # shadow: judged on what gridflex planned
+            judged_kw, on = (decision.site_kw, "plan (shadow)") if self.settings.shadow else (
+                site_kw, check.evidence)  # fmt: skip
+            self._events.after_cycle(now, decision, judged_kw, on)
         if self._overrides is not None:
             self._overrides.after_cycle(now, decision, lapsed)
         self.follow_up = bool(failed)
         self.last = report
         self._recorder.observe(report, int(self.available.sum()))
         return report
+
+    async def _apply(self, target: FloatArray) -> tuple[np.ndarray, dict[str, str]]:
+        """Command the devices whose setpoint moved, and re-send to those not obeying (on their
+        backoff): (the devices commanded, {device id: why it failed})."""
+        planned = self.devices.planned_available
+        changed = np.flatnonzero(self.has_driver & planned & ~_same(target, self.applied_kw))
+        resend = self.devices.resend_due()
+        send = target.copy()
+        send[resend] = self.devices.commanded_kw[resend]
+        changed = np.union1d(changed, resend).astype(np.intp)
+        failed = await apply_setpoints(self.devices, changed, send)
+        self.devices.resent(resend)
+        return changed, failed
 
     def _staggered(self, setpoint_kw: FloatArray, now: datetime) -> FloatArray:
         """Hold back devices switching on beyond one batch per restore interval."""

@@ -41,3 +41,5 @@ class ShellSettings:
     restore_batch_interval_s: float = 5.0
     # read measured power after a command whose driver did not return the measurement proving it
     read_after_apply: bool = True
+    # shadow mode: decide and record what would be commanded, command nothing (agent.app.shadow)
+    shadow: bool = False

@@ -238,6 +238,11 @@ class DispatchAck(BaseModel):
         "cannot reach without load this event may not cut (protected, critical); compliance "
         "is judged against the ceiling plus it",
     )
+    mode: Literal["control", "shadow"] = Field(
+        default="control",
+        description="shadow: the site is in shadow mode, no device is "
+        "written; a status says what would have been (judged on the load gridflex planned)",
+    )
     seq: int | None = Field(
         default=None, description="the site's sequence number of this ack: acks of every kind "
         "share one sequence that only grows, across restarts; a copy has the same seq"
@@ -256,6 +261,11 @@ class OverrideAck(BaseModel):
     )
     reason: str
     at: AwareDatetime
+    mode: Literal["control", "shadow"] = Field(
+        default="control",
+        description="shadow: the site is in shadow mode, no device is "
+        "written; a status says what would have been (judged on the load gridflex planned)",
+    )
     seq: int | None = Field(
         default=None, description="the site's sequence number of this ack: acks of every kind "
         "share one sequence that only grows, across restarts; a copy has the same seq"
@@ -269,6 +279,11 @@ class GridAck(BaseModel):
     status: Literal["accepted", "rejected"]
     reason: str
     at: AwareDatetime
+    mode: Literal["control", "shadow"] = Field(
+        default="control",
+        description="shadow: the site is in shadow mode, no device is "
+        "written; a status says what would have been (judged on the load gridflex planned)",
+    )
     seq: int | None = Field(
         default=None, description="the site's sequence number of this ack: acks of every kind "
         "share one sequence that only grows, across restarts; a copy has the same seq"
@@ -312,6 +327,11 @@ class TelemetryMessage(BaseModel):
         "policy.fourcp) issued within its warning_stale_after_s"
     )
     fourcp_warning_expires_at: AwareDatetime | None
+    mode: Literal["control", "shadow"] = Field(
+        default="control",
+        description="shadow: no device is written; planned_kw and the "
+        "decision are what gridflex would have commanded",
+    )
 
 
 class SetpointOut(BaseModel):

@@ -14,6 +14,7 @@ from agent.domain.fleet import Fleet, FloatArray
 from agent.domain.signals import PriceSignal
 from agent.policy import Memory, Rule
 from agent.service.metrics import Metrics
+from agent.service.records import ShadowRow
 from agent.service.report import CycleReport
 from agent.service.store import Store
 
@@ -32,10 +33,13 @@ def _same_row(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Recorder:
     """Writes each cycle's outcome to the store and the metrics (either may be absent)."""
 
-    def __init__(self, fleet: Fleet, store: Store | None, metrics: Metrics | None) -> None:
+    def __init__(
+        self, fleet: Fleet, store: Store | None, metrics: Metrics | None, *, shadow: bool = False
+    ) -> None:
         self.fleet = fleet
         self.store = store
         self.metrics = metrics
+        self.shadow = shadow  # shadow mode: would-be setpoints, and a row per cycle to compare
         self._saved_price: PriceSignal | None = None
         self._last_key: np.ndarray | None = None  # per device: (kW, rule, reason code) audited
         self._codes: dict[str, int] = {}
@@ -53,16 +57,23 @@ class Recorder:
         if self.store is None:
             return
         store, decision, ids = self.store, report.decision, self.fleet.device_ids
+        sent_kw = memory.setpoint_kw if self.shadow else applied_kw  # shadow: would have sent
         ok = np.setdiff1d(changed, failed_idx)
         with store.transaction():
             for device_id, change, reason in device_changes or ():
                 store.audit(report.at_utc, f"device-{change.split()[0]}", device_id,
                             {"change": change, "reason": reason})  # fmt: skip
             self._audit_reasons(report)
-            kept = ok[~np.isnan(memory.setpoint_kw[ok])]  # columns at once: 10,000 on a dispatch
-            changed_ids = [ids[i] for i in kept.tolist()]
-            kw, at_s = memory.setpoint_kw[kept].tolist(), memory.changed_at_s[kept].tolist()
-            store.save_setpoints(list(zip(changed_ids, kw, at_s, strict=True)))
+            if self.shadow:  # no device holds these: a restart in control re-asserts all
+                store.save_shadow(ShadowRow(
+                    report.at_utc, decision.price_usd_per_mwh, report.site_kw, decision.site_kw,
+                    decision.site_ceiling_kw, tuple(s.event_id for s in decision.obligations),
+                ))  # fmt: skip
+            else:
+                kept = ok[~np.isnan(memory.setpoint_kw[ok])]  # columns at once: 10,000 outlets
+                changed_ids = [ids[i] for i in kept.tolist()]
+                kw, at_s = memory.setpoint_kw[kept].tolist(), memory.changed_at_s[kept].tolist()
+                store.save_setpoints(list(zip(changed_ids, kw, at_s, strict=True)))
             store.save_state(
                 "engine",
                 {
@@ -97,8 +108,9 @@ class Recorder:
                         "ceiling_kw": decision.site_ceiling_kw,
                         "price_usd_per_mwh": decision.price_usd_per_mwh,
                         "reasons": list(decision.reasons),
-                        "commands": {ids[i]: round(float(applied_kw[i]), 3) for i in ok[:2000]},
+                        "commands": {ids[i]: round(float(sent_kw[i]), 3) for i in ok[:2000]},
                         "held_back": report.held_back,
+                        **({"mode": "shadow: no command was sent"} if self.shadow else {}),
                     },
                 )
             for device_id, why in report.failed.items():

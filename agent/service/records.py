@@ -12,7 +12,7 @@ from agent.domain.signals import Obligation, ObligationKind, Override, OverrideA
 from agent.service.compliance import Compliance
 
 __all__ = [
-    "FINAL_STATUSES", "LIVE_STATUSES", "AuditRow", "EventRecord", "SavedMemory", "iso",
+    "FINAL_STATUSES", "LIVE_STATUSES", "AuditRow", "EventRecord", "SavedMemory", "ShadowRow", "iso",
     "override_from_json", "override_json", "parse",
 ]  # fmt: skip
 
@@ -118,6 +118,18 @@ class AuditRow:
     source: str
     detail: dict[str, Any]
     row_id: int = 0  # the audit's own sequence: where a next page starts (--after)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRow:
+    """One cycle in shadow mode: what the site drew (measured) and what gridflex planned."""
+
+    at_utc: datetime
+    price_usd_per_mwh: float | None
+    site_kw: float
+    would_kw: float
+    ceiling_kw: float | None
+    events: tuple[str, ...]  # the live events' ids
 
 
 @dataclass(frozen=True, slots=True)

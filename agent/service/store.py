@@ -30,6 +30,7 @@ from agent.service.records import (
     AuditRow,
     EventRecord,
     SavedMemory,
+    ShadowRow,
     iso,
     override_from_json,
     override_json,
@@ -217,6 +218,27 @@ class Store:
     def prune_audit(self, before: datetime) -> None:
         """Retention: rows older than `before` go (service.audit_retention_days)."""
         self.write_now("DELETE FROM audit WHERE at_utc < ?", (iso(before),))
+        self.write_now("DELETE FROM shadow WHERE at_utc < ?", (iso(before),))
+
+    # -- shadow mode: per cycle, what the site drew and what gridflex would have planned -------
+    def save_shadow(self, row: ShadowRow) -> None:
+        self._write(
+            "INSERT INTO shadow(at_utc, price_usd_per_mwh, site_kw, would_kw, ceiling_kw, "
+            "events) VALUES (?, ?, ?, ?, ?, ?)",
+            (iso(row.at_utc), row.price_usd_per_mwh, row.site_kw, row.would_kw, row.ceiling_kw,
+             json.dumps(list(row.events))),
+        )  # fmt: skip
+
+    def shadow_since(self, since: datetime) -> list[ShadowRow]:
+        rows = self._db.execute(
+            "SELECT at_utc, price_usd_per_mwh, site_kw, would_kw, ceiling_kw, events FROM shadow "
+            "WHERE at_utc >= ? ORDER BY at_utc",
+            (iso(since),),
+        ).fetchall()
+        return [
+            ShadowRow(datetime.fromisoformat(at), price, site, would, limit, tuple(json.loads(ev)))
+            for at, price, site, would, limit, ev in rows
+        ]
 
     # -- events ------------------------------------------------------------------------------
     def put_event(self, record: EventRecord) -> None:

@@ -53,6 +53,15 @@ CREATE TABLE IF NOT EXISTS quarantine (
     content TEXT NOT NULL,
     error TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shadow (
+    at_utc TEXT NOT NULL,
+    price_usd_per_mwh REAL,
+    site_kw REAL NOT NULL,
+    would_kw REAL NOT NULL,
+    ceiling_kw REAL,
+    events TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_at ON shadow(at_utc);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,

@@ -59,8 +59,9 @@ devices:
 policy: {{min_dwell_s: 0, stale_posture: run_all}}
 prices: {prices}
 mqtt: {{host: 127.0.0.1, port: {mqtt_port}, client_id: phys-{tag}, topic_prefix: {prefix}}}
-service: {{cycle_s: 0.5, database: "{db}", metrics_port: null, restore_batch_size: 100,
-          restore_batch_interval_s: 0, verify_timeout_s: 2, ramp_window_s: {ramp_s}}}
+service: {{mode: {mode}, cycle_s: 0.5, database: "{db}", metrics_port: null,
+          restore_batch_size: 100, restore_batch_interval_s: 0, verify_timeout_s: 2,
+          ramp_window_s: {ramp_s}}}
 {meter}
 """
 METER = """site_meter: {{driver: {{type: modbus, host: {host}.5, port: {port},
@@ -96,12 +97,14 @@ class PhysicsSite:
         return sum(e.physical_kw() for e in self.loads)
 
     def site_file(self, tmp_path: Path, mqtt_port: int, *, tag: str, prefix: str,
-                  prices: str = "{source: none}", ramp_s: float = 5.0) -> Path:  # fmt: skip
+                  prices: str = "{source: none}", ramp_s: float = 5.0,
+                  mode: str = "control") -> Path:  # fmt: skip
         meter = "" if self.meter is None else METER.format(host=self.host, port=self.port)
         text = SITE.format(tag=tag, prefix=prefix, host=self.host, port=self.port,
                            mqtt_port=mqtt_port, db=tmp_path / "gridflex.sqlite3", prices=prices,
                            miner_kw=MINER_KW, gpu_kw=GPU_KW, cooler_kw=COOLER_KW,
-                           controls_kw=CONTROLS_KW, ramp_s=ramp_s, meter=meter)  # fmt: skip
+                           controls_kw=CONTROLS_KW, ramp_s=ramp_s, meter=meter,
+                           mode=mode)  # fmt: skip
         path = tmp_path / "site.yaml"
         path.write_text(text)
         return path
@@ -218,6 +221,7 @@ PROTECTED_KW = 12 * GPU_KW + CONTROLS_KW
 @dataclass
 class Running:
     site: PhysicsSite
+    config: Path
     watcher: Watcher
     log: Path
     acks: list[dict[str, Any]]
@@ -248,18 +252,18 @@ class Running:
 
 @contextmanager
 def running(tmp_path: Path, broker: Broker, host: str, *, with_meter: bool = True,
-            prices: str = "{source: none}",
-            full_first: bool = True) -> Iterator[Running]:  # fmt: skip
+            prices: str = "{source: none}", full_first: bool = True,
+            mode: str = "control") -> Iterator[Running]:  # fmt: skip
     tag = uuid.uuid4().hex[:6]
     prefix = f"gridflex/phys-{tag}"
     with physics_site(host, with_meter=with_meter) as site:
         config = site.site_file(tmp_path, broker.port, tag=tag, prefix=prefix, prices=prices,
-                                ramp_s=RAMP_S)  # fmt: skip
+                                ramp_s=RAMP_S, mode=mode)  # fmt: skip
         watcher = Watcher(broker, prefix)
         log = tmp_path / "run.log"
         service = start_service(config, log)
         try:
-            run = Running(site, watcher, log, [])
+            run = Running(site, config, watcher, log, [])
             watcher.wait_for("status", lambda p: p == "online", 30)
             # every device read, commanded and past its first settle window
             run.telemetry(lambda t: t["devices_available"] == 69, 30)

@@ -93,6 +93,11 @@ def _lines(t: dict[str, Any]) -> list[str]:
     if t.get("fourcp_warning"):
         postures.append("4CP warning in force")
     lines = [
+        *(
+            ["SHADOW MODE: no device is written; planned is what gridflex would have commanded"]
+            if t.get("mode") == "shadow"
+            else []
+        ),
         f"at {t.get('at')}: site {t.get('site_kw', 0):,.1f} kW ({against}), planned "
         f"{t.get('planned_kw', 0):,.1f} kW",
         f"price {price_text}; {', '.join(postures)}",

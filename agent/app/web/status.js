@@ -46,6 +46,7 @@ function show(doc) {
   const age = Math.max(0, (Date.now() - Date.parse(t.at)) / 1000);
   $("freshness").textContent = `as of ${new Date(t.at).toLocaleTimeString()} (${age.toFixed(0)} s ago)`;
   $("freshness").className = age > 10 ? "stale" : "muted";
+  $("mode-line").hidden = t.mode !== "shadow";
   showLoad(t);
   rows("classes", Object.entries(t.class_kw), ([name, value]) => [[name], [kw(value), "num"]]);
   rows("events", doc.events, (e) => {
