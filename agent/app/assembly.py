@@ -24,6 +24,7 @@ from adapters.transport.mqtt_session import MqttSession
 from agent.app.drivers import build_drivers
 from agent.app.pools import pool_schedulers
 from agent.app.shadow import read_only
+from agent.app.site_facts import AlarmBook
 from agent.config import SiteConfig
 from agent.ports import Clock, DeviceDriver
 from agent.service.checks import IntakeLimits, MessageChecks
@@ -99,6 +100,7 @@ class Service:
     # who else hears every ack (topic, message) the service sends: the Sparkplug edge node
     # reports command outcomes and event states from them
     ack_listeners: list[Callable[[str, BaseModel], None]] = field(default_factory=list)
+    alarms: AlarmBook = field(default_factory=AlarmBook)  # with since-when, for telemetry
 
     async def close(self) -> None:
         await self.pool.close()

@@ -26,6 +26,7 @@ log = logging.getLogger("gridflex.service")
 
 TELEMETRY_EVERY_S = 2.0
 HOUSEKEEPING_EVERY_S = 86_400.0
+HISTORY_KEPT_DAYS = 31  # the status page's minute rows (it draws the last 24 h)
 BACKOFF_FIRST_S = 0.5  # after a failed cycle, doubling ...
 BACKOFF_MAX_S = 30.0  # ... up to this (the watchdog, 30 s, restarts a service stuck failing)
 FOLLOW_UP_S = 0.05  # a device failed: plan around it soon, but never without yielding
@@ -116,21 +117,30 @@ class Runner:
 
     async def telemetry(self) -> None:
         guard = Guard("telemetry", self.service)
+        minute = None
         while True:
             with guard:
-                message = telemetry_message(self.service, utc_now())
+                now = utc_now()
+                message = telemetry_message(self.service, now)
                 self.service.outbox.send("telemetry", message)
                 if self.page is not None:
                     self.page.update(status_view(self.service, message, self._decision))
+                    if now.replace(second=0, microsecond=0) != minute:  # a row a minute
+                        minute = now.replace(second=0, microsecond=0)
+                        since = now - timedelta(hours=24)
+                        self.page.update_history(self.service.store.history_since(since))
             await asyncio.sleep(TELEMETRY_EVERY_S)
 
     async def housekeeping(self) -> None:
         """Daily: audit rows past the retention go (the replay memory prunes itself)."""
         days = self.service.config.service.audit_retention_days
         guard = Guard("housekeeping", self.service)
-        while days is not None:
+        while True:
             with guard:
-                self.service.store.prune_audit(utc_now() - timedelta(days=days))
+                now = utc_now()
+                if days is not None:
+                    self.service.store.prune_audit(now - timedelta(days=days))
+                self.service.store.prune_history(now - timedelta(days=HISTORY_KEPT_DAYS))
             await asyncio.sleep(HOUSEKEEPING_EVERY_S)
 
     async def shutdown_posture(self) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime
 import numpy as np
 
 from agent.app.assembly import Service
+from agent.app.site_facts import device_states, overrides_in_force
 from agent.policy import Rule
 from agent.service.cycle import CycleReport
 from agent.service.devices import id_ranges
@@ -58,7 +59,36 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
         fourcp_warning=fourcp_on,
         fourcp_warning_expires_at=warning_until if fourcp_on else None,
         mode=service.config.service.mode,
+        capacity_kw=round(shell.capacity_kw(), 3),
+        import_limit_kw=service.config.site.import_limit_kw,
+        device_states=device_states(shell.devices),
+        overrides=overrides_in_force(service.snapshot.overrides, now),
+        alarms=service.alarms.update(
+            now,
+            shell.devices,
+            price_stale=decision is not None and decision.price_stale,
+            meter_alarm=shell.meter_check.alarm,
+            broker_up=_broker_up(service),
+            at_risk=_at_risk(service),
+        ),
     )
+
+
+def _broker_up(service: Service) -> bool:
+    connected = getattr(service.outbox, "connected", True)  # no broker (the demo): not down
+    return bool(connected)
+
+
+def _at_risk(service: Service) -> list[tuple[str, str]]:
+    """Live events that are, or were declared to be, short of their ceiling."""
+    out = []
+    for record in service.events.live:
+        if record.status == "non_compliant":
+            out.append((record.event_id, f"non compliant: {record.reason}"))
+        elif record.expected_shortfall_kw:
+            out.append((record.event_id, f"declared short by {record.expected_shortfall_kw:.1f} "
+                        "kW (load it may not cut)"))  # fmt: skip
+    return out
 
 
 def decision_message(report: CycleReport, previous_kw: np.ndarray | None) -> DecisionMessage:

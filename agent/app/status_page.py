@@ -4,6 +4,8 @@ GET /             the page (agent/app/web/): load against the ceiling, price, po
                   live events with their compliance, devices needing attention, the latest
                   decision's groups with their reasons; it asks for /status.json every 2 s
 GET /status.json  what the page shows, built on the service's loop with each telemetry message
+GET /history.json the last 24 h from the store, a row a minute (load, ceiling, price, classes),
+                  read on the loop once a minute
 
 Served by the standard library's ThreadingHTTPServer in a daemon thread, as prometheus-client
 serves /metrics: two files and one JSON document need no web framework. The thread only reads
@@ -139,6 +141,7 @@ class StatusPage:
 
     def __init__(self, on_refused: Callable[[], None] | None = None) -> None:
         self._document = b'{"telemetry": null}'
+        self._history = b'{"rows": []}'
         self._server: BoundedHTTPServer | None = None
         self._on_refused = on_refused
         self._files = {path: (resources.files("agent.app.web").joinpath(name).read_bytes(), kind)
@@ -146,6 +149,10 @@ class StatusPage:
 
     def update(self, view: dict[str, Any]) -> None:
         self._document = json.dumps(view, allow_nan=False).encode()
+
+    def update_history(self, rows: list[dict[str, Any]]) -> None:
+        """The last 24 h, a row a minute (from the store; refreshed once a minute)."""
+        self._history = json.dumps({"rows": rows}, allow_nan=False).encode()
 
     @property
     def port(self) -> int | None:
@@ -161,6 +168,8 @@ class StatusPage:
                 path = self.path.split("?", 1)[0]
                 if path == "/status.json":
                     self._send(page._document, "application/json")
+                elif path == "/history.json":
+                    self._send(page._history, "application/json")
                 elif path in page._files:
                     self._send(*page._files[path])
                 else:

@@ -84,6 +84,7 @@ class DeviceBank:
         # changes of state since the recorder last took them (it audits them), and the ones not
         # logged yet: logged as one line per (change, reason) when a poll or fan-out ends
         self.changes: list[tuple[str, str, str]] = []  # (device id, change, reason)
+        self.last_change: dict[int, str] = {}  # per device, its last change and why
         self._unlogged: dict[tuple[str, str, int], list[int]] = {}
         self.has_driver = np.array([d is not None for d in self.drivers], dtype=np.bool_)
         # the endpoint each device shares with others (a PDU's outlets), found once
@@ -476,6 +477,7 @@ class DeviceBank:
 
     def _changed(self, i: int, change: str, reason: str, level: int) -> None:
         self.changes.append((self.fleet.device_ids[i], change, reason))
+        self.last_change[i] = f"{change}: {reason}" if reason else change  # the status page's
         self._unlogged.setdefault((change, reason, level), []).append(i)
 
     def flush_log(self) -> None:

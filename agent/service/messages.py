@@ -290,6 +290,28 @@ class GridAck(BaseModel):
     )  # fmt: skip
 
 
+AlarmKind = Literal["device_not_obeying", "device_down", "reading_not_believed", "price_stale",
+                    "meter", "broker_down", "obligation_at_risk"]  # fmt: skip
+
+
+class AlarmOut(BaseModel):
+    """Something an operator must look at, and since when (first seen this run)."""
+
+    kind: AlarmKind
+    subject: str = Field(description="the devices (as id ranges), the event, or the site")
+    detail: str
+    since: AwareDatetime
+
+
+class OverrideInForce(BaseModel):
+    override_id: str
+    target: str = Field(description="`device <id>` or `class <name>`")
+    action: Literal["on", "off", "limit"]
+    limit: str | None = Field(description="`12 kW` or `50 %` for a limit")
+    issued_by: str
+    expires_at: AwareDatetime
+
+
 class TelemetryMessage(BaseModel):
     """`<prefix>/telemetry`, every 2 s."""
 
@@ -332,6 +354,16 @@ class TelemetryMessage(BaseModel):
         description="shadow: no device is written; planned_kw and the "
         "decision are what gridflex would have commanded",
     )
+    capacity_kw: float = Field(default=0.0, description="every device at its rating: the "
+                               "site's own scale")  # fmt: skip
+    import_limit_kw: float | None = None
+    device_states: dict[str, int] = Field(
+        default_factory=dict, description="devices by state, each counted once in this order: "
+        "no_driver, unavailable, implausible, suspect, not_obeying, ok; they sum to "
+        "devices_total"
+    )  # fmt: skip
+    overrides: list[OverrideInForce] = Field(default_factory=list, description="in force now")
+    alarms: list[AlarmOut] = Field(default_factory=list)
 
 
 class SetpointOut(BaseModel):

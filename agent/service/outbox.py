@@ -111,6 +111,11 @@ class PersistedOutbox:
         self.published = 0  # rows confirmed by the broker since start
 
     @property
+    def connected(self) -> bool:
+        """Whether the broker is connected now (acks wait for it while not)."""
+        return self._publisher.connected
+
+    @property
     def pending(self) -> int:
         return len(self._rows)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +42,7 @@ class Recorder:
         self.store = store
         self.metrics = metrics
         self.shadow = shadow  # shadow mode: would-be setpoints, and a row per cycle to compare
+        self._minute = _Minute()  # the status page's history: a row a minute
         self._saved_price: PriceSignal | None = None
         self._last_key: np.ndarray | None = None  # per device: (kW, rule, reason code) audited
         self._codes: dict[str, int] = {}
@@ -115,6 +118,9 @@ class Recorder:
                 )
             for device_id, why in report.failed.items():
                 store.audit(report.at_utc, "device-failed", device_id, {"error": why})
+            done = self._minute.add(report)
+            if done is not None:
+                store.save_history(*done)
 
     def _audit_reasons(self, report: CycleReport) -> None:
         """A row per device whose setpoint, binding rule or reason changed: `gridflex audit
@@ -175,3 +181,45 @@ class Recorder:
             for use, count in counts.items():
                 m.pool_servers.labels(pool=pool.pool, use=use).set(count)
             m.pool_give_up_kw.labels(pool=pool.pool).set(pool.give_up_kw)
+
+
+class _Minute:
+    """The means of one minute's cycles: site (verified) and planned kW, each class's planned
+    kW, the lowest ceiling and the last price. `add` returns the minute just finished."""
+
+    def __init__(self) -> None:
+        self.start: datetime | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.cycles = 0
+        self.site_kw = self.planned_kw = 0.0
+        self.class_kw: dict[str, float] = {}
+        self.ceiling_kw: float | None = None
+        self.price: float | None = None
+
+    def add(self, report: CycleReport) -> tuple[datetime, dict[str, Any]] | None:
+        minute = report.at_utc.replace(second=0, microsecond=0)
+        done = None
+        if self.start is not None and minute != self.start and self.cycles:
+            done = (self.start, self._means())
+        if minute != self.start:
+            self._reset()
+            self.start = minute
+        d = report.decision
+        self.cycles += 1
+        self.site_kw += report.site_kw
+        self.planned_kw += d.site_kw
+        for name, kw in d.class_kw_by_name().items():
+            self.class_kw[name] = self.class_kw.get(name, 0.0) + kw
+        if d.site_ceiling_kw is not None:
+            low = self.ceiling_kw
+            self.ceiling_kw = d.site_ceiling_kw if low is None else min(low, d.site_ceiling_kw)
+        self.price = d.price_usd_per_mwh
+        return done
+
+    def _means(self) -> dict[str, Any]:
+        n = self.cycles
+        return {"site_kw": round(self.site_kw / n, 3), "planned_kw": round(self.planned_kw / n, 3),
+                "ceiling_kw": self.ceiling_kw, "price_usd_per_mwh": self.price,
+                "class_kw": {k: round(v / n, 3) for k, v in self.class_kw.items()}}  # fmt: skip

@@ -220,6 +220,30 @@ class Store:
         self.write_now("DELETE FROM audit WHERE at_utc < ?", (iso(before),))
         self.write_now("DELETE FROM shadow WHERE at_utc < ?", (iso(before),))
 
+    # -- the status page's history: a row a minute (means of its cycles) ---------------------
+    def save_history(self, minute: datetime, means: Mapping[str, Any]) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO history(minute_utc, site_kw, planned_kw, ceiling_kw, "
+            "price_usd_per_mwh, class_kw) VALUES (?, ?, ?, ?, ?, ?)",
+            (iso(minute), means["site_kw"], means["planned_kw"], means["ceiling_kw"],
+             means["price_usd_per_mwh"], json.dumps(means["class_kw"])),
+        )  # fmt: skip
+
+    def history_since(self, since: datetime) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT minute_utc, site_kw, planned_kw, ceiling_kw, price_usd_per_mwh, class_kw "
+            "FROM history WHERE minute_utc >= ? ORDER BY minute_utc",
+            (iso(since),),
+        ).fetchall()
+        return [
+            {"at": at, "site_kw": site, "planned_kw": planned, "ceiling_kw": ceiling,
+             "price_usd_per_mwh": price, "class_kw": json.loads(classes)}
+            for at, site, planned, ceiling, price, classes in rows
+        ]  # fmt: skip
+
+    def prune_history(self, before: datetime) -> None:
+        self.write_now("DELETE FROM history WHERE minute_utc < ?", (iso(before),))
+
     # -- shadow mode: per cycle, what the site drew and what gridflex would have planned -------
     def save_shadow(self, row: ShadowRow) -> None:
         self._write(

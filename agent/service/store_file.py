@@ -62,6 +62,14 @@ CREATE TABLE IF NOT EXISTS shadow (
     events TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS shadow_at ON shadow(at_utc);
+CREATE TABLE IF NOT EXISTS history (
+    minute_utc TEXT PRIMARY KEY,
+    site_kw REAL NOT NULL,
+    planned_kw REAL NOT NULL,
+    ceiling_kw REAL,
+    price_usd_per_mwh REAL,
+    class_kw TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,

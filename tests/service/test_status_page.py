@@ -1,9 +1,13 @@
 """The local status page, as a site engineer opens it: `gridflex run` on the local trial (plus a
 miner that ignores its commands) against a real Mosquitto, with `service.status_page_port` set;
-a dispatch and an override arrive over MQTT; a real headless Chromium (Debian's chromium and
-chromedriver, driven by Selenium) shows the load against the ceiling, the live event with its
-compliance, the device not obeying and the decision's reasons; the JSON behind it agrees with the
-acks; nothing on the page writes, and markup in a message shows as text."""
+a dispatch, an override and a grid condition arrive over MQTT; a real headless Chromium (Debian's
+chromium and chromedriver, driven by Selenium) shows the load on the site's own scale against the
+ceiling and the import limit, the last 24 h from the store, the live event with its compliance
+after its ramp window, overrides with who set them, the posture coloured with its expiry, alarms
+with since-when, device counts that add up, and the decision's reasons; `gridflex status` says
+the same; the JSON behind it agrees with the acks; nothing on the page writes, and markup in a
+message shows as text. Screenshots are saved beside each test's files (their paths printed) and
+into GRIDFLEX_SCREENSHOTS when it is set."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import pytest
 import yaml
 
 from agent.app.status_page import StatusPage
+from agent.service.store import Store
 from tests.helpers.mqtt_watch import GRIDFLEX, Watcher, ack, now_iso
 from tests.helpers.peers import Broker, free_port
 
@@ -31,8 +36,11 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 MARKUP = "<img src=x onerror=document.title='owned'>"
 
 
-def _site(tmp_path: Path, broker: Broker, page_port: int) -> Path:
+def _site(tmp_path: Path, broker: Broker, page_port: int,
+          import_limit_kw: float | None = None) -> Path:  # fmt: skip
     site = yaml.safe_load((ROOT / "deploy/examples/local-trial.yaml").read_text())
+    if import_limit_kw is not None:
+        site["site"]["import_limit_kw"] = import_limit_kw
     site["mqtt"].update(port=broker.port, topic_prefix="gridflex/e2e")
     site["service"].update(database=str(tmp_path / "trial.sqlite3"), metrics_port=None,
                            status_page_port=page_port)  # fmt: skip
@@ -124,7 +132,8 @@ def test_the_status_page_shows_the_site_as_the_acks_tell_it(
         events = _text(browser, "events")
         assert "trial-1 (ERS)" in events
         assert "active" in events
-        assert "cycles compliant, worst" in events
+        assert "cycles compliant after the ramp window" in events
+        assert ", worst" in events
         attention = _text(browser, "attention")
         assert "stuck-miner" in attention
         assert "not obeying" in attention
@@ -177,3 +186,140 @@ def test_a_port_that_is_taken_leaves_the_service_running_without_its_page() -> N
         assert second.serve("127.0.0.1", first.port) is False
     finally:
         first.close()
+
+
+def _screenshot(browser: Any, path: Path) -> None:
+    """Saved beside the test's files (and into GRIDFLEX_SCREENSHOTS when set), path printed."""
+    browser.save_screenshot(str(path))
+    print(f"screenshot: {path}")
+    shots = os.environ.get("GRIDFLEX_SCREENSHOTS")
+    if shots:
+        shutil.copy(path, Path(shots) / path.name)
+
+
+CAPACITY_KW = 48 * 3.25 + 2 * 10.2 + 18 + 6 + 3.25  # the local trial and the stuck miner
+
+
+def _seed_history(database: Path, site_kw: float) -> int:
+    """Yesterday's minutes, as the service stores them: what the page must draw from."""
+    store = Store(database)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    rows = 0
+    for minutes_ago in range(24 * 60 - 10, 5, -10):
+        at = now - timedelta(minutes=minutes_ago)
+        ceiling = 60.0 if minutes_ago < 120 else None  # a dispatch two hours ago
+        store.save_history(at, {"site_kw": min(site_kw, ceiling or site_kw), "planned_kw": site_kw,
+                                "ceiling_kw": ceiling, "price_usd_per_mwh": 25.0 + minutes_ago % 60,
+                                "class_kw": {"s19xp": 150.0, "inference": 20.0}})  # fmt: skip
+        rows += 1
+    store.close()
+    return rows
+
+
+@pytest.mark.parametrize("import_limit_kw", [2000.0, 215.0], ids=["load-10pct", "load-95pct"])
+def test_the_page_an_operator_keeps_open(
+    tmp_path: Path, own_mqtt_broker: Broker, browser: Any, import_limit_kw: float
+) -> None:
+    """The load on the site's own scale (axis to the import limit), the last 24 h from the store,
+    overrides in force with who set them and their expiry, the grid posture coloured with its
+    expiry, alarms with since-when, and device counts that add up; `gridflex status` says the
+    same. On a site at 10 % of its import limit and one at 95 %."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = free_port()
+    config = _site(tmp_path, own_mqtt_broker, port, import_limit_kw)
+    seeded = _seed_history(tmp_path / "trial.sqlite3", CAPACITY_KW)
+    watcher = Watcher(own_mqtt_broker)
+    service = subprocess.Popen([*GRIDFLEX, "run", "--config", str(config)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        watcher.wait_for("status", lambda p: p == "online", timeout_s=30)
+
+        def priced_and_running(payload: str) -> bool:
+            t = json.loads(payload)
+            return t["price_usd_per_mwh"] is not None and t["site_kw"] > CAPACITY_KW * 0.5
+
+        watcher.wait_for("telemetry", priced_and_running, timeout_s=30)
+        expires = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+        # the engineer switches the old miner off; it ignores the command (it keeps drawing)
+        watcher.send("override", {"override_id": "maint-9", "action": "off",
+                                  "device_id": "stuck-miner", "expires_at": expires.isoformat(),
+                                  "issued_by": "j.ortiz", "issued_at": now_iso()})  # fmt: skip
+
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 30, poll_frequency=0.25)
+        wait.until(lambda d: "maint-9" in _text(d, "overrides")
+                   and "device not obeying" in _text(d, "alarms")
+                   and d.find_elements("css selector", "#history path.site"))  # fmt: skip
+        share = json.loads(_get(f"http://127.0.0.1:{port}/status.json")[2])["telemetry"][
+            "site_kw"] / import_limit_kw  # fmt: skip
+        _screenshot(browser, tmp_path / f"status-{round(100 * share)}pct.png")
+
+        # the scale is the site's own: the axis runs to the import limit (or the fleet's rating)
+        axis = [e.text for e in browser.find_elements("css selector", "#axis span")]
+        top = max(CAPACITY_KW, import_limit_kw)
+        assert axis[0] == "0 kW"
+        assert float(axis[-1].removesuffix(" kW").replace(",", "")) >= top
+        assert float(axis[-1].removesuffix(" kW").replace(",", "")) <= top * 1.5
+        width = browser.execute_script("return document.getElementById('load-bar').style.width")
+        view = json.loads(_get(f"http://127.0.0.1:{port}/status.json")[2])
+        t = view["telemetry"]
+        scale_top = float(axis[-1].removesuffix(" kW").replace(",", ""))
+        assert float(width.removesuffix("%")) == pytest.approx(100 * t["site_kw"] / scale_top,
+                                                               abs=3)  # fmt: skip
+        assert f"% of the {import_limit_kw:,.0f} kW import limit" in _text(browser, "load-line")
+        limit_left = browser.execute_script(
+            "return document.getElementById('limit-mark').style.left"
+        )
+        assert float(limit_left.removesuffix("%")) == pytest.approx(
+            100 * import_limit_kw / scale_top
+        )
+
+        # the last 24 h, from the store: one point a stored minute, the dispatch's ceiling too
+        path = browser.find_element("css selector", "#history path.site").get_attribute("d")
+        assert path.count("L") + path.count("M") >= seeded
+        assert browser.find_elements("css selector", "#history path.ceiling")
+        assert browser.find_elements("css selector", "#price-history path.price")
+        assert len(browser.find_elements("css selector", "#history path.class")) == 2
+
+        # a conservation appeal: the posture coloured, with its expiry
+        appeal_until = (datetime.now(UTC) + timedelta(minutes=45)).isoformat()
+        watcher.send("grid/emergency", {"level": "conservation", "issued_at": now_iso(),
+                                        "expires_at": appeal_until})  # fmt: skip
+        watcher.wait_for("grid/ack", lambda p: '"accepted"' in p, timeout_s=15)
+        wait.until(lambda d: "CONSERVATION" in _text(d, "grid-posture"))
+        _screenshot(browser, tmp_path / f"status-{round(100 * share)}pct-conservation.png")
+        view = json.loads(_get(f"http://127.0.0.1:{port}/status.json")[2])
+        t = view["telemetry"]
+        overrides = _text(browser, "overrides")
+        assert "device stuck-miner" in overrides
+        assert "j.ortiz" in overrides
+        posture = browser.find_element("id", "grid-posture")
+        assert "posture-conservation" in posture.get_attribute("class")
+        assert "until" in posture.text
+        alarms = _text(browser, "alarms")
+        assert "stuck-miner" in alarms
+        (alarm,) = [a for a in t["alarms"] if a["kind"] == "device_not_obeying"]
+        assert datetime.fromisoformat(alarm["since"]) <= datetime.now(UTC)
+        # counts that add up, and agree with the alarm list
+        states = t["device_states"]
+        assert sum(states.values()) == t["devices_total"]
+        assert states["not_obeying"] == 1
+        assert "1 not obeying" in _text(browser, "counts-line")
+
+        shown = subprocess.run([*GRIDFLEX, "status", "--config", str(config)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert "ALARM device not obeying on stuck-miner since" in shown.stdout
+        assert "override maint-9 on device stuck-miner: off, set by j.ortiz, until" in shown.stdout
+        assert "grid conservation until" in shown.stdout
+        assert f"of the {import_limit_kw:,.1f} kW import limit" in shown.stdout
+        assert "1 not obeying" in shown.stdout
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(timeout=10)
+        watcher.client.loop_stop()
+        watcher.client.disconnect()

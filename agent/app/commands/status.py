@@ -20,6 +20,10 @@ __all__ = ["status"]
 
 WAIT_S = 5.0
 _SECTIONS = frozenset({"site", "classes", "devices", "mqtt", "service"})
+# as the status page names them
+_STATE_NAMES = {"no_driver": "without a driver", "unavailable": "down",
+                "implausible": "reading implausible", "suspect": "reading not believed",
+                "not_obeying": "not obeying"}  # fmt: skip
 
 
 @click.command("status")
@@ -83,30 +87,40 @@ async def _listen(config: Any, wait_s: float) -> dict[str, Any]:
 
 
 def _lines(t: dict[str, Any]) -> list[str]:
-    ceiling = t.get("site_ceiling_kw")
+    """The same facts as the status page: load on the site's scale, price, postures with their
+    expiry, device counts that sum to the fleet, alarms with since-when, overrides in force."""
+    ceiling, limit = t.get("site_ceiling_kw"), t.get("import_limit_kw")
     against = "no ceiling" if ceiling is None else f"ceiling {ceiling:,.1f} kW"
+    if limit:
+        against += (
+            f", {100 * t.get('site_kw', 0) / limit:.0f} % of the {limit:,.1f} kW import limit"
+        )
     price = t.get("price_usd_per_mwh")
     price_text = "no price" if price is None else f"{price:,.2f} $/MWh"
     if t.get("price_stale"):
         price_text += " (stale: the stale posture applies)"
-    postures = [f"grid {t.get('grid_emergency', 'normal')}"]
+    grid = t.get("grid_emergency", "normal")
+    postures = [f"grid {grid}" + (f" until {t['grid_emergency_expires_at']}"
+                                  if grid != "normal" and t.get("grid_emergency_expires_at")
+                                  else "")]  # fmt: skip
     if t.get("fourcp_warning"):
-        postures.append("4CP warning in force")
+        postures.append(f"4CP warning until {t.get('fourcp_warning_expires_at')}")
+    counts = (t.get("device_states") or {}).items()
+    states = ", ".join(f"{n} {_STATE_NAMES.get(s, s)}" for s, n in counts if n or s == "ok")
     lines = [
-        *(
-            ["SHADOW MODE: no device is written; planned is what gridflex would have commanded"]
-            if t.get("mode") == "shadow"
-            else []
-        ),
+        *(["SHADOW MODE: no device is written; planned is what gridflex would have commanded"]
+          if t.get("mode") == "shadow" else []),
         f"at {t.get('at')}: site {t.get('site_kw', 0):,.1f} kW ({against}), planned "
-        f"{t.get('planned_kw', 0):,.1f} kW",
+        f"{t.get('planned_kw', 0):,.1f} kW, {t.get('capacity_kw', 0):,.1f} kW at full rating",
         f"price {price_text}; {', '.join(postures)}",
-        f"devices {t.get('devices_available')}/{t.get('devices_total')} available",
-    ]
-    down = t.get("unavailable") or []
-    if down:
-        lines.append("  down or not obeying: " + ", ".join(down[:20])
-                     + (" ..." if len(down) > 20 else ""))  # fmt: skip
+        f"devices: {states or 'none'} (of {t.get('devices_total')})",
+    ]  # fmt: skip
+    lines.extend(f"  ALARM {a['kind'].replace('_', ' ')} on {a['subject']} since {a['since']}: "
+                 f"{a['detail']}" for a in t.get("alarms") or [])  # fmt: skip
+    for o in t.get("overrides") or []:
+        action = o["action"] + (f" {o['limit']}" if o.get("limit") else "")
+        lines.append(f"  override {o['override_id']} on {o['target']}: {action}, set by "
+                     f"{o['issued_by']}, until {o['expires_at']}")  # fmt: skip
     for name, kw in sorted((t.get("class_kw") or {}).items()):
         lines.append(f"  {name:16} {kw:10,.1f} kW")
     return lines
@@ -127,9 +141,10 @@ def _event_lines(database: Path) -> list[str]:
     out = ["live events:"]
     for e in live:
         c = e.compliance
+        ramp = f" ({c.ramp_cycles} in its ramp window)" if c is not None and c.ramp_cycles else ""
         record = "" if c is None else (
-            f", compliant {c.compliant_cycles}/{c.cycles} cycles, worst {c.worst_over_kw:,.1f} kW "
-            "over")  # fmt: skip
+            f", compliant {c.compliant_cycles}/{c.cycles} cycles after the ramp window{ramp}, "
+            f"worst {c.worst_over_kw:,.1f} kW over")  # fmt: skip
         achieved = "" if e.achieved_kw is None else f", achieved {e.achieved_kw:,.1f} kW"
         out.append(f"  {e.event_id} {e.status}: {e.kind} {e.requested_kw:,.1f} kW from "
                    f"{e.source}{achieved}{record}")  # fmt: skip
