@@ -315,6 +315,13 @@ def test_the_page_an_operator_keeps_open(
         assert "grid conservation until" in shown.stdout
         assert f"of the {import_limit_kw:,.1f} kW import limit" in shown.stdout
         assert "1 not obeying" in shown.stdout
+
+        # the broker goes away: the page (served by the service itself) says so, with since when
+        own_mqtt_broker.stop()
+        try:
+            wait.until(lambda d: "broker down" in _text(d, "alarms"))
+        finally:
+            own_mqtt_broker.start()
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=30) == 0
     finally:
