@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib import dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter
 
 __all__ = [
@@ -90,6 +91,10 @@ def backtest_figure(settled: pd.DataFrame, timezone: str, title: str) -> Figure:
         _day(ax, settled[days == day], timezone, last=k == 2)
         ax.set_title(f"{day} (local), one of the dearest days", loc="left", fontsize=9)
         axes.append(ax)
+    # dollar signs are money here, never matplotlib's math mode ("$34,300 of $400,500" would
+    # lose both and set what lies between them in italics)
+    for text in figure.findobj(Text):
+        text.set_parse_math(False)
     return figure
 
 

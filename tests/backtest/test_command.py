@@ -105,6 +105,15 @@ def test_what_if_year_with_contract_capacity_dispatch_and_4cp(tmp_path: Path) ->
             == decisions["price_usd_per_mwh"].iloc[:-1].to_numpy()).all()  # fmt: skip
     assert (decisions.loc[above & (decisions["rule_load"] == "economics"), "site_kw"] == 0).all()
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the event as a program settles it: 7.5 MW asked below the 10 MW baseline for 2 h; the
+    # what-if load is one 10 MW block, so all of it went (20 MWh delivered), no shortfall; no
+    # capacity payment while the site ran under its 4 MW commitment
+    (event,) = summary["events"]
+    assert (event["event_id"], event["intervals"]) == ("ers-1", 8)
+    assert event["asked_mwh"] == pytest.approx(15.0)
+    assert event["delivered_mwh"] == pytest.approx(20.0)
+    assert (event["shortfall_mwh"], event["penalty_usd"], event["payment_usd"]) == (0, 0, 0)
+    assert "dispatch events, as a program settles them" in done.stdout
 
 
 def test_gaps_and_duplicates_are_warned_about_and_dst_days_count_right(tmp_path: Path) -> None:
@@ -215,3 +224,35 @@ def test_a_restart_cost_is_given_per_class_and_reported(
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["restart_cost_usd"] > 0
+
+
+def test_a_shortfall_in_a_deployment_is_charged_at_the_penalty_rate(tmp_path: Path) -> None:
+    """The 50 MW example under a limit below its protected and critical load: the kW over the
+    ceiling in each interval of the event, at $1,000/MWh, come off the total."""
+    dispatch = tmp_path / "events.csv"
+    dispatch.write_text(
+        "event_id,kind,kw,start,end,program\n"
+        "deep-1,limit,0,2024-03-05T10:00:00-06:00,2024-03-05T11:00:00-06:00,ERS\n"
+    )
+    site = Path(__file__).parents[2] / "deploy/examples/west-50mw.yaml"
+    runs = {}
+    for rate in ("0", "1000"):
+        out = tmp_path / f"out-{rate}"
+        done = run_backtest("--config", site, "--prices", RT_2024, "--dispatch", dispatch,
+                            "--penalty-usd-per-mwh", rate, "--start", "2024-03-01",
+                            "--end", "2024-03-10", "--out", out, "--no-plot",
+                            secrets=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs[rate] = json.loads((out / "summary.json").read_text())
+    decisions = pd.read_csv(tmp_path / "out-1000" / "decisions.csv")
+    start = pd.to_datetime(decisions["interval_start_utc"])
+    inside = (start >= "2024-03-05T16:00Z") & (start < "2024-03-05T17:00Z")
+    over_mwh = float((decisions.loc[inside, "site_kw"] * 0.25).sum() / 1000)
+    (event,) = runs["1000"]["events"]
+    assert over_mwh > 0
+    assert event["shortfall_mwh"] == pytest.approx(over_mwh, rel=1e-6)
+    assert event["penalty_usd"] == pytest.approx(1000 * over_mwh, abs=0.01)
+    assert runs["1000"]["penalties_usd"] == event["penalty_usd"]
+    assert runs["0"]["total_benefit_usd"] - runs["1000"]["total_benefit_usd"] == pytest.approx(
+        event["penalty_usd"], abs=0.01
+    )

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adapters.signals.canonical_file import load_canonical_prices
 from agent.app.commands.backtest_output import (
     Plotter,
+    events_table,
     fourcp_table,
     months_table,
     summary_table,
@@ -41,6 +42,7 @@ from agent.backtest import (
     replay_plain,
     settle,
 )
+from agent.backtest.deployments import deployment_table
 from agent.backtest.hybrid import DemandTrace, demand_from_frame, hybrid_figures, pool_revenue
 from agent.config import ConfigFileError, load_config
 from agent.config.load import OFFLINE_SECTIONS
@@ -204,6 +206,13 @@ _OPTIONS = [
     ),
     click.option("--capacity-mw", type=click.FloatRange(min=0), help="MW committed to DR"),
     click.option(
+        "--penalty-usd-per-mwh",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="what a program charges per MWh over a dispatch's ceiling (a shortfall)",
+    ),
+    click.option(
         "--system-load",
         type=click.Path(path_type=Path, exists=True),
         help="CSV: interval_start_utc,system_load_mw (for 4CP)",
@@ -340,6 +349,12 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
     }
     if pools is not None:
         summary["hybrid"] = hybrid_figures(settlement.frame, trace, site.fleet, pools.figures)
+    if events:
+        summary["events"] = deployment_table(events, settlement.frame,
+                                             options["penalty_usd_per_mwh"])  # fmt: skip
+        penalties = round(sum(float(e["penalty_usd"]) for e in summary["events"]), 2)
+        summary["penalties_usd"] = penalties
+        summary["total_benefit_usd"] = round(float(summary["total_benefit_usd"]) - penalties, 6)
     if options["system_load"] is not None:
         path = options["system_load"]
         load_start, load_mw = load_series(_read_csv(path, "system load"), str(path))
@@ -357,6 +372,8 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
     console.print(months_table(summary, terminal))
     if "fourcp" in summary:
         console.print(fourcp_table(summary["fourcp"], terminal))
+    if summary.get("events"):
+        console.print(events_table(summary["events"], terminal))
     if "hybrid" in summary:
         h = summary["hybrid"]
         line = (f"hybrid site: inference ${h['inference_revenue_usd']:,.0f}, lent work "

@@ -108,6 +108,20 @@ def fourcp_table(report: dict[str, Any], terminal: bool = True) -> Table:
     return table
 
 
+def events_table(events: list[dict[str, Any]], terminal: bool = True) -> Table:
+    table = Table(title="dispatch events, as a program settles them", title_justify="left",
+                  box=table_box(terminal))  # fmt: skip
+    for column in ("event", "asked", "intervals", "asked MWh", "delivered MWh", "shortfall MWh",
+                   "payment $", "penalty $"):  # fmt: skip
+        table.add_column(column)
+    for e in events:
+        table.add_row(f"{e['event_id']} ({e['program']})", f"{e['kind']} {e['kw']:,.0f} kW",
+                      str(e["intervals"]), f"{e['asked_mwh']:,.2f}", f"{e['delivered_mwh']:,.2f}",
+                      f"{e['shortfall_mwh']:,.2f}", f"{e['payment_usd']:,.0f}",
+                      f"{e['penalty_usd']:,.0f}")  # fmt: skip
+    return table
+
+
 def write_outputs(out: Path, summary: dict[str, Any], decisions: pd.DataFrame) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
