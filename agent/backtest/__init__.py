@@ -6,10 +6,17 @@ Pure computation on frames and arrays; reading and writing files is the command'
 
 from agent.backtest.decisions import backtest_frame
 from agent.backtest.errors import BacktestInputError
-from agent.backtest.fourcp import fourcp_report
+from agent.backtest.fourcp import fourcp_report, fourcp_warnings
 from agent.backtest.groups import Groups
 from agent.backtest.inputs import hourly_series, load_series, obligations_from_frame
-from agent.backtest.replay import Intervals, Trace, replay, replay_plain, trace_of
+from agent.backtest.replay import (
+    Intervals,
+    Trace,
+    in_fourcp_window,
+    replay,
+    replay_plain,
+    trace_of,
+)
 from agent.backtest.series import intervals_from_prices
 from agent.backtest.settle import Contract, Settlement, settle
 
@@ -22,7 +29,9 @@ __all__ = [
     "Trace",
     "backtest_frame",
     "fourcp_report",
+    "fourcp_warnings",
     "hourly_series",
+    "in_fourcp_window",
     "intervals_from_prices",
     "load_series",
     "obligations_from_frame",

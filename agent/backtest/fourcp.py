@@ -12,7 +12,7 @@ import pandas as pd
 from agent.backtest.settle import CURTAILED_BELOW_KW
 from agent.domain.fleet import FloatArray
 
-__all__ = ["FOURCP_MONTHS", "fourcp_report"]
+__all__ = ["FOURCP_MONTHS", "fourcp_report", "fourcp_warnings"]
 
 FOURCP_MONTHS = (6, 7, 8, 9)
 
@@ -72,3 +72,27 @@ def fourcp_report(
         "peaks_in_backtest": len(found),
         "avoided_usd": round(sum(float(str(m["avoided_usd"])) for m in found), 2),
     }
+
+
+def fourcp_warnings(
+    interval_start_ns: np.ndarray,
+    load_start_ns: np.ndarray,
+    system_load_mw: FloatArray,
+    *,
+    in_window: np.ndarray,
+    timezone: str,
+    pct: float,
+) -> np.ndarray:
+    """Per backtest interval: whether a 4CP warning is in force. An interval in the site's 4CP
+    window is warned when the system load then reaches `pct` % of the highest load of its month
+    so far (that interval included: a new peak is warned). The load file is taken as the
+    forecast a warning service would have issued; a real forecast misses some peaks."""
+    local = pd.DatetimeIndex(load_start_ns.astype("datetime64[ns]"), tz="UTC").tz_convert(timezone)
+    month = np.asarray(local.year * 100 + local.month)
+    peak_so_far = pd.Series(system_load_mw).groupby(month).cummax().to_numpy()
+    near_peak = system_load_mw >= pct / 100.0 * peak_so_far
+    at = np.searchsorted(load_start_ns, interval_start_ns, side="right") - 1
+    known = (at >= 0) & (load_start_ns[np.clip(at, 0, None)] == interval_start_ns)
+    warned = np.zeros(len(interval_start_ns), dtype=np.bool_)
+    warned[known] = near_peak[at[known]]
+    return np.asarray(warned & in_window, dtype=np.bool_)

@@ -31,10 +31,12 @@ import pandas as pd
 from agent.backtest.groups import Groups
 from agent.domain.fleet import Fleet, FleetState, FloatArray, Priority
 from agent.domain.settings import Policy
-from agent.domain.signals import GpuDemand, Obligation, PriceSignal, Signals
+from agent.domain.signals import GpuDemand, Obligation, PeakWarning, PriceSignal, Signals
 from agent.policy import Decision, Memory, PoolStatus, Rule, decide
 
-__all__ = ["Intervals", "Progress", "Trace", "replay", "replay_plain", "trace_of"]
+__all__ = [
+    "Intervals", "Progress", "Trace", "in_fourcp_window", "replay", "replay_plain", "trace_of",
+]  # fmt: skip
 
 Progress = Callable[[int], None]  # called with how many intervals are done
 Demand = Callable[[datetime], tuple[GpuDemand, ...]]  # each pool's demand at an instant
@@ -109,7 +111,7 @@ def _utc(ns: int) -> datetime:
 
 def _signals(
     intervals: Intervals, i: int, obligations: Sequence[Obligation],
-    demand: Demand | None = None,
+    demand: Demand | None = None, warned: BoolArray | None = None,
 ) -> Signals:  # fmt: skip
     price = PriceSignal(
         price_usd_per_mwh=float(intervals.price_usd_per_mwh[i]),
@@ -123,8 +125,12 @@ def _signals(
     )
     now = _utc(int(intervals.start_ns[i]))
     gpu_demand = () if demand is None else demand(now)
+    # a 4CP peak warning, as a warning service would have sent it (agent.backtest.fourcp)
+    peak = None
+    if warned is not None and warned[i]:
+        peak = PeakWarning(active=True, observed_at_utc=now, source="backtest system load")
     return Signals(price=price, obligations=tuple(o for o in obligations if o.is_active(now)),
-                   gpu_demand=gpu_demand)  # fmt: skip
+                   gpu_demand=gpu_demand, peak_warning=peak)  # fmt: skip
 
 
 class _Recorder:
@@ -197,15 +203,16 @@ def replay_plain(
     *,
     progress: Progress | None = None,
     demand: Demand | None = None,
+    warned: BoolArray | None = None,
 ) -> Trace:
     """decide() on the whole fleet at every interval, as the live shell runs it (with each
-    inference pool's demand, on a hybrid site)."""
+    inference pool's demand, on a hybrid site; `warned`: the intervals under a 4CP warning)."""
     state = FleetState.all_available(fleet)
     memory = Memory.initial(fleet)
     out = _Recorder(fleet, len(intervals))
     for i in range(len(intervals)):
         now = _utc(int(intervals.start_ns[i]))
-        signals = _signals(intervals, i, obligations, demand)
+        signals = _signals(intervals, i, obligations, demand, warned)
         decision = decide(signals, state, policy, memory, now)
         out.record(i, decision)
         memory = decision.memory
@@ -222,10 +229,12 @@ def replay(
     policy: Policy,
     intervals: Intervals,
     obligations: Sequence[Obligation] = (),
+    *,
     progress: Progress | None = None,
+    warned: BoolArray | None = None,
 ) -> Trace:
     """The same decisions as replay_plain, with far fewer and smaller decide() calls."""
-    run = _FastReplay(fleet, policy, intervals, obligations)
+    run = _FastReplay(fleet, policy, intervals, obligations, warned)
     i = 0
     while i < len(intervals):
         i = run.step(i)
@@ -239,13 +248,15 @@ class _FastReplay:
     ceiling may bind (or until the groups' members agree again)."""
 
     def __init__(
-        self, fleet: Fleet, policy: Policy, intervals: Intervals, obligations: Sequence[Obligation]
-    ) -> None:
+        self, fleet: Fleet, policy: Policy, intervals: Intervals,
+        obligations: Sequence[Obligation], warned: BoolArray | None = None,
+    ) -> None:  # fmt: skip
         self.groups = Groups.of(fleet)
         self.policy = policy
         self.intervals = intervals
         self.obligations = obligations
-        self.run_end = _run_ends(self.groups.fleet, policy, intervals, obligations)
+        self.warned = warned
+        self.run_end = _run_ends(self.groups.fleet, policy, intervals, obligations, warned)
         limit_kw = policy.import_limit_kw
         always_full = limit_kw is not None and float(fleet.rated_kw.sum()) > limit_kw - 1e-6
         self.full = _obligated(intervals, obligations) | always_full
@@ -258,7 +269,7 @@ class _FastReplay:
     def step(self, i: int) -> int:
         """Decide interval i (and the rest of its run when it can); returns the next index."""
         now = _utc(int(self.intervals.start_ns[i]))
-        signals = _signals(self.intervals, i, self.obligations)
+        signals = _signals(self.intervals, i, self.obligations, warned=self.warned)
         if self.full[i]:
             if self.small is not None:
                 self.whole, self.small = self.groups.expand(self.small), None
@@ -307,8 +318,9 @@ def _obligated(intervals: Intervals, obligations: Sequence[Obligation]) -> BoolA
 
 
 def _run_ends(
-    fleet: Fleet, policy: Policy, intervals: Intervals, obligations: Sequence[Obligation]
-) -> Int64Array:
+    fleet: Fleet, policy: Policy, intervals: Intervals, obligations: Sequence[Obligation],
+    warned: BoolArray | None = None,
+) -> Int64Array:  # fmt: skip
     """For each interval, the index where its run of indistinguishable intervals ends."""
     n = len(intervals)
     price = intervals.price_usd_per_mwh
@@ -318,7 +330,9 @@ def _run_ends(
             continue  # economics does not compare their price
         columns.append(price > c.value_usd_per_mwh)
         columns.append(price > c.value_usd_per_mwh - policy.hysteresis_usd_per_mwh)
-    columns.append(_in_fourcp_window(policy, intervals))
+    columns.append(in_fourcp_window(policy, intervals))
+    if warned is not None:
+        columns.append(warned)
     key = np.column_stack(columns) if columns else np.zeros((n, 1), dtype=np.bool_)
     differs = np.ones(n, dtype=np.bool_)  # differs from the previous interval
     differs[1:] = (key[1:] != key[:-1]).any(axis=1)
@@ -331,7 +345,8 @@ def _run_ends(
     return np.repeat(ends, ends - starts)
 
 
-def _in_fourcp_window(policy: Policy, intervals: Intervals) -> BoolArray:
+def in_fourcp_window(policy: Policy, intervals: Intervals) -> BoolArray:
+    """Per interval: inside the site's 4CP window (its months and local hours)."""
     window = policy.fourcp
     if window is None:
         return np.zeros(len(intervals), dtype=np.bool_)

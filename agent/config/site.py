@@ -236,6 +236,10 @@ class FourCpConfig(_Strict):
     """what the site does in the window"""
     warning_stale_after_s: float = Field(default=3600, gt=0)
     """a warning counts this long after its issued_at"""
+    forecast_warning_pct: float = Field(default=95, gt=0, le=100)
+    """`gridflex backtest --system-load`: the replay warns of a peak for an interval in the
+    window whose system load reaches this % of the month's highest load so far (the file taken
+    as the forecast a warning service would have issued)"""
 
     @model_validator(mode="after")
     def _ordered(self) -> FourCpConfig:
@@ -507,6 +511,7 @@ class SiteConfig(_Strict):
                 posture=p.fourcp.posture,
                 trigger=p.fourcp.trigger,
                 warning_stale_after_s=p.fourcp.warning_stale_after_s,
+                forecast_warning_pct=p.fourcp.forecast_warning_pct,
             )
         return Policy(
             timezone=self.site.timezone,

@@ -52,6 +52,7 @@ class FourCpWindow:
     # "window": curtail in every window of the listed months.
     trigger: str = "warning"
     warning_stale_after_s: float = 3600.0
+    forecast_warning_pct: float = 95.0  # the backtest's warning rule (agent.backtest.fourcp)
 
 
 def _default_emergency_postures() -> Mapping[EmergencyLevel, Posture]:

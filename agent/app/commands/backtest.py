@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,7 +35,9 @@ from agent.backtest import (
     Trace,
     backtest_frame,
     fourcp_report,
+    fourcp_warnings,
     hourly_series,
+    in_fourcp_window,
     intervals_from_prices,
     load_series,
     obligations_from_frame,
@@ -121,8 +124,8 @@ def _local_window(
     return frame[keep]
 
 
-def _run(site: _Site, intervals: Intervals, events: list[Obligation], plain: bool,
-         demand: DemandTrace | None = None) -> Trace:  # fmt: skip
+def _run(site: _Site, intervals: Intervals, events: list[Obligation], plain: bool, *,
+         demand: DemandTrace | None = None, warned: np.ndarray | None = None) -> Trace:  # fmt: skip
     # a hybrid site's pools follow their demand every interval: only the plain replay sees it
     engine = replay_plain if plain or site.policy.pools else replay
     columns = (
@@ -137,8 +140,27 @@ def _run(site: _Site, intervals: Intervals, events: list[Obligation], plain: boo
 
         if engine is replay_plain:
             return replay_plain(site.fleet, site.policy, intervals, events, progress=done,
-                                demand=demand)  # fmt: skip
-        return replay(site.fleet, site.policy, intervals, events, progress=done)
+                                demand=demand, warned=warned)  # fmt: skip
+        return replay(site.fleet, site.policy, intervals, events, progress=done, warned=warned)
+
+
+def _system_load(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    path = options["system_load"]
+    return None if path is None else load_series(_read_csv(path, "system load"), str(path))
+
+
+def _fourcp_warned(
+    site: _Site, intervals: Intervals, load: tuple[np.ndarray, np.ndarray] | None
+) -> np.ndarray | None:
+    """The intervals a warning service would have warned of a 4CP peak (a site that curtails
+    on warnings, with a system-load file); None otherwise."""
+    window = site.policy.fourcp
+    if load is None or window is None or window.trigger != "warning":
+        return None
+    return fourcp_warnings(intervals.start_ns, *load,
+                           in_window=in_fourcp_window(site.policy, intervals),
+                           timezone=site.policy.timezone,
+                           pct=window.forecast_warning_pct)  # fmt: skip
 
 
 def _demand(options: dict[str, Any], site: _Site, err: Console) -> DemandTrace | None:
@@ -316,7 +338,9 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
     tz = site.policy.timezone
     intervals, events, warnings = _inputs(options, site, err)
     demand = _demand(options, site, err)
-    trace = _run(site, intervals, events, options["plain"], demand)
+    load = _system_load(options)
+    warned = _fourcp_warned(site, intervals, load)
+    trace = _run(site, intervals, events, options["plain"], demand=demand, warned=warned)
     pools = pool_revenue(trace, intervals, site.fleet, site.policy) if site.policy.pools else None
     capacity = None
     if options["capacity_prices"] is not None:
@@ -355,13 +379,13 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
         penalties = round(sum(float(e["penalty_usd"]) for e in summary["events"]), 2)
         summary["penalties_usd"] = penalties
         summary["total_benefit_usd"] = round(float(summary["total_benefit_usd"]) - penalties, 6)
-    if options["system_load"] is not None:
-        path = options["system_load"]
-        load_start, load_mw = load_series(_read_csv(path, "system load"), str(path))
+    if load is not None:
+        load_start, load_mw = load
         summary["fourcp"] = fourcp_report(
             load_start, load_mw, settlement.frame, timezone=tz,
             usd_per_kw_year=options["fourcp_usd_per_kw_year"],
         )  # fmt: skip
+        summary["fourcp"]["warned_intervals"] = 0 if warned is None else int(warned.sum())
         summary["total_benefit_usd"] = round(
             float(summary["total_benefit_usd"]) + float(summary["fourcp"]["avoided_usd"]), 6
         )
