@@ -35,7 +35,8 @@ from agent.domain.signals import GpuDemand, Obligation, PeakWarning, PriceSignal
 from agent.policy import Decision, Memory, PoolStatus, Rule, decide
 
 __all__ = [
-    "Intervals", "Progress", "Trace", "in_fourcp_window", "replay", "replay_plain", "trace_of",
+    "Intervals", "Progress", "Trace", "in_fourcp_window", "joined", "replay", "replay_plain",
+    "trace_of",
 ]  # fmt: skip
 
 Progress = Callable[[int], None]  # called with how many intervals are done
@@ -87,6 +88,15 @@ class Intervals:
         )
         return priced
 
+    def take(self, start: int, end: int) -> Intervals:
+        """Intervals [start, end) alone."""
+        cut = slice(start, end)
+        settle = None if self.settle_usd_per_mwh is None else self.settle_usd_per_mwh[cut]
+        return replace(self, start_ns=self.start_ns[cut], end_ns=self.end_ns[cut],
+                       price_usd_per_mwh=self.price_usd_per_mwh[cut],
+                       price_start_ns=self.price_start_ns[cut],
+                       price_end_ns=self.price_end_ns[cut], settle_usd_per_mwh=settle)  # fmt: skip
+
     def hours(self) -> FloatArray:
         return (self.end_ns - self.start_ns).astype(np.float64) / (3600 * _NS)
 
@@ -103,6 +113,7 @@ class Trace:
     decide_calls: int  # decide() calls made (on the collapsed or the full fleet)
     full_fleet_calls: int  # of which on the full fleet
     pools: tuple[PoolStatus, ...] = ()  # hybrid sites: each interval's pools, flattened
+    memory: Memory | None = None  # the engine's memory after the last interval (to go on from)
 
 
 def _utc(ns: int) -> datetime:
@@ -173,11 +184,24 @@ class _Recorder:
             else:
                 self.class_reason[rows, c] = [text.join(parts) for text in new]
 
-    def trace(self) -> Trace:
+    def trace(self, memory: Memory | None = None) -> Trace:
         return Trace(
             self.classes, self.site_kw, self.class_kw, self.class_rule, self.class_reason,
-            self.calls, self.full_calls, tuple(self.pools),
+            self.calls, self.full_calls, tuple(self.pools), memory,
         )  # fmt: skip
+
+
+def joined(traces: Sequence[Trace]) -> Trace:
+    """Traces of consecutive stretches as one (the last one's memory)."""
+    first = traces[0]
+    return Trace(
+        first.classes, np.concatenate([t.site_kw for t in traces]),
+        np.concatenate([t.class_kw for t in traces]),
+        np.concatenate([t.class_rule for t in traces]),
+        np.concatenate([t.class_reason for t in traces]),
+        sum(t.decide_calls for t in traces), sum(t.full_fleet_calls for t in traces),
+        tuple(p for t in traces for p in t.pools), traces[-1].memory,
+    )  # fmt: skip
 
 
 def trace_of(decisions: Sequence[Decision]) -> Trace:
@@ -204,11 +228,12 @@ def replay_plain(
     progress: Progress | None = None,
     demand: Demand | None = None,
     warned: BoolArray | None = None,
+    memory: Memory | None = None,
 ) -> Trace:
     """decide() on the whole fleet at every interval, as the live shell runs it (with each
     inference pool's demand, on a hybrid site; `warned`: the intervals under a 4CP warning)."""
     state = FleetState.all_available(fleet)
-    memory = Memory.initial(fleet)
+    memory = memory or Memory.initial(fleet)
     out = _Recorder(fleet, len(intervals))
     for i in range(len(intervals)):
         now = _utc(int(intervals.start_ns[i]))
@@ -221,7 +246,7 @@ def replay_plain(
             progress(i + 1)
     if progress is not None:
         progress(len(intervals))
-    return out.trace()
+    return out.trace(memory)
 
 
 def replay(
@@ -232,15 +257,20 @@ def replay(
     *,
     progress: Progress | None = None,
     warned: BoolArray | None = None,
+    memory: Memory | None = None,
 ) -> Trace:
-    """The same decisions as replay_plain, with far fewer and smaller decide() calls."""
+    """The same decisions as replay_plain, with far fewer and smaller decide() calls.
+    `memory`: the engine's memory to go on from (a previous replay's `Trace.memory`)."""
     run = _FastReplay(fleet, policy, intervals, obligations, warned)
+    if memory is not None:  # collapsed again at the first interval the members agree
+        run.whole, run.small = memory, None
     i = 0
     while i < len(intervals):
         i = run.step(i)
         if progress is not None:
             progress(i)
-    return run.out.trace()
+    last = run.whole if run.small is None else run.groups.expand(run.small)
+    return run.out.trace(last)
 
 
 class _FastReplay:

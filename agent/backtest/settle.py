@@ -63,14 +63,19 @@ def settle(
     revenue_adjust_usd: FloatArray | None = None,
     baseline_adjust_usd: FloatArray | None = None,
     restart_minutes: Mapping[str, float] | None = None,
+    class_values_usd_per_mwh: FloatArray | None = None,
 ) -> Settlement:
     """`revenue_adjust_usd` / `baseline_adjust_usd`: per interval, what a hybrid site's pools
-    earned beyond `energy x value` (agent.backtest.hybrid)."""
+    earned beyond `energy x value` (agent.backtest.hybrid). `class_values_usd_per_mwh`: per
+    interval and class, the value of its energy when it moves (a hashprice series); default:
+    each class's value all along."""
     hours = intervals.hours()
     price = intervals.settle_prices
     rated_kw = np.array([float(fleet.rated_kw[m].sum()) for m in fleet.members])
-    values = np.array([c.value_usd_per_mwh for c in fleet.classes])
-    values = np.where(np.isfinite(values), values, 0.0)
+    if class_values_usd_per_mwh is None:
+        class_values_usd_per_mwh = np.tile([c.value_usd_per_mwh for c in fleet.classes],
+                                           (len(hours), 1))  # fmt: skip
+    values = np.where(np.isfinite(class_values_usd_per_mwh), class_values_usd_per_mwh, 0.0)
     energy = trace.site_kw * hours / 1000
     base_energy = float(rated_kw.sum()) * hours / 1000
     start = pd.DatetimeIndex(intervals.start_ns.astype("datetime64[ns]"), tz="UTC")
@@ -84,8 +89,8 @@ def settle(
             "baseline_kw": np.full(len(hours), float(rated_kw.sum())),
             "energy_mwh": energy,
             "baseline_energy_mwh": base_energy,
-            "revenue_usd": (trace.class_kw @ values) * hours / 1000,
-            "baseline_revenue_usd": float(rated_kw @ values) * hours / 1000,
+            "revenue_usd": (trace.class_kw * values).sum(axis=1) * hours / 1000,
+            "baseline_revenue_usd": (values @ rated_kw) * hours / 1000,
         }
     )
     if revenue_adjust_usd is not None:
@@ -117,12 +122,12 @@ def settle(
 def _restart_cost(trace: Trace, values: FloatArray,
                   minutes: Mapping[str, float]) -> FloatArray:  # fmt: skip
     """Per interval, the output lost to restarts: each class's kW back on since the interval
-    before (none in the first) x its minutes of lost output x its value."""
+    before (none in the first) x its minutes of lost output x its value then."""
     cost = np.zeros(len(trace.site_kw))
     for name, lost_min in minutes.items():
         k = trace.classes.index(name)
         back_kw = np.diff(trace.class_kw[:, k], prepend=trace.class_kw[:1, k]).clip(min=0.0)
-        cost += back_kw * (lost_min / 60.0) / 1000.0 * float(values[k])
+        cost += back_kw * (lost_min / 60.0) / 1000.0 * values[:, k]
     return cost
 
 

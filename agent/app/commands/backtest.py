@@ -8,16 +8,11 @@ and writes summary.json, decisions.csv and plot.png (backtest_output.py).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
-import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from adapters.signals.canonical_file import load_canonical_prices
 from agent.app.commands.backtest_output import (
@@ -28,153 +23,35 @@ from agent.app.commands.backtest_output import (
     summary_table,
     write_outputs,
 )
+from agent.app.commands.backtest_site import (
+    Site,
+    class_values_of,
+    demand_of,
+    fourcp_warned,
+    local_window,
+    read_csv,
+    run_replay,
+    site_of,
+    system_load_of,
+)
 from agent.backtest import (
-    BacktestInputError,
     Contract,
     Intervals,
-    Trace,
     backtest_frame,
     fourcp_report,
-    fourcp_warnings,
     hourly_series,
-    in_fourcp_window,
     intervals_from_prices,
-    load_series,
     obligations_from_frame,
-    replay,
-    replay_plain,
     settle,
 )
 from agent.backtest.deployments import deployment_table
-from agent.backtest.hybrid import DemandTrace, demand_from_frame, hybrid_figures, pool_revenue
-from agent.config import ConfigFileError, load_config
-from agent.config.load import OFFLINE_SECTIONS
-from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
-from agent.domain.settings import Policy
+from agent.backtest.hybrid import hybrid_figures, pool_revenue
+from agent.config import ConfigFileError
+from agent.domain.fleet import Fleet
 from agent.domain.signals import Obligation
 from agent.errors import GridflexError
 
 __all__ = ["backtest"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Site:
-    name: str
-    fleet: Fleet
-    policy: Policy
-    settlement_point: str | None
-
-
-def _what_if(options: dict[str, Any]) -> _Site:
-    """One interruptible on/off load of --load-mw, worth its --breakeven price."""
-    load_mw, breakeven = options["load_mw"], options["breakeven"]
-    dwell_s = options["min_dwell"] or 0.0
-    load = LoadClass("load", Priority.INTERRUPTIBLE, breakeven)
-    device = DeviceSpec(
-        "load", "load", DeviceKind.OTHER, load_mw * 1000, 0.0, ControlMode.ON_OFF,
-        min_on_s=dwell_s, min_off_s=dwell_s,
-    )  # fmt: skip
-    policy = Policy(timezone=options["timezone"], hysteresis_usd_per_mwh=options["hysteresis"] or 0)
-    name = f"what-if {load_mw:g} MW at {breakeven:g} $/MWh"
-    return _Site(name, Fleet.build([load], [device]), policy, None)
-
-
-def _site(options: dict[str, Any]) -> _Site:
-    config_path: Path | None = options["config"]
-    what_if = options["load_mw"] is not None or options["breakeven"] is not None
-    if config_path is None:
-        if options["load_mw"] is None or options["breakeven"] is None:
-            raise click.UsageError("give --config SITE.yaml, or --load-mw and --breakeven")
-        return _what_if(options)
-    if what_if:
-        raise click.UsageError("--load-mw/--breakeven are for a what-if without --config")
-    config = load_config(config_path, sections=OFFLINE_SECTIONS)
-    policy = config.decision_policy()
-    if options["hysteresis"] is not None:
-        policy = replace(policy, hysteresis_usd_per_mwh=options["hysteresis"])
-    fleet = config.fleet()
-    if options["min_dwell"] is not None:
-        dwell = options["min_dwell"]
-        specs = [fleet.spec(d) for d in fleet.device_ids]
-        specs = [replace(s, min_on_s=dwell, min_off_s=dwell) for s in specs]
-        fleet = Fleet.build(fleet.classes, specs)
-    return _Site(config.site.id, fleet, policy, config.site.settlement_point)
-
-
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as error:
-        raise BacktestInputError(f"{path}: cannot read the {what} file: {error}") from error
-
-
-def _local_window(
-    frame: pd.DataFrame, start: datetime | None, end: datetime | None, tz: str
-) -> pd.DataFrame:
-    """Keep the intervals that start in [start, end) of the site's local days."""
-    local = frame["interval_start_utc"].dt.tz_convert(tz)
-    keep = pd.Series(True, index=frame.index)
-    for day, after in ((start, True), (end, False)):
-        if day is None:
-            continue
-        edge = pd.Timestamp(date(day.year, day.month, day.day)).tz_localize(tz)
-        keep &= (local >= edge) if after else (local < edge)
-    if not keep.any():
-        raise BacktestInputError("no price interval falls between --start and --end")
-    return frame[keep]
-
-
-def _run(site: _Site, intervals: Intervals, events: list[Obligation], plain: bool, *,
-         demand: DemandTrace | None = None, warned: np.ndarray | None = None) -> Trace:  # fmt: skip
-    # a hybrid site's pools follow their demand every interval: only the plain replay sees it
-    engine = replay_plain if plain or site.policy.pools else replay
-    columns = (
-        TextColumn("[bold]replaying decide()"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("replay", total=len(intervals))
-
-        def done(count: int) -> None:
-            bar.update(task, completed=count)
-
-        if engine is replay_plain:
-            return replay_plain(site.fleet, site.policy, intervals, events, progress=done,
-                                demand=demand, warned=warned)  # fmt: skip
-        return replay(site.fleet, site.policy, intervals, events, progress=done, warned=warned)
-
-
-def _system_load(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    path = options["system_load"]
-    return None if path is None else load_series(_read_csv(path, "system load"), str(path))
-
-
-def _fourcp_warned(
-    site: _Site, intervals: Intervals, load: tuple[np.ndarray, np.ndarray] | None
-) -> np.ndarray | None:
-    """The intervals a warning service would have warned of a 4CP peak (a site that curtails
-    on warnings, with a system-load file); None otherwise."""
-    window = site.policy.fourcp
-    if load is None or window is None or window.trigger != "warning":
-        return None
-    return fourcp_warnings(intervals.start_ns, *load,
-                           in_window=in_fourcp_window(site.policy, intervals),
-                           timezone=site.policy.timezone,
-                           pct=window.forecast_warning_pct)  # fmt: skip
-
-
-def _demand(options: dict[str, Any], site: _Site, err: Console) -> DemandTrace | None:
-    names = tuple(pool.name for pool in site.policy.pools)
-    path = options["demand_trace"]
-    if path is None:
-        if names:
-            err.print("[yellow]warning:[/] no --demand-trace: every server of pool(s) "
-                      f"{', '.join(names)} serves all year", soft_wrap=True)  # fmt: skip
-        return None
-    if not names:
-        raise click.UsageError("--demand-trace needs a site file with gpu_demand pools that "
-                               "have an engine section (docs/hybrid.md)")  # fmt: skip
-    return demand_from_frame(_read_csv(path, "demand trace"), str(path), names)
 
 
 def _check_usage(options: dict[str, Any]) -> None:
@@ -250,6 +127,11 @@ _OPTIONS = [
         metavar="CLASS=MIN",
         help="minutes of a class's output lost each time it comes back on (repeatable)",
     ),
+    click.option(
+        "--hashprice",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="CSV date,hashprice_usd_per_ph_day: each mining class's breakeven from that date",
+    ),
     click.option("--plain", is_flag=True, help="decide() on every device every interval (slow)"),
     click.option(
         "--foresight",
@@ -317,35 +199,37 @@ def backtest(**options: Any) -> None:
 
 
 def _inputs(
-    options: dict[str, Any], site: _Site, err: Console
+    options: dict[str, Any], site: Site, err: Console
 ) -> tuple[Intervals, list[Obligation], list[str]]:
     prices = load_canonical_prices(options["prices_path"])
     if options["start"] is not None or options["end"] is not None:
-        prices = _local_window(prices, options["start"], options["end"], site.policy.timezone)
+        prices = local_window(prices, options["start"], options["end"], site.policy.timezone)
     point = options["settlement_point"] or site.settlement_point
     intervals, warnings = intervals_from_prices(prices, point, foresight=options["foresight"])
     events: list[Obligation] = []
     if options["dispatch"] is not None:
         path = options["dispatch"]
-        events = obligations_from_frame(_read_csv(path, "dispatch"), str(path))
+        events = obligations_from_frame(read_csv(path, "dispatch"), str(path))
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     return intervals, events, warnings
 
 
 def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: Plotter) -> None:
-    site = _site(options)
+    site = site_of(options)
     tz = site.policy.timezone
     intervals, events, warnings = _inputs(options, site, err)
-    demand = _demand(options, site, err)
-    load = _system_load(options)
-    warned = _fourcp_warned(site, intervals, load)
-    trace = _run(site, intervals, events, options["plain"], demand=demand, warned=warned)
+    demand = demand_of(options, site, err)
+    load = system_load_of(options)
+    warned = fourcp_warned(site, intervals, load)
+    values = class_values_of(options, site, intervals)
+    trace = run_replay(site, intervals, events, options["plain"], demand=demand, warned=warned,
+                 values=values)  # fmt: skip
     pools = pool_revenue(trace, intervals, site.fleet, site.policy) if site.policy.pools else None
     capacity = None
     if options["capacity_prices"] is not None:
         path = options["capacity_prices"]
-        capacity = hourly_series(_read_csv(path, "capacity price"), intervals,
+        capacity = hourly_series(read_csv(path, "capacity price"), intervals,
                                  "price_usd_per_mw_h", str(path))  # fmt: skip
     contract = None
     if options["contract_mw"] is not None:
@@ -356,6 +240,7 @@ def _backtest(options: dict[str, Any], console: Console, err: Console, plotter: 
         revenue_adjust_usd=None if pools is None else pools.revenue_adjust_usd,
         baseline_adjust_usd=None if pools is None else pools.baseline_adjust_usd,
         restart_minutes=_restart_minutes(options["restart_minutes"], site.fleet),
+        class_values_usd_per_mwh=values,
     )  # fmt: skip
     out: Path = options["out"]
     plotter.submit(out / "plot.png", settlement.frame, tz, site.name)
