@@ -1,4 +1,5 @@
-"""A hybrid site over real ERCOT prices: gridflex's policy against the best static partition.
+"""A hybrid site over real ERCOT prices: gridflex's policy against a reactive autoscaler with
+loaning and the best static partition, over several seeds.
 
 The site (defaults): a 60 MW interconnect, 2,000 GPU servers of 1.2 kW, 15,000 ASICs of 3.85 kW
 (in 300 racks of 50), 150 kW of controls. Prices are ERCOT's real 2024 real-time 15-minute
@@ -9,14 +10,23 @@ from 11:00 local for 90 minutes, as `gridflex demo` sends 700 kW to its 1.5 MW s
   running and waiting, mean queue time) read from the simulated servers as the scrapers would;
   its decision sets how many servers serve, how many are lent to the jobs, their power caps,
   and which ASIC racks run.
+- reactive (bench/hybrid_reactive.py): the autoscaler a skilled operator writes, on the same
+  signals: serve (running + waiting) / 0.8 + 20 servers, grow at once, shrink 1 % of the fleet
+  a minute, lend the rest while power is worth less than the lent work; under a dispatch, lent
+  work first, then miners, then GPU caps. The fair baseline: the ratios are against it.
 - static: a fixed number of servers serves inference and the rest run flexible jobs, every
-  GPU at a fixed power; the ASICs get what the interconnect leaves (and stop above their
-  breakeven, and for dispatch, as decide() would). The partition is found by a sweep: for each
-  GPU power fraction, the fewest inference servers that hold the service level (a bisection),
-  then the fraction whose jobs finish soonest. That is as good as a static plan gets here.
+  GPU at a fixed power; the fewest servers that hold the service level (a bisection) for each
+  GPU power fraction, then the fraction whose jobs finish soonest. Reported beside.
 
-Both see the same traces and the same job scheduler (docs/hybrid.md). One JSON line.
-    python bench/hybrid.py [--days 2] [--inference-trace FILE] [--jobs-trace FILE]
+Every policy pays a model-load warm-up (`--warmup-s`, 180 s) for a server taken back from lent
+work into inference, and starts warm (serving what the trace's first minutes need). Lyra's two
+metrics are training (lent) jobs': queuing time (arrival to first start) and completion time,
+of the jobs that finished; jobs still running at the end are reported apart. Each ratio is the
+baseline's over gridflex's (above 1: gridflex better), over `--seeds` generated trace pairs
+(seeds 101 on, not the seed the engine was first tried on), reported as its mean, lower 95 %
+bound (Student's t), min and max. One JSON line.
+    python bench/hybrid.py [--days 2] [--seeds 10] [--warmup-s 180] [--inference-trace FILE]
+                           [--jobs-trace FILE] [--quick]
 """
 
 from __future__ import annotations
@@ -29,10 +39,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,11 +79,13 @@ from bench.hybrid_model import (  # noqa: E402
     read_jobs,
     speed,
 )  # fmt: skip
+from bench.hybrid_reactive import Warmup, reactive_plan, step_reactive  # noqa: E402
 
 PRICES = ROOT / "agent/data/ercot_rt_spp_15min_hb_hubavg_2024.csv.gz"
 ZONE = ZoneInfo("America/Chicago")
 STEP_S = 60.0
 SLO_WINDOW_S = 300.0
+WARMUP_S = 180.0  # a server taken back into inference loads its model this long
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,8 @@ class Site:
 @dataclass
 class Result:
     waits_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    jct_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    jct_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # finished jobs only
+    job_queue_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # arrival to first start
     unfinished: int = 0
     busy_gpu_s: float = 0.0
     energy_cost_usd: float = 0.0
@@ -191,14 +206,25 @@ def _account(world: World, result: Result, *, price: float, asic_kw: float, gpu_
     return site_kw
 
 
-def run_gridflex(world: World) -> tuple[Result, float]:
+def warm_start(world: World) -> int:
+    """The servers a site serving this trace already runs when the bench starts: the busy
+    servers of its first five minutes, as the reactive rule sizes them (every policy starts
+    from it; a cold start on a made-up zero demand would breach at once)."""
+    arrival, work = world.inference.arrival_s, world.inference.gpu_s
+    first = arrival < 300.0
+    busy = float(work[first].sum()) / 300.0
+    return int(min(world.site.gpus, math.ceil(busy / 0.8) + 20))
+
+
+def run_gridflex(world: World, warmup_s: float = WARMUP_S) -> tuple[Result, float]:
     site = world.site
     fleet, policy = build_fleet(site), gridflex_policy(site)
     queue, jobs = InferenceQueue(world.inference), JobCluster(world.jobs)
     memory = Memory.initial(fleet)
     gpu0 = fleet.index_of["gpu-0000"]
     result, flex_at = Result(), []
-    running, waiting, queue_s, site_kw = 0, 0, 0.0, 0.0
+    warm = Warmup(warmup_s, warm_start(world))
+    running, waiting, queue_s, site_kw = warm.ready, 0, 0.0, 0.0
     decide_s = 0.0
     for k in range(int(world.span_s / STEP_S)):
         t0, t1 = k * STEP_S, (k + 1) * STEP_S
@@ -224,9 +250,11 @@ def run_gridflex(world: World) -> tuple[Result, float]:
         gpu_sp = decision.setpoint_kw[gpu0 : gpu0 + site.gpus]
         serving_kw = gpu_sp[: pool.serving]
         fraction = float(serving_kw.mean() / site.gpu_kw) if pool.serving else 1.0
-        # a server leaving inference finishes its request before it is lent
-        lent = min(pool.lent, site.gpus - max(pool.serving, queue.busy_now()))
-        running, waiting, queue_s = queue.advance(t0, t1, pool.serving, speed(fraction))
+        # a server leaving inference finishes its request before it is lent; one coming back
+        # serves once its model is loaded (warm-up)
+        serving = warm.serve(pool.serving, t0)
+        lent = min(pool.lent, site.gpus - max(pool.serving, queue.busy_now()) - warm.warming)
+        running, waiting, queue_s = queue.advance(t0, t1, serving, speed(fraction))
         used = jobs.step(t0, t1, max(lent, 0), 1.0)
         asic_kw = float(decision.setpoint_kw[: site.racks].sum())
         gpu_kw = (running * fraction * site.gpu_kw + used * site.gpu_kw
@@ -237,6 +265,27 @@ def run_gridflex(world: World) -> tuple[Result, float]:
         flex_at.append(pool.capped > 0 and pool.within_flex)
     _finish(world, result, queue, jobs, np.array(flex_at))
     return result, decide_s
+
+
+def run_reactive(world: World, warmup_s: float = WARMUP_S) -> Result:
+    """The reactive autoscaler with loaning (bench/hybrid_reactive.py), on the same signals."""
+    site = world.site
+    queue, jobs = InferenceQueue(world.inference), JobCluster(world.jobs)
+    result = Result()
+    warm = Warmup(warmup_s, warm_start(world))
+    running, waiting, target = warm.ready, 0, warm.ready
+    for k in range(int(world.span_s / STEP_S)):
+        t0, t1 = k * STEP_S, (k + 1) * STEP_S
+        price, _ = world.price(t0)
+        limit_kw = world.dispatch_kw(t0)
+        ceiling = min(site.interconnect_kw, limit_kw if limit_kw is not None else math.inf)
+        plan = reactive_plan(site, target, running, waiting, price, ceiling, warm.warming)
+        target = plan.serving_target
+        running, waiting, gpu_kw, _ = step_reactive(site, plan, warm, queue, jobs, t0, t1)
+        _account(world, result, price=price, asic_kw=plan.racks * site.rack_kw, gpu_kw=gpu_kw,
+                 limit_kw=limit_kw)  # fmt: skip
+    _finish(world, result, queue, jobs, np.zeros(int(world.span_s / STEP_S), dtype=np.bool_))
+    return result
 
 
 def run_static(world: World, serving: int, gpu_fraction: float, *, jobs_too: bool = True
@@ -284,7 +333,7 @@ def _finish(world: World, result: Result, queue: InferenceQueue, jobs: JobCluste
     result.flex_steps = int(flex_at.sum())
     result.busy_gpu_s = queue.busy_gpu_s
     if jobs is not None:
-        result.jct_s, result.unfinished = jobs.jct_s(world.span_s)
+        result.job_queue_s, result.jct_s, result.unfinished = jobs.finished(world.span_s)
         result.busy_gpu_s += jobs.busy_gpu_s
         result.preemptions = jobs.preemptions
 
@@ -332,25 +381,28 @@ def best_static(world: World) -> tuple[Result, int, float, list[dict[str, float]
     return best[1], best[2], best[3], tried
 
 
-def static_frontier(world: World) -> list[dict[str, float]]:
-    """Every static split across the range (every GPU at full power), service level or not: a
-    static plan as good as gridflex on both queue time and job completion would show here."""
-    points = []
-    for serving in (500, 800, 1100, 1400, 1600, 1850):
-        r = run_static(world, serving, 1.0)
-        points.append(
-            {
-                "inference_servers": serving,
-                "mean_queue_time_s": round(float(r.waits_s.mean()), 3),
-                "mean_jct_h": round(float(r.jct_s.mean()) / 3600, 3),
-                "slo_breaches": r.breaches_outside_flex,
-                "jobs_unfinished": r.unfinished,
-            }
-        )
-    return points
-
-
 # -- main ------------------------------------------------------------------------------------
+def _world(site: Site, args: argparse.Namespace, seed: int, start_local: datetime,
+           generated: list[str]) -> World:  # fmt: skip
+    start_utc = start_local.astimezone(UTC)
+    span_s = args.days * 86_400.0
+    busy_servers = 0.35 * site.gpus  # inference keeps ~700 of 2,000 servers busy on average
+    if args.inference_trace is not None:
+        inference = read_inference(args.inference_trace)
+    else:
+        inference = generate_inference(args.days, busy_servers, 60.0, seed)
+        generated.append("inference")
+    if args.jobs_trace is not None:
+        jobs = read_jobs(args.jobs_trace)
+    else:
+        # half of the GPU-hours inference leaves on average are asked by flexible jobs
+        jobs = generate_jobs(args.days, 0.5 * (site.gpus - busy_servers), seed)
+        generated.append("jobs")
+    price_at_s, price_usd = load_prices(start_utc, start_utc + timedelta(seconds=span_s))
+    return World(site, start_utc, span_s, price_at_s.astype(np.float64), price_usd,
+                 dispatch_windows(site, start_local, args.days), inference, jobs)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -362,90 +414,129 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--inference-trace", type=Path)
     parser.add_argument("--jobs-trace", type=Path)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seeds", type=int, default=10, help="traces generated per seed")
+    parser.add_argument("--first-seed", type=int, default=101,
+                        help="seeds first-seed .. first-seed + seeds - 1 (not the seed 7 the "
+                        "engine was first tried on)")  # fmt: skip
+    parser.add_argument("--warmup-s", type=float, default=WARMUP_S)
     parser.add_argument("--quick", action="store_true",
-                        help="a tenth of the site, one day, no frontier")  # fmt: skip
+                        help="a tenth of the site, one day, two seeds")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
-        args.days = 1
+        args.days, args.seeds = 1, 2
+    if args.inference_trace is not None and args.jobs_trace is not None:
+        args.seeds = 1  # the same files every time
     started = time.perf_counter()
     # --quick: the same site at a tenth of its size (GPUs, racks, interconnect, controls)
     site = Site(6_000.0, 200, racks=30, controls_kw=15.0) if args.quick else Site()
-    busy_servers = 0.35 * site.gpus  # inference keeps ~700 of 2,000 servers busy on average
     start_local = datetime(args.start.year, args.start.month, args.start.day, tzinfo=ZONE)
-    start_utc = start_local.astimezone(UTC)
-    span_s = args.days * 86_400.0
-    generated = []
-    if args.inference_trace is not None:
-        inference = read_inference(args.inference_trace)
-    else:
-        inference = generate_inference(args.days, busy_servers, 60.0, args.seed)
-        generated.append("inference")
-    if args.jobs_trace is not None:
-        jobs = read_jobs(args.jobs_trace)
-    else:
-        # half of the GPU-hours inference leaves on average are asked by flexible jobs
-        jobs = generate_jobs(args.days, 0.5 * (site.gpus - busy_servers), args.seed)
-        generated.append("jobs")
-    price_at_s, price_usd = load_prices(start_utc, start_utc + timedelta(seconds=span_s))
-    price_at_s = price_at_s.astype(np.float64)
-    world = World(site, start_utc, span_s, price_at_s, price_usd,
-                  dispatch_windows(site, start_local, args.days), inference, jobs)  # fmt: skip
-    ours, decide_s = run_gridflex(world)
-    static, servers, fraction, tried = best_static(world)
-    frontier = [] if args.quick else static_frontier(world)
-    wall_s = time.perf_counter() - started
-    summary = _summary(world, ours, static, servers=servers, fraction=fraction,
-                              tried=tried, generated=generated, decide_s=decide_s,
-                              wall_s=wall_s, frontier=frontier)  # fmt: skip
+    per_seed, generated, decide_s, steps = [], [], 0.0, 0
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        world = _world(site, args, seed, start_local, generated)
+        ours, took_s = run_gridflex(world, args.warmup_s)
+        reactive = run_reactive(world, args.warmup_s)
+        static, servers, fraction, _ = best_static(world)
+        decide_s += took_s
+        steps += int(world.span_s / STEP_S)
+        per_seed.append(_seed_figures(seed, ours, reactive, static, servers=servers,
+                                      fraction=fraction))  # fmt: skip
+    summary = _summary(per_seed, days=args.days, warmup_s=args.warmup_s,
+                       generated=sorted(set(generated)), start=start_local)  # fmt: skip
+    summary["decide_ms_per_cycle"] = round(1000 * decide_s / max(steps, 1), 2)
+    summary["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps({"quick": args.quick, **summary}))
 
 
-def _summary(world: World, ours: Result, static: Result, *, servers: int, fraction: float,
-             tried: list[dict[str, float]], generated: list[str], decide_s: float,
-             wall_s: float, frontier: list[dict[str, float]]) -> dict[str, object]:  # fmt: skip
-    def both(f):  # type: ignore[no-untyped-def]
-        return {"gridflex": f(ours), "static": f(static)}
+POLICIES = ("gridflex", "reactive", "static")
 
-    capacity_gpu_s = world.site.gpus * world.span_s
-    mean_q = both(lambda r: float(r.waits_s.mean()))
-    mean_jct = both(lambda r: float(r.jct_s.mean()) if len(r.jct_s) else math.inf)
-    steps = int(world.span_s / STEP_S)
+
+def _seed_figures(seed: int, ours: Result, reactive: Result, static: Result, *, servers: int,
+                  fraction: float) -> dict[str, object]:  # fmt: skip
+    runs = {"gridflex": ours, "reactive": reactive, "static": static}
+
+    def each(f):  # type: ignore[no-untyped-def]
+        return {name: f(r) for name, r in runs.items()}
+
+    def mean(a: np.ndarray) -> float:
+        return float(a.mean()) if len(a) else math.nan
+
+    return {
+        "seed": seed,
+        "requests": len(ours.waits_s),
+        "jobs": len(ours.jct_s) + ours.unfinished,
+        "job_queue_s": each(lambda r: mean(r.job_queue_s)),
+        "jct_s": each(lambda r: mean(r.jct_s)),
+        "jobs_finished": each(lambda r: len(r.jct_s)),
+        "jobs_unfinished": each(lambda r: r.unfinished),
+        "inference_p99_wait_s": each(lambda r: float(np.percentile(r.waits_s, 99))),
+        "slo_breaches_outside_flex": each(lambda r: r.breaches_outside_flex),
+        "dispatch_compliance": each(
+            lambda r: r.dispatch_met / r.dispatch_steps if r.dispatch_steps else 1.0),
+        "margin_usd": each(lambda r: r.mining_revenue_usd - r.energy_cost_usd),
+        "static_partition": {"inference_servers": servers, "gpu_power_fraction": fraction},
+    }  # fmt: skip
+
+
+def _ratio_stats(values: list[float]) -> dict[str, float | int | None]:
+    """Mean over the seeds and its lower 95 % bound (Student's t, one-sided); a seed whose ratio
+    is undefined (no job finished under a policy) is left out and counted."""
+    a = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
+    out: dict[str, float | int | None] = {"seeds": len(a), "left_out": len(values) - len(a)}
+    if not len(a):
+        return out | {"mean": None, "lower_95": None}
+    lower = None
+    if len(a) >= 2:
+        t = float(stats.t.ppf(0.95, len(a) - 1))
+        lower = round(float(a.mean() - t * a.std(ddof=1) / math.sqrt(len(a))), 3)
+    return out | {"mean": round(float(a.mean()), 3), "lower_95": lower,
+                  "min": round(float(a.min()), 3), "max": round(float(a.max()), 3)}  # fmt: skip
+
+
+def _by_policy(per_seed: list[dict[str, Any]], metric: str) -> dict[str, list[float]]:
+    return {p: [float(s[metric][p]) for s in per_seed] for p in POLICIES}
+
+
+def _summary(per_seed: list[dict[str, Any]], *, days: int, warmup_s: float,
+             generated: list[str], start: datetime) -> dict[str, object]:  # fmt: skip
+    def ratio(metric: str, against: str) -> dict[str, float | int | None]:
+        # > 1: gridflex's jobs waited (or took) less than the baseline's; times under a second
+        # count as a second (no job waited at all under either: a ratio of 1)
+        return _ratio_stats([max(s[metric][against], 1.0) / max(s[metric]["gridflex"], 1.0)
+                             for s in per_seed])  # fmt: skip
+
+    def hours(metric: str) -> dict[str, float]:
+        return {p: round(float(np.nanmean(v)) / 3600, 3)
+                for p, v in _by_policy(per_seed, metric).items()}  # fmt: skip
+
+    def total(metric: str) -> dict[str, float]:
+        return {p: round(sum(v), 3) for p, v in _by_policy(per_seed, metric).items()}
+
     return {
         "bench": "hybrid",
         "traces": "generated (seeded) " + ", ".join(generated) if generated else "files",
-        "days": world.span_s / 86_400,
-        "start": f"{world.start_utc:%Y-%m-%d}",
-        "requests": len(ours.waits_s),
-        "jobs": len(ours.jct_s),
-        "queue_time_ratio": round(mean_q["static"] / max(mean_q["gridflex"], 1e-9), 3),
-        "jct_ratio": round(mean_jct["static"] / mean_jct["gridflex"], 3),
-        "mean_queue_time_s": {k: round(v, 3) for k, v in mean_q.items()},
-        "p99_queue_time_s": both(lambda r: round(float(np.percentile(r.waits_s, 99)), 3)),
-        "mean_jct_h": {k: round(v / 3600, 3) for k, v in mean_jct.items()},
-        "jobs_unfinished": both(lambda r: r.unfinished),
-        "preemptions": both(lambda r: r.preemptions),
-        "gpu_utilisation": both(lambda r: round(r.busy_gpu_s / capacity_gpu_s, 4)),
-        "energy_cost_usd": both(lambda r: round(r.energy_cost_usd)),
-        "mining_revenue_usd": both(lambda r: round(r.mining_revenue_usd)),
-        "dispatch_compliance": both(
-            lambda r: r.dispatch_met / r.dispatch_steps if r.dispatch_steps else 1.0
-        ),
-        "slo_breaches_outside_flex": both(lambda r: r.breaches_outside_flex),
-        "flex_steps": ours.flex_steps,
-        "static_partition": {
-            "inference_servers": servers,
-            "gpu_power_fraction": fraction,
-            "swept": tried,
+        "seeds": [s["seed"] for s in per_seed],
+        "days": days,
+        "start": f"{start:%Y-%m-%d}",
+        "warmup_s": warmup_s,
+        # Lyra's two metrics, training (lent) jobs', against the reactive autoscaler
+        "queue_time_ratio": ratio("job_queue_s", "reactive"),
+        "jct_ratio": ratio("jct_s", "reactive"),
+        "queue_time_ratio_vs_static": ratio("job_queue_s", "static"),
+        "jct_ratio_vs_static": ratio("jct_s", "static"),
+        "requests": sum(s["requests"] for s in per_seed),
+        "jobs": sum(s["jobs"] for s in per_seed),
+        "mean_job_queue_h": hours("job_queue_s"),
+        "mean_jct_h": hours("jct_s"),
+        "inference_p99_wait_s": {
+            p: round(max(v), 3) for p, v in _by_policy(per_seed, "inference_p99_wait_s").items()
         },
-        "static_frontier": frontier,
-        "static_dominates_gridflex": any(
-            p["mean_queue_time_s"] <= mean_q["gridflex"]
-            and p["mean_jct_h"] * 3600 <= mean_jct["gridflex"]
-            for p in frontier
-        ),
-        "decide_ms_per_cycle": round(1000 * decide_s / steps, 2),
-        "wall_s": round(wall_s, 1),
+        "slo_breaches_outside_flex": total("slo_breaches_outside_flex"),
+        "margin_usd": total("margin_usd"),
+        "dispatch_compliance": {
+            p: min(v) for p, v in _by_policy(per_seed, "dispatch_compliance").items()
+        },
+        "jobs_unfinished": total("jobs_unfinished"),
+        "per_seed": per_seed,
     }
 
 

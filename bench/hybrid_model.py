@@ -190,6 +190,7 @@ class JobCluster:
         self._gpus = trace.gpus
         self._left_gpu_s = trace.gpu_hours * 3600.0
         self.done_at = np.full(len(trace.arrival_s), np.nan)
+        self.first_start = np.full(len(trace.arrival_s), np.nan)  # Lyra's queuing time ends
         self._next = 0
         self._queue: list[int] = []
         self._running: list[int] = []  # in start order
@@ -213,6 +214,8 @@ class JobCluster:
             if self._arrival[j] < t1 and used + self._gpus[j] <= servers:
                 self._running.append(j)
                 used += int(self._gpus[j])
+                if np.isnan(self.first_start[j]):
+                    self.first_start[j] = max(t0, float(self._arrival[j]))
             else:
                 kept.append(j)
         self._queue = kept
@@ -231,6 +234,15 @@ class JobCluster:
                 still.append(j)
         self._running = still
         return used
+
+    def finished(self, end_s: float) -> tuple[FloatArray, FloatArray, int]:
+        """Of the jobs that arrived before `end_s`: the queuing time (arrival to first start)
+        and completion time of those that finished, and how many did not (reported apart,
+        never counted as finished)."""
+        arrived = self._arrival < end_s
+        done = arrived & ~np.isnan(self.done_at)
+        queued = self.first_start[done] - self._arrival[done]
+        return queued, (self.done_at - self._arrival)[done], int((arrived & ~done).sum())
 
     def jct_s(self, end_s: float) -> tuple[FloatArray, int]:
         """Completion times (an unfinished job counted as finishing at `end_s`, so a policy

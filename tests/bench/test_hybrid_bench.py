@@ -31,12 +31,15 @@ def test_the_bench_runs_on_trace_files_and_prints_its_figures(tmp_path: Path) ->
     figures = json.loads(line)
     assert figures["traces"] == "files"
     assert (figures["requests"], figures["jobs"]) == (20_000, 3)
-    for key in ("queue_time_ratio", "jct_ratio", "p99_queue_time_s", "gpu_utilisation",
-                "energy_cost_usd", "mining_revenue_usd", "dispatch_compliance",
-                "slo_breaches_outside_flex"):  # fmt: skip
+    for key in ("queue_time_ratio", "jct_ratio", "queue_time_ratio_vs_static",
+                "jct_ratio_vs_static", "inference_p99_wait_s", "margin_usd",
+                "dispatch_compliance", "slo_breaches_outside_flex", "jobs_unfinished"):  # fmt: skip
         assert key in figures, key
-    assert figures["dispatch_compliance"]["gridflex"] == 1.0
-    assert figures["jobs_unfinished"]["gridflex"] == 0  # 3 small jobs on a quiet site finish
+    assert figures["seeds"] == [101]  # trace files: one run, whatever --seeds says
+    for policy in ("gridflex", "reactive", "static"):
+        assert figures["dispatch_compliance"][policy] == 1.0, policy
+        assert figures["jobs_unfinished"][policy] == 0, policy  # 3 small jobs finish
+    assert figures["jct_ratio"]["seeds"] == 1
 
 
 def test_a_trace_without_its_columns_is_refused_with_their_names(tmp_path: Path) -> None:
