@@ -10,8 +10,8 @@ from 11:00 local for 90 minutes, as `gridflex demo` sends 700 kW to its 1.5 MW s
   running and waiting, mean queue time) read from the simulated servers as the scrapers would;
   its decision sets how many servers serve, how many are lent to the jobs, their power caps,
   and which ASIC racks run.
-- reactive (bench/hybrid_reactive.py): the autoscaler a skilled operator writes, on the same
-  signals: serve (running + waiting) / 0.8 + 20 servers, grow at once, shrink 1 % of the fleet
+- reactive (bench/hybrid_reactive_model.py): the autoscaler a skilled operator writes, on the
+  same signals: serve (running + waiting) / 0.8 + 20 servers, grow at once, shrink 1 % of the fleet
   a minute, lend the rest while power is worth less than the lent work; under a dispatch, lent
   work first, then miners, then GPU caps. The fair baseline: the ratios are against it.
 - static: a fixed number of servers serves inference and the rest run flexible jobs, every
@@ -79,7 +79,7 @@ from bench.hybrid_model import (  # noqa: E402
     read_jobs,
     speed,
 )  # fmt: skip
-from bench.hybrid_reactive import Warmup, reactive_plan, step_reactive  # noqa: E402
+from bench.hybrid_reactive_model import Warmup, reactive_plan, step_reactive  # noqa: E402
 
 PRICES = ROOT / "agent/data/ercot_rt_spp_15min_hb_hubavg_2024.csv.gz"
 ZONE = ZoneInfo("America/Chicago")
@@ -268,7 +268,7 @@ def run_gridflex(world: World, warmup_s: float = WARMUP_S) -> tuple[Result, floa
 
 
 def run_reactive(world: World, warmup_s: float = WARMUP_S) -> Result:
-    """The reactive autoscaler with loaning (bench/hybrid_reactive.py), on the same signals."""
+    """The reactive autoscaler with loaning (bench/hybrid_reactive_model.py), same signals."""
     site = world.site
     queue, jobs = InferenceQueue(world.inference), JobCluster(world.jobs)
     result = Result()

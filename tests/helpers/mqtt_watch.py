@@ -55,8 +55,13 @@ class Watcher:
         self.client.publish(f"{self.prefix}/{suffix}", payload, qos=qos).wait_for_publish(5)
 
     def close(self) -> None:
-        self.client.loop_stop()
+        """Disconnect while the network loop still runs (it sends DISCONNECT and closes the
+        socket), then stop it; a socket left by a reconnect in progress is closed here."""
         self.client.disconnect()
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
 
     def wait_for(self, topic: str, test, timeout_s: float = 15.0) -> str:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout_s

@@ -174,8 +174,7 @@ def test_the_status_page_shows_the_site_as_the_acks_tell_it(
     finally:
         if service.poll() is None:
             service.kill()
-        watcher.client.loop_stop()
-        watcher.client.disconnect()
+        watcher.close()
 
 
 def test_a_port_that_is_taken_leaves_the_service_running_without_its_page() -> None:
@@ -328,5 +327,4 @@ def test_the_page_an_operator_keeps_open(
         if service.poll() is None:
             service.kill()
             service.wait(timeout=10)
-        watcher.client.loop_stop()
-        watcher.client.disconnect()
+        watcher.close()
