@@ -151,6 +151,8 @@ class OpenAdr3Ven:
                         await self._until_next_poll()
                 finally:
                     measuring.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await measuring  # its request, if one was under way, closed
         finally:
             if self._webhook is not None:
                 await self._webhook.stop()
@@ -301,6 +303,7 @@ class OpenAdr3Ven:
             del self._reportable[event_id]  # deleted: nothing more to report on it
             self._baselines.pop(event_id, None)
             self._load.forget(event_id)
+            self.reported = {key for key in self.reported if key[0] != event_id}
 
     async def _events(self, client: _Client, params: list[tuple[str, str]]) -> list[_Listed]:
         """GET /events, each event parsed alone: (id, the event or why it cannot be read,

@@ -162,8 +162,11 @@ class Host:
         self.client.publish(topic, payload.SerializeToString(), qos=0).wait_for_publish(5)
 
     def close(self) -> None:
+        self.client.disconnect()  # while the network loop runs: it sends DISCONNECT, closes
         self.client.loop_stop()
-        self.client.disconnect()
+        sock = self.client.socket()
+        if sock is not None:  # a reconnect that was under way
+            sock.close()
 
 
 def check_seq(messages: list[Received]) -> None:

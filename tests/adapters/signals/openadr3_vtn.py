@@ -76,8 +76,10 @@ class Vtn3:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # each callback's session closed
         if self._runner is not None:
             await self._runner.cleanup()
 
