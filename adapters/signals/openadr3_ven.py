@@ -350,15 +350,16 @@ class OpenAdr3Ven:
 
     def _keep_for_reports(self, event: Event) -> None:
         assert event.id is not None
-        descriptors = event.report_descriptors or []
-        for descriptor in descriptors:
+        served = []
+        for descriptor in event.report_descriptors or []:
             why = unsupported(descriptor)
-            if why is not None and self._refused.get(f"{event.id}/report") != why:
+            if why is None:
+                served.append(descriptor)
+            elif self._refused.get(f"{event.id}/report") != why:
                 self._refused[f"{event.id}/report"] = why
                 log.warning("OpenADR 3 event %s: report not made: %s", event.id, why)
                 if self._on_refused is not None:
                     self._on_refused(event.id, why)
-        served = [d for d in descriptors if unsupported(d) is None]
         if not served:
             self._reportable.pop(event.id, None)
             return

@@ -9,7 +9,7 @@ from datetime import datetime
 import numpy as np
 
 from agent.app.assembly import Service
-from agent.app.site_facts import device_states, overrides_in_force
+from agent.app.site_facts import device_states, overrides_in_force, state_masks
 from agent.policy import Rule
 from agent.service.cycle import CycleReport
 from agent.service.devices import id_ranges
@@ -38,6 +38,7 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
     fourcp_on = fourcp_in_force(warning, shell.policy, now)
     check = shell.meter_check
     suspect = np.flatnonzero(shell.devices.evidence.suspect)
+    masks = state_masks(shell.devices)  # once: the counts and the alarms both read them
     return TelemetryMessage(
         at=now,
         site_kw=round(shell.site_kw(), 3),
@@ -61,7 +62,7 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
         mode=service.config.service.mode,
         capacity_kw=round(shell.capacity_kw(), 3),
         import_limit_kw=service.config.site.import_limit_kw,
-        device_states=device_states(shell.devices),
+        device_states=device_states(masks),
         overrides=overrides_in_force(service.snapshot.overrides, now),
         alarms=service.alarms.update(
             now,
@@ -70,6 +71,7 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
             meter_alarm=shell.meter_check.alarm,
             broker_up=_broker_up(service),
             at_risk=_at_risk(service),
+            masks=masks,
         ),
     )
 

@@ -20,7 +20,7 @@ from agent.domain.signals import Override
 from agent.service.devices import DeviceBank, id_ranges
 from agent.service.messages import AlarmKind, AlarmOut, OverrideInForce
 
-__all__ = ["AlarmBook", "device_states", "overrides_in_force"]
+__all__ = ["AlarmBook", "device_states", "overrides_in_force", "state_masks"]
 
 _ALARM_OF_STATE: dict[str, AlarmKind] = {
     "unavailable": "device_down", "implausible": "reading_not_believed",
@@ -28,7 +28,7 @@ _ALARM_OF_STATE: dict[str, AlarmKind] = {
 }  # fmt: skip
 
 
-def _state_masks(devices: DeviceBank) -> dict[str, np.ndarray]:
+def state_masks(devices: DeviceBank) -> dict[str, np.ndarray]:
     """Each device in the first state that holds for it (DeviceBank.state_of's order)."""
     left = np.ones(len(devices.fleet), dtype=bool)
     masks: dict[str, np.ndarray] = {}
@@ -45,9 +45,9 @@ def _state_masks(devices: DeviceBank) -> dict[str, np.ndarray]:
     return masks
 
 
-def device_states(devices: DeviceBank) -> dict[str, int]:
-    """How many devices are in each state; every device counted once."""
-    return {name: int(mask.sum()) for name, mask in _state_masks(devices).items()}
+def device_states(masks: dict[str, np.ndarray]) -> dict[str, int]:
+    """How many devices are in each state (of `state_masks`); every device counted once."""
+    return {name: int(mask.sum()) for name, mask in masks.items()}
 
 
 def overrides_in_force(overrides: dict[str, Override], now: datetime) -> list[OverrideInForce]:
@@ -75,11 +75,12 @@ class AlarmBook:
 
     def update(
         self, now: datetime, devices: DeviceBank, *, price_stale: bool, meter_alarm: str | None,
-        broker_up: bool, at_risk: list[tuple[str, str]],
+        broker_up: bool, at_risk: list[tuple[str, str]], masks: dict[str, np.ndarray] | None = None,
     ) -> list[AlarmOut]:  # fmt: skip
-        """`at_risk`: (event id, why) of each live event that may not be met."""
+        """`at_risk`: (event id, why) of each live event that may not be met; `masks`: the
+        devices' `state_masks`, when the caller has them already."""
         current: dict[tuple[AlarmKind, str], str] = {}
-        masks = _state_masks(devices)
+        masks = state_masks(devices) if masks is None else masks
         fleet = devices.fleet
         for state, kind in _ALARM_OF_STATE.items():
             for i in np.flatnonzero(masks[state] & devices.has_driver)[:1000].tolist():
