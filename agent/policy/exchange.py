@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.domain.fleet import BoolArray, Priority
+from agent.domain.fleet import BoolArray
 from agent.policy.decision import Rule
 from agent.policy.follow import apply_followers
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
@@ -48,11 +48,7 @@ def exchange(plan: Plan, takers: Takers, *, ceiling_kw: float, was_on: BoolArray
     """Trade power from cheaper running devices to takers; returns the positions (in
     `takers.cut`) that came back whole."""
     fleet = plan.fleet
-    value = np.array([c.value_usd_per_mwh for c in fleet.classes])[fleet.class_index]
-    sheddable = fleet.priority <= int(Priority.FLEXIBLE)
-    for pool in plan.pools:  # lent GPU servers run flexible work, worth what it is worth
-        value[pool.lent] = pool.lend_value_usd_per_mwh
-        sheddable[pool.lent] = True
+    value, sheddable = plan.values()
     last_in_line = np.array([c.gives_way_first for c in fleet.classes])[fleet.class_index]
     whole: list[int] = []
     moves = 0

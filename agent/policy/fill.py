@@ -28,10 +28,10 @@ from agent.policy.exchange import Takers, exchange
 from agent.policy.follow import apply_followers
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
-__all__ = ["Before", "cooling_per_kw", "fill_back"]
+__all__ = ["MARGIN", "Before", "cooling_per_kw", "fill_back"]
 
 _MAX_PASSES = 64  # greedy passes over the candidates (each drops every one too big to fit)
-_MARGIN = 0.01  # the room beyond its step a device that was off needs, of the ceiling
+MARGIN = 0.01  # the room beyond its step a device that was off needs, of the ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ def fill_back(
     # a device that was off needs room beyond its step to come back: the slack moves a little
     # from cycle to cycle (a meter settling, a learned draw), and a device on the margin must
     # not be switched on and off with it
-    margin_kw = np.where(was_on[cut], 0.0, _MARGIN * ceiling_kw)
+    margin_kw = np.where(was_on[cut], 0.0, MARGIN * ceiling_kw)
     step_kw = np.maximum(full_kw - now_kw, 0.0) * with_cooling + margin_kw
     candidates = _Candidates(full_hi, now_kw, step_kw, with_cooling, margin_kw,
                              fleet.continuous[cut], fleet.min_kw[cut])  # fmt: skip

@@ -18,7 +18,7 @@ from agent.domain.fleet import BoolArray, Priority
 from agent.policy.decision import Rule
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
-__all__ = ["apply_followers", "follower_share", "leader_share"]
+__all__ = ["apply_followers", "follower_kw", "follower_share", "leader_share"]
 
 
 def leader_share(plan: Plan, follower_class: int) -> float:
@@ -37,18 +37,26 @@ def apply_followers(plan: Plan, was_on: BoolArray) -> None:
     for pos, load_class in enumerate(fleet.classes):
         if load_class.follows is None or load_class.priority is Priority.CRITICAL:
             continue
-        members = fleet.members[pos]
-        idx = members[plan.available[members]]  # an unreachable one is pinned at its reading
+        leader = leader_share(plan, pos)
+        idx, kw = follower_kw(plan, pos, leader, was_on)
         if len(idx) == 0:
             continue
-        leader = leader_share(plan, pos)
         share = follower_share(load_class.follow_curve, leader)
-        kw = _needed_kw(plan, idx, share, was_on)
-        kw = np.where(plan.forced[idx], np.maximum(kw, plan.lo[idx]), kw)
         text = f"follows class {load_class.follows} at {100 * share:.0f}% of its rating"
         if load_class.follow_curve is not None:
             text += f" (its curve at the leader's {100 * leader:.0f}%)"
         plan.set_to(idx, kw, Rule.FOLLOW, text)
+
+
+def follower_kw(plan: Plan, pos: int, leader: float, was_on: BoolArray) -> tuple[Index, FloatArray]:
+    """The reachable devices of follower class `pos` and the setpoint each needs with its
+    leader at running share `leader` (an unreachable one is pinned at its reading)."""
+    fleet = plan.fleet
+    members = fleet.members[pos]
+    idx = members[plan.available[members]]
+    share = follower_share(fleet.classes[pos].follow_curve, leader)
+    kw = _needed_kw(plan, idx, share, was_on)
+    return idx, np.where(plan.forced[idx], np.maximum(kw, plan.lo[idx]), kw)
 
 
 def follower_share(curve: tuple[tuple[float, float], ...] | None, leader: float) -> float:

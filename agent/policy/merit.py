@@ -24,6 +24,7 @@ from agent.domain.fleet import BoolArray, Fleet, Priority
 from agent.policy.decision import Rule
 from agent.policy.fill import Before, cooling_per_kw, fill_back
 from agent.policy.follow import apply_followers
+from agent.policy.pack import pack
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
 __all__ = ["merit_order", "shed_class", "shed_to_ceiling"]
@@ -118,6 +119,7 @@ def shed_to_ceiling(
     before = Before(plan.hi.copy(), plan.rule.copy(), plan.reason_index.copy(),
                      plan.bound.copy())  # fmt: skip
     excess = plan.total_kw() - ceiling_kw
+    shed = excess > EPS_KW
     spared_kw = 0.0
     # a kW of a class with cooling frees its cooling's share too: a class is asked for the
     # excess less what its cooling will give (the rest is handed back by fill_back)
@@ -156,11 +158,32 @@ def shed_to_ceiling(
                                                    ceiling_kw, excess)  # fmt: skip
         if excess - spared_kw <= EPS_KW:
             break
-    if excess < -EPS_KW:
+    if shed and excess <= EPS_KW:
+        excess = _land(plan, groups, before, ceiling_kw, was_on, rule=rule, text=text)
+    return max(0.0, excess)
+
+
+def _land(plan: Plan, groups: list[_Group], before: Before, ceiling_kw: float,
+          was_on: BoolArray, *, rule: Rule, text: str) -> float:  # fmt: skip
+    """Hand back what the shed freed beyond the ceiling, and on a small site pack it with the
+    most valuable set that fits; returns the excess (at most 0)."""
+    if plan.total_kw() < ceiling_kw - EPS_KW:
         fill_back(plan, [g.idx for g in reversed(groups)], before, ceiling_kw, was_on,
                   rule=rule, text=text)  # fmt: skip
-        excess = plan.total_kw() - ceiling_kw
-    return max(0.0, excess)
+    pack(plan, _movable(plan, groups, before), before, ceiling_kw, was_on, rule=rule, text=text)
+    return plan.total_kw() - ceiling_kw
+
+
+def _movable(plan: Plan, groups: list[_Group], before: Before) -> BoolArray:
+    """Devices the packing may move: those given up for value, when nothing else holds them
+    (a floor of their own, an override, a reading not believed, a rule before the shed)."""
+    movable = np.zeros(len(plan.fleet), dtype=np.bool_)
+    for group in groups:
+        if group.stage == _BY_VALUE:
+            movable[group.idx] = True
+    movable &= plan.available & ~plan.follower & ~plan.forced & ~plan.doubtful
+    movable &= (plan.lo <= EPS_KW) & (before.hi > EPS_KW)
+    return movable
 
 
 def _cut_group(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.domain.fleet import BoolArray, Fleet
+from agent.domain.fleet import BoolArray, Fleet, Priority
 from agent.policy.decision import Rule
 
 __all__ = ["EPS_KW", "Plan", "PoolGroup"]
@@ -115,6 +115,18 @@ class Plan:
         drawn = np.where(on_off_running, self.on_kw[sel], setpoint)
         idle = np.where(available, self.idle_kw[sel], 0.0)
         return np.maximum(drawn, idle)
+
+    def values(self) -> tuple[FloatArray, BoolArray]:
+        """Each device's value per MWh it runs, and whether a ceiling may cut it for value
+        (interruptible and flexible load; lent GPU servers, which run flexible work worth what
+        their pool declares)."""
+        fleet = self.fleet
+        value = np.array([c.value_usd_per_mwh for c in fleet.classes])[fleet.class_index]
+        sheddable = fleet.priority <= int(Priority.FLEXIBLE)
+        for pool in self.pools:
+            value[pool.lent] = pool.lend_value_usd_per_mwh
+            sheddable[pool.lent] = True
+        return value, sheddable
 
     def total_kw(self) -> float:
         return float(self.drawn_kw().sum()) + self.unmetered_kw

@@ -1,12 +1,11 @@
 """decide() against the exact optimum of bench/oracle_model.py (a mixed-integer program solved
 by HiGHS) on random small sites under a ceiling: the same feasibility, never above the ceiling,
-and the value it gives up. 300 sites here, 2,000 in test-slow (`python bench/oracle.py` prints
-the distribution).
+and on every site no more than 1 % of the optimum's value given up. 300 sites here, 2,000 in
+test-slow (`python bench/oracle.py` prints the distribution).
 
-What is asserted is what decide() achieves today, not the 1 % on every site asked for: a
-greedy by value with fill-back and trades (exchange.py) loses more than 1 % on about one site
-in eleven of these small sites, at most about a fifth of the optimum's value (knapsacks of a
-few large on/off devices it does not solve exactly); see bench/oracle.py."""
+The program is written from the site (bench/oracle_model.py), not from decide(): what decide()
+reaches it reaches by its own search (pack.py, a branch and bound over how many of each kind of
+device run, on sites where at most 64 devices may move)."""
 
 from __future__ import annotations
 
@@ -30,10 +29,8 @@ def _check(outcomes: list[Outcome]) -> None:
             assert o.shortfall_kw > 0.0, o
     loss = np.array([o.loss for o in feasible])
     assert len(loss) > 0.8 * len(outcomes)
-    assert float(np.percentile(loss, 50)) <= 0.005, np.percentile(loss, [50, 90, 99])
-    assert float(np.percentile(loss, 90)) <= 0.015, np.percentile(loss, [50, 90, 99])
-    assert float((loss > 0.01).mean()) <= 0.12
-    assert float(loss.max()) <= 0.3
+    worst = max(feasible, key=lambda o: o.loss)
+    assert worst.loss <= 0.01, (np.percentile(loss, [50, 90, 99]), worst)
 
 
 def test_decide_is_near_the_exact_optimum_on_300_random_sites() -> None:

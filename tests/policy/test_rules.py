@@ -200,15 +200,18 @@ CASES = [
         {"m1": Rule.ECONOMICS},
     ),
     Case(
-        "an override beats a dispatch (it comes first); the next class in merit order sheds",
+        # the 13 kW left under the ceiling: batch alone ($1.50/h) is worth less than batch
+        # at 8.5 kW with one s21 at its 4 kW minimum ($1.595/h; 0.5 kW kept for switching on)
+        "an override beats a dispatch (it comes first); the rest is packed by value",
         Signals(
             price=price(20),
             obligations=(limit(50),),
             overrides=(override(OverrideAction.ON, load_class="s19"),),
         ),
-        {"t1": 0.0, "t2": 0.0},
-        {"m1": Rule.OVERRIDE, "t1": Rule.DISPATCH, "b1": Rule.ECONOMICS},
-        site_kw=47,
+        {"t1": 4.0, "t2": 0.0, "b1": 8.5},
+        {"m1": Rule.OVERRIDE, "t1": Rule.DISPATCH, "t2": Rule.DISPATCH, "b1": Rule.DISPATCH},
+        site_kw=49.5,
+        reason_has={"b1": "the most valuable set that fits ($1.59/h against $1.50/h"},
     ),
     Case(
         "a stale price with curtail_interruptible stops miners, flexible load holds",
