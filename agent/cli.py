@@ -17,6 +17,7 @@ _COMMANDS: dict[str, str] = {
     "audit": "agent.app.commands.events:audit",
     "demo": "agent.app.commands.demo:demo",
     "events": "agent.app.commands.events:events",
+    "fleet": "agent.app.commands.fleet:fleet",
     "gpu-demand": "agent.app.commands.gpu_demand:gpu_demand",
     "run": "agent.app.commands.run:run",
     "send": "agent.app.commands.send:send",
@@ -35,6 +36,7 @@ SHORT_HELP: dict[str, str] = {
     "check-config": "Validate a site file, and build what `gridflex run` builds at start.",
     "demo": "Run a simulated 263-device site through a real ERCOT day.",
     "events": "Dispatch events with their status, requested and achieved kW.",
+    "fleet": "The fleet's hub: set up its streams, command a site, see every site.",
     "gpu-demand": "Scrape inference servers' /metrics pages and print the pool's demand as JSON "
     "lines.",
     "node": "Apply GPU power caps from MQTT setpoints on this server.",

@@ -101,6 +101,8 @@ class Service:
     # reports command outcomes and event states from them
     ack_listeners: list[Callable[[str, BaseModel], None]] = field(default_factory=list)
     alarms: AlarmBook = field(default_factory=AlarmBook)  # with since-when, for telemetry
+    # how an ack leaves: through the outbox, in the service's mode, to every listener
+    send_ack: Callable[[str, BaseModel], None] | None = None
 
     async def close(self) -> None:
         await self.pool.close()
@@ -312,4 +314,5 @@ def assemble(
         grid,
         inbox,
         listeners,
+        send_ack=send,
     )

@@ -28,11 +28,12 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.transport.mqtt_session import MqttError, MqttSession
 from agent.app.assembly import MemoryOutbox, Outbox, Service, assemble
 from agent.app.cadences import OUTBOX_DRAIN_S, Runner
+from agent.app.fleet import fleet_link, run_fleet, tee
 from agent.app.gpu_demand import gpu_demand_sources
 from agent.app.http_ports import serve_metrics
 from agent.app.mqtt_link import MQTT_DRIVERS, MqttLink, device_session_settings
@@ -49,6 +50,9 @@ from agent.service.grid import EMERGENCY, FOURCP
 from agent.service.outbox import PersistedOutbox
 from agent.service.queries import answer_device_query
 from agent.service.ratelimit import TopicRateLimit
+
+if TYPE_CHECKING:
+    from agent.app.fleet_link import FleetLink
 
 __all__ = [
     "Runner", "decision_message", "listen", "run_service", "serve", "telemetry_message",
@@ -76,6 +80,10 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
             # devices talk on a session of their own: their traffic never takes a place in the
             # in-flight window that carries dispatch (docs/security.md)
             devices_session = MqttSession(device_session_settings(config.mqtt, client_id))
+    fleet = None
+    if config.fleet_bus is not None:
+        fleet = fleet_link(config)
+        outbox = fleet if link is None else tee(link, fleet)
     service = assemble(config, clock=utc_now, outbox=outbox, mqtt_session=devices_session)
     try:
         if devices_session is not None:
@@ -84,7 +92,7 @@ async def run_service(config: SiteConfig, stop: asyncio.Event | None = None) -> 
             listen(service, link)
             await link.start()
             _check_session(service, link)
-        await serve(service, stop, link=link)
+        await serve(service, stop, link=link, fleet=fleet)
     finally:
         if devices_session is not None:
             await devices_session.close()
@@ -148,6 +156,7 @@ async def serve(
     stop: asyncio.Event,
     *,
     link: MqttLink | None = None,
+    fleet: FleetLink | None = None,
     clock: Clock = utc_now,
 ) -> None:
     """Run an assembled service until `stop` is set: cycles, device reads, telemetry, the price
@@ -162,6 +171,8 @@ async def serve(
     if isinstance(service.outbox, PersistedOutbox):  # what a crash or an outage left unsent too
         publisher = asyncio.create_task(service.outbox.run())
     tasks += [asyncio.create_task(s) for s in _signal_sources(service, clock)]
+    if fleet is not None:
+        tasks.append(asyncio.create_task(run_fleet(service, fleet, clock)))
     sparkplug_stop = asyncio.Event()
     node = edge_node(service, runner.view, clock)
     sparkplug = None if node is None else asyncio.create_task(run_edge_node(node, sparkplug_stop))
@@ -186,6 +197,8 @@ async def serve(
         ports.close()
         if link is not None:
             await link.stop()
+        if fleet is not None:
+            await fleet.close()
         await service.close()
         log.info("stopped")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +24,9 @@ from pydantic import (
 )
 
 from agent.config.drivers import DriverConfig, Host, ModbusDriverConfig, expand
+from agent.config.fleet import FleetConfig
 from agent.config.gpu_demand import GpuDemandConfig
+from agent.config.keys import MIN_KEY_BYTES, checked_keys
 from agent.config.openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
 from agent.config.openadr3 import OpenAdr3Config
 from agent.config.plausible import DEFAULT_MAX_KW, FLEET_OVER_LIMIT_RATIO
@@ -34,8 +35,6 @@ from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadC
 from agent.domain.hybrid import FlexTier, InferencePool
 from agent.domain.settings import FourCpWindow, Policy, Posture, StalePosture
 from agent.domain.signals import EmergencyLevel
-
-MIN_KEY_BYTES = 32  # HMAC-SHA256 keys: shorter ones can be guessed, an empty one is no key
 
 __all__ = [
     "DeviceConfig",
@@ -358,12 +357,7 @@ class MqttConfig(_Strict):
     @field_validator("hmac_keys")
     @classmethod
     def _keys_long_enough(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for key_id, key in value.items():
-            if not re.fullmatch(r"[A-Za-z0-9_.:@/-]{1,64}", key_id):
-                raise ValueError(f"key id {key_id!r}: letters, digits and _.:@/- only")
-            if len(key.get_secret_value().encode()) < MIN_KEY_BYTES:
-                raise ValueError(f"key {key_id}: must be at least {MIN_KEY_BYTES} bytes")
-        return value
+        return checked_keys(value)
 
 
 class ServiceConfig(_Strict):
@@ -451,6 +445,8 @@ class SiteConfig(_Strict):
     """inference pools whose demand is read from their servers' metrics; null: none"""
     site_meter: SiteMeterConfig | None = None
     """the site's revenue meter; null: the sum of device readings is the site's load"""
+    fleet_bus: FleetConfig | None = Field(default=None, alias="fleet")
+    """the site as a leaf of a fleet on NATS JetStream (docs/fleet.md); null: one site alone"""
 
     # -- what the core needs -----------------------------------------------------------------
     def load_classes(self) -> list[LoadClass]:
