@@ -32,8 +32,23 @@ def capabilities_of(profile: Profile) -> frozenset[Capability]:
     return frozenset(caps)
 
 
+_CAPABILITIES: dict[int, tuple[Profile, frozenset[Capability]]] = {}
+
+
+def _capabilities(profile: Profile) -> frozenset[Capability]:
+    """capabilities_of, once per profile object (the devices of a site share a few)."""
+    known = _CAPABILITIES.get(id(profile))
+    if known is None or known[0] is not profile:
+        known = _CAPABILITIES[id(profile)] = (profile, capabilities_of(profile))
+    return known[1]
+
+
 class ModbusDriver:
     """Implements agent.ports.DeviceDriver for any device described by a profile."""
+
+    # a site may have tens of thousands of outlets: no per-instance dict
+    __slots__ = ("_capabilities", "_channel", "_clock", "_device_id", "_pool", "_profile",
+                 "_settle_s", "_target", "batch")  # fmt: skip
 
     def __init__(
         self,
@@ -60,7 +75,7 @@ class ModbusDriver:
         self._target = ModbusTarget(
             device_id, config.host, config.port, config.unit_id, config.timeout_s
         )
-        self._capabilities = capabilities_of(self._profile)
+        self._capabilities = _capabilities(self._profile)
         # the devices sharing this unit of this endpoint, commanded and read together
         self.batch = endpoint
         if endpoint is not None:

@@ -27,6 +27,7 @@ from agent.config.drivers import (
     MqttDriverConfig,
     SimulatedDriverConfig,
 )
+from agent.domain.fleet import DeviceSpec
 from agent.errors import ConfigError
 from agent.ports import Clock, DeviceDriver
 from agent.service.cycle import DriftCheck
@@ -45,12 +46,11 @@ def build_drivers(
 ) -> SiteDrivers:
     """Drivers by device id. The site file has been validated: a device reached over MQTT comes
     with an `mqtt` section (agent.config checks it), so its session must be passed in."""
-    addresses = config.device_drivers()
-    specs = {spec.device_id: spec for spec in config.device_specs()}
+    specs: dict[str, DeviceSpec] = {}  # for simulated loads only, built when first needed
     profiles: dict[str, Profile] = {}
     endpoints: dict[tuple[str, int, int, str], ModbusEndpoint] = {}
     built = SiteDrivers()
-    for device_id, address in addresses.items():
+    for device_id, address in config.iter_device_drivers():
         match address:
             case ModbusDriverConfig():
                 profile = profiles.get(address.profile)
@@ -77,6 +77,7 @@ def build_drivers(
                     device_id, address, mqtt, clock=clock, prefix=config.topic_prefix
                 )
             case SimulatedDriverConfig():
+                specs = specs or {spec.device_id: spec for spec in config.device_specs()}
                 spec = specs[device_id]
                 driver = SimulatedDriver(device_id, address, rated_kw=spec.rated_kw,
                                          idle_kw=spec.idle_kw, clock=clock)  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -483,14 +484,17 @@ class SiteConfig(_Strict):
 
     def device_drivers(self) -> dict[str, DriverConfig]:
         """Driver address of every (expanded) device that has one."""
-        drivers: dict[str, DriverConfig] = {}
+        return dict(self.iter_device_drivers())
+
+    def iter_device_drivers(self) -> Iterator[tuple[str, DriverConfig]]:
+        """The same, one device at a time: a 50,000-outlet site never holds 50,000 addresses
+        at once (each a model of its own) while its drivers are built."""
         for d in self.devices:
             if d.driver is None:
                 continue
             for k in range(d.count):
                 device_id = d.id if d.count == 1 else f"{d.id}-{k + 1:04d}"
-                drivers[device_id] = expand(d.driver, k)
-        return drivers
+                yield device_id, expand(d.driver, k)
 
     def fleet(self) -> Fleet:
         return Fleet.build(self.load_classes(), self.device_specs())
