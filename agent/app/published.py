@@ -10,7 +10,8 @@ import numpy as np
 
 from agent.app.assembly import Service
 from agent.app.site_facts import device_states, overrides_in_force, state_masks
-from agent.policy import Rule
+from agent.domain.fleet import Priority
+from agent.policy import Decision, Rule
 from agent.service.cycle import CycleReport
 from agent.service.devices import id_ranges
 from agent.service.grid import fourcp_in_force
@@ -48,6 +49,7 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
         suspect=[shell.fleet.device_ids[i] for i in suspect[:100]],
         planned_kw=0.0 if decision is None else round(decision.site_kw, 3),
         class_kw={} if decision is None else decision.class_kw_by_name(),
+        flexible_kw=0.0 if decision is None else _flexible_kw(decision),
         price_usd_per_mwh=None if decision is None else decision.price_usd_per_mwh,
         price_stale=True if decision is None else decision.price_stale,
         site_ceiling_kw=None if decision is None else decision.site_ceiling_kw,
@@ -74,6 +76,13 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
             masks=masks,
         ),
     )
+
+
+def _flexible_kw(decision: Decision) -> float:
+    """The planned kW of interruptible and flexible classes (their cooling included)."""
+    classes = decision.fleet.classes
+    sheddable = [c.priority <= Priority.FLEXIBLE for c in classes]
+    return round(sum(kw for kw, ok in zip(decision.class_kw, sheddable, strict=True) if ok), 3)
 
 
 def _broker_up(service: Service) -> bool:

@@ -333,6 +333,11 @@ class TelemetryMessage(BaseModel):
     )
     planned_kw: float
     class_kw: dict[str, float]
+    flexible_kw: float = Field(
+        default=0.0,
+        description="of planned_kw, the interruptible and flexible load: what a "
+        "voluntary program (a fleet's portfolio shed) may take",
+    )
     price_usd_per_mwh: float | None
     price_stale: bool
     site_ceiling_kw: float | None

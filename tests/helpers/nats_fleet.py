@@ -17,11 +17,35 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent.config import SiteConfig
+from agent.config.load import parse_config
 from agent.domain.signing import sign
 from agent.service.fleet_commands import fleet_scope
 from tests.helpers.peers import free_port
 
-__all__ = ["CutLink", "NatsServer", "command", "nats_server_binary"]
+__all__ = ["KEY", "CutLink", "NatsServer", "command", "fleet_site", "nats_server_binary"]
+
+KEY = b"k" * 32  # the hub's key hub-1, as every test site knows it
+_SITE = """
+site: {{id: {site}}}
+classes:
+  miners: {{priority: interruptible, economics: {{kind: fixed, value_usd_per_mwh: 90}}}}
+  controls: {{priority: critical}}
+devices:
+  - {{id: m, kind: miner, class: miners, count: 10, rated_kw: 10, driver: {{type: simulated}}}}
+  - {{id: c, kind: other, class: controls, rated_kw: 5, driver: {{type: simulated}}}}
+prices: {{source: none}}
+policy: {{stale_posture: run_all, min_dwell_s: 0}}
+service: {{database: "{db}", metrics_port: null, cycle_s: 0.25}}
+fleet: {{url: "{url}", command_keys: {{hub-1: "{key}"}}}}
+"""
+
+
+def fleet_site(tmp_path: Path, site_id: str, url: str) -> SiteConfig:
+    """A 105 kW site on the fleet: ten 10 kW miners (interruptible) and 5 kW of controls."""
+    text = _SITE.format(site=site_id, db=tmp_path / f"{site_id}.sqlite3", url=url,
+                        key=KEY.decode())  # fmt: skip
+    return parse_config(text, env={})
 
 
 def nats_server_binary() -> str | None:

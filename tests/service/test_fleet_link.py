@@ -29,29 +29,21 @@ from adapters.transport.nats_bus import (
 )
 from agent.app.runner import run_service
 from agent.config import SiteConfig
-from agent.config.load import parse_config
 from tests.helpers.cli import gridflex
-from tests.helpers.nats_fleet import CutLink, NatsServer, command, nats_server_binary
+from tests.helpers.nats_fleet import (
+    KEY,
+    CutLink,
+    NatsServer,
+    command,
+    fleet_site,
+    nats_server_binary,
+)
 
 pytestmark = pytest.mark.skipif(nats_server_binary() is None, reason="nats-server not installed")
 
-KEY = b"k" * 32
-SITE = """
-site: {{id: site-a}}
-classes:
-  miners: {{priority: interruptible, economics: {{kind: fixed, value_usd_per_mwh: 90}}}}
-devices:
-  - {{id: m, kind: miner, class: miners, count: 10, rated_kw: 10, driver: {{type: simulated}}}}
-prices: {{source: none}}
-policy: {{stale_posture: run_all, min_dwell_s: 0}}
-service: {{database: "{db}", metrics_port: null, cycle_s: 0.25}}
-fleet: {{url: "{url}", command_keys: {{hub-1: "{key}"}}}}
-"""
-
 
 def _site(tmp_path: Path, url: str) -> SiteConfig:
-    return parse_config(SITE.format(db=tmp_path / "site.sqlite3", url=url, key=KEY.decode()),
-                        env={})  # fmt: skip
+    return fleet_site(tmp_path, "site-a", url)
 
 
 async def _until(test: Callable[[], Awaitable[Any]], timeout_s: float = 20.0) -> Any:

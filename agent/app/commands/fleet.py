@@ -4,6 +4,8 @@
           site publishes (run again with every site to add one)
   send    a limit or a release to one site, as a signed fleet command with a sequence number
           and an expiry; waits for the site's ack and prints it
+  shed    a portfolio shed: split over the sites by the flexible load each offers, sent,
+          watched, and a failed site's share moved to the others (agent/app/fleet_hub.py)
   status  each site's last telemetry and the age of it, as the hub holds them: a site cut off
           shows its last word and how old it is
 
@@ -77,13 +79,10 @@ def send(  # noqa: PLR0917 - one parameter per click option
          limit_kw: float | None, program: str, expires_s: float, seq: int | None,
          wait_s: float) -> None:  # fmt: skip
     """Command one site; prints its ack (exit 1 when refused, 2 when none came in time)."""
-    from agent.config.fleet import MIN_FLEET_KEY_BYTES  # noqa: PLC0415
     from agent.domain.signing import sign  # noqa: PLC0415
     from agent.service.fleet_commands import fleet_scope  # noqa: PLC0415
 
-    key = os.environ.get(key_env)
-    if not key or len(key.encode()) < MIN_FLEET_KEY_BYTES:  # the site refuses shorter keys
-        raise click.UsageError(f"{key_env} must hold the fleet key ({MIN_FLEET_KEY_BYTES}+ bytes)")
+    key = _key(key_env)
     now = datetime.now(UTC)
     dispatch: dict[str, Any] = {"event_id": event_id, "issued_at": now.isoformat()}
     if limit_kw is None:
@@ -95,7 +94,7 @@ def send(  # noqa: PLR0917 - one parameter per click option
         "issued_at": now.isoformat(),
         "expires_at": (now + timedelta(seconds=expires_s)).isoformat(), "dispatch": dispatch,
     }  # fmt: skip
-    body["signature"] = sign(body, key.encode(), fleet_scope(site))
+    body["signature"] = sign(body, key, fleet_scope(site))
     ack = asyncio.run(_send(ctx.obj["hub"], site, body, event_id, wait_s))
     if ack is None:
         if wait_s > 0:
@@ -130,6 +129,52 @@ async def _send(hub_url: str, site: str, body: dict[str, Any], event_id: str,
         return None
     finally:
         await bus.close()
+
+
+@fleet.command("shed")
+@click.option("--event-id", required=True)
+@click.option("--kw", "shed_kw", type=click.FloatRange(min=0, min_open=True), required=True,
+              help="what the portfolio sheds, in kW")  # fmt: skip
+@click.option("--for-s", type=click.FloatRange(60, 7 * 86_400), default=3600, show_default=True)
+@click.option("--key-id", required=True)
+@click.option("--key-env", default="GRIDFLEX_FLEET_KEY", show_default=True)
+@click.option("--site", "sites", multiple=True, help="default: every site the hub sources")
+@click.option("--deadline-s", type=click.FloatRange(1, 3600), default=30, show_default=True,
+              help="a site silent this long fails and its share moves")  # fmt: skip
+@click.option("--watch-s", type=click.FloatRange(0), default=None,
+              help="how long to watch and move shares (default: the shed's duration)")  # fmt: skip
+@click.pass_context
+def shed(  # noqa: PLR0917 - one parameter per click option
+    ctx: click.Context, event_id: str, shed_kw: float, for_s: float, key_id: str, key_env: str,
+    sites: tuple[str, ...], deadline_s: float, watch_s: float | None,
+) -> None:  # fmt: skip
+    """Split a shed over the fleet's sites by the flexible load each offers, send, and watch:
+    a site that stops answering has its share moved to the others. JSON lines."""
+    from adapters.transport.nats_bus import FLEET_IN_STREAM  # noqa: PLC0415
+    from agent.app.fleet_hub import ShedOrder, run_shed  # noqa: PLC0415
+
+    key = _key(key_env)
+
+    async def go() -> None:
+        bus = await _connect(ctx.obj["hub"])
+        try:
+            names = list(sites) or await bus.sourced_domains(FLEET_IN_STREAM)
+            order = ShedOrder(event_id, shed_kw, for_s, key_id, key, deadline_s,
+                              for_s if watch_s is None else min(watch_s, for_s), names)  # fmt: skip
+            await run_shed(bus, order, lambda line: click.echo(json.dumps(line)))
+        finally:
+            await bus.close()
+
+    asyncio.run(go())
+
+
+def _key(key_env: str) -> bytes:
+    from agent.config.fleet import MIN_FLEET_KEY_BYTES  # noqa: PLC0415
+
+    key = os.environ.get(key_env)
+    if not key or len(key.encode()) < MIN_FLEET_KEY_BYTES:  # the site refuses shorter keys
+        raise click.UsageError(f"{key_env} must hold the fleet key ({MIN_FLEET_KEY_BYTES}+ bytes)")
+    return key.encode()
 
 
 @fleet.command("status")
