@@ -51,11 +51,12 @@ def fill_back(
     ceiling_kw: float,
     was_on: BoolArray,
     *,
+    cooling: FloatArray,
     rule: Rule,
     text: str,
 ) -> None:
     """Restore devices cut since `before`, most valuable first (`order`: groups, most valuable
-    first), while the site stays at or below `ceiling_kw`."""
+    first), while the site stays at or below `ceiling_kw`; `cooling`: cooling_per_kw(plan)."""
     if ceiling_kw - plan.total_kw() <= EPS_KW or not order:
         return
     cut = _cut_devices(plan, order, before)
@@ -68,7 +69,6 @@ def fill_back(
     plan.hi[cut] = full_hi
     full_kw = plan.drawn_kw(cut)
     plan.hi[cut] = now_hi
-    cooling = cooling_per_kw(plan)
     with_cooling = 1.0 + cooling[cut]
     # a device that was off needs room beyond its step to come back: the slack moves a little
     # from cycle to cycle (a meter settling, a learned draw), and a device on the margin must

@@ -159,18 +159,20 @@ def shed_to_ceiling(
         if excess - spared_kw <= EPS_KW:
             break
     if shed and excess <= EPS_KW:
-        excess = _land(plan, groups, before, ceiling_kw, was_on, rule=rule, text=text)
+        excess = _land(plan, groups, before, ceiling_kw, was_on, cooling=cooling, rule=rule,
+                       text=text)  # fmt: skip
     return max(0.0, excess)
 
 
 def _land(plan: Plan, groups: list[_Group], before: Before, ceiling_kw: float,
-          was_on: BoolArray, *, rule: Rule, text: str) -> float:  # fmt: skip
+          was_on: BoolArray, *, cooling: FloatArray, rule: Rule, text: str) -> float:  # fmt: skip
     """Hand back what the shed freed beyond the ceiling, and on a small site pack it with the
     most valuable set that fits; returns the excess (at most 0)."""
     if plan.total_kw() < ceiling_kw - EPS_KW:
         fill_back(plan, [g.idx for g in reversed(groups)], before, ceiling_kw, was_on,
-                  rule=rule, text=text)  # fmt: skip
-    pack(plan, _movable(plan, groups, before), before, ceiling_kw, was_on, rule=rule, text=text)
+                  cooling=cooling, rule=rule, text=text)  # fmt: skip
+    pack(plan, _movable(plan, groups, before), before, ceiling_kw, was_on, cooling=cooling,
+         rule=rule, text=text)  # fmt: skip
     return plan.total_kw() - ceiling_kw
 
 

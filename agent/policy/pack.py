@@ -10,9 +10,10 @@ class, size and state are alike) by branch and bound: kinds most valuable per si
 each count from the most that fits down, a throttled kind's power above its minimum filled
 last, most valuable first, and a branch dropped when even its fractional fill (every kind
 divisible) is worth no more than the best found. Cooling is counted at its share of each
-leader kW; the sets found best are then applied with their cooling re-planned exactly
-(follow.py), and the first that keeps the site under the ceiling replaces the plan when it is
-worth more. A device that was off needs the same margin as in fill_back to come on.
+leader kW while searching and as follow.py plans it for each set found; the sets found are
+applied best first, their cooling re-planned, and the first that keeps the site under the
+ceiling replaces the plan when it is worth more. A device that was off needs the same margin
+as in fill_back to come on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from agent.domain.fleet import BoolArray, Priority
 from agent.policy.decision import Rule
-from agent.policy.fill import MARGIN, Before, cooling_per_kw
+from agent.policy.fill import MARGIN, Before
 from agent.policy.follow import apply_followers, follower_kw
 from agent.policy.plan import EPS_KW, FloatArray, Index, Plan
 
@@ -59,9 +60,10 @@ class _Kind:
 
 
 def pack(plan: Plan, movable: BoolArray, before: Before, ceiling_kw: float, was_on: BoolArray,
-         *, rule: Rule, text: str) -> None:  # fmt: skip
+         *, cooling: FloatArray, rule: Rule, text: str) -> None:  # fmt: skip
     """Replace the plan of `movable` devices by the most valuable set under `ceiling_kw` when
-    one is worth more (only when they are at most EXACT_UP_TO)."""
+    one is worth more (only when they are at most EXACT_UP_TO); `cooling`: fill.cooling_per_kw
+    of the plan, the estimate the search starts from."""
     idx = np.flatnonzero(movable)
     if len(idx) == 0 or len(idx) > EXACT_UP_TO:
         return
@@ -71,9 +73,9 @@ def pack(plan: Plan, movable: BoolArray, before: Before, ceiling_kw: float, was_
     plan.hi[idx] = 0.0
     apply_followers(plan, was_on)
     room_kw = ceiling_kw - plan.total_kw()
-    kinds = _kinds(plan, idx, value, before, was_on)
-    cooling = _Cooling.at_base(plan, idx, was_on)
-    found = _Search(kinds, room_kw, MARGIN * ceiling_kw, now_usd * (1 + _BETTER), cooling).run()
+    kinds = _kinds(plan, idx, value, cooling=cooling[idx], before=before, was_on=was_on)
+    exact = _Cooling.at_base(plan, idx, was_on)
+    found = _Search(kinds, room_kw, MARGIN * ceiling_kw, now_usd * (1 + _BETTER), exact).run()
     for _usd, counts, extra_kw in found:
         new_usd = _apply(plan, kinds, counts, extra_kw, value=value, ceiling_kw=ceiling_kw,
                          was_on=was_on)  # fmt: skip
@@ -86,10 +88,10 @@ def pack(plan: Plan, movable: BoolArray, before: Before, ceiling_kw: float, was_
     apply_followers(plan, was_on)
 
 
-def _kinds(plan: Plan, idx: Index, value: FloatArray, before: Before,
+def _kinds(plan: Plan, idx: Index, value: FloatArray, *, cooling: FloatArray, before: Before,
            was_on: BoolArray) -> list[_Kind]:  # fmt: skip
+    """The movable devices `idx` by kind; `cooling`: each one's cooling per kW."""
     fleet = plan.fleet
-    cooling = cooling_per_kw(plan)[idx]
     full = np.minimum(before.hi[idx], fleet.rated_kw[idx])
     continuous = fleet.continuous[idx]
     minimum = np.where(continuous, np.maximum(fleet.min_kw[idx], EPS_KW), full)
@@ -312,31 +314,17 @@ class _Cooling:
 
 def _apply(plan: Plan, kinds: list[_Kind], counts: tuple[int, ...], extra_kw: tuple[float, ...],
            *, value: FloatArray, ceiling_kw: float, was_on: BoolArray) -> float:  # fmt: skip
-    """Set the plan to a set found, its cooling re-planned, throttled kinds lowered by what the
-    exact cooling overshoots; returns its $/h, or 0 when it does not fit."""
-    extra = list(extra_kw)
-    for _ in range(3):
-        moved = []
-        for kind, k, add_kw in zip(kinds, counts, extra, strict=True):
-            running, stopped = kind.devices[:k], kind.devices[k:]
-            plan.hi[stopped] = 0.0
-            plan.hi[running] = kind.min_kw + (add_kw / k if k else 0.0)
-            moved.append(kind.devices)
-        apply_followers(plan, was_on)
-        over_kw = plan.total_kw() - ceiling_kw
-        if over_kw <= EPS_KW:
-            idx: Index = np.concatenate(moved).astype(np.intp)
-            return float((value[idx] * plan.feasible(idx)).sum()) / 1000
-        # lower the least valuable power above a minimum first, a kW of site for a kW of
-        # setpoint (whole cooling units may not drop with it)
-        order = sorted(range(len(kinds)), key=lambda p: kinds[p].value / kinds[p].per_kw)
-        for pos in order:
-            cut_kw = min(extra[pos], over_kw)
-            extra[pos] -= cut_kw
-            over_kw -= cut_kw
-        if over_kw > EPS_KW:
-            return 0.0
-    return 0.0
+    """Set the plan to a set found and re-plan its cooling; its $/h, or 0 when the site is over
+    the ceiling (the search judged the set with this same cooling, and its own draws never
+    below the plan's: the check guards the two from drifting apart)."""
+    for kind, k, add_kw in zip(kinds, counts, extra_kw, strict=True):
+        plan.hi[kind.devices[k:]] = 0.0
+        plan.hi[kind.devices[:k]] = kind.min_kw + (add_kw / k if k else 0.0)
+    apply_followers(plan, was_on)
+    if plan.total_kw() > ceiling_kw + EPS_KW:
+        return 0.0
+    idx: Index = np.concatenate([kind.devices for kind in kinds]).astype(np.intp)
+    return float((value[idx] * plan.feasible(idx)).sum()) / 1000
 
 
 def _describe(plan: Plan, idx: Index, now_hi: FloatArray, *, before: Before, rule: Rule,
