@@ -22,11 +22,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.transport.nats_bus import FLEET_IN_STREAM, NatsBus, command_subject
-from agent.domain.signing import sign
-from agent.service.fleet_commands import fleet_scope
+from agent.service.fleet_commands import signed_command
 from agent.service.portfolio import allocate, reallocate
 
-__all__ = ["ShedOrder", "run_shed"]
+__all__ = ["ShedOrder", "last_telemetry", "publish_command", "run_shed"]
 
 PREFIX = "gridflex"
 _POLL_S = 1.0
@@ -69,7 +68,7 @@ async def run_shed(bus: NatsBus, order: ShedOrder, out: Callable[[dict[str, Any]
     start = datetime.now(UTC)
     sites: dict[str, _Site] = {}
     for name in order.sites:
-        seen = await _telemetry(bus, name)
+        seen = await last_telemetry(bus, name)
         if seen is None or (start - seen[0]).total_seconds() > order.deadline_s:
             out({"site": name, "left_out": "no fresh telemetry"})
             continue
@@ -92,7 +91,7 @@ async def run_shed(bus: NatsBus, order: ShedOrder, out: Callable[[dict[str, Any]
         for site in sites.values():
             if site.failed:
                 continue
-            seen = await _telemetry(bus, site.name)
+            seen = await last_telemetry(bus, site.name)
             if seen is not None:
                 site.last_at, body = seen
                 site.last_kw = float(body["site_kw"])
@@ -142,18 +141,20 @@ async def _release(bus: NatsBus, order: ShedOrder, site: str, event_id: str) -> 
 
 async def _command(bus: NatsBus, order: ShedOrder, site: str, dispatch: dict[str, Any]) -> None:
     now = datetime.now(UTC)
-    body: dict[str, Any] = {
-        "site_id": site, "seq": order.next_seq(), "key_id": order.key_id,
-        "issued_at": now.isoformat(),
-        "expires_at": (now + timedelta(seconds=order.deadline_s)).isoformat(),
-        "dispatch": {**dispatch, "issued_at": now.isoformat()},
-    }  # fmt: skip
-    body["signature"] = sign(body, order.key, fleet_scope(site))
-    await bus.publish(command_subject(PREFIX, site), json.dumps(body).encode(),
+    body = signed_command(site, order.next_seq(), order.key_id, order.key, issued_at=now,
+                          expires_at=now + timedelta(seconds=order.deadline_s),
+                          dispatch={**dispatch, "issued_at": now.isoformat()})  # fmt: skip
+    await publish_command(bus, body)
+
+
+async def publish_command(bus: NatsBus, command: dict[str, Any]) -> None:
+    """Into the hub's command stream, on the subject of the site it is signed for."""
+    await bus.publish(command_subject(PREFIX, command["site_id"]), json.dumps(command).encode(),
                       msg_id=uuid.uuid4().hex)  # fmt: skip
 
 
-async def _telemetry(bus: NatsBus, site: str) -> tuple[datetime, dict[str, Any]] | None:
+async def last_telemetry(bus: NatsBus, site: str) -> tuple[datetime, dict[str, Any]] | None:
+    """A site's last telemetry as the hub holds it, with its time; None before any."""
     data = await bus.last_message(FLEET_IN_STREAM, f"{PREFIX}.{site}.out.telemetry")
     if data is None:
         return None

@@ -76,9 +76,7 @@ class FleetLink:
 
     async def publish_confirmed(self, topic: str, payload: str, *, retain: bool) -> None:
         del retain
-        data = payload.encode()
-        subject = out_subject(self._config.subject_prefix, self._site, topic)
-        msg_id = hashlib.sha256(subject.encode() + b"\n" + data).hexdigest()[:40]
+        subject, data, msg_id = self._addressed(topic, payload.encode())
         while True:
             try:
                 await self.bus.publish(subject, data, msg_id=msg_id)
@@ -86,6 +84,11 @@ class FleetLink:
             except FleetBusError as exc:  # the outbox keeps the row; again, in order
                 log.warning("fleet: ack on %s not stored yet (%s); retrying", topic, exc)
                 await asyncio.sleep(RETRY_S)
+
+    def _addressed(self, topic: str, data: bytes) -> tuple[str, bytes, str]:
+        """(subject, data, message id): the id from the content, so a copy is stored once."""
+        subject = out_subject(self._config.subject_prefix, self._site, topic)
+        return subject, data, hashlib.sha256(subject.encode() + b"\n" + data).hexdigest()[:40]
 
     # -- running ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -109,15 +112,12 @@ class FleetLink:
 
     async def publish_state(self) -> None:
         """Telemetry and decisions, one at a time, in order."""
-        prefix = self._config.subject_prefix
         while True:
-            topic, data = await self._state.get()
-            subject = out_subject(prefix, self._site, topic)
-            msg_id = hashlib.sha256(subject.encode() + b"\n" + data).hexdigest()[:40]
+            subject, data, msg_id = self._addressed(*await self._state.get())
             try:
                 await self.bus.publish(subject, data, msg_id=msg_id)
             except FleetBusError as exc:
-                log.debug("fleet: %s not stored (%s): superseded by the next", topic, exc)
+                log.debug("fleet: %s not stored (%s): superseded by the next", subject, exc)
 
     async def read_commands(self, commands: FleetCommands, put: Callable[[Callable[[], str]],
                             Awaitable[None] | None], clock: Clock) -> None:  # fmt: skip

@@ -7,11 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from agent.config.keys import MIN_KEY_BYTES, checked_keys
+from agent.config.keys import checked_keys
 
-__all__ = ["MIN_FLEET_KEY_BYTES", "FleetConfig"]
-
-MIN_FLEET_KEY_BYTES = MIN_KEY_BYTES
+__all__ = ["FleetConfig"]
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"  # a JetStream domain and a subject token alike
 
 

@@ -26,18 +26,28 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from agent.domain.signing import signature_ok
+from agent.domain.signing import sign, signature_ok
 from agent.service.checks import IntakeLimits, MessageChecks, RejectedError, safe_text
 from agent.service.messages import DispatchAck
 from agent.service.store import Store
 
-__all__ = ["FleetCommand", "FleetCommands", "fleet_scope"]
+__all__ = ["FleetCommand", "FleetCommands", "fleet_scope", "signed_command"]
 
 _STATE_KEY = "fleet_seq"
 
 
 def fleet_scope(site_id: str) -> str:
     return f"{site_id}:fleet"
+
+
+def signed_command(site_id: str, seq: int, key_id: str, key: bytes, *, issued_at: datetime,
+                   expires_at: datetime, dispatch: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """A fleet command as the hub sends it, signed for `site_id`."""
+    body: dict[str, Any] = {"site_id": site_id, "seq": seq, "key_id": key_id,
+                            "issued_at": issued_at.isoformat(),
+                            "expires_at": expires_at.isoformat(), "dispatch": dispatch}  # fmt: skip
+    body["signature"] = sign(body, key, fleet_scope(site_id))
+    return body
 
 
 class FleetCommand(BaseModel):

@@ -19,8 +19,7 @@ from typing import Any
 
 from agent.config import SiteConfig
 from agent.config.load import parse_config
-from agent.domain.signing import sign
-from agent.service.fleet_commands import fleet_scope
+from agent.service.fleet_commands import signed_command
 from tests.helpers.peers import free_port
 
 __all__ = ["KEY", "CutLink", "NatsServer", "command", "fleet_site", "nats_server_binary"]
@@ -180,9 +179,7 @@ class CutLink:
 
 def command(site_id: str, seq: int, key_id: str, key: bytes, *, issued_at: datetime,
             expires_at: datetime, dispatch: dict[str, Any]) -> bytes:  # fmt: skip
-    """A fleet command as the hub signs it."""
-    body: dict[str, Any] = {"site_id": site_id, "seq": seq, "key_id": key_id,
-                            "issued_at": issued_at.isoformat(),
-                            "expires_at": expires_at.isoformat(), "dispatch": dispatch}  # fmt: skip
-    body["signature"] = sign(body, key, fleet_scope(site_id))
+    """A fleet command as the hub signs it, as the bytes it sends."""
+    body = signed_command(site_id, seq, key_id, key, issued_at=issued_at, expires_at=expires_at,
+                          dispatch=dispatch)  # fmt: skip
     return json.dumps(body).encode()

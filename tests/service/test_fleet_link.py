@@ -158,6 +158,8 @@ async def _scenario(config: SiteConfig, hub_server: NatsServer, site_server: Nat
         assert line["site"] == "site-a"
         assert line["age_s"] < 10
         assert line["site_kw"] <= 40.0 + 1e-6
+        assert line["ceiling_kw"] == pytest.approx(30.0)  # e1's 30 kW under e5's 40 kW
+        assert "e1" in line["events"]  # (e5 may be newer than the telemetry the hub holds)
     finally:
         stop.set()
         await asyncio.wait_for(service, 30)

@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,8 +78,7 @@ def send(  # noqa: PLR0917 - one parameter per click option
          limit_kw: float | None, program: str, expires_s: float, seq: int | None,
          wait_s: float) -> None:  # fmt: skip
     """Command one site; prints its ack (exit 1 when refused, 2 when none came in time)."""
-    from agent.domain.signing import sign  # noqa: PLC0415
-    from agent.service.fleet_commands import fleet_scope  # noqa: PLC0415
+    from agent.service.fleet_commands import signed_command  # noqa: PLC0415
 
     key = _key(key_env)
     now = datetime.now(UTC)
@@ -89,12 +87,9 @@ def send(  # noqa: PLR0917 - one parameter per click option
         dispatch["kind"] = "release"
     else:
         dispatch |= {"kind": "limit", "target_kw": limit_kw, "program": program}
-    body: dict[str, Any] = {
-        "site_id": site, "seq": seq or int(time.time() * 1000), "key_id": key_id,
-        "issued_at": now.isoformat(),
-        "expires_at": (now + timedelta(seconds=expires_s)).isoformat(), "dispatch": dispatch,
-    }  # fmt: skip
-    body["signature"] = sign(body, key, fleet_scope(site))
+    body = signed_command(site, seq or int(time.time() * 1000), key_id, key, issued_at=now,
+                          expires_at=now + timedelta(seconds=expires_s),
+                          dispatch=dispatch)  # fmt: skip
     ack = asyncio.run(_send(ctx.obj["hub"], site, body, event_id, wait_s))
     if ack is None:
         if wait_s > 0:
@@ -109,13 +104,13 @@ def send(  # noqa: PLR0917 - one parameter per click option
 
 async def _send(hub_url: str, site: str, body: dict[str, Any], event_id: str,
                 wait_s: float) -> dict[str, Any] | None:  # fmt: skip
-    from adapters.transport.nats_bus import FLEET_IN_STREAM, command_subject  # noqa: PLC0415
+    from adapters.transport.nats_bus import FLEET_IN_STREAM  # noqa: PLC0415
+    from agent.app.fleet_hub import publish_command  # noqa: PLC0415
 
     bus = await _connect(hub_url)
     try:
         sent_at = datetime.now(UTC)
-        await bus.publish(command_subject(PREFIX, site), json.dumps(body).encode(),
-                          msg_id=uuid.uuid4().hex)  # fmt: skip
+        await publish_command(bus, body)
         deadline = time.monotonic() + wait_s
         subject = f"{PREFIX}.{site}.out.dispatch.ack"
         while time.monotonic() < deadline:
@@ -169,11 +164,11 @@ def shed(  # noqa: PLR0917 - one parameter per click option
 
 
 def _key(key_env: str) -> bytes:
-    from agent.config.fleet import MIN_FLEET_KEY_BYTES  # noqa: PLC0415
+    from agent.config.keys import MIN_KEY_BYTES  # noqa: PLC0415
 
     key = os.environ.get(key_env)
-    if not key or len(key.encode()) < MIN_FLEET_KEY_BYTES:  # the site refuses shorter keys
-        raise click.UsageError(f"{key_env} must hold the fleet key ({MIN_FLEET_KEY_BYTES}+ bytes)")
+    if not key or len(key.encode()) < MIN_KEY_BYTES:  # the site refuses shorter keys
+        raise click.UsageError(f"{key_env} must hold the fleet key ({MIN_KEY_BYTES}+ bytes)")
     return key.encode()
 
 
@@ -189,6 +184,7 @@ def status(ctx: click.Context, sites: tuple[str, ...]) -> None:
 
 async def _status(hub_url: str, sites: tuple[str, ...]) -> list[dict[str, Any]]:
     from adapters.transport.nats_bus import FLEET_IN_STREAM  # noqa: PLC0415
+    from agent.app.fleet_hub import last_telemetry  # noqa: PLC0415
 
     bus = await _connect(hub_url)
     try:
@@ -196,16 +192,16 @@ async def _status(hub_url: str, sites: tuple[str, ...]) -> list[dict[str, Any]]:
         now = datetime.now(UTC)
         lines = []
         for site in names:
-            last = await bus.last_message(FLEET_IN_STREAM, f"{PREFIX}.{site}.out.telemetry")
-            if last is None:
+            seen = await last_telemetry(bus, site)
+            if seen is None:
                 lines.append({"site": site, "telemetry": None, "age_s": None})
                 continue
-            telemetry = json.loads(last)
-            age_s = (now - datetime.fromisoformat(telemetry["at"])).total_seconds()
+            at, telemetry = seen
             lines.append({
-                "site": site, "age_s": round(age_s, 1), "site_kw": telemetry.get("site_kw"),
-                "ceiling_kw": telemetry.get("ceiling_kw"), "alarms": telemetry.get("alarms"),
-                "events": telemetry.get("events"),
+                "site": site, "age_s": round((now - at).total_seconds(), 1),
+                "site_kw": telemetry.get("site_kw"),
+                "ceiling_kw": telemetry.get("site_ceiling_kw"),
+                "events": telemetry.get("active_events"), "alarms": telemetry.get("alarms"),
             })  # fmt: skip
         return lines
     finally:
