@@ -243,11 +243,3 @@ class JobCluster:
         done = arrived & ~np.isnan(self.done_at)
         queued = self.first_start[done] - self._arrival[done]
         return queued, (self.done_at - self._arrival)[done], int((arrived & ~done).sum())
-
-    def jct_s(self, end_s: float) -> tuple[FloatArray, int]:
-        """Completion times (an unfinished job counted as finishing at `end_s`, so a policy
-        that leaves jobs unfinished is not flattered) and how many were unfinished."""
-        arrived = self._arrival < end_s
-        done = np.where(np.isnan(self.done_at), end_s, self.done_at)
-        unfinished = int((np.isnan(self.done_at) & arrived).sum())
-        return (done - self._arrival)[arrived], unfinished

@@ -67,7 +67,7 @@ def test_a_preempted_job_pays_the_checkpoint_cost_and_resumes_first() -> None:
     assert jobs.preemptions == 1
     for k in range(2, 5):
         jobs.step(k * 3600.0, (k + 1) * 3600.0, 8, 1.0)
-    jct, unfinished = jobs.jct_s(5 * 3600.0)
+    _queued, jct, unfinished = jobs.finished(5 * 3600.0)
     assert unfinished == 0
     assert jct[0] == pytest.approx(7200.0)
     # the second ran 3590 s of its 7200, then resumed at 7200 s with the rest and the cost
