@@ -79,7 +79,12 @@ from bench.hybrid_model import (  # noqa: E402
     read_jobs,
     speed,
 )  # fmt: skip
-from bench.hybrid_reactive_model import Warmup, reactive_plan, step_reactive  # noqa: E402
+from bench.hybrid_reactive_model import (  # noqa: E402
+    Warmup,
+    reactive_plan,
+    reactive_serving,
+    step_reactive,
+)  # fmt: skip
 
 PRICES = ROOT / "agent/data/ercot_rt_spp_15min_hb_hubavg_2024.csv.gz"
 ZONE = ZoneInfo("America/Chicago")
@@ -213,7 +218,7 @@ def warm_start(world: World) -> int:
     arrival, work = world.inference.arrival_s, world.inference.gpu_s
     first = arrival < 300.0
     busy = float(work[first].sum()) / 300.0
-    return int(min(world.site.gpus, math.ceil(busy / 0.8) + 20))
+    return int(min(world.site.gpus, reactive_serving(busy)))
 
 
 def run_gridflex(world: World, warmup_s: float = WARMUP_S) -> tuple[Result, float]:

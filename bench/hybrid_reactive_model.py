@@ -22,7 +22,12 @@ import numpy as np
 
 from bench.hybrid_model import InferenceQueue, JobCluster, speed
 
-__all__ = ["ReactivePlan", "Warmup", "reactive_plan", "step_reactive"]
+__all__ = ["ReactivePlan", "Warmup", "reactive_plan", "reactive_serving", "step_reactive"]
+
+
+def reactive_serving(requests: float) -> int:
+    """The servers the reactive rule serves `requests` (running and waiting) with."""
+    return math.ceil(requests / 0.8) + 20
 
 
 @dataclass
@@ -72,7 +77,7 @@ def reactive_plan(  # noqa: PLR0917 - the operator's whole input
 ) -> ReactivePlan:  # fmt: skip
     s = site
     gpus: int = s.gpus
-    want = math.ceil((running + waiting) / 0.8) + 20
+    want = reactive_serving(running + waiting)
     if want < serving_before:
         want = max(want, serving_before - math.ceil(0.01 * gpus))
     target = int(np.clip(want, 1, gpus))
