@@ -20,10 +20,9 @@ nats-py's errors are translated here into FleetBusError; the client reconnects b
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,7 @@ class NatsBus:
         self._address = address
         self._nc: Client | None = None
         self._commands: Any = None  # the pull subscription, once bound
-        self._reconnected: list[asyncio.Event] = []
+        self._on_reconnect: list[Callable[[], None]] = []
 
     @property
     def connected(self) -> bool:
@@ -120,14 +119,12 @@ class NatsBus:
 
     async def _reconnected_cb(self) -> None:
         log.info("fleet bus: connected again to %s", self._address.url)
-        for event in self._reconnected:
-            event.set()
+        for callback in self._on_reconnect:
+            callback()
 
-    def reconnects(self) -> asyncio.Event:
-        """An event set at every reconnection (cleared by its waiter)."""
-        event = asyncio.Event()
-        self._reconnected.append(event)
-        return event
+    def when_reconnected(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after every reconnection (not the first connection)."""
+        self._on_reconnect.append(callback)
 
     def _js(self, domain: str | None = None) -> Any:
         if self._nc is None:

@@ -56,6 +56,9 @@ class FleetLink:
         self._state: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(_QUEUED_STATE)
         self._on_connect: list[Callable[[], None]] = []
         self._ready = asyncio.Event()
+        # the outbox waits for a connection to publish the acks it holds: wake it after the
+        # site's server comes back, as after the first connection
+        self.bus.when_reconnected(self._connected)
 
     # -- ConfirmedPublisher ------------------------------------------------------------------
     @property
@@ -107,8 +110,12 @@ class FleetLink:
         self._ready.set()
         log.info("fleet: on %s (domain %s), hub domain %s", self._config.url, self._domain,
                  self._config.hub_domain)  # fmt: skip
-        for callback in self._on_connect:
-            callback()
+        self._connected()
+
+    def _connected(self) -> None:
+        if self._ready.is_set():
+            for callback in self._on_connect:
+                callback()
 
     async def publish_state(self) -> None:
         """Telemetry and decisions, one at a time, in order."""

@@ -176,3 +176,42 @@ async def _arrived(hub: Hub, written: list[bytes]) -> list[str] | None:
         assert all(held.count(data) <= 1 for data in written), "a message stored twice"
         return None
     return [json.loads(data)["at"] for data in held if data in written]
+
+
+def test_an_ack_made_while_the_sites_own_server_is_down_reaches_the_hub_after_it_restarts(
+    tmp_path: Path,
+) -> None:
+    """The outbox holds an ack while the site's NATS server is down (a restart, an upgrade), and
+    publishes it once the link to that server is back: nothing else wakes it then."""
+    hub_server = NatsServer("hub", "hub", tmp_path / "hub").start()
+    site_server = NatsServer("site-a", "site-a", tmp_path / "site",
+                             leaf_remote_port=hub_server.leaf_port).start()  # fmt: skip
+    config = _site(tmp_path, site_server.url)
+
+    async def scenario() -> None:
+        hub_bus = NatsBus(BusAddress(hub_server.url))
+        await hub_bus.connect()
+        await hub_bus.ensure_hub(prefix="gridflex", site_domains=["site-a"])
+        hub = Hub(hub_bus)
+        stop = asyncio.Event()
+        service = asyncio.create_task(run_service(config, stop))
+        try:
+            await _until(lambda: hub.messages(".out.telemetry"))
+            end = datetime.now(UTC) + timedelta(seconds=6)
+            await hub.send(1, {**_limit("e1", 30.0), "end": end.isoformat()})
+            await _until(lambda: hub.ack("e1", "active"))
+            site_server.stop()
+            # the event completes (its ack made and stored) while the server is down
+            await asyncio.sleep(max(0.0, (end - datetime.now(UTC)).total_seconds()) + 2.0)
+            site_server.start()
+            await _until(lambda: hub.ack("e1", "completed"))
+        finally:
+            stop.set()
+            await asyncio.wait_for(service, 30)
+            await hub_bus.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        site_server.stop()
+        hub_server.stop()
