@@ -9,11 +9,15 @@ reaches the hub when the link heals. Telemetry and decisions go the same way, un
 at a time in order, and are dropped only while the site's own server is down (state is
 superseded every few seconds).
 
-Commands: the site's GF_CMD stream (sourced from the hub) is read by one durable consumer. Each
-command goes to the cycle's inbox like an MQTT message (agent.service.fleet_commands judges it
-there) and is acknowledged to JetStream once the cycle that took it has committed, whatever its
-outcome: one not acknowledged (a crash) is delivered again, and its sequence number, stored in
-that commit, makes the copy a refusal instead of a second application.
+Commands: the site reads the hub's GF_FLEET_CMD across the leaf link with its own durable
+consumer there, filtered to its subject. (A stream on the site sourcing the hub's was tried
+first: after a cut the server retries a source on a backoff growing to 2 minutes, so commands
+sent after the heal, with the link up, arrived expired.) While the link is down the commands
+wait in the hub's stream, the consumer's position with them. Each command goes to the cycle's
+inbox like an MQTT message (agent.service.fleet_commands judges it there) and is acknowledged
+to JetStream once the cycle that took it has committed, whatever its outcome: one not
+acknowledged (a crash, a cut) is delivered again, and its sequence number, stored in that
+commit, makes the copy a refusal instead of a second application.
 """
 
 from __future__ import annotations
@@ -101,7 +105,6 @@ class FleetLink:
                 if not self.bus.connected:
                     await self.bus.connect()
                 await self.bus.ensure_site(prefix=self._config.subject_prefix, site=self._site,
-                                           hub_domain=self._config.hub_domain,
                                            out_max_bytes=self._config.out_max_bytes)  # fmt: skip
                 break
             except FleetBusError as exc:
@@ -133,7 +136,9 @@ class FleetLink:
         await self._ready.wait()
         while True:
             try:
-                messages = await self.bus.fetch_commands()
+                messages = await self.bus.fetch_commands(
+                    prefix=self._config.subject_prefix, site=self._site,
+                    hub_domain=self._config.hub_domain)  # fmt: skip
             except FleetBusError as exc:
                 log.warning("fleet: commands not read (%s); again in %.0f s", exc, RETRY_S)
                 await asyncio.sleep(RETRY_S)

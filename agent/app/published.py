@@ -18,12 +18,13 @@ from agent.service.grid import fourcp_in_force
 from agent.service.messages import (
     DecisionGroup,
     DecisionMessage,
+    FlexStep,
     PoolOut,
     SetpointOut,
     TelemetryMessage,
 )
 
-__all__ = ["decision_message", "telemetry_message"]
+__all__ = ["decision_message", "flex_offer", "telemetry_message"]
 
 
 def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
@@ -50,6 +51,7 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
         planned_kw=0.0 if decision is None else round(decision.site_kw, 3),
         class_kw={} if decision is None else decision.class_kw_by_name(),
         flexible_kw=0.0 if decision is None else _flexible_kw(decision),
+        flex_offer=[] if decision is None else flex_offer(decision),
         price_usd_per_mwh=None if decision is None else decision.price_usd_per_mwh,
         price_stale=True if decision is None else decision.price_stale,
         site_ceiling_kw=None if decision is None else decision.site_ceiling_kw,
@@ -83,6 +85,25 @@ def _flexible_kw(decision: Decision) -> float:
     classes = decision.fleet.classes
     sheddable = [c.priority <= Priority.FLEXIBLE for c in classes]
     return round(sum(kw for kw, ok in zip(decision.class_kw, sheddable, strict=True) if ok), 3)
+
+
+def flex_offer(decision: Decision) -> list[FlexStep]:
+    """The flexible load by what it forgoes per MWh, cheapest first: each interruptible or
+    flexible class's planned kW (its cooling counted with it) at its value less the site's
+    price (what a MWh of it earns over its energy; its whole value while the price is unknown
+    or stale), at least 0. A fleet's portfolio shed takes the cheapest steps first."""
+    classes = decision.fleet.classes
+    by_name = {c.name: c for c in classes}
+    price = None if decision.price_stale else decision.price_usd_per_mwh
+    kw_by_value: dict[float, float] = {}
+    for c, kw in zip(classes, decision.class_kw, strict=True):
+        if c.priority > Priority.FLEXIBLE or kw <= 0.0:
+            continue
+        leader = by_name.get(c.follows, c) if c.follows is not None else c
+        value = leader.value_usd_per_mwh - (price or 0.0)
+        value = round(max(0.0, value), 2)
+        kw_by_value[value] = kw_by_value.get(value, 0.0) + kw
+    return [FlexStep(value_usd_per_mwh=v, kw=round(kw, 3)) for v, kw in sorted(kw_by_value.items())]
 
 
 def _broker_up(service: Service) -> bool:

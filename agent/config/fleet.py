@@ -16,8 +16,8 @@ _NAME = r"^[A-Za-z0-9_-]{1,64}$"  # a JetStream domain and a subject token alike
 class FleetConfig(BaseModel):
     """The site's own NATS server (its leaf node, with JetStream in the site's domain) and what
     the hub may command it with. What the site publishes goes into a stream on that server, so it
-    is kept while the link to the hub is cut; the hub's commands reach it through a stream the
-    site's server sources from the hub's domain."""
+    is kept while the link to the hub is cut; the site reads the hub's commands across the link
+    with its own durable consumer in the hub's domain (they wait there while the link is cut)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 

@@ -30,6 +30,7 @@ __all__ = [
     "DispatchAck",
     "DispatchMessage",
     "EmergencyMessage",
+    "FlexStep",
     "GridAck",
     "OverrideAck",
     "OverrideMessage",
@@ -312,6 +313,11 @@ class OverrideInForce(BaseModel):
     expires_at: AwareDatetime
 
 
+class FlexStep(BaseModel):
+    value_usd_per_mwh: float
+    kw: float
+
+
 class TelemetryMessage(BaseModel):
     """`<prefix>/telemetry`, every 2 s."""
 
@@ -337,6 +343,12 @@ class TelemetryMessage(BaseModel):
         default=0.0,
         description="of planned_kw, the interruptible and flexible load: what a "
         "voluntary program (a fleet's portfolio shed) may take",
+    )
+    flex_offer: list[FlexStep] = Field(
+        default_factory=list,
+        description="flexible_kw by what it forgoes per MWh (its class's value less the "
+        "site's price, at least 0), cheapest first: a fleet's portfolio shed takes the cheapest "
+        "steps across its sites first",
     )
     price_usd_per_mwh: float | None
     price_stale: bool

@@ -1,41 +1,112 @@
-"""A fleet-level shed split into site obligations, and moved when a site stops answering (pure).
+"""A fleet-level shed split into site obligations, cheapest MWh first, and moved (pure).
 
-Each site offers what its last telemetry says a voluntary program may take (`flexible_kw`:
-its planned interruptible and flexible load; protected and critical load is never offered).
-A shed is split in proportion to those offers, each site at most its offer; what the offers
-cannot cover is the portfolio's shortfall, stated at once. When a site fails (silent past the
-deadline, or refusing its share), its share moves to the sites still answering, in proportion
-to what each still offers (its flexible load left after its own share), each at most that.
-The value of each site's flexibility (its bid curve) is not weighed yet: the split is by size.
+Each site offers what its last telemetry says a voluntary program may take, by value: its
+`flex_offer`, steps of planned interruptible and flexible load at what that load earns per MWh
+(the class's value; cooling counted with the class it cools). Protected and critical load is
+never offered. A shed takes the cheapest steps across the fleet first; steps of equal value share
+what is left of the shed in proportion to their size, so two alike sites get alike shares. What
+the offers cannot cover is the portfolio's shortfall, stated at once.
+
+When a site fails (silent past the deadline, or refusing its share) its share moves to the
+others; when it falls short (measured load above its limit past the deadline) the part it
+missed moves. Either way the moving kW takes, again cheapest first, what each other site still
+offers beyond its own share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
+from itertools import groupby
 
-__all__ = ["allocate", "reallocate"]
+__all__ = [
+    "Offer", "Split", "allocate", "left_after", "lost_usd_per_h", "reallocate", "split",
+]  # fmt: skip
 
 EPS_KW = 1e-6
+Offer = Sequence[tuple[float, float]]  # (value $/MWh, kW) steps, any order
 
 
-def allocate(offers_kw: Mapping[str, float], shed_kw: float) -> tuple[dict[str, float], float]:
-    """(each site's share, the shortfall) of `shed_kw` over sites offering `offers_kw`."""
-    offers = {site: max(0.0, kw) for site, kw in offers_kw.items()}
-    total_kw = sum(offers.values())
-    if total_kw <= EPS_KW:
-        return dict.fromkeys(offers, 0.0), shed_kw
-    taken = min(1.0, shed_kw / total_kw)
-    shares = {site: kw * taken for site, kw in offers.items()}
-    return shares, max(0.0, shed_kw - total_kw)
+def allocate(offers: Mapping[str, Offer], shed_kw: float) -> tuple[dict[str, float], float]:
+    """(each site's share, the shortfall) of `shed_kw`, the cheapest offered MWh first."""
+    steps = sorted((value, site, max(0.0, kw)) for site, offer in offers.items()
+                   for value, kw in offer)  # fmt: skip
+    shares = dict.fromkeys(offers, 0.0)
+    left_kw = shed_kw
+    for _, level in groupby(steps, key=lambda step: step[0]):
+        at_level = list(level)
+        level_kw = sum(kw for _, _, kw in at_level)
+        if left_kw <= EPS_KW or level_kw <= EPS_KW:
+            continue
+        taken = min(1.0, left_kw / level_kw)
+        for _, site, kw in at_level:
+            shares[site] += kw * taken
+        left_kw -= level_kw * taken
+    return shares, max(0.0, left_kw)
 
 
-def reallocate(shares: Mapping[str, float], failed: Set[str],
-               left_kw: Mapping[str, float]) -> tuple[dict[str, float], float]:  # fmt: skip
-    """New shares once `failed` sites' shares move to the others in proportion to `left_kw`
-    (what each still offers beyond its share); (shares, the part no site could take)."""
-    moving_kw = sum(kw for site, kw in shares.items() if site in failed)
-    healthy = {site: max(0.0, left_kw.get(site, 0.0)) for site in shares if site not in failed}
-    extra, unplaced_kw = allocate(healthy, moving_kw)
-    new = {site: kw + extra.get(site, 0.0) for site, kw in shares.items() if site not in failed}
-    new |= dict.fromkeys(failed & shares.keys(), 0.0)
-    return new, unplaced_kw
+def left_after(offer: Offer, share_kw: float) -> list[tuple[float, float]]:
+    """What a site still offers once `share_kw` of it is taken (its cheapest steps first)."""
+    left, taking_kw = [], share_kw
+    for value, kw in sorted(offer):
+        used_kw = min(max(0.0, kw), max(0.0, taking_kw))
+        taking_kw -= used_kw
+        if kw - used_kw > EPS_KW:
+            left.append((value, kw - used_kw))
+    return left
+
+
+def reallocate(
+    shares: Mapping[str, float], moving: Mapping[str, float], offers: Mapping[str, Offer],
+    failed: Set[str],
+) -> tuple[dict[str, float], float]:  # fmt: skip
+    """New shares once `moving` kW leave their sites (a failed site's whole share, or the part a
+    site falls short by) and go to the sites neither failed nor moving, cheapest first within
+    what each offers beyond its share; (shares, the part no site could take)."""
+    moving_kw = sum(moving.values())
+    takers = {site: left_after(offers.get(site, ()), kw) for site, kw in shares.items()
+              if site not in failed and site not in moving}  # fmt: skip
+    extra, unplaced_kw = allocate(takers, moving_kw)
+    new = {site: kw - moving.get(site, 0.0) + extra.get(site, 0.0) for site, kw in shares.items()}
+    return new | dict.fromkeys(failed & shares.keys(), 0.0), unplaced_kw
+
+
+def lost_usd_per_h(offers: Mapping[str, Offer], shares: Mapping[str, float]) -> float:
+    """What the shares cost the portfolio per hour: each site's share taken from its cheapest
+    steps (as its own engine sheds, least valuable first)."""
+    total = 0.0
+    for site, share_kw in shares.items():
+        taking_kw = share_kw
+        for value, kw in sorted(offers.get(site, ())):
+            used_kw = min(max(0.0, kw), max(0.0, taking_kw))
+            total += used_kw * value / 1000.0
+            taking_kw -= used_kw
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    target_kw: float  # the portfolio's load at most this
+    shed_kw: float
+    shares_kw: dict[str, float]  # what each site sheds
+    limits_kw: dict[str, float]  # what each site may draw: its load less its share (+ room)
+    shortfall_kw: float  # what the offers could not cover
+
+
+def split(loads_kw: Mapping[str, float], offers: Mapping[str, Offer], *,
+          shed_kw: float | None = None, ceiling_kw: float | None = None) -> Split:  # fmt: skip
+    """A shed of `shed_kw`, or a ceiling of `ceiling_kw` on the summed load (the shed it takes
+    from the present `loads_kw`), as each site's share and limit. A ceiling above the present
+    load gives each site its share of the room left, in proportion to its load."""
+    load_kw = sum(loads_kw.values())
+    if shed_kw is not None:
+        target_kw = load_kw - shed_kw
+    elif ceiling_kw is not None:
+        target_kw, shed_kw = ceiling_kw, max(0.0, load_kw - ceiling_kw)
+    else:
+        raise ValueError("a shed or a ceiling")
+    shares, shortfall_kw = allocate(offers, shed_kw)
+    room_kw = max(0.0, target_kw - load_kw) if ceiling_kw is not None else 0.0
+    limits = {site: max(0.0, kw - shares[site] + (room_kw * kw / load_kw if load_kw > 0 else 0.0))
+              for site, kw in loads_kw.items()}  # fmt: skip
+    return Split(target_kw, shed_kw, shares, limits, shortfall_kw)

@@ -22,29 +22,41 @@ from agent.config.load import parse_config
 from agent.service.fleet_commands import signed_command
 from tests.helpers.peers import free_port
 
-__all__ = ["KEY", "CutLink", "NatsServer", "command", "fleet_site", "nats_server_binary"]
+__all__ = [
+    "KEY", "CutLink", "NatsServer", "command", "fleet_site", "fleet_site_text",
+    "nats_server_binary",
+]  # fmt: skip
 
 KEY = b"k" * 32  # the hub's key hub-1, as every test site knows it
 _SITE = """
 site: {{id: {site}}}
 classes:
-  miners: {{priority: interruptible, economics: {{kind: fixed, value_usd_per_mwh: 90}}}}
+  miners: {{priority: interruptible, economics: {{kind: fixed, value_usd_per_mwh: {value}}}}}
   controls: {{priority: critical}}
 devices:
-  - {{id: m, kind: miner, class: miners, count: 10, rated_kw: 10, driver: {{type: simulated}}}}
+  - {{id: m, kind: miner, class: miners, count: 10, rated_kw: 10,
+     driver: {{type: simulated, stuck: {stuck}}}}}
   - {{id: c, kind: other, class: controls, rated_kw: 5, driver: {{type: simulated}}}}
 prices: {{source: none}}
 policy: {{stale_posture: run_all, min_dwell_s: 0}}
-service: {{database: "{db}", metrics_port: null, cycle_s: 0.25}}
+service: {{database: "{db}", metrics_port: null, cycle_s: {cycle_s}}}
 fleet: {{url: "{url}", command_keys: {{hub-1: "{key}"}}}}
 """
 
 
-def fleet_site(tmp_path: Path, site_id: str, url: str) -> SiteConfig:
-    """A 105 kW site on the fleet: ten 10 kW miners (interruptible) and 5 kW of controls."""
-    text = _SITE.format(site=site_id, db=tmp_path / f"{site_id}.sqlite3", url=url,
-                        key=KEY.decode())  # fmt: skip
-    return parse_config(text, env={})
+def fleet_site_text(tmp_path: Path, site_id: str, url: str, value_usd_per_mwh: float = 90.0,
+                    cycle_s: float = 0.25, *, stuck: bool = False) -> str:  # fmt: skip
+    """A 105 kW site on the fleet, as its site file: ten 10 kW miners (interruptible, worth
+    `value_usd_per_mwh`; `stuck`: they take every command and keep drawing full power) and
+    5 kW of controls."""
+    return _SITE.format(site=site_id, db=tmp_path / f"{site_id}.sqlite3", url=url,
+                        key=KEY.decode(), value=value_usd_per_mwh, cycle_s=cycle_s,
+                        stuck=str(stuck).lower())  # fmt: skip
+
+
+def fleet_site(tmp_path: Path, site_id: str, url: str, *, stuck: bool = False) -> SiteConfig:
+    """fleet_site_text's site, parsed."""
+    return parse_config(fleet_site_text(tmp_path, site_id, url, stuck=stuck), env={})
 
 
 def nats_server_binary() -> str | None:

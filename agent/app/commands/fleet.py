@@ -4,10 +4,12 @@
           site publishes (run again with every site to add one)
   send    a limit or a release to one site, as a signed fleet command with a sequence number
           and an expiry; waits for the site's ack and prints it
-  shed    a portfolio shed: split over the sites by the flexible load each offers, sent,
-          watched, and a failed site's share moved to the others (agent/app/fleet_hub.py)
-  status  each site's last telemetry and the age of it, as the hub holds them: a site cut off
-          shows its last word and how old it is
+  shed    a portfolio shed: split over the sites cheapest flexible MWh first, sent, watched,
+          and a failed site's share (a short site's miss) moved to the others
+  ceiling the same for a ceiling on the fleet's summed load (agent/app/fleet_hub.py)
+  status  each site's last telemetry and the age of it, as the hub holds them (a site cut off
+          shows its last word and how old it is), then each portfolio obligation's state
+  serve   the fleet page: the same, read-only, over HTTP (agent/app/fleet_page.py)
 
 The key is read from an environment variable (never a flag: flags are seen in `ps`); the
 sequence number defaults to the time in milliseconds, which only grows for one issuer.
@@ -126,36 +128,65 @@ async def _send(hub_url: str, site: str, body: dict[str, Any], event_id: str,
         await bus.close()
 
 
+def _obligation_options(command: Any) -> Any:
+    for option in reversed([
+        click.option("--event-id", required=True),
+        click.option("--for-s", type=click.FloatRange(60, 7 * 86_400), default=3600,
+                     show_default=True),
+        click.option("--key-id", required=True),
+        click.option("--key-env", default="GRIDFLEX_FLEET_KEY", show_default=True),
+        click.option("--site", "sites", multiple=True,
+                     help="default: every site the hub sources"),
+        click.option("--deadline-s", type=click.FloatRange(1, 3600), default=30,
+                     show_default=True, help="a site silent or short this long fails and "
+                     "its share (or what it misses) moves"),
+        click.option("--watch-s", type=click.FloatRange(0), default=None,
+                     help="how long to watch and move shares (default: the duration)"),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
 @fleet.command("shed")
-@click.option("--event-id", required=True)
 @click.option("--kw", "shed_kw", type=click.FloatRange(min=0, min_open=True), required=True,
               help="what the portfolio sheds, in kW")  # fmt: skip
-@click.option("--for-s", type=click.FloatRange(60, 7 * 86_400), default=3600, show_default=True)
-@click.option("--key-id", required=True)
-@click.option("--key-env", default="GRIDFLEX_FLEET_KEY", show_default=True)
-@click.option("--site", "sites", multiple=True, help="default: every site the hub sources")
-@click.option("--deadline-s", type=click.FloatRange(1, 3600), default=30, show_default=True,
-              help="a site silent this long fails and its share moves")  # fmt: skip
-@click.option("--watch-s", type=click.FloatRange(0), default=None,
-              help="how long to watch and move shares (default: the shed's duration)")  # fmt: skip
+@_obligation_options
 @click.pass_context
-def shed(  # noqa: PLR0917 - one parameter per click option
-    ctx: click.Context, event_id: str, shed_kw: float, for_s: float, key_id: str, key_env: str,
-    sites: tuple[str, ...], deadline_s: float, watch_s: float | None,
+def shed(ctx: click.Context, /, shed_kw: float, **options: Any) -> None:
+    """Split a shed over the fleet's sites, cheapest flexible MWh first, send, and watch: a
+    site that stops answering has its share moved, one that falls short what it misses. JSON
+    lines."""
+    _run_obligation(ctx.obj["hub"], shed_kw, None, **options)
+
+
+@fleet.command("ceiling")
+@click.option("--kw", "ceiling_kw", type=click.FloatRange(min=0), required=True,
+              help="the most the portfolio may draw, in kW")  # fmt: skip
+@_obligation_options
+@click.pass_context
+def ceiling(ctx: click.Context, /, ceiling_kw: float, **options: Any) -> None:
+    """Hold the fleet's summed load at or under a ceiling: the shed it needs from the sites'
+    present load, split and watched as `shed` does. JSON lines."""
+    _run_obligation(ctx.obj["hub"], None, ceiling_kw, **options)
+
+
+def _run_obligation(
+    hub_url: str, shed_kw: float | None, ceiling_kw: float | None, *, event_id: str,
+    for_s: float, key_id: str, key_env: str, sites: tuple[str, ...], deadline_s: float,
+    watch_s: float | None,
 ) -> None:  # fmt: skip
-    """Split a shed over the fleet's sites by the flexible load each offers, send, and watch:
-    a site that stops answering has its share moved to the others. JSON lines."""
     from adapters.transport.nats_bus import FLEET_IN_STREAM  # noqa: PLC0415
     from agent.app.fleet_hub import ShedOrder, run_shed  # noqa: PLC0415
 
     key = _key(key_env)
 
     async def go() -> None:
-        bus = await _connect(ctx.obj["hub"])
+        bus = await _connect(hub_url)
         try:
             names = list(sites) or await bus.sourced_domains(FLEET_IN_STREAM)
             order = ShedOrder(event_id, shed_kw, for_s, key_id, key, deadline_s,
-                              for_s if watch_s is None else min(watch_s, for_s), names)  # fmt: skip
+                              for_s if watch_s is None else min(watch_s, for_s), names,
+                              ceiling_kw=ceiling_kw)  # fmt: skip
             await run_shed(bus, order, lambda line: click.echo(json.dumps(line)))
         finally:
             await bus.close()
@@ -177,35 +208,47 @@ def _key(key_env: str) -> bytes:
               "the hub sources)")  # fmt: skip
 @click.pass_context
 def status(ctx: click.Context, sites: tuple[str, ...]) -> None:
-    """Each site's last telemetry as the hub holds it, one JSON line per site."""
-    for line in asyncio.run(_status(ctx.obj["hub"], sites)):
+    """Each site's last telemetry as the hub holds it, one JSON line per site, then one per
+    portfolio obligation."""
+    view = asyncio.run(_view(ctx.obj["hub"], sites))
+    for line in view["sites"]:
         click.echo(json.dumps(line))
+    for obligation in view["portfolio"]:
+        click.echo(json.dumps({"portfolio": obligation}))
 
 
-async def _status(hub_url: str, sites: tuple[str, ...]) -> list[dict[str, Any]]:
-    from adapters.transport.nats_bus import FLEET_IN_STREAM  # noqa: PLC0415
-    from agent.app.fleet_hub import last_telemetry  # noqa: PLC0415
+async def _view(hub_url: str, sites: tuple[str, ...]) -> dict[str, Any]:
+    from agent.app.fleet_page import fleet_view  # noqa: PLC0415
 
     bus = await _connect(hub_url)
     try:
-        names = list(sites) or await bus.sourced_domains(FLEET_IN_STREAM)
-        now = datetime.now(UTC)
-        lines = []
-        for site in names:
-            seen = await last_telemetry(bus, site)
-            if seen is None:
-                lines.append({"site": site, "telemetry": None, "age_s": None})
-                continue
-            at, telemetry = seen
-            lines.append({
-                "site": site, "age_s": round((now - at).total_seconds(), 1),
-                "site_kw": telemetry.get("site_kw"),
-                "ceiling_kw": telemetry.get("site_ceiling_kw"),
-                "events": telemetry.get("active_events"), "alarms": telemetry.get("alarms"),
-            })  # fmt: skip
-        return lines
+        return await fleet_view(bus, sites)
     finally:
         await bus.close()
+
+
+@fleet.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8091, show_default=True)
+@click.option("--site", "sites", multiple=True, help="default: every site the hub sources")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, sites: tuple[str, ...]) -> None:
+    """The fleet page (read-only): every site and portfolio obligation, at / and /fleet.json."""
+    from agent.app.fleet_page import FleetPage  # noqa: PLC0415
+
+    async def go() -> None:
+        bus = await _connect(ctx.obj["hub"])
+        page = FleetPage(bus, sites)
+        server = page.server(host, port)
+        server.serve_in_background("fleet-page")
+        click.echo(json.dumps({"serving": f"http://{host}:{server.server_address[1]}/"}))
+        try:
+            await page.refresh_forever()
+        finally:
+            server.shutdown()
+            await bus.close()
+
+    asyncio.run(go())
 
 
 async def _connect(url: str) -> Any:
