@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from agent.backtest.errors import BacktestInputError
-from agent.config.site import MiningValue
+from agent.config.loads import MiningValue
 from agent.domain.fleet import Fleet, FloatArray
 
 __all__ = ["class_values", "fleet_with_values", "read_hashprice", "stretches"]

@@ -28,7 +28,8 @@ from agent.config.drivers import (
     MqttDriverConfig,
     SimulatedDriverConfig,
 )
-from agent.config.site import FixedValue, InferenceValue, MiningValue, SiteConfig
+from agent.config.loads import FixedValue, InferenceValue, MiningValue
+from agent.config.site import SiteConfig
 
 __all__ = ["MARKER", "Section", "render", "sections"]
 

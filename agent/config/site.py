@@ -6,33 +6,23 @@ How a file is read and its problems reported is agent.config.load.
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Iterator
 from datetime import time
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    StringConstraints,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, PrivateAttr, StringConstraints, field_validator, model_validator
 
-from agent.config.drivers import DriverConfig, Host, ModbusDriverConfig, expand
+from agent.config.drivers import DriverConfig, expand
 from agent.config.fleet import FleetConfig
 from agent.config.gpu_demand import GpuDemandConfig
-from agent.config.keys import MIN_KEY_BYTES, checked_keys
+from agent.config.links import MqttConfig, PricesConfig, ServiceConfig, SiteMeterConfig, TlsConfig
+from agent.config.loads import DeviceConfig, LoadClassConfig
 from agent.config.openadr import OpenAdrConfig, OpenAdrLevelConfig, OpenAdrSetpointConfig
 from agent.config.openadr3 import OpenAdr3Config
 from agent.config.plausible import DEFAULT_MAX_KW, FLEET_OVER_LIMIT_RATIO
 from agent.config.sparkplug import SparkplugConfig
-from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
+from agent.config.strict import Strict
+from agent.domain.fleet import DeviceKind, DeviceSpec, Fleet, LoadClass
 from agent.domain.hybrid import FlexTier, InferencePool
 from agent.domain.settings import FourCpWindow, Policy, Posture, StalePosture
 from agent.domain.signals import EmergencyLevel
@@ -54,12 +44,6 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
-    )
-
-
 # How old a price may be on a healthy feed, measured from the end of its interval: ERCOT posts a
 # real-time 15-minute SPP a few minutes after its interval ends (allow 5), so the latest one can
 # be a whole interval plus that lag old; SCED 5-minute LMPs likewise; day-ahead hourly prices are
@@ -67,134 +51,7 @@ class _Strict(BaseModel):
 PUBLICATION_RHYTHM_S = {"rt15": 15 * 60 + 5 * 60, "sced5": 5 * 60 + 5 * 60, "dam": 3600}
 
 
-# -- economics: every load class ends with a value of energy, its breakeven price ------------
-class FixedValue(_Strict):
-    kind: Literal["fixed"]
-    """`fixed`: the class's energy is worth a set price"""
-    value_usd_per_mwh: float = Field(ge=-1000, le=100_000)
-    """what a MWh drawn by this class is worth; above this price it stops"""
-
-    def breakeven_usd_per_mwh(self) -> float:
-        return self.value_usd_per_mwh
-
-
-class MiningValue(_Strict):
-    """A miner earns hashprice per PH/s per day and burns efficiency J/TH (= W per TH/s)."""
-
-    kind: Literal["mining"]
-    """`mining`: the breakeven comes from hashprice and efficiency"""
-    hashprice_usd_per_ph_day: float = Field(gt=0, le=10_000)
-    """what 1 PH/s earns in a day (the pool's hashprice)"""
-    efficiency_j_per_th: float = Field(gt=0, le=500)
-    """the miners' efficiency, J/TH (= W per TH/s)"""
-    pool_fee_pct: float = Field(default=0.0, ge=0, lt=100)
-    """the pool's fee, taken off the hashprice"""
-
-    def breakeven_usd_per_mwh(self) -> float:
-        # 1 PH/s at E J/TH draws E kW, i.e. 0.024 * E MWh per day.
-        mwh_per_ph_day = 0.024 * self.efficiency_j_per_th
-        return self.hashprice_usd_per_ph_day * (1 - self.pool_fee_pct / 100) / mwh_per_ph_day
-
-
-class InferenceValue(_Strict):
-    """AI inference earns revenue per GPU-hour and draws watts per GPU."""
-
-    kind: Literal["inference"]
-    """`inference`: the breakeven comes from GPU-hour revenue"""
-    revenue_usd_per_gpu_hour: float = Field(gt=0, le=1000)
-    """what one GPU earns per hour serving"""
-    watts_per_gpu: float = Field(gt=0, le=10_000)
-    """what one GPU draws with its share of the server"""
-
-    def breakeven_usd_per_mwh(self) -> float:
-        return self.revenue_usd_per_gpu_hour / (self.watts_per_gpu / 1e6)
-
-
-Economics = Annotated[FixedValue | MiningValue | InferenceValue, Field(discriminator="kind")]
-
-
-class LoadClassConfig(_Strict):
-    priority: Priority
-    """who gives way first: interruptible < flexible < protected < critical"""
-    economics: Economics | None = None
-    """what the class's energy is worth (its breakeven price); needed by interruptible and flexible
-    classes unless they follow another"""
-    follows: str | None = Field(default=None, description="cooling: follow this class's load")
-    follow_curve: list[tuple[float, float]] | None = None
-    """a follower's draw (% of its rating) at its leader's load (% of the leader's rating), as
-    points [leader %, follower %] from 0 to 100 in rising order, interpolated; null: the same %"""
-    gives_way_first: bool = False
-    """under a ceiling this class gives way before any other, whatever its value (a contract
-    says so); otherwise interruptible and flexible classes give way least valuable MWh first"""
-
-    @field_validator("priority", mode="before")
-    @classmethod
-    def _priority_by_name(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return Priority[value.upper()]
-            except KeyError:
-                names = ", ".join(p.label for p in Priority)
-                raise ValueError(f"must be one of {names}") from None
-        return value
-
-    @model_validator(mode="after")
-    def _needs_value(self) -> LoadClassConfig:
-        sheddable = self.priority in {Priority.INTERRUPTIBLE, Priority.FLEXIBLE}
-        if sheddable and self.economics is None and self.follows is None:
-            raise ValueError("an interruptible or flexible class needs `economics` (or `follows`)")
-        if self.follow_curve is not None:
-            if self.follows is None:
-                raise ValueError("follow_curve is for a class that `follows` another")
-            xs = [x for x, _ in self.follow_curve]
-            rising = all(a < b for a, b in itertools.pairwise(xs))
-            if len(xs) < 2 or xs[0] != 0 or xs[-1] != 100 or not rising:
-                raise ValueError("follow_curve: leader % must rise from 0 to 100")
-            if any(not 0 <= y <= 100 for _, y in self.follow_curve):
-                raise ValueError("follow_curve: follower % must be within 0..100")
-        if self.gives_way_first and not sheddable:
-            raise ValueError("gives_way_first is for an interruptible or flexible class")
-        return self
-
-    def curve(self) -> tuple[tuple[float, float], ...] | None:
-        if self.follow_curve is None:
-            return None
-        return tuple((x / 100.0, y / 100.0) for x, y in self.follow_curve)
-
-    def breakeven_usd_per_mwh(self) -> float:
-        return math.inf if self.economics is None else self.economics.breakeven_usd_per_mwh()
-
-
-class DeviceConfig(_Strict):
-    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
-    """the device's id (a group's members are <id>-0001 ..)"""
-    kind: DeviceKind
-    """what the device is (for reports and the drivers that fit it)"""
-    load_class: str = Field(alias="class", min_length=1)
-    """the load class the device belongs to (a key of `classes`)"""
-    count: int = Field(default=1, ge=1, le=100_000, description="a group of identical devices")
-    rated_kw: float = Field(gt=0, le=100_000)
-    """what the device draws running flat out"""
-    min_kw: float = Field(default=0.0, ge=0)
-    """the least a running throttled device draws"""
-    control: ControlMode = ControlMode.ON_OFF
-    """how it is commanded: all or nothing, a kW limit, or a percentage of rated"""
-    min_on_s: float | None = Field(default=None, ge=0, le=86_400)
-    """once started, run at least this long (default policy.min_dwell_s)"""
-    min_off_s: float | None = Field(default=None, ge=0, le=86_400)
-    """once stopped, stay off at least this long (default policy.min_dwell_s)"""
-    max_ramp_kw_per_s: float | None = Field(default=None, gt=0)
-    """the fastest a throttled device may change its setpoint"""
-    idle_kw: float = Field(default=0.0, ge=0, description="drawn when commanded off")
-    units: int = Field(default=1, ge=1, le=10_000)
-    """how many machines of its kind the device stands for (an immersion tank or a container
-    behind one controller): its kind's plausible maximum (site.plausible_max_kw) scales with it"""
-    driver: DriverConfig | None = None
-    """how the device is reached (`type`: modbus, miner, mqtt, gpu_node, simulated); null: modelled
-    only"""
-
-
-class SiteInfo(_Strict):
+class SiteInfo(Strict):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     """letters, digits, - and _; MQTT topics default to gridflex/<id>"""
     timezone: str = "America/Chicago"
@@ -223,7 +80,7 @@ class SiteInfo(_Strict):
         return value
 
 
-class FourCpConfig(_Strict):
+class FourCpConfig(Strict):
     months: list[Annotated[int, Field(ge=1, le=12)]] = Field(default=[6, 7, 8, 9], min_length=1)
     """the months with a 4CP window"""
     start_local: time = time(15, 0)
@@ -248,7 +105,7 @@ class FourCpConfig(_Strict):
         return self
 
 
-class PolicyConfig(_Strict):
+class PolicyConfig(Strict):
     hysteresis_usd_per_mwh: float = Field(default=5.0, ge=0, le=1000)
     """stop above breakeven, resume only at or below breakeven minus this"""
     min_dwell_s: float = Field(
@@ -283,140 +140,7 @@ class PolicyConfig(_Strict):
     expected shortfall, or rejected"""
 
 
-class PricesConfig(_Strict):
-    """Where live prices come from."""
-
-    source: Literal["ercot-api", "ercot-mis", "replay", "none"] = "ercot-mis"
-    """ERCOT's Public API, its MIS reports, a replayed price file, or no prices"""
-    market: Literal["rt15", "sced5", "dam"] = "rt15"
-    """real-time 15-minute SPP, 5-minute SCED LMP, or day-ahead hourly"""
-    replay_path: Path | None = None
-    """the price file `source: replay` plays (see docs/prices.md)"""
-    replay_speedup: float = Field(default=1.0, gt=0, le=1e6)
-    """replay this many times faster than real time"""
-    poll_interval_s: float = Field(
-        default=30,
-        gt=0,
-        le=3600,
-        description="while the next expected price is not yet published, ask again this often",
-    )
-    base_url: str | None = None
-    """the API's address (default: ERCOT's own)"""
-    auth_url: str | None = None
-    """the token endpoint of the ERCOT Public API (default: ERCOT's own)"""
-
-
-class TlsConfig(_Strict):
-    ca_file: Path
-    """the CA that signed the broker's certificate"""
-    cert_file: Path | None = None
-    """the client certificate, for brokers that ask for one"""
-    key_file: Path | None = None
-    """the client certificate's key"""
-
-
-class MqttConfig(_Strict):
-    host: Host = "127.0.0.1"
-    """the broker's address"""
-    port: int = Field(default=1883, ge=1, le=65535)
-    """the broker's port (8883 is usual with TLS)"""
-    client_id: str | None = None
-    """default gridflex-<site id>; the persistent session is kept under it"""
-    username: str | None = None
-    """the broker's user name"""
-    password: SecretStr | None = None
-    """the broker's password: write ${GRIDFLEX_MQTT_PASSWORD}"""
-    tls: TlsConfig | None = None
-    """TLS to the broker; null: plain TCP (loopback or a closed network only)"""
-    topic_prefix: str | None = Field(default=None, description="default gridflex/<site id>")
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    """MQTT keep-alive; the broker publishes the last will after 1.5x this"""
-    hmac_secret: SecretStr | None = Field(
-        default=None, description="the site key: signed messages without key_id (32+ bytes)"
-    )
-    hmac_keys: dict[str, SecretStr] = Field(
-        default_factory=dict,
-        description="one key per sender (QSE, SCADA, engineers), named by key_id (32+ bytes)",
-    )
-    replay_window_s: float = Field(default=300, gt=0, le=86_400)
-    """a signed message's issued_at may be this old; its nonce is remembered this long"""
-    clock_skew_s: float = Field(default=5, ge=0, le=120)
-    """how far ahead a sender's clock may be"""
-    max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    """larger inbound messages are rejected before parsing"""
-    max_messages_per_s: float = Field(default=20, gt=0, description="per inbound topic")
-    max_burst: int = Field(default=200, ge=1, description="messages beyond the rate at once")
-
-    @field_validator("hmac_secret")
-    @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < MIN_KEY_BYTES:
-            raise ValueError(f"must be at least {MIN_KEY_BYTES} bytes (an empty or short key "
-                             "lets anyone sign)")  # fmt: skip
-        return value
-
-    @field_validator("hmac_keys")
-    @classmethod
-    def _keys_long_enough(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        return checked_keys(value)
-
-
-class ServiceConfig(_Strict):
-    mode: Literal["control", "shadow"] = "control"
-    """control: gridflex commands the devices; shadow: it reads every device and signal and
-    decides, but writes to no device: acks say shadow, and `gridflex shadow-report` compares
-    what it would have done with what the site did. A change is a restart, logged"""
-    cycle_s: float = Field(default=2.0, gt=0, le=60)
-    """one decision per this many seconds"""
-    database: Path = Path("/var/lib/gridflex/gridflex.sqlite3")
-    """the SQLite file of events, audit and outbox"""
-    metrics_port: int | None = Field(default=9464, ge=1, le=65535)
-    """Prometheus /metrics; null: not served"""
-    metrics_host: str = Field(
-        default="127.0.0.1",
-        description="where /metrics listens: loopback unless Prometheus scrapes from elsewhere "
-        "(then the site's address, behind its firewall)",
-    )
-    audit_retention_days: float | None = Field(
-        default=400, gt=0, description="audit rows older than this are deleted (daily); "
-        "null keeps them for ever. Settlement disputes reach back about a year.",
-    )  # fmt: skip
-    status_page_port: int | None = Field(default=None, ge=1, le=65535)
-    """a read-only status page (load, events, devices needing attention, the latest decision's
-    reasons) on this port; null: not served"""
-    status_page_host: str = "127.0.0.1"
-    """where the status page listens: loopback; reach it over SSH (ssh -L) rather than opening it
-    to the site's network, since it has no login"""
-    shutdown_posture: Literal["hold", "restore"] = "hold"
-    """on stop: hold devices as they are, or restore them to running"""
-    verify_timeout_s: float = Field(default=10, gt=0, le=600)
-    """a device that has not reached its setpoint this long after its settle time is not
-    obeying"""
-    restore_batch_size: int = Field(default=50, ge=1)
-    """after a restart or an event's end, start this many devices at once"""
-    restore_batch_interval_s: float = Field(default=5, ge=0, le=600)
-    """and wait this long between batches"""
-    ramp_window_s: float = Field(default=10, ge=0, le=600)
-    """after a dispatch asks for less, the site has this long to get there: cycles over the
-    ceiling within it are counted as ramp, not as violations, and `active` may be sent"""
-
-
-class SiteMeterConfig(_Strict):
-    """The point-of-interconnection (revenue) meter: what the site draws from the grid, read on
-    the device cadence. With it, compliance and every ack are judged on it, not on the sum of
-    device readings, and that sum is checked against it every cycle."""
-
-    driver: ModbusDriverConfig
-    """a read-only power analyser profile (three_phase_meter, siemens_pac3200)"""
-    tolerance_kw: float = Field(default=5.0, ge=0, le=100_000)
-    """how far the sum of device readings may be from the meter before it is an alarm ..."""
-    tolerance_pct: float = Field(default=3.0, ge=0, le=100)
-    """... or this share of the meter's reading, whichever is larger"""
-    stale_after_s: float = Field(default=10.0, gt=0, le=3600)
-    """a reading older than this is not the judge: the device readings are, and acks say so"""
-
-
-class SiteConfig(_Strict):
+class SiteConfig(Strict):
     site: SiteInfo
     """who the site is"""
     classes: dict[

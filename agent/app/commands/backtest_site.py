@@ -30,7 +30,7 @@ from agent.backtest.hybrid import DemandTrace, demand_from_frame
 from agent.backtest.replay import joined
 from agent.config import load_config
 from agent.config.load import OFFLINE_SECTIONS
-from agent.config.site import MiningValue
+from agent.config.loads import MiningValue
 from agent.domain.fleet import ControlMode, DeviceKind, DeviceSpec, Fleet, LoadClass, Priority
 from agent.domain.settings import Policy
 from agent.domain.signals import Obligation
