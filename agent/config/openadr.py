@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
+from agent.config.strict import Strict
 from agent.domain.settings import Posture
 
 __all__ = ["MIN_POLL_S", "OpenAdrConfig", "OpenAdrLevelConfig", "OpenAdrSetpointConfig"]
@@ -17,13 +18,7 @@ __all__ = ["MIN_POLL_S", "OpenAdrConfig", "OpenAdrLevelConfig", "OpenAdrSetpoint
 MIN_POLL_S = 0.2
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
-    )
-
-
-class OpenAdrLevelConfig(_Strict):
+class OpenAdrLevelConfig(Strict):
     """What one SIMPLE level (0 normal, 1 moderate, 2 high, 3 special) asks of the site:
     exactly one of a posture, a site ceiling or an amount to shed."""
 
@@ -50,7 +45,7 @@ class OpenAdrLevelConfig(_Strict):
         return self
 
 
-class OpenAdrSetpointConfig(_Strict):
+class OpenAdrSetpointConfig(Strict):
     """How a LOAD_DISPATCH / LOAD_CONTROL value is read: the site's ceiling, or kW to shed."""
 
     meaning: Literal["ceiling", "shed"]
@@ -60,7 +55,7 @@ class OpenAdrSetpointConfig(_Strict):
     )
 
 
-class OpenAdrConfig(_Strict):
+class OpenAdrConfig(Strict):
     vtn_url: str = Field(min_length=1, pattern=r"^https?://")
     """the VTN's address (https:// unless allow_plain_http)"""
     ven_name: str = Field(min_length=1, max_length=128)

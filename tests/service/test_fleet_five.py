@@ -7,8 +7,8 @@ load, the next two share the rest, the dearest none) and met by measured load; s
 cut mid-shed: it keeps its share (every telemetry message of the cut, at the hub once after the
 heal, is under its limit) and a command sent to it during the cut, expiring before the heal,
 is refused when it arrives; site-d is killed (SIGKILL) and within the hub's deadline its share
-moves to the cheapest site with room left (site-c), whose measured load follows; no command
-was applied twice at any site."""
+moves to the cheapest site with room left (site-c), whose measured load follows, and `gridflex
+fleet status` shows site-d silent and failed; no command was applied twice at any site."""
 
 from __future__ import annotations
 
@@ -97,6 +97,14 @@ async def _scenario(rig: FleetRig) -> None:
         assert seen_failed[0] - killed_at <= DEADLINE_S + 1.5, seen_failed[0] - killed_at
         await until(lambda: _at_most(bus, "site-c", 65.0))
         assert all(line["met"] for line in watched[-10:]), watched[-10:]
+
+        status = await asyncio.to_thread(gridflex, "fleet", "--hub", rig.hub_url, "status")
+        rows = [json.loads(line) for line in status.stdout.splitlines()]
+        links = {row["site"]: row["link"] for row in rows if "site" in row}
+        assert links == {**dict.fromkeys(VALUES, "up"), "site-d": "silent"}, rows
+        (obligation,) = [row["portfolio"] for row in rows if "portfolio" in row]
+        assert obligation["sites"]["site-d"]["state"] == "failed"
+        assert obligation["sites"]["site-c"]["limit_kw"] == pytest.approx(65.0, abs=0.5)
 
         for site in VALUES:  # no command applied twice; the late one never
             accepted = [a["event_id"] for a in await sent(bus, site, "dispatch.ack")
