@@ -134,15 +134,22 @@ class FleetLink:
         """Each command to the inbox (`put`), acknowledged to JetStream once its cycle
         committed."""
         await self._ready.wait()
+        unread = False  # logged once per outage: a cut link can last hours
         while True:
             try:
                 messages = await self.bus.fetch_commands(
                     prefix=self._config.subject_prefix, site=self._site,
                     hub_domain=self._config.hub_domain)  # fmt: skip
             except FleetBusError as exc:
-                log.warning("fleet: commands not read (%s); again in %.0f s", exc, RETRY_S)
+                if not unread:
+                    log.warning("fleet: the hub's commands cannot be read (%s); trying every "
+                                "%.0f s", exc, RETRY_S)  # fmt: skip
+                unread = True
                 await asyncio.sleep(RETRY_S)
                 continue
+            if unread:
+                log.info("fleet: reading the hub's commands again")
+                unread = False
             for message in messages:
                 data = message.data
                 done = put(lambda data=data: commands.take(data, clock()))  # type: ignore[misc]
