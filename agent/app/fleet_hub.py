@@ -124,7 +124,7 @@ async def run_shed(bus: NatsBus, order: ShedOrder, out: Callable[[dict[str, Any]
     end = start + timedelta(seconds=order.for_s)
     for site in sites.values():
         site.share_kw = plan.shares_kw[site.name]
-        site.headroom_kw = plan.limits_kw[site.name] - (site.baseline_kw - site.share_kw)
+        site.headroom_kw = plan.room_kw[site.name]
         await _limit(bus, order, site, end)
     out({"allocated": {s.name: round(s.share_kw, 3) for s in sites.values()},
          "shed_kw": round(shed_kw, 3), "shortfall_kw": round(shortfall_kw, 3),

@@ -89,7 +89,8 @@ class Split:
     target_kw: float  # the portfolio's load at most this
     shed_kw: float
     shares_kw: dict[str, float]  # what each site sheds
-    limits_kw: dict[str, float]  # what each site may draw: its load less its share (+ room)
+    room_kw: dict[str, float]  # a ceiling above the load: each site's share of the room left
+    limits_kw: dict[str, float]  # what each site may draw: its load less its share, plus room
     shortfall_kw: float  # what the offers could not cover
 
 
@@ -106,7 +107,7 @@ def split(loads_kw: Mapping[str, float], offers: Mapping[str, Offer], *,
     else:
         raise ValueError("a shed or a ceiling")
     shares, shortfall_kw = allocate(offers, shed_kw)
-    room_kw = max(0.0, target_kw - load_kw) if ceiling_kw is not None else 0.0
-    limits = {site: max(0.0, kw - shares[site] + (room_kw * kw / load_kw if load_kw > 0 else 0.0))
-              for site, kw in loads_kw.items()}  # fmt: skip
-    return Split(target_kw, shed_kw, shares, limits, shortfall_kw)
+    spare_kw = max(0.0, target_kw - load_kw) if ceiling_kw is not None else 0.0
+    room = {site: spare_kw * kw / load_kw if load_kw > 0 else 0.0 for site, kw in loads_kw.items()}
+    limits = {site: max(0.0, kw - shares[site] + room[site]) for site, kw in loads_kw.items()}
+    return Split(target_kw, shed_kw, shares, room, limits, shortfall_kw)
