@@ -35,7 +35,7 @@ from adapters.transport.nats_bus import (
     command_subject,
 )
 from agent.service.fleet_commands import signed_command
-from agent.service.portfolio import lost_usd_per_h, reallocate, split
+from agent.service.portfolio import lost_usd_per_h, reallocate, site_limit_kw, split
 
 __all__ = [
     "STATE_BUCKET", "ShedOrder", "last_telemetry", "portfolio_states", "publish_command",
@@ -79,6 +79,7 @@ class _Site:
     offer: list[tuple[float, float]]
     share_kw: float = 0.0
     headroom_kw: float = 0.0  # a ceiling above the fleet's load: its share of the room left
+    limit_kw: float | None = None  # the limit last sent (a short site keeps it)
     revision: int = 0
     failed: bool = False
     short: bool = False  # fell short once: what it missed moved to the others
@@ -89,9 +90,9 @@ class _Site:
     def event_id(self, order: ShedOrder) -> str:
         return f"{order.event_id}.{self.name}.{self.revision}"
 
-    @property
-    def limit_kw(self) -> float:
-        return round(max(0.0, self.baseline_kw - self.share_kw + self.headroom_kw), 3)
+    def target_kw(self) -> float:
+        """The limit its share asks for."""
+        return round(site_limit_kw(self.baseline_kw, self.share_kw, self.headroom_kw), 3)
 
     @property
     def state(self) -> str:
@@ -109,8 +110,9 @@ async def run_shed(bus: NatsBus, order: ShedOrder, out: Callable[[dict[str, Any]
     """Split, send and watch one portfolio shed or ceiling (returns after `order.watch_s`)."""
     start = datetime.now(UTC)
     sites: dict[str, _Site] = {}
-    for name in order.sites:
-        seen = await last_telemetry(bus, name)
+    # at once: a cut-off site's direct read waits out its timeout
+    seen_all = await asyncio.gather(*(last_telemetry(bus, name) for name in order.sites))
+    for name, seen in zip(order.sites, seen_all, strict=True):
         if seen is None or (start - seen[0]).total_seconds() > order.deadline_s:
             out({"site": name, "left_out": "no fresh telemetry"})
             continue
@@ -161,7 +163,7 @@ async def run_shed(bus: NatsBus, order: ShedOrder, out: Callable[[dict[str, Any]
 def _missed_kw(site: _Site, order: ShedOrder, now: datetime) -> float:
     """What a site misses its limit by, once its latest limit is a deadline old (0 before, and
     after it fell short once: the hub moves a site's miss once, and keeps its limit)."""
-    if site.short or site.sent_at is None or site.last_kw is None:
+    if site.short or site.limit_kw is None or site.sent_at is None or site.last_kw is None:
         return 0.0
     if (now - site.sent_at).total_seconds() < order.deadline_s:
         return 0.0
@@ -217,7 +219,7 @@ async def _move(bus: NatsBus, order: ShedOrder, sites: dict[str, _Site], failed:
 
 
 async def _limit(bus: NatsBus, order: ShedOrder, site: _Site, end: datetime) -> None:
-    site.sent_at = datetime.now(UTC)
+    site.sent_at, site.limit_kw = datetime.now(UTC), site.target_kw()
     dispatch = {"event_id": site.event_id(order), "kind": "limit", "target_kw": site.limit_kw,
                 "end": end.isoformat(), "program": "fleet"}  # fmt: skip
     await _command(bus, order, site.name, dispatch)

@@ -10,7 +10,7 @@ import numpy as np
 
 from agent.app.assembly import Service
 from agent.app.site_facts import device_states, overrides_in_force, state_masks
-from agent.domain.fleet import Priority
+from agent.domain.fleet import LoadClass, Priority
 from agent.policy import Decision, Rule
 from agent.service.cycle import CycleReport
 from agent.service.devices import id_ranges
@@ -80,11 +80,16 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
     )
 
 
+def _flexible_classes(decision: Decision) -> list[tuple[LoadClass, float]]:
+    """The interruptible and flexible classes (their cooling included) with their planned kW:
+    what a voluntary program (a fleet's portfolio shed) may take."""
+    return [(c, kw) for c, kw in zip(decision.fleet.classes, decision.class_kw, strict=True)
+            if c.priority <= Priority.FLEXIBLE]  # fmt: skip
+
+
 def _flexible_kw(decision: Decision) -> float:
     """The planned kW of interruptible and flexible classes (their cooling included)."""
-    classes = decision.fleet.classes
-    sheddable = [c.priority <= Priority.FLEXIBLE for c in classes]
-    return round(sum(kw for kw, ok in zip(decision.class_kw, sheddable, strict=True) if ok), 3)
+    return round(sum(kw for _, kw in _flexible_classes(decision)), 3)
 
 
 def flex_offer(decision: Decision) -> list[FlexStep]:
@@ -92,16 +97,14 @@ def flex_offer(decision: Decision) -> list[FlexStep]:
     flexible class's planned kW (its cooling counted with it) at its value less the site's
     price (what a MWh of it earns over its energy; its whole value while the price is unknown
     or stale), at least 0. A fleet's portfolio shed takes the cheapest steps first."""
-    classes = decision.fleet.classes
-    by_name = {c.name: c for c in classes}
+    by_name = {c.name: c for c in decision.fleet.classes}
     price = None if decision.price_stale else decision.price_usd_per_mwh
     kw_by_value: dict[float, float] = {}
-    for c, kw in zip(classes, decision.class_kw, strict=True):
-        if c.priority > Priority.FLEXIBLE or kw <= 0.0:
+    for c, kw in _flexible_classes(decision):
+        if kw <= 0.0:
             continue
         leader = by_name.get(c.follows, c) if c.follows is not None else c
-        value = leader.value_usd_per_mwh - (price or 0.0)
-        value = round(max(0.0, value), 2)
+        value = round(max(0.0, leader.value_usd_per_mwh - (price or 0.0)), 2)
         kw_by_value[value] = kw_by_value.get(value, 0.0) + kw
     return [FlexStep(value_usd_per_mwh=v, kw=round(kw, 3)) for v, kw in sorted(kw_by_value.items())]
 

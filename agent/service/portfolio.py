@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from itertools import groupby
 
 __all__ = [
-    "Offer", "Split", "allocate", "left_after", "lost_usd_per_h", "reallocate", "split",
+    "Offer", "Split", "allocate", "left_after", "lost_usd_per_h", "reallocate", "site_limit_kw",
+    "split",
 ]  # fmt: skip
 
 EPS_KW = 1e-6
@@ -45,15 +46,25 @@ def allocate(offers: Mapping[str, Offer], shed_kw: float) -> tuple[dict[str, flo
     return shares, max(0.0, left_kw)
 
 
-def left_after(offer: Offer, share_kw: float) -> list[tuple[float, float]]:
-    """What a site still offers once `share_kw` of it is taken (its cheapest steps first)."""
-    left, taking_kw = [], share_kw
+def _taken(offer: Offer, share_kw: float) -> list[tuple[float, float, float]]:
+    """A site's steps, cheapest first, as (value, kW taken by `share_kw`, kW left): a site
+    gives its cheapest MWh first, as its own engine sheds."""
+    steps, taking_kw = [], share_kw
     for value, kw in sorted(offer):
         used_kw = min(max(0.0, kw), max(0.0, taking_kw))
         taking_kw -= used_kw
-        if kw - used_kw > EPS_KW:
-            left.append((value, kw - used_kw))
-    return left
+        steps.append((value, used_kw, kw - used_kw))
+    return steps
+
+
+def left_after(offer: Offer, share_kw: float) -> list[tuple[float, float]]:
+    """What a site still offers once `share_kw` of it is taken."""
+    return [(value, left_kw) for value, _, left_kw in _taken(offer, share_kw) if left_kw > EPS_KW]
+
+
+def site_limit_kw(load_kw: float, share_kw: float, room_kw: float = 0.0) -> float:
+    """What a site may draw: its load less its share, plus its share of a ceiling's room."""
+    return max(0.0, load_kw - share_kw + room_kw)
 
 
 def reallocate(
@@ -72,16 +83,10 @@ def reallocate(
 
 
 def lost_usd_per_h(offers: Mapping[str, Offer], shares: Mapping[str, float]) -> float:
-    """What the shares cost the portfolio per hour: each site's share taken from its cheapest
-    steps (as its own engine sheds, least valuable first)."""
-    total = 0.0
-    for site, share_kw in shares.items():
-        taking_kw = share_kw
-        for value, kw in sorted(offers.get(site, ())):
-            used_kw = min(max(0.0, kw), max(0.0, taking_kw))
-            total += used_kw * value / 1000.0
-            taking_kw -= used_kw
-    return total
+    """What the shares cost the portfolio per hour, each share taken from its site's cheapest
+    steps."""
+    return sum(value * taken_kw / 1000.0 for site, share_kw in shares.items()
+               for value, taken_kw, _ in _taken(offers.get(site, ()), share_kw))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,5 +114,5 @@ def split(loads_kw: Mapping[str, float], offers: Mapping[str, Offer], *,
     shares, shortfall_kw = allocate(offers, shed_kw)
     spare_kw = max(0.0, target_kw - load_kw) if ceiling_kw is not None else 0.0
     room = {site: spare_kw * kw / load_kw if load_kw > 0 else 0.0 for site, kw in loads_kw.items()}
-    limits = {site: max(0.0, kw - shares[site] + room[site]) for site, kw in loads_kw.items()}
+    limits = {site: site_limit_kw(kw, shares[site], room[site]) for site, kw in loads_kw.items()}
     return Split(target_kw, shed_kw, shares, room, limits, shortfall_kw)

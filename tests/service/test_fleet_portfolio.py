@@ -240,6 +240,8 @@ async def _short_site(hub: NatsServer, bus: NatsBus, stops: dict[str, asyncio.Ev
         (obligation,) = [row["portfolio"] for row in rows if "portfolio" in row]
         assert obligation["event_id"] == "p1"
         assert obligation["sites"]["site-b"]["state"] == "short"
+        # the limit it was sent and keeps, not one worked back from what moved off it
+        assert obligation["sites"]["site-b"]["limit_kw"] == pytest.approx(75.0, abs=1.0)
         assert obligation["sites"]["site-a"]["share_kw"] == pytest.approx(60.0, abs=1.0)
         assert {row["site"]: row["link"] for row in rows if "site" in row} == {
             "site-a": "up", "site-b": "up"}  # fmt: skip
