@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from adapters.transport.nats_bus import FLEET_IN_STREAM, NatsBus, command_subject
+from adapters.transport.nats_bus import NatsBus
 from agent.app.fleet_hub import last_telemetry
-from tests.helpers.fleet_rig import FleetRig, sent, until
-from tests.helpers.nats_fleet import KEY, command
+from tests.helpers.fleet_rig import FleetRig, held_since, sent, until
+from tests.helpers.nats_fleet import send_command
 
 __all__ = ["Day", "compressed_day"]
 
@@ -122,13 +120,7 @@ async def _view_since(bus: NatsBus, site: str, at: datetime) -> bool:
 async def _stream_caught_up(bus: NatsBus, day: Day, site: str, healed_at: datetime) -> None:
     """How long the hub's inbound stream took to hold the site's telemetry from after a heal
     (the server's sourcing, which retries on its own backoff)."""
-    subject = f"gridflex.{site}.out.telemetry"
-
-    async def caught_up() -> bool:
-        data = await bus.last_message(FLEET_IN_STREAM, subject)
-        return data is not None and datetime.fromisoformat(json.loads(data)["at"]) > healed_at
-
-    await until(caught_up, timeout_s=300, every_s=0.5)
+    await until(lambda: held_since(bus, site, healed_at), timeout_s=300, every_s=0.5)
     day.stream_s.append((datetime.now(UTC) - healed_at).total_seconds())
 
 
@@ -144,9 +136,8 @@ async def _obligations(bus: NatsBus, day: Day, sites: list[str], done: asyncio.E
             dispatch = {"event_id": event_id, "kind": "limit", "target_kw": target_kw,
                         "issued_at": now.isoformat(), "program": "fleet",
                         "end": (now + timedelta(seconds=3 * day.hour_s)).isoformat()}  # fmt: skip
-            data = command(site, day.next_seq(), "hub-1", KEY, issued_at=now,
-                           expires_at=expires_at, dispatch=dispatch)  # fmt: skip
-            await bus.publish(command_subject("gridflex", site), data, msg_id=uuid.uuid4().hex)
+            await send_command(bus, site, day.next_seq(), issued_at=now, expires_at=expires_at,
+                               dispatch=dispatch)  # fmt: skip
             day.ledger.append({"site": site, "event_id": event_id, "sent_at": now,
                                "expires_at": expires_at})  # fmt: skip
         hour += 1

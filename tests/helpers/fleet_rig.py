@@ -11,6 +11,7 @@ import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tests.helpers.cli import gridflex
 from tests.helpers.nats_fleet import CutLink, NatsServer, fleet_site_text
 from tests.helpers.service_process import start_service
 
-__all__ = ["FleetRig", "sent", "until"]
+__all__ = ["FleetRig", "at_most", "held", "held_since", "sent", "until"]
 
 
 @dataclass
@@ -84,6 +85,24 @@ async def sent(bus: NatsBus, site: str, topic: str) -> list[dict[str, Any]]:
     """What `site` published on `topic` ("telemetry", "dispatch.ack") as the hub holds it."""
     stored = await bus.stream_messages(FLEET_IN_STREAM, f"gridflex.{site}.out.{topic}")
     return [json.loads(m.data) for m in stored]
+
+
+async def held(bus: NatsBus, site: str) -> dict[str, Any] | None:
+    """The site's last telemetry in the hub's inbound stream (None before any)."""
+    data = await bus.last_message(FLEET_IN_STREAM, f"gridflex.{site}.out.telemetry")
+    return None if data is None else dict(json.loads(data))
+
+
+async def at_most(bus: NatsBus, site: str, kw: float, tolerance_kw: float) -> bool:
+    """The site's load, as the hub last holds it, is within `tolerance_kw` of at most `kw`."""
+    last = await held(bus, site)
+    return last is not None and last["site_kw"] <= kw + tolerance_kw
+
+
+async def held_since(bus: NatsBus, site: str, at: datetime) -> bool:
+    """The hub's inbound stream holds telemetry the site wrote after `at`."""
+    last = await held(bus, site)
+    return last is not None and datetime.fromisoformat(last["at"]) > at
 
 
 async def until(test: Callable[[], Awaitable[Any]], timeout_s: float = 30.0,

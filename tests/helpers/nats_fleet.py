@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from adapters.transport.nats_bus import NatsBus
+from agent.app.fleet_hub import publish_command
 from agent.config import SiteConfig
 from agent.config.load import parse_config
 from agent.service.fleet_commands import signed_command
@@ -24,7 +26,7 @@ from tests.helpers.peers import free_port
 
 __all__ = [
     "KEY", "CutLink", "NatsServer", "command", "fleet_site", "fleet_site_text",
-    "nats_server_binary",
+    "nats_server_binary", "send_command",
 ]  # fmt: skip
 
 KEY = b"k" * 32  # the hub's key hub-1, as every test site knows it
@@ -195,3 +197,11 @@ def command(site_id: str, seq: int, key_id: str, key: bytes, *, issued_at: datet
     body = signed_command(site_id, seq, key_id, key, issued_at=issued_at, expires_at=expires_at,
                           dispatch=dispatch)  # fmt: skip
     return json.dumps(body).encode()
+
+
+async def send_command(bus: NatsBus, site_id: str, seq: int, *, issued_at: datetime,
+                       expires_at: datetime, dispatch: dict[str, Any]) -> None:  # fmt: skip
+    """A command signed for `site_id` under the hub's key hub-1, sent as the hub sends it."""
+    body = signed_command(site_id, seq, "hub-1", KEY, issued_at=issued_at, expires_at=expires_at,
+                          dispatch=dispatch)  # fmt: skip
+    await publish_command(bus, body)

@@ -16,17 +16,16 @@ import asyncio
 import itertools
 import json
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.transport.nats_bus import FLEET_IN_STREAM, NatsBus, command_subject
+from adapters.transport.nats_bus import NatsBus
 from tests.helpers.cli import gridflex
-from tests.helpers.fleet_rig import FleetRig, sent, until
-from tests.helpers.nats_fleet import KEY, command, nats_server_binary
+from tests.helpers.fleet_rig import FleetRig, at_most, held_since, sent, until
+from tests.helpers.nats_fleet import KEY, nats_server_binary, send_command
 
 pytestmark = [
     pytest.mark.slow,
@@ -58,16 +57,18 @@ async def _scenario(rig: FleetRig) -> None:
             "--watch-s", "45", env={"GRIDFLEX_FLEET_KEY": KEY.decode()}))  # fmt: skip
         limits = {"site-a": 5.0, "site-b": 5.0, "site-c": 85.0, "site-d": 85.0, "site-e": 105.0}
         for site, kw in limits.items():  # met by measured load
-            await until(lambda site=site, kw=kw: _at_most(bus, site, kw))  # type: ignore[misc]
+            await until(lambda site=site, kw=kw: at_most(bus, site, kw, TOLERANCE_KW))  # type: ignore[misc]
 
         cut_at = datetime.now(UTC)
         rig.links["site-c"].cut()
-        await _send(bus, "site-c", {"event_id": "late", "kind": "limit", "target_kw": 50.0},
-                    expires_s=2.0)  # fmt: skip
+        await send_command(bus, "site-c", int(cut_at.timestamp() * 1000), issued_at=cut_at,
+                           expires_at=cut_at + timedelta(seconds=2.0),
+                           dispatch={"event_id": "late", "kind": "limit", "target_kw": 50.0,
+                                     "issued_at": cut_at.isoformat()})  # fmt: skip
         await asyncio.sleep(5.0)
         rig.links["site-c"].heal()
         healed_at = datetime.now(UTC)
-        await until(lambda: _heard_since(bus, "site-c", healed_at))
+        await until(lambda: held_since(bus, "site-c", healed_at))
         during = [t for t in await sent(bus, "site-c", "telemetry")
                   if cut_at <= datetime.fromisoformat(t["at"]) <= healed_at]  # fmt: skip
         assert len(during) >= 2, during  # every 2 s, over 5 s
@@ -95,7 +96,7 @@ async def _scenario(rig: FleetRig) -> None:
         seen_failed = [datetime.fromisoformat(line["at"]).timestamp() for line in watched
                        if "site-d" in line["failed"]]  # fmt: skip
         assert seen_failed[0] - killed_at <= DEADLINE_S + 1.5, seen_failed[0] - killed_at
-        await until(lambda: _at_most(bus, "site-c", 65.0))
+        await until(lambda: at_most(bus, "site-c", 65.0, TOLERANCE_KW))
         assert all(line["met"] for line in watched[-10:]), watched[-10:]
 
         status = await asyncio.to_thread(gridflex, "fleet", "--hub", rig.hub_url, "status")
@@ -113,29 +114,6 @@ async def _scenario(rig: FleetRig) -> None:
             assert "late" not in accepted
     finally:
         await bus.close()
-
-
-async def _send(bus: NatsBus, site: str, dispatch: dict[str, Any], *, expires_s: float) -> None:
-    now = datetime.now(UTC)
-    data = command(site, int(now.timestamp() * 1000), "hub-1", KEY, issued_at=now,
-                   expires_at=now + timedelta(seconds=expires_s),
-                   dispatch={**dispatch, "issued_at": now.isoformat()})  # fmt: skip
-    await bus.publish(command_subject("gridflex", site), data, msg_id=uuid.uuid4().hex)
-
-
-async def _last(bus: NatsBus, site: str) -> dict[str, Any]:
-    data = await bus.last_message(FLEET_IN_STREAM, f"gridflex.{site}.out.telemetry")
-    assert data is not None
-    body: dict[str, Any] = json.loads(data)
-    return body
-
-
-async def _at_most(bus: NatsBus, site: str, kw: float) -> bool:
-    return bool((await _last(bus, site))["site_kw"] <= kw + TOLERANCE_KW)
-
-
-async def _heard_since(bus: NatsBus, site: str, at: datetime) -> bool:
-    return datetime.fromisoformat((await _last(bus, site))["at"]) > at
 
 
 async def _ack(bus: NatsBus, site: str, event_id: str, status: str) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from adapters.transport.nats_bus import FLEET_IN_STREAM, BusAddress, NatsBus
+from adapters.transport.nats_bus import BusAddress, NatsBus
 from agent.app.published import flex_offer
 from agent.app.runner import run_service
 from agent.domain.fleet import (
@@ -33,7 +33,7 @@ from agent.domain.signals import Signals
 from agent.policy import Decision, Memory, decide
 from agent.service.portfolio import Offer, allocate, lost_usd_per_h, reallocate, split
 from tests.helpers.cli import gridflex
-from tests.helpers.fleet_rig import until
+from tests.helpers.fleet_rig import at_most, held, until
 from tests.helpers.mqtt_watch import GRIDFLEX
 from tests.helpers.nats_fleet import KEY, NatsServer, fleet_site, nats_server_binary
 from tests.helpers.peers import free_port
@@ -175,8 +175,7 @@ async def _two_sites(tmp_path: Path, scenario: Scenario, *, stuck_b: bool) -> No
     await bus.connect()
     try:
         for name in stops:  # both sites heard at the hub
-            await until(lambda name=name: bus.last_message(  # type: ignore[misc]
-                FLEET_IN_STREAM, f"gridflex.{name}.out.telemetry"))  # fmt: skip
+            await until(lambda name=name: held(bus, name))  # type: ignore[misc]
         await scenario(hub, bus, stops, services)
     finally:
         for stop in stops.values():
@@ -199,8 +198,7 @@ async def _ceiling_then_stop(hub: NatsServer, bus: NatsBus, stops: dict[str, asy
     # at most 150 kW from 2 x 105 kW: a shed of 60, split 30/30 (the sites are alike)
     ceiling = asyncio.create_task(_obligation(hub, "ceiling", 150.0, 14))
     await asyncio.sleep(6)  # both limits taken and met
-    a_kw = await _site_kw(bus, "site-a")
-    assert a_kw <= 105.0 - 30.0 + 1e-6
+    assert await at_most(bus, "site-a", 105.0 - 30.0, 1e-6)
     stops["site-b"].set()  # site-b goes away mid-shed
     await asyncio.wait_for(services["site-b"], 30)
     done = await ceiling
@@ -212,7 +210,7 @@ async def _ceiling_then_stop(hub: NatsServer, bus: NatsBus, stops: dict[str, asy
     (move,) = [line for line in lines if "moved_to" in line]
     assert move["failed"] == ["site-b"]
     assert move["moved_to"] == pytest.approx({"site-a": 60.0})
-    await until(lambda: _below(bus, "site-a", 105.0 - 60.0))  # site-a takes it all
+    await until(lambda: at_most(bus, "site-a", 105.0 - 60.0, 1e-6))  # site-a takes it all
     watched = [line for line in lines if "portfolio_kw" in line]
     # met from the fourth second on (the first ones: the sites shedding), site-b's part
     # counted at its last word after it stopped
@@ -234,7 +232,7 @@ async def _short_site(hub: NatsServer, bus: NatsBus, stops: dict[str, asyncio.Ev
         assert move["failed"] == []
         assert move["short"] == pytest.approx({"site-b": 30.0}, abs=1.0)  # stuck at 105
         assert move["moved_to"]["site-a"] == pytest.approx(60.0, abs=1.0)
-        await until(lambda: _below(bus, "site-a", 45.0 + 1.0))
+        await until(lambda: at_most(bus, "site-a", 45.0 + 1.0, 1e-6))
         status = await asyncio.to_thread(gridflex, "fleet", "--hub", hub.url, "status")
         rows = [json.loads(line) for line in status.stdout.splitlines()]
         (obligation,) = [row["portfolio"] for row in rows if "portfolio" in row]
@@ -268,16 +266,6 @@ async def _page_json(port: int) -> dict[str, Any] | None:
     except OSError:
         return None
     return view if view["portfolio"] else None
-
-
-async def _site_kw(bus: NatsBus, site: str) -> float:
-    data = await bus.last_message(FLEET_IN_STREAM, f"gridflex.{site}.out.telemetry")
-    assert data is not None
-    return float(json.loads(data)["site_kw"])
-
-
-async def _below(bus: NatsBus, site: str, kw: float) -> bool:
-    return await _site_kw(bus, site) <= kw + 1e-6
 
 
 def _decision(price_usd_per_mwh: float | None) -> Decision:
