@@ -114,6 +114,17 @@ class EngineConfig(BaseModel):
     """servers that always serve"""
     shrink_pct: float = Field(default=1.0, gt=0, le=100)
     """the most of the pool's servers released from serving per decision, as demand falls"""
+    spare_sqrt: float = Field(default=0.0, ge=0, le=20)
+    """spare servers per square root of the servers the demand needs, on top of headroom_pct
+    (square-root staffing: 3 keeps about 30 spare for 100 servers, 95 for 1,000)"""
+    warmup_s: float = Field(default=0.0, ge=0, le=3600)
+    """how long a server taken back from lent (or paused) work takes to serve (its model
+    loads); a rising demand is met where its trend will be this long from now"""
+    power_speed_exponent: float | None = Field(default=None, gt=0, le=1)
+    """a serving server capped to a fraction f of its power keeps f to this power of its
+    throughput (memory-bound inference: about 0.3); given, a cap within the flex tier is priced
+    by the throughput it costs and competes with miners and lent work by value; null: caps come
+    after every interruptible and flexible load"""
     flex_tiers: list[FlexTierConfig] = Field(default_factory=list)
     """power the pool may give up to a ceiling, once miners and flexible load are cut"""
     lend_value_usd_per_mwh: float | None = None

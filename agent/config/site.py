@@ -269,6 +269,8 @@ class SiteConfig(Strict):
                 headroom_fraction=e.headroom_pct / 100, min_serving=e.min_serving,
                 flex_tiers=tiers, lend_value_usd_per_mwh=e.lend_value_usd_per_mwh,
                 demand_stale_after_s=pool.stale_after_s, shrink_fraction=e.shrink_pct / 100,
+                spare_sqrt=e.spare_sqrt, warmup_s=e.warmup_s,
+                power_speed_exponent=e.power_speed_exponent,
             ))  # fmt: skip
         return tuple(pools)
 

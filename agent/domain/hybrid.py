@@ -24,7 +24,11 @@ class InferencePool:
     Each decision, the pool's demand (requests running and waiting) sets how many servers serve:
     `requests_per_server` is what one server carries while holding its service level (a mean
     queue time or time to first token of `service_level_s`), plus `headroom_fraction` for bursts
-    between scrapes. A measured value above the target keeps the pool growing; a falling demand
+    between scrapes, plus `spare_sqrt` x sqrt(servers needed) (square-root staffing: the spare a
+    pool of many servers needs for random arrivals grows with the root of its size, not in
+    proportion). A server taken back from lent work serves `warmup_s` later (its model loads), so
+    a rising demand is met where its trend will be a warm-up from now. A measured value above the
+    target grows the pool, once per warm-up; a falling demand
     shrinks it by at most `shrink_fraction` of its servers a decision (a lent server reclaimed
     costs its job a checkpoint). Servers not needed are lent to flexible work while the price is
     at or below `lend_value_usd_per_mwh` (None: never lent), else paused."""
@@ -40,6 +44,19 @@ class InferencePool:
     demand_stale_after_s: float = 30.0
     service_level: str = "queue_time"  # what service_level_s bounds: queue_time or ttft
     shrink_fraction: float = 0.01  # of the pool's servers, at most, released per decision
+    spare_sqrt: float = 0.0  # spare servers per sqrt(servers needed), on top of the headroom
+    warmup_s: float = 0.0  # from lent (or paused) to serving: the model's load time
+    # a serving server capped to a fraction f of its power keeps f ** this of its throughput
+    # (memory-bound inference: about 0.3); None: not declared
+    power_speed_exponent: float | None = None
+
+    def cap_value(self, class_value_usd_per_mwh: float, give_up_fraction: float) -> float | None:
+        """What a MWh saved by capping the serving servers by `give_up_fraction` costs: the
+        throughput lost, at the class's value, per unit of power given up. None: no curve."""
+        if self.power_speed_exponent is None or give_up_fraction <= 0:
+            return None
+        kept = float((1.0 - give_up_fraction) ** self.power_speed_exponent)
+        return class_value_usd_per_mwh * (1.0 - kept) / give_up_fraction
 
     def give_up_allowed(self, capped_for_s: float) -> float:
         """The share of serving power the pool may give up when it has been capped for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,7 @@ __all__ = [
     "ObligationStatus",
     "OverrideStatus",
     "PoolStatus",
+    "PoolTrend",
     "Rule",
     "Setpoint",
 ]
@@ -45,6 +47,16 @@ class Rule(IntEnum):
         return "4cp" if self is Rule.FOURCP else self.name.lower()
 
 
+@dataclass(frozen=True, slots=True)
+class PoolTrend:
+    """A pool's demand as the last decision saw it, and how fast it was rising."""
+
+    at_s: float  # POSIX seconds of that decision
+    running_requests: float  # requests being served (nan: the servers do not say)
+    slope_per_s: float  # of the running requests, a second, smoothed over about a warm-up
+    grown_at_s: float = -math.inf  # when a missed service level last grew the pool
+
+
 @dataclass(frozen=True, eq=False)
 class Memory:
     """What one decision hands to the next: enough to honour dwell, hysteresis and baselines."""
@@ -64,6 +76,8 @@ class Memory:
     # has been capped below what serving asks (its flex tier's clock)
     pool_serving: Mapping[str, int] = field(default_factory=dict)
     pool_capped_since_s: Mapping[str, float] = field(default_factory=dict)
+    # each pool's demand trend (not saved across restarts: it is learned again in minutes)
+    pool_trend: Mapping[str, PoolTrend] = field(default_factory=dict)
 
     @classmethod
     def initial(cls, fleet: Fleet) -> Memory:

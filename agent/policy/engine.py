@@ -137,6 +137,7 @@ def decide(
             startup_hold_kw=held,
             pool_serving=pool_serving,
             pool_capped_since_s=capped_since,
+            pool_trend={s.pool.name: s.trend for s in sizings if s.trend is not None},
         ),
         overrides=override_statuses(plan, applied),
         pools=pools,

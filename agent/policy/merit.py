@@ -59,9 +59,10 @@ class _Group:
 
 # Stages. Classes the site file says must go first (`gives_way_first`, for contractual reasons)
 # go first; then every interruptible and flexible kW, miners and lent GPU work alike, least
-# valuable MWh first; then inference within its pools' flex tiers; protected load beyond them
-# last, and only where the ceiling may cut it (the import limit; a dispatch whose program the
-# site file lets cut protected load).
+# valuable MWh first (with them, inference capped within its flex tier where the pool prices
+# the throughput a cap costs); then inference within its pools' flex tiers (unpriced);
+# protected load beyond them last, and only where the ceiling may cut it (the import limit; a
+# dispatch whose program the site file lets cut protected load).
 _GIVES_WAY_FIRST, _BY_VALUE, _WITHIN_FLEX, _PROTECTED = range(4)
 _TIERS_OF_STAGE = {
     _GIVES_WAY_FIRST: (Priority.INTERRUPTIBLE, Priority.FLEXIBLE),
@@ -96,8 +97,15 @@ def _groups(plan: Plan) -> list[_Group]:
         if pool.give_up_fraction > 0:
             note = (f"; inference of pool {pool.name} capped within its flex tier"
                     f" ({pool.give_up_fraction:.0%} of its power)")  # fmt: skip
-            groups.append(_Group(_WITHIN_FLEX, 0.0, int(Priority.PROTECTED), pool.name,
-                                 pool.serving, note, floor_kw=pool.floor_kw))  # fmt: skip
+            # priced by the throughput it costs, a cap competes with miners and lent work by
+            # value; unpriced, it waits until every flexible kW is cut
+            priced = pool.cap_value_usd_per_mwh
+            if priced is not None:
+                note += f", costing ${priced:,.0f}/MWh of inference"
+            groups.append(_Group(
+                _WITHIN_FLEX if priced is None else _BY_VALUE, priced or 0.0,
+                int(Priority.PROTECTED), pool.name, pool.serving, note, floor_kw=pool.floor_kw,
+            ))  # fmt: skip
     return sorted(groups, key=lambda g: (g.stage, g.value, g.tier, g.name))
 
 
@@ -181,7 +189,7 @@ def _movable(plan: Plan, groups: list[_Group], before: Before) -> BoolArray:
     (a floor of their own, an override, a reading not believed, a rule before the shed)."""
     movable = np.zeros(len(plan.fleet), dtype=np.bool_)
     for group in groups:
-        if group.stage == _BY_VALUE:
+        if group.stage == _BY_VALUE and group.floor_kw is None:  # a cap is never a switch-off
             movable[group.idx] = True
     movable &= plan.available & ~plan.follower & ~plan.forced & ~plan.doubtful
     movable &= (plan.lo <= EPS_KW) & (before.hi > EPS_KW)

@@ -41,6 +41,9 @@ class PoolGroup:
     floor_kw: FloatArray  # per serving server: the least it may be capped to within the tier
     give_up_fraction: float  # the tier open now (0: none)
     lend_value_usd_per_mwh: float
+    # what a MWh given up by capping within the tier costs in inference lost; None: not priced
+    # (the pool declares no power-speed curve), so caps come after every flexible kW
+    cap_value_usd_per_mwh: float | None = None
 
 
 class Plan:

@@ -16,14 +16,14 @@ load are cut, and beyond it only if that is still not enough, each with its reas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
 
 from agent.domain.hybrid import InferencePool
 from agent.domain.signals import GpuDemand, Signals
-from agent.policy.decision import Memory, PoolStatus, Rule
+from agent.policy.decision import Memory, PoolStatus, PoolTrend, Rule
 from agent.policy.plan import EPS_KW, FloatArray, Plan, PoolGroup
 
 __all__ = ["PoolSizing", "pool_statuses", "size_pools"]
@@ -40,6 +40,7 @@ class PoolSizing:
     needed: int
     reason: str
     load_requests: float | None
+    trend: PoolTrend | None  # for the next decision; None: demand not known
 
 
 def size_pools(
@@ -65,8 +66,10 @@ def _size(
     members = fleet.members[class_pos]
     # servers that can serve now: reachable, not held off by an earlier rule (dwell, override)
     free = members[plan.available[members] & (plan.feasible(members) > EPS_KW)]
-    needed, text, load = _needed(pool, demand, len(free), memory.pool_serving.get(pool.name),
-                                 now)  # fmt: skip
+    needed, text, load, trend = _needed(
+        pool, demand, len(free), memory.pool_serving.get(pool.name),
+        memory.pool_trend.get(pool.name), now,
+    )  # fmt: skip
     serving, spare = free[:needed], free[needed:]
     plan.describe(serving, Rule.PROTECTED, text)
     value = pool.lend_value_usd_per_mwh
@@ -85,38 +88,62 @@ def _size(
     since = memory.pool_capped_since_s.get(pool.name)
     give_up = pool.give_up_allowed(0.0 if since is None else now.timestamp() - since)
     floor: FloatArray = fleet.rated_kw[serving] * (1.0 - give_up)
-    group = PoolGroup(pool.name, class_pos, serving, lent, floor, give_up, value or 0.0)
-    return PoolSizing(pool, group, needed, text, load)
+    cap_value = pool.cap_value(fleet.classes[class_pos].value_usd_per_mwh, give_up)
+    group = PoolGroup(pool.name, class_pos, serving, lent, floor, give_up, value or 0.0,
+                      cap_value)  # fmt: skip
+    return PoolSizing(pool, group, needed, text, load, trend)
 
 
-def _needed(
+def _needed(  # noqa: PLR0917 - the pool, what it sees, and what it saw
     pool: InferencePool, demand: GpuDemand | None, free: int, previous: int | None,
-    now: datetime,
-) -> tuple[int, str, float | None]:  # fmt: skip
+    trend: PoolTrend | None, now: datetime,
+) -> tuple[int, str, float | None, PoolTrend | None]:  # fmt: skip
     name = pool.name
     if demand is None or demand.endpoints_up == 0:
-        return free, f"pool {name}: no demand read yet: every server serves", None
+        return free, f"pool {name}: no demand read yet: every server serves", None, None
     if demand.is_stale(now, pool.demand_stale_after_s):
         age_s = (now - demand.observed_at_utc).total_seconds()
-        return free, f"pool {name}: demand {age_s:.0f} s old: every server serves", None
+        return free, f"pool {name}: demand {age_s:.0f} s old: every server serves", None, None
     # endpoints that did not answer carry their share, as the ones that did
     scale = demand.endpoints_total / demand.endpoints_up
     load = (demand.waiting + (demand.running or 0.0)) * scale
     if not math.isfinite(load) or load < 0:  # the scraper refuses these; a bug must not crash
-        return free, f"pool {name}: demand not a count ({load!r}): every server serves", None
-    needed = math.ceil(load * (1.0 + pool.headroom_fraction) / pool.requests_per_server - 1e-9)
+        return free, f"pool {name}: demand not a count ({load!r}): every server serves", None, None
+    now_s = now.timestamp()
+    # the trend is the served requests' (running), not the queue's: a queue that grows
+    # because the pool is short (warming, capped) is no forecast of demand
+    trend = _follow(pool, trend, None if demand.running is None else demand.running * scale,
+                    now_s)  # fmt: skip
+    # a server asked for now serves a warm-up from now: size for the demand then
+    ahead = load + max(trend.slope_per_s, 0.0) * pool.warmup_s
+    servers = ahead / pool.requests_per_server
+    needed = math.ceil(servers * (1.0 + pool.headroom_fraction)
+                       + pool.spare_sqrt * math.sqrt(servers) - 1e-9)  # fmt: skip
     text = (
         f"pool {name}: {load:.0f} requests running and waiting need {needed} servers"
-        f" ({pool.requests_per_server:g} each, {pool.headroom_fraction:.0%} headroom)"
-    )
+        f" ({pool.requests_per_server:g} each, {pool.headroom_fraction:.0%} headroom"
+        + (f", {pool.spare_sqrt:g} x sqrt spare" if pool.spare_sqrt else "") + ")"
+        + (f"; rising {trend.slope_per_s * 60:.1f} a minute: sized for {ahead:.0f} in the"
+           f" {pool.warmup_s:g} s a server takes to warm up" if ahead > load + 0.5 else "")
+    )  # fmt: skip
     measured_s, what = (
         (demand.ttft_s, "time to first token") if pool.service_level == "ttft"
         else (demand.queue_time_s, "queue time")
     )  # fmt: skip
     if measured_s is not None and measured_s > pool.service_level_s and previous is not None:
+        # servers asked for at the last growth are still loading for a warm-up: asking again
+        # before they serve would count the same shortfall twice
         grown = previous + max(1, math.ceil(0.1 * free))
-        if grown > needed:
+        if now_s - trend.grown_at_s < pool.warmup_s:
+            if previous > needed:
+                needed = previous
+                text += (
+                    f"; {what} {measured_s:.2f} s above its {pool.service_level_s:g} s"
+                    f" target: holding {previous} while the servers it grew by warm up"
+                )
+        elif grown > needed:
             needed = grown
+            trend = replace(trend, grown_at_s=now_s)
             text += (
                 f"; {what} {measured_s:.2f} s above its {pool.service_level_s:g} s target:"
                 f" growing to {grown}"
@@ -128,7 +155,25 @@ def _needed(
         if floor > needed:
             needed = floor
             text += f"; shrinking from {previous} by at most {pool.shrink_fraction:.0%} a decision"
-    return max(pool.min_serving, min(needed, free)), f"{text} of {free}", load
+    return max(pool.min_serving, min(needed, free)), f"{text} of {free}", load, trend
+
+
+def _follow(pool: InferencePool, trend: PoolTrend | None, running: float | None, now_s: float
+            ) -> PoolTrend:  # fmt: skip
+    """The served demand's slope, smoothed over about three warm-ups (a minute at least) so
+    that one scrape's noise does not warm servers up; no slope without a running count."""
+    grown_at_s = -math.inf if trend is None else trend.grown_at_s
+    if running is None:
+        return PoolTrend(now_s, math.nan, 0.0, grown_at_s)
+    if trend is not None and now_s <= trend.at_s:
+        return trend  # decided again at the same instant
+    if trend is None or not math.isfinite(trend.running_requests):
+        return PoolTrend(now_s, running, 0.0, grown_at_s)
+    dt_s = now_s - trend.at_s
+    weight = min(1.0, dt_s / max(3.0 * pool.warmup_s, 60.0))
+    rate = (running - trend.running_requests) / dt_s
+    return PoolTrend(now_s, running, trend.slope_per_s + weight * (rate - trend.slope_per_s),
+                     grown_at_s)  # fmt: skip
 
 
 def pool_statuses(

@@ -24,6 +24,7 @@ from agent.domain.hybrid import FlexTier, InferencePool
 from agent.domain.settings import Policy
 from agent.domain.signals import GpuDemand, Obligation, ObligationKind, Signals
 from agent.policy import Decision, Memory, PoolStatus, Rule, decide
+from agent.policy.decision import PoolTrend
 from tests.policy.site import T0, price
 
 # 10 miners of 3.5 kW (on/off), 10 GPU servers of 1.2 kW (capped down to 0.4, 0.1 idle), 1 kW
@@ -44,6 +45,7 @@ POOL = InferencePool(
     flex_tiers=(FlexTier(0.30, 1800), FlexTier(0.25, 3 * 3600)), lend_value_usd_per_mwh=200.0,
 )  # fmt: skip
 POLICY = Policy(pools=(POOL,))
+WARM = replace(POOL, warmup_s=120.0)  # a server takes 2 minutes to load its model
 GPUS = [f"g{i}" for i in range(10)]
 ASICS = [f"a{i}" for i in range(10)]
 
@@ -153,6 +155,48 @@ CASES = [
          Signals(price=CHEAP, gpu_demand=(demand(60, 10),), obligations=(limit(12.5),)),
          serving=10, lent=0, paused=0, capped=10, within_flex=False, site_kw=12.5,
          memory={"pool_capped_since_s": {"llm": T0.timestamp() - 4 * 3600}}),
+    # square-root staffing, warm-up and trend (docs/hybrid.md)
+    Case("square-root staffing: 32 requests are 4 servers, plus 2 x sqrt(4) spare",
+         Signals(price=CHEAP, gpu_demand=(demand(32),)), serving=8, lent=2, paused=0,
+         policy=replace(POLICY, pools=(replace(POOL, headroom_fraction=0.0, spare_sqrt=2.0),)),
+         reason_has=("need 8 servers (8 each, 0% headroom, 2 x sqrt spare)",)),
+    Case("a rising demand is met where it will be a warm-up from now: 24 now, ~31.7 in 120 s",
+         Signals(price=CHEAP, gpu_demand=(demand(24),)), serving=5, lent=5, paused=0,
+         policy=replace(POLICY, pools=(WARM,)),
+         memory={"pool_trend": {"llm": PoolTrend(T0.timestamp() - 60, 16.0, 0.05)}},
+         reason_has=("rising 3.8 a minute: sized for 32 in the 120 s",)),
+    Case("without the trend the same 24 requests need 4",
+         Signals(price=CHEAP, gpu_demand=(demand(24),)), serving=4, lent=6, paused=0,
+         policy=replace(POLICY, pools=(WARM,))),
+    Case("a queue that grows while running stays flat is no trend (the pool is short)",
+         Signals(price=CHEAP, gpu_demand=(demand(16, 8),)), serving=4, lent=6, paused=0,
+         policy=replace(POLICY, pools=(WARM,)),
+         memory={"pool_trend": {"llm": PoolTrend(T0.timestamp() - 60, 16.0, 0.0)}}),
+    Case("a missed service level grows the pool once per warm-up, and holds it meanwhile",
+         Signals(price=CHEAP, gpu_demand=(demand(8, queue_time_s=5.0),)), serving=5, lent=5,
+         paused=0, policy=replace(POLICY, pools=(WARM,)),
+         memory={"pool_serving": {"llm": 5}, "pool_trend": {"llm": PoolTrend(
+             T0.timestamp() - 60, 8.0, 0.0, grown_at_s=T0.timestamp() - 60)}},
+         reason_has=("holding 5 while the servers it grew by warm up",)),
+    Case("and grows again once the warm-up has passed",
+         Signals(price=CHEAP, gpu_demand=(demand(8, queue_time_s=5.0),)), serving=6, lent=4,
+         paused=0, policy=replace(POLICY, pools=(WARM,)),
+         memory={"pool_serving": {"llm": 5}, "pool_trend": {"llm": PoolTrend(
+             T0.timestamp() - 60, 8.0, 0.0, grown_at_s=T0.timestamp() - 180)}},
+         reason_has=("growing to 6",)),
+    # a cap priced by the throughput it costs (30 % less power keeps 0.7 ** 0.3 = 89.9 % of it:
+    # $1,500 x 0.1015 / 0.3 = $507 a MWh given up) competes with lent work worth $1,000
+    Case("a priced cap comes before lent work worth more: miners, then caps, lent work kept",
+         Signals(price=CHEAP, gpu_demand=(demand(20, 4),), obligations=(limit(12.5),)),
+         serving=4, lent=6, paused=0, capped=4, asics_on=0, site_kw=12.5,
+         policy=replace(POLICY, pools=(replace(POOL, lend_value_usd_per_mwh=1000.0,
+                                               power_speed_exponent=0.3),)),
+         gpu_reason_has={"g0": "costing $507/MWh of inference", "g9": "lent to flexible work"}),
+    Case("unpriced, the same cut is taken from the lent work (turned down), inference uncapped",
+         Signals(price=CHEAP, gpu_demand=(demand(20, 4),), obligations=(limit(12.5),)),
+         serving=4, lent=6, paused=0, capped=0, asics_on=0, site_kw=12.5,
+         policy=replace(POLICY, pools=(replace(POOL, lend_value_usd_per_mwh=1000.0),)),
+         gpu_reason_has={"g9": "flexible GPU work of pool llm worth $1,000/MWh paused"}),
 ]  # fmt: skip
 
 
