@@ -84,7 +84,7 @@ lock: | $(BIN)/python
 
 # full sizes; `make test` runs each bench's --quick mode (tests/bench/test_quick.py)
 bench: $(DEV_STAMP)
-	for script in bench/*.py; do case $$script in *_model.py) ;; *) $(BIN)/python $$script || exit 1;; esac; done
+	for script in $$(grep -l '^if __name__ == "__main__":' bench/*.py); do $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) $(MIN_VENV).txt .mypy_cache .ruff_cache .pytest_cache .hypothesis

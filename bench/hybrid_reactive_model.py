@@ -15,6 +15,7 @@ Warm-up: a server coming into inference from lent work serves only once its mode
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,13 +74,14 @@ class ReactivePlan:
 
 def reactive_plan(  # noqa: PLR0917 - the operator's whole input
     site: Any, serving_before: int, running: int, waiting: int, price: float,
-    ceiling_kw: float, warming: int,
+    ceiling_kw: float, warming: int, *, serving: Callable[[float], int] = reactive_serving,
+    shrink_fraction: float = 0.01,
 ) -> ReactivePlan:  # fmt: skip
     s = site
     gpus: int = s.gpus
-    want = reactive_serving(running + waiting)
+    want = serving(running + waiting)
     if want < serving_before:
-        want = max(want, serving_before - math.ceil(0.01 * gpus))
+        want = max(want, serving_before - math.ceil(shrink_fraction * gpus))
     target = int(np.clip(want, 1, gpus))
     lend = price <= s.lend_value_usd_per_mwh
     lent = gpus - target - warming if lend else 0

@@ -23,6 +23,10 @@ def test_the_documented_hybrid_site_parses_and_declares_its_pool() -> None:
     assert [(t.give_up_fraction, t.for_s) for t in pool.flex_tiers] == [(0.3, 1800), (0.25, 10800)]
     assert (pool.service_level, pool.service_level_s) == ("ttft", 2.0)
     assert pool.shrink_fraction == 0.01
+    assert (pool.headroom_fraction, pool.spare_sqrt, pool.warmup_s) == (0.0, 3.0, 180.0)
+    # the priced cap the doc works out: $1,909/MWh capped 35 % at exponent 0.3 is $661/MWh
+    assert pool.power_speed_exponent == 0.3
+    assert round(pool.cap_value(1909.0, 0.35) or 0.0) == 661
 
 
 def test_the_documented_kueue_scheduler_is_a_valid_one() -> None:

@@ -40,6 +40,14 @@ def test_the_bench_runs_on_trace_files_and_prints_its_figures(tmp_path: Path) ->
         assert figures["dispatch_compliance"][policy] == 1.0, policy
         assert figures["jobs_unfinished"][policy] == 0, policy  # 3 small jobs finish
     assert figures["jct_ratio"]["seeds"] == 1
+    assert "jct_ratio_ceiling" in figures
+    assert "queue_time_ratio_ceiling" in figures
+    # the three-hour dispatch that needs GPU caps: every policy holds a 25 % cut of the GPU
+    # draw inference alone would take, every minute of it
+    for policy in ("gridflex", "reactive", "static", "ceiling"):
+        cut = figures["gpu_cut"][policy]
+        assert cut["compliance"] == 1.0, policy
+        assert cut["least_cut_pct"] >= 25.0 - 0.05, policy
 
 
 def test_a_trace_without_its_columns_is_refused_with_their_names(tmp_path: Path) -> None:
