@@ -33,7 +33,14 @@ from agent.service.events import EventBook
 from agent.service.grid import GridIntake
 from agent.service.inbox import Inbox
 from agent.service.intake import Intake
-from agent.service.messages import ComplianceOut, DispatchAck, GridAck, OverPeriod, OverrideAck
+from agent.service.messages import (
+    ComplianceOut,
+    DispatchAck,
+    GridAck,
+    IntervalMissed,
+    OverPeriod,
+    OverrideAck,
+)
 from agent.service.metrics import Metrics
 from agent.service.outbox import ConfirmedPublisher, MemoryOutbox, Outbox, PersistedOutbox
 from agent.service.outcomes import OverrideOutcomes
@@ -70,6 +77,14 @@ def ack_of(record: EventRecord) -> DispatchAck:
                 for start, end in c.over_periods
             ],
             over_periods_total=c.over_periods_total,
+            intervals=c.intervals,
+            intervals_within=c.intervals_within,
+            intervals_missed=[
+                IntervalMissed(
+                    start=datetime.fromisoformat(start), average_kw=kw, set_point_kw=set_kw
+                )
+                for start, kw, set_kw in c.intervals_missed
+            ],
         )
     return DispatchAck(
         event_id=record.event_id,
@@ -251,7 +266,8 @@ def assemble(
         metrics.dispatch_verified_seconds.observe(latency_s)
 
     events = EventBook(store, lambda r: send("dispatch/ack", ack_of(r)), on_verified, metrics,
-                       ramp_window_s=config.service.ramp_window_s)  # fmt: skip
+                       ramp_window_s=config.service.ramp_window_s,
+                       resource=None if config.ercot is None else config.ercot.model())  # fmt: skip
     inbox = Inbox(snapshot, wake.set, metrics)
     fleet = config.fleet()
     policy = config.decision_policy()

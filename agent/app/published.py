@@ -10,12 +10,14 @@ import numpy as np
 
 from agent.app.assembly import Service
 from agent.app.site_facts import device_states, overrides_in_force, state_masks
+from agent.domain.ercot import bid_to_buy
 from agent.domain.fleet import LoadClass, Priority
 from agent.policy import Decision, Rule
 from agent.service.cycle import CycleReport
 from agent.service.devices import id_ranges
 from agent.service.grid import fourcp_in_force
 from agent.service.messages import (
+    BidStepOut,
     DecisionGroup,
     DecisionMessage,
     FlexStep,
@@ -24,7 +26,7 @@ from agent.service.messages import (
     TelemetryMessage,
 )
 
-__all__ = ["decision_message", "flex_offer", "telemetry_message"]
+__all__ = ["bid_steps", "decision_message", "flex_offer", "flexible_kw", "telemetry_message"]
 
 
 def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
@@ -50,8 +52,9 @@ def telemetry_message(service: Service, now: datetime) -> TelemetryMessage:
         suspect=[shell.fleet.device_ids[i] for i in suspect[:100]],
         planned_kw=0.0 if decision is None else round(decision.site_kw, 3),
         class_kw={} if decision is None else decision.class_kw_by_name(),
-        flexible_kw=0.0 if decision is None else _flexible_kw(decision),
+        flexible_kw=0.0 if decision is None else flexible_kw(decision),
         flex_offer=[] if decision is None else flex_offer(decision),
+        bid_to_buy=bid_steps(service),
         price_usd_per_mwh=None if decision is None else decision.price_usd_per_mwh,
         price_stale=True if decision is None else decision.price_stale,
         site_ceiling_kw=None if decision is None else decision.site_ceiling_kw,
@@ -87,7 +90,7 @@ def _flexible_classes(decision: Decision) -> list[tuple[LoadClass, float]]:
             if c.priority <= Priority.FLEXIBLE]  # fmt: skip
 
 
-def _flexible_kw(decision: Decision) -> float:
+def flexible_kw(decision: Decision) -> float:
     """The planned kW of interruptible and flexible classes (their cooling included)."""
     return round(sum(kw for _, kw in _flexible_classes(decision)), 3)
 
@@ -107,6 +110,27 @@ def flex_offer(decision: Decision) -> list[FlexStep]:
         value = round(max(0.0, leader.value_usd_per_mwh - (price or 0.0)), 2)
         kw_by_value[value] = kw_by_value.get(value, 0.0) + kw
     return [FlexStep(value_usd_per_mwh=v, kw=round(kw, 3)) for v, kw in sorted(kw_by_value.items())]
+
+
+def bid_steps(service: Service) -> list[BidStepOut]:
+    """The site's bid to buy as an ERCOT Load Resource (the `ercot` section; none without):
+    each interruptible or flexible class's reachable rated kW, its cooling counted with it, at
+    the class's value, most valuable first (agent.domain.ercot.bid_to_buy)."""
+    if service.config.ercot is None:
+        return []
+    shell = service.shell
+    fleet = shell.fleet
+    by_name = {c.name: c for c in fleet.classes}
+    curtailable = []
+    for pos, c in enumerate(fleet.classes):
+        leader = by_name.get(c.follows, c) if c.follows is not None else c
+        if leader.priority > Priority.FLEXIBLE:
+            continue
+        idx = fleet.members[pos]
+        kw = float(fleet.rated_kw[idx][shell.available[idx]].sum())
+        curtailable.append((leader.value_usd_per_mwh, kw))
+    return [BidStepOut(to_kw=s.to_kw, usd_per_mwh=s.usd_per_mwh)
+            for s in bid_to_buy(curtailable)]  # fmt: skip
 
 
 def _broker_up(service: Service) -> bool:

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, StringConstraints, field_validator, model_validator
 
 from agent.config.drivers import DriverConfig, expand
+from agent.config.ercot import ErcotConfig
 from agent.config.fleet import FleetConfig
 from agent.config.gpu_demand import GpuDemandConfig
 from agent.config.links import MqttConfig, PricesConfig, ServiceConfig, SiteMeterConfig, TlsConfig
@@ -172,6 +173,9 @@ class SiteConfig(Strict):
     """the site's revenue meter; null: the sum of device readings is the site's load"""
     fleet_bus: FleetConfig | None = Field(default=None, alias="fleet")
     """the site as a leaf of a fleet on NATS JetStream (docs/fleet.md); null: one site alone"""
+    ercot: ErcotConfig | None = None
+    """the site as an ERCOT Load Resource following SCED base points (docs/ercot.md); null:
+    base points are refused"""
 
     # -- what the core needs -----------------------------------------------------------------
     def load_classes(self) -> list[LoadClass]:
@@ -248,6 +252,7 @@ class SiteConfig(Strict):
             overrides_may_exceed_grid=p.overrides_may_exceed_grid,
             protected_shed_programs=frozenset(p.protected_shed_programs),
             pools=self.inference_pools(),
+            resource=None if self.ercot is None else self.ercot.model(),
         )
 
     def inference_pools(self) -> tuple[InferencePool, ...]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import time
 from enum import StrEnum
 
+from agent.domain.ercot import Resource
 from agent.domain.fleet import Priority
 from agent.domain.hybrid import InferencePool
 from agent.domain.signals import EmergencyLevel
@@ -84,3 +85,5 @@ class Policy:
     protected_shed_programs: frozenset[str] = frozenset({"ERS", "RRS", "ECRS", "emergency"})
     # hybrid sites: inference pools sized from their demand, lending idle servers
     pools: tuple[InferencePool, ...] = ()
+    # the site as an ERCOT Load Resource: the ramp curves base points are followed on
+    resource: Resource | None = None

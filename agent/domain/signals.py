@@ -41,6 +41,15 @@ class PriceSignal:
 class ObligationKind(StrEnum):
     LIMIT = "limit"  # keep the site at or below target_kw
     SHED = "shed"  # draw shed_kw less than the baseline at the event's start
+    # an ERCOT SCED base point: consume base_point_kw, reached along the resource's ramp-rate
+    # curve from the load at the event's start (agent.domain.ercot); an emergency base point
+    # ramps on the emergency curve and is followed before any normal one
+    BASE_POINT = "base_point"
+    EMERGENCY_BASE_POINT = "emergency_base_point"
+
+    @property
+    def is_base_point(self) -> bool:
+        return self in (ObligationKind.BASE_POINT, ObligationKind.EMERGENCY_BASE_POINT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +58,7 @@ class Obligation:
 
     event_id: str
     kind: ObligationKind
-    kw: float  # target_kw for LIMIT, shed_kw for SHED
+    kw: float  # target_kw for LIMIT, shed_kw for SHED, the base point for BASE_POINT
     start_utc: datetime
     end_utc: datetime | None = None
     program: str = "manual"

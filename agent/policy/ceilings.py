@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.domain.ercot import trajectory_kw
 from agent.domain.fleet import BoolArray, FleetState
 from agent.domain.settings import Policy
 from agent.domain.signals import Obligation, ObligationKind, Signals
@@ -17,7 +18,7 @@ from agent.policy.merit import shed_to_ceiling
 from agent.policy.overrides import AppliedOverride
 from agent.policy.plan import EPS_KW, FloatArray, Plan
 
-__all__ = ["obligation_status", "site_ceiling"]
+__all__ = ["following", "obligation_status", "site_ceiling"]
 
 
 from datetime import datetime
@@ -35,11 +36,13 @@ def site_ceiling(
     grid_first: bool,
 ) -> tuple[float | None, list[tuple[str, float]], dict[str, float]]:
     active = sorted((o for o in signals.obligations if o.is_active(now)), key=lambda o: o.event_id)
-    # every event's baseline: a shed's ceiling is measured from it, and each event's energy
-    # delivered against asked (agent.service.events) too
+    # every event's baseline: a shed's ceiling is measured from it, a base point's trajectory
+    # starts at it, and each event's energy delivered against asked (agent.service.events)
     drawn_now_kw = _site_drawn_kw(state, memory) if active else 0.0
     baselines = {o.event_id: memory.baselines_kw.get(o.event_id, drawn_now_kw) for o in active}
-    ceilings = [(o.event_id, _ceiling_of(o, baselines)) for o in active]
+    followed = following(active)
+    ceilings = [(o.event_id, _ceiling_of(o, baselines, policy, now)) for o in active
+                if not o.kind.is_base_point or o is followed]  # fmt: skip
     if policy.import_limit_kw is not None:
         limit_kw = policy.import_limit_kw
         shed_to_ceiling(plan, limit_kw, Rule.SAFETY, f"site import limit {limit_kw:.0f} kW",
@@ -71,9 +74,28 @@ def _site_drawn_kw(state: FleetState, memory: Memory) -> float:
     return float(np.where(np.isnan(kw), fleet.rated_kw, kw).sum())
 
 
-def _ceiling_of(obligation: Obligation, baselines: dict[str, float]) -> float:
+def following(active: list[Obligation]) -> Obligation | None:
+    """The base point the site follows among the active ones: an emergency one before any
+    normal one, then the latest to start (each SCED base point replaces the one before)."""
+    points = [o for o in active if o.kind.is_base_point]
+    if not points:
+        return None
+    return max(points, key=lambda o: (o.kind is ObligationKind.EMERGENCY_BASE_POINT,
+                                      o.start_utc, o.event_id))  # fmt: skip
+
+
+def _ceiling_of(obligation: Obligation, baselines: dict[str, float], policy: Policy,
+                now: datetime) -> float:  # fmt: skip
     if obligation.kind is ObligationKind.LIMIT:
         return obligation.kw
+    if obligation.kind.is_base_point:
+        resource = policy.resource
+        if resource is None:  # intake refuses base points without one; a replay may not
+            return obligation.kw
+        curve = (resource.emergency_ramp if obligation.kind is ObligationKind.EMERGENCY_BASE_POINT
+                 else resource.normal_ramp)  # fmt: skip
+        elapsed_s = (now - obligation.start_utc).total_seconds()
+        return trajectory_kw(baselines[obligation.event_id], obligation.kw, elapsed_s, curve)
     return max(0.0, baselines[obligation.event_id] - obligation.kw)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from agent.domain.fleet import BoolArray, FleetState, Priority
 from agent.domain.settings import Policy, Posture, StalePosture
 from agent.domain.signals import EmergencyLevel, Signals
-from agent.policy.ceilings import obligation_status, site_ceiling
+from agent.policy.ceilings import following, obligation_status, site_ceiling
 from agent.policy.decision import Decision, Memory, Rule
 from agent.policy.follow import apply_followers
 from agent.policy.learn import learned_draws
@@ -233,6 +233,10 @@ def _economics(
     stale = age_s is None or age_s > policy.price_stale_after_s
     starting = _starting_up(cycle)
     held = None if starting is None else _state_at_start(plan, cycle)
+    # while the site follows a SCED base point, the base point is the price decision: SCED
+    # cleared it against the site's bid to buy, so no class stops on price (ceilings.py
+    # brings the site onto the base point's trajectory, most valuable load kept)
+    point = following([o for o in signals.obligations if o.is_active(cycle.now)])
     running: list[bool] = []
     for pos, load_class in enumerate(plan.fleet.classes):
         idx = plan.fleet.members[pos]
@@ -245,6 +249,11 @@ def _economics(
             running.append(True)
             label = "critical" if load_class.priority is Priority.CRITICAL else "protected"
             plan.describe(idx, Rule.PROTECTED, f"{label} load of class {load_class.name}: running")
+            continue
+        if point is not None:
+            running.append(True)
+            plan.describe(idx, Rule.ECONOMICS, f"following SCED base point {point.event_id} "
+                          f"({point.kw:.0f} kW): the bid to buy priced it")  # fmt: skip
             continue
         if starting is not None and held is not None:
             # a class keeps its economic state (restored, else running); a device never

@@ -38,7 +38,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from agent.domain.signals import Obligation
+from agent.domain.ercot import Resource
+from agent.domain.signals import Obligation, ObligationKind
 from agent.policy import Decision
 from agent.policy.decision import ObligationStatus
 from agent.service.compliance import Compliance, verified_under
@@ -66,9 +67,14 @@ class EventBook:
         on_verified: Latency | None = None,
         metrics: Metrics | None = None,
         ramp_window_s: float = 10.0,
+        *,
+        resource: Resource | None = None,
     ) -> None:
         self._store = store
         self.ramp_window_s = ramp_window_s
+        # the site as an ERCOT Load Resource (None: base points are refused): a base point is
+        # judged within its tolerance on both sides of its trajectory
+        self.resource = resource
         self._metrics = metrics
         self._ack = ack
         self._on_verified = on_verified
@@ -133,8 +139,8 @@ class EventBook:
         if self.reach is None:
             return record
         floor_kw, now_kw = self.reach(record.program)
-        ceiling_kw = (record.requested_kw if record.kind == "limit"
-                      else max(0.0, now_kw - record.requested_kw))  # fmt: skip
+        ceiling_kw = (max(0.0, now_kw - record.requested_kw) if record.kind == "shed"
+                      else record.requested_kw)  # fmt: skip
         if verified_under(floor_kw, ceiling_kw):
             return record
         short_kw = round(floor_kw - ceiling_kw, 3)
@@ -255,10 +261,13 @@ class EventBook:
             asked = max(record.revised_at_utc or record.received_at_utc, record.start_utc)
             in_ramp = (now - asked).total_seconds() < self.ramp_window_s
             on = evidence or "device readings"
+            band = None
+            if self.resource is not None and ObligationKind(record.kind).is_base_point:
+                band = self.resource.tolerance_kw
             judged = (record.compliance or Compliance()).judge(
                 now, status.ceiling_kw, achieved_kw, status.baseline_kw,
                 in_ramp=in_ramp, judged_on=on,
-                declared_shortfall_kw=record.expected_shortfall_kw,
+                declared_shortfall_kw=record.expected_shortfall_kw, band=band,
             )  # fmt: skip
             current = replace(record, compliance=judged)
             self._live[record.event_id] = current
@@ -283,6 +292,17 @@ class EventBook:
         # an event accepted with a declared shortfall is judged against what was declared
         ceiling = status.ceiling_kw + record.expected_shortfall_kw
         under = verified_under(achieved_kw, ceiling)
+        what, miss, cause = "ceiling", f"{achieved_kw - ceiling:.1f} kW over the", status.cause
+        if self.resource is not None and ObligationKind(record.kind).is_base_point:
+            # a base point is met within its tolerance either way of its set point (the ramp)
+            band = self.resource.tolerance_kw(ceiling)
+            under = abs(achieved_kw - ceiling) <= band + 1e-9
+            what, miss = (
+                "set point",
+                f"{achieved_kw - ceiling:+.1f} kW (tolerance {band:.1f}) off the",
+            )
+            if achieved_kw < ceiling:
+                cause = "the load that can run now does not reach it"
         at = f"site at {achieved_kw:.1f} kW on the {on}"
         if record.expected_shortfall_kw > 0:
             at += f" (declared {record.expected_shortfall_kw:.1f} kW short of the grid's ceiling)"
@@ -291,7 +311,7 @@ class EventBook:
             moved = replace(
                 record,
                 status="active",
-                reason=f"{at}, ceiling {ceiling:.1f} kW",
+                reason=f"{at}, {what} {ceiling:.1f} kW",
                 achieved_kw=round(achieved_kw, 3),
                 verified_at_utc=now,
                 updated_at_utc=now,
@@ -299,14 +319,13 @@ class EventBook:
             if self._on_verified is not None:
                 self._on_verified(moved, (now - asked_at).total_seconds())
         elif record.status in {"active", "accepted"} and not under and not in_ramp:
-            cause = status.cause or (
+            cause = cause or (
                 "the measured load is above the plan: devices still settling or not obeying"
             )
             moved = replace(
                 record,
                 status="non_compliant",
-                reason=f"{at}, {achieved_kw - ceiling:.1f} kW over the {ceiling:.1f} kW "
-                f"ceiling: {cause}",
+                reason=f"{at}, {miss} {ceiling:.1f} kW {what}: {cause}",
                 achieved_kw=round(achieved_kw, 3),
                 updated_at_utc=now,
             )
@@ -316,7 +335,8 @@ class EventBook:
             moved = replace(
                 record,
                 status="active",
-                reason=f"back under the ceiling: {at}, ceiling {ceiling:.1f} kW",
+                reason=f"back {'under' if what == 'ceiling' else 'on'} the {what}: {at}, "
+                f"{what} {ceiling:.1f} kW",
                 achieved_kw=round(achieved_kw, 3),
                 verified_at_utc=record.verified_at_utc or now,
                 updated_at_utc=now,

@@ -180,16 +180,31 @@ class Intake:
         record = self._events.beyond_reach(record)
         if record.expected_shortfall_kw > 0 and self.beyond_reach == "reject":
             raise RejectedError(f"beyond reach: {record.reason.removeprefix('valid; ')}")
+        if message.kind == "base_point":
+            self._replace_base_point(record, now, source)
         self._events.accept(record)
         return "accepted"
 
+    def _replace_base_point(self, record: EventRecord, now: datetime, source: str) -> None:
+        """Each SCED base point replaces the sender's previous one of its kind (a normal one
+        does not end an emergency one)."""
+        if self._events.resource is None:
+            raise RejectedError("base points need the site file's ercot section (the resource "
+                                "and its ramp curves): this site has none")  # fmt: skip
+        for old in self._events.live:
+            if old.kind == record.kind and old.source == source:
+                self._events.release(old.event_id, now, source,
+                                     f"replaced by base point {record.event_id}")  # fmt: skip
+
     @staticmethod
     def _record(message: DispatchMessage, now: datetime, source: str) -> EventRecord:
-        kw = message.target_kw if message.kind == "limit" else message.shed_kw
+        kw = {"limit": message.target_kw, "shed": message.shed_kw,
+              "base_point": message.base_point_kw}.get(message.kind)  # fmt: skip
         assert kw is not None
+        kind = "emergency_base_point" if message.emergency else message.kind
         return EventRecord(
             event_id=message.event_id,
-            kind=message.kind,
+            kind=kind,
             requested_kw=kw,
             start_utc=(message.start or now).astimezone(now.tzinfo),
             end_utc=None if message.end is None else message.end.astimezone(now.tzinfo),
@@ -298,7 +313,7 @@ def _conflicts(known: EventRecord, new: EventRecord, message: DispatchMessage) -
 def _requested_kw(raw: Any) -> float | None:
     if not isinstance(raw, dict):
         return None
-    for key in ("target_kw", "shed_kw"):
+    for key in ("target_kw", "shed_kw", "base_point_kw"):
         value = raw.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             kw = float(value)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from agent.policy import PoolStatus
 
 __all__ = [
+    "BidStepOut",
     "ComplianceOut",
     "DecisionGroup",
     "DecisionMessage",
@@ -32,6 +33,7 @@ __all__ = [
     "EmergencyMessage",
     "FlexStep",
     "GridAck",
+    "IntervalMissed",
     "OverrideAck",
     "OverrideMessage",
     "PeakWarningMessage",
@@ -63,9 +65,11 @@ class DispatchMessage(_In):
     """`<prefix>/dispatch`: the grid operator, QSE or site SCADA asks the site to limit or shed."""
 
     event_id: str = Field(min_length=1, max_length=128, pattern=_ID)
-    kind: Literal["limit", "shed", "release"] = Field(
+    kind: Literal["limit", "shed", "base_point", "release"] = Field(
         description="limit: keep the site at or below target_kw; shed: draw shed_kw less than "
-        "the site's load when the event starts; release: end the event early"
+        "the site's load when the event starts; base_point: an ERCOT SCED base point, consume "
+        "base_point_kw, reached on the resource's ramp curve (the site file's ercot section), "
+        "replacing the sender's previous base point; release: end the event early"
     )
     target_kw: float | None = Field(
         default=None, strict=True, ge=0, le=_MAX_KW, description="for limit"
@@ -73,6 +77,14 @@ class DispatchMessage(_In):
     shed_kw: float | None = Field(
         default=None, strict=True, gt=0, le=_MAX_KW, description="for shed"
     )
+    base_point_kw: float | None = Field(
+        default=None, strict=True, ge=0, le=_MAX_KW, description="for base_point"
+    )
+    emergency: bool = Field(
+        default=False, strict=True,
+        description="base_point: an emergency base point (the emergency ramp curve; followed "
+        "before any normal one)",
+    )  # fmt: skip
     start: AwareDatetime | None = Field(default=None, description="default: now")
     end: AwareDatetime | None = Field(default=None, description="default: until released")
     program: str = Field(
@@ -89,12 +101,19 @@ class DispatchMessage(_In):
 
     @model_validator(mode="after")
     def _consistent(self) -> DispatchMessage:
-        if self.kind == "limit" and (self.target_kw is None or self.shed_kw is not None):
-            raise ValueError("a limit needs target_kw (and no shed_kw)")
-        if self.kind == "shed" and (self.shed_kw is None or self.target_kw is not None):
-            raise ValueError("a shed needs shed_kw (and no target_kw)")
-        if self.kind == "release" and (self.target_kw is not None or self.shed_kw is not None):
-            raise ValueError("a release carries no target_kw or shed_kw")
+        given = {name for name in ("target_kw", "shed_kw", "base_point_kw")
+                 if getattr(self, name) is not None}  # fmt: skip
+        wanted = {"limit": {"target_kw"}, "shed": {"shed_kw"}, "base_point": {"base_point_kw"},
+                  "release": set()}[self.kind]  # fmt: skip
+        if given != wanted:
+            needs = (
+                f"needs {', '.join(sorted(wanted))} and no other kW"
+                if wanted
+                else ("carries no target_kw, shed_kw or base_point_kw")
+            )
+            raise ValueError(f"a {self.kind.replace('_', ' ')} {needs}")
+        if self.emergency and self.kind != "base_point":
+            raise ValueError("emergency is for a base_point")
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise ValueError("end must be after start")
         return self
@@ -182,6 +201,14 @@ class OverPeriod(BaseModel):
     end: AwareDatetime | None
 
 
+class IntervalMissed(BaseModel):
+    """A 5-minute interval whose average load missed its base point's tolerance."""
+
+    start: AwareDatetime
+    average_kw: float
+    set_point_kw: float
+
+
 class ComplianceOut(BaseModel):
     """An event's compliance record, judged on verified site power every cycle."""
 
@@ -203,6 +230,13 @@ class ComplianceOut(BaseModel):
         "(the first 20; `end` null while it lasts)",
     )  # fmt: skip
     over_periods_total: int = Field(default=0, description="how many times, all told")
+    intervals: int = Field(default=0, description="base point: 5-minute clock intervals "
+                           "closed, each judged on its average verified load against its "
+                           "average set point (ERCOT's set point deviation)")  # fmt: skip
+    intervals_within: int = Field(default=0, description="of which within the tolerance")
+    intervals_missed: list[IntervalMissed] = Field(
+        default_factory=list, description="the intervals outside it (the first 20)"
+    )
 
 
 class DispatchAck(BaseModel):
@@ -318,6 +352,14 @@ class FlexStep(BaseModel):
     kw: float
 
 
+class BidStepOut(BaseModel):
+    """Up to `to_kw` of curtailable load (from the previous step's), bought at no more than
+    `usd_per_mwh`."""
+
+    to_kw: float
+    usd_per_mwh: float
+
+
 class TelemetryMessage(BaseModel):
     """`<prefix>/telemetry`, every 2 s."""
 
@@ -344,6 +386,12 @@ class TelemetryMessage(BaseModel):
         description="of planned_kw, the interruptible and flexible load: what a "
         "voluntary program (a fleet's portfolio shed) may take",
     )
+    bid_to_buy: list[BidStepOut] = Field(
+        default_factory=list,
+        description="a site with an `ercot` section: its bid to buy as a Load Resource, the "
+        "curtailable load it can reach by its classes' values, most valuable first (the price "
+        "never rises with the kW; docs/ercot.md); empty without one",
+    )  # fmt: skip
     flex_offer: list[FlexStep] = Field(
         default_factory=list,
         description="flexible_kw by what it forgoes per MWh (its class's value less the "

@@ -106,6 +106,10 @@ class EventRecord:
                 (str(start), None if end is None else str(end))
                 for start, end in compliance.get("over_periods", ())
             )
+            compliance["intervals_missed"] = tuple(
+                (str(start), float(kw), float(set_kw))
+                for start, kw, set_kw in compliance.get("intervals_missed", ())
+            )
             data["compliance"] = Compliance(**compliance)
         return cls(**data)
 

@@ -43,10 +43,12 @@ def site_power_kw(sim: SimModbusSite) -> float:
 Scenario = Callable[[Service, FakeClock, SimModbusSite], Awaitable[None]]
 
 
-def run_on_site(tmp_path: Path, scenario: Scenario) -> None:
+def run_on_site(tmp_path: Path, scenario: Scenario, *, mqtt: str = "") -> None:
+    """Run `scenario` on the simulated site; `mqtt`: more of the site file (its mqtt slot)."""
+
     async def main() -> None:
         clock = FakeClock()
-        config = site_config(tmp_path / "db.sqlite3", free_port())
+        config = site_config(tmp_path / "db.sqlite3", free_port(), mqtt=mqtt)
         async with SimModbusSite(endpoints_for(config)) as sim:
             service = assemble(config, clock=clock)
             await service.shell.poll()
