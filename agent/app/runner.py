@@ -45,6 +45,7 @@ from agent.app.sparkplug_link import edge_node, run_edge_node
 from agent.app.status_page import StatusPage
 from agent.app.systemd import notify
 from agent.config import SiteConfig
+from agent.errors import ConfigError
 from agent.ports import Clock, utc_now
 from agent.service.grid import EMERGENCY, FOURCP
 from agent.service.outbox import PersistedOutbox
@@ -270,7 +271,20 @@ def _signal_sources(service: Service, clock: Clock) -> list[Coroutine[Any, Any, 
         _run_source(run, service, what=f"GPU demand of pool {pool}", kind="gpu_demand")
         for pool, run in gpu_demand_sources(service)
     ]
+    ercot = service.config.ercot
+    if ercot is not None and ercot.dnp3 is not None:
+        sources.append(_qse_link(service, clock))
     return sources
+
+
+def _qse_link(service: Service, clock: Clock) -> Coroutine[Any, Any, None]:
+    """The QSE's DNP3 outstation, on the `ercot` extra's DNP3 library."""
+    try:
+        from agent.app.dnp3_link import QseLink, run_qse_link  # noqa: PLC0415 - the extra
+    except ImportError as exc:
+        raise ConfigError(f"the site file has an ercot.dnp3 section, but {exc.name} is not "
+                          "installed: pip install 'gridflex[ercot]'") from None  # fmt: skip
+    return run_qse_link(QseLink(service, clock))
 
 
 async def _run_source(

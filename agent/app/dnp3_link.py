@@ -1,0 +1,134 @@
+"""The QSE's DNP3 link (the `ercot.dnp3` section): the site's outstation, whose analog outputs
+take SCED base points into the service as dispatch messages (through the inbox, one writer,
+source `dnp3`), and whose inputs carry the resource's telemetry, refreshed every 2 s.
+
+Telemetry, from the service's last cycle (docs/ercot.md):
+- consumption: the verified site load (the site meter, else the device readings);
+- LPC: the consumption less what may be curtailed (interruptible and flexible classes);
+- MPC: the rated kW of the devices reachable now, no more than the import limit;
+- the base point followed and its set point (the ramp's kW now), from the cycle's obligations;
+- HDL and LDL: MPC and LPC, or five minutes of the normal ramp from the consumption
+  (Protocols 6.5.7.2, as SCED limits a Load Resource);
+- status: 257 ONL while the service controls reachable devices, else 258 OUTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from adapters.scada.dnp3_outstation import AO, QseOutstation, QseTelemetry
+from agent.app.assembly import Service
+from agent.app.published import flexible_kw
+from agent.domain.signals import ObligationKind
+from agent.ports import Clock
+
+__all__ = ["QseLink", "run_qse_link"]
+
+log = logging.getLogger("gridflex.dnp3")
+
+ONL, OUTL = 257, 258  # ERCOT resource status codes of a Load Resource
+REFRESH_S = 2.0
+
+
+class QseLink:
+    def __init__(self, service: Service, clock: Clock) -> None:
+        ercot = service.config.ercot
+        assert ercot is not None
+        assert ercot.dnp3 is not None
+        self._service, self._clock = service, clock
+        self._resource = ercot.model()
+        self._writes = 0
+        d = ercot.dnp3
+        self.outstation = QseOutstation(d.host, d.port, address=d.address,
+                                        master_address=d.master_address,
+                                        on_write=self._write)  # fmt: skip
+
+    def _write(self, index: int, kw: float) -> None:
+        """A base point from the QSE: into the inbox as a dispatch message, for the cycle."""
+        now = self._clock()
+        self._writes += 1
+        message = {
+            "event_id": f"dnp3-{now:%Y%m%dT%H%M%S%f}-{self._writes}",
+            "kind": "base_point", "base_point_kw": kw, "program": "SCED",
+            "emergency": index == AO.EMERGENCY_BASE_POINT, "issued_at": now.isoformat(),
+        }  # fmt: skip
+        payload = json.dumps(message).encode()
+        intake = self._service.intake
+        # the association is the QSE's own link: authenticated by its transport, as Sparkplug's
+        self._service.inbox.put(
+            "dnp3/base_point", lambda: intake.dispatch(payload, "dnp3", authenticated="dnp3")
+        )
+
+    def telemetry(self) -> QseTelemetry:
+        service = self._service
+        shell = service.shell
+        consumption = shell.site_kw()
+        decision = None if shell.last is None else shell.last.decision
+        lpc = max(0.0, consumption - (0.0 if decision is None else flexible_kw(decision)))
+        mpc = float(shell.fleet.rated_kw[shell.available].sum())
+        limit = service.config.site.import_limit_kw
+        if limit is not None:
+            mpc = min(mpc, limit)
+        base, set_point, emergency = self._followed()
+        off = bool(base) and abs(consumption - set_point) > self._resource.tolerance_kw(set_point)
+        ramp = self._resource.normal_ramp
+        up = ramp.rate_kw_per_min(consumption, up=True)
+        down = ramp.rate_kw_per_min(consumption, up=False)
+        online = shell.online() and service.config.service.mode == "control"
+        return QseTelemetry(
+            consumption_kw=consumption, lpc_kw=lpc, mpc_kw=mpc, base_point_kw=base,
+            set_point_kw=set_point, hdl_kw=min(mpc, consumption + 5 * up),
+            ldl_kw=max(lpc, consumption - 5 * down), status=ONL if online else OUTL,
+            following=bool(base), off_set_point=off, emergency=emergency,
+        )  # fmt: skip
+
+    def _followed(self) -> tuple[float, float, bool]:
+        """The base point the last cycle followed: (its kW, its set point now, emergency);
+        zeros when none."""
+        last = self._service.shell.last
+        if last is None:
+            return 0.0, 0.0, False
+        statuses = {s.event_id: s for s in last.decision.obligations}
+        for record in self._service.events.live:
+            kind = ObligationKind(record.kind)
+            status = statuses.get(record.event_id)
+            if kind.is_base_point and status is not None:
+                return (record.requested_kw, status.ceiling_kw,
+                        kind is ObligationKind.EMERGENCY_BASE_POINT)  # fmt: skip
+        return 0.0, 0.0, False
+
+    def refresh(self) -> None:
+        self.outstation.update(self.telemetry())
+
+
+async def run_qse_link(link: QseLink) -> None:
+    """Serve the QSE's master and refresh the telemetry every 2 s, until cancelled; a failure
+    of the outstation is logged and it is started again."""
+    server = asyncio.create_task(_serve(link))
+    try:
+        while True:
+            try:
+                link.refresh()
+            except Exception:  # the telemetry must not stop the link
+                log.exception("the DNP3 telemetry could not be refreshed")
+            await asyncio.sleep(REFRESH_S)
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        await link.outstation.stop()
+
+
+async def _serve(link: QseLink) -> None:
+    while True:
+        try:
+            await link.outstation.run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the DNP3 outstation failed; starting it again in 5 s")
+            await asyncio.sleep(5)

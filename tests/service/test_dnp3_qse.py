@@ -1,0 +1,92 @@
+"""The QSE's DNP3 link against a DNP3 master on 127.0.0.1 (dnp3py's): the master writes a
+base point as an analog output, the running service follows it on the simulated site, and the
+master's integrity poll reads the resource's telemetry back (docs/ercot.md's point map)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from dnp3.master import DefaultSOEHandler, Master, MasterConfig, MasterTcpRunner
+from dnp3.master.commands import CommandBuilder
+
+from adapters.scada.dnp3_outstation import AI, AO, BI
+from adapters.sim.modbus_server import SimModbusSite
+from agent.app.assembly import Service
+from agent.app.dnp3_link import QseLink, run_qse_link
+from tests.helpers.peers import free_port, wait_for_port
+from tests.helpers.shell import price, run_on_site
+from tests.service.site import FakeClock
+
+PORT = free_port()
+ERCOT = f"""ercot: {{resource: GFX_CLR1, tolerance_min_kw: 2,
+        normal_ramp: [{{at_kw: 0, up_kw_per_min: 60, down_kw_per_min: 60}}],
+        emergency_ramp: [{{at_kw: 0, up_kw_per_min: 120, down_kw_per_min: 120}}],
+        dnp3: {{host: 127.0.0.1, port: {PORT}, address: 10, master_address: 1}}}}"""
+FULL_KW = 48 * 3.25 + 2 * 100 + 5  # 361 kW
+
+
+def test_a_dnp3_master_writes_a_base_point_and_reads_the_telemetry_back(tmp_path: Path) -> None:
+    run_on_site(tmp_path, _master, mqtt=ERCOT)
+
+
+async def _master(service: Service, clock: FakeClock, sim: SimModbusSite) -> None:
+    link = QseLink(service, clock)
+    task = asyncio.create_task(run_qse_link(link))
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", PORT)
+        service.snapshot(price(clock, 30.0))
+        await service.shell.cycle()
+        soe = DefaultSOEHandler()
+        master = Master(handler=soe, config=MasterConfig(address=1, outstation_address=10))
+        async with MasterTcpRunner(master=master, host="127.0.0.1", port=PORT) as m:
+
+            async def poll() -> tuple[dict[int, float], dict[int, bool]]:
+                link.refresh()  # what the link does every 2 s
+                await m.integrity_poll()
+                return ({i: v.value for i, v in soe.analog_inputs.items()},
+                        {i: v.value for i, v in soe.binary_inputs.items()})  # fmt: skip
+
+            async def write(index: int, kw: float) -> None:
+                builder = CommandBuilder().add_analog(index, kw)
+                await m.request(master.build_direct_operate(builder.build_direct_operate()))
+
+            ai, bi = await poll()
+            assert ai[AI.CONSUMPTION] == pytest.approx(FULL_KW, abs=1)
+            assert ai[AI.MPC] == pytest.approx(FULL_KW, abs=1)
+            assert ai[AI.LPC] == pytest.approx(5, abs=1)  # only the controls cannot be cut
+            assert ai[AI.STATUS] == 257  # ONL
+            assert not bi[BI.FOLLOWING]
+
+            await write(AO.BASE_POINT, 200.0)
+            await service.shell.cycle()  # the write is taken by the next cycle
+            for _ in range(3):  # 60 kW a minute down from 361: 301, 241, 200
+                clock.leap(60)
+                await service.shell.cycle()
+            ai, bi = await poll()
+            assert bi[BI.FOLLOWING]
+            assert not bi[BI.EMERGENCY]
+            assert ai[AI.BASE_POINT] == 200
+            assert ai[AI.SET_POINT] == 200
+            assert abs(ai[AI.CONSUMPTION] - 200) <= 6  # within 3 %
+            assert not bi[BI.OFF_SET_POINT]
+            assert ai[AI.HDL] == pytest.approx(min(FULL_KW, ai[AI.CONSUMPTION] + 300), abs=1)
+
+            live = len(service.events.live)
+            await write(AO.BASE_POINT, -5.0)  # out of range: refused at the outstation
+            await write(7, 100.0)  # no such output
+            await service.shell.cycle()
+            assert len(service.events.live) == live
+
+            await write(AO.EMERGENCY_BASE_POINT, 100.0)  # the emergency curve: 120 kW a minute
+            await service.shell.cycle()
+            clock.leap(60)
+            await service.shell.cycle()
+            ai, bi = await poll()
+            assert bi[BI.EMERGENCY]
+            assert ai[AI.BASE_POINT] == 100
+            assert ai[AI.SET_POINT] == pytest.approx(100, abs=1)  # 200 - 120 a minute, held at 100
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
