@@ -33,6 +33,8 @@ class AO:
 
     BASE_POINT = 0
     EMERGENCY_BASE_POINT = 1
+    ECRS_DEPLOYMENT = 2  # kW of consumption to shed within 10 minutes; 0: recalled
+    NSRS_DEPLOYMENT = 3  # Non-Spin: within 30 minutes; 0: recalled
 
 
 class AI:
@@ -52,6 +54,9 @@ class BI:
     FOLLOWING = 0  # a base point is being followed
     OFF_SET_POINT = 1  # the last cycle's consumption was outside the base point's tolerance
     EMERGENCY = 2  # the base point followed is an emergency one
+
+
+_OUTPUTS = (AO.BASE_POINT, AO.EMERGENCY_BASE_POINT, AO.ECRS_DEPLOYMENT, AO.NSRS_DEPLOYMENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +79,10 @@ class _Handler(DefaultCommandHandler):
         self._on_write = on_write
 
     def _check(self, index: int, value: float) -> CommandResult:
-        if index not in (AO.BASE_POINT, AO.EMERGENCY_BASE_POINT):
+        if index not in _OUTPUTS:
             return CommandResult.not_supported(f"no analog output {index}")
         if not math.isfinite(value) or not 0.0 <= value <= MAX_KW:
-            return CommandResult.out_of_range(f"{value!r} kW is not a base point")
+            return CommandResult.out_of_range(f"{value!r} kW is out of range")
         return CommandResult.success()
 
     def select_analog_output(self, index: int, value: float) -> CommandResult:
@@ -108,7 +113,7 @@ class QseOutstation:
             database.add_analog_input(index, AnalogInputConfig())
         for index in range(BI.EMERGENCY + 1):
             database.add_binary_input(index, BinaryInputConfig())
-        for index in (AO.BASE_POINT, AO.EMERGENCY_BASE_POINT):
+        for index in _OUTPUTS:
             database.add_analog_output(index, AnalogOutputConfig())
         self._database = database
         outstation = Outstation(

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import replace
 
 from adapters.scada.dnp3_outstation import AO, QseOutstation, QseTelemetry
 from agent.app.assembly import Service
@@ -30,6 +31,7 @@ __all__ = ["QseLink", "run_qse_link"]
 log = logging.getLogger("gridflex.dnp3")
 
 ONL, OUTL = 257, 258  # ERCOT resource status codes of a Load Resource
+_DEPLOYMENTS = {AO.ECRS_DEPLOYMENT: "ECRS", AO.NSRS_DEPLOYMENT: "NSRS"}
 REFRESH_S = 2.0
 
 
@@ -47,20 +49,40 @@ class QseLink:
                                         on_write=self._write)  # fmt: skip
 
     def _write(self, index: int, kw: float) -> None:
-        """A base point from the QSE: into the inbox as a dispatch message, for the cycle."""
+        """A write from the QSE, into the inbox for the cycle: a base point as a dispatch
+        message; an ancillary-service deployment as a shed from the load when it is first
+        deployed (a new amount revises it, 0 recalls it)."""
+        if index in _DEPLOYMENTS:
+            program = _DEPLOYMENTS[index]
+            self._service.inbox.put(f"dnp3/{program}", lambda: self._deploy(program, kw))
+            return
+        fields = {"kind": "base_point", "base_point_kw": kw, "program": "SCED",
+                  "emergency": index == AO.EMERGENCY_BASE_POINT}  # fmt: skip
+        self._service.inbox.put("dnp3/base_point", lambda: self._dispatch(fields))
+
+    def _dispatch(self, fields: dict[str, object], event_id: str | None = None) -> str:
+        """Into the intake as the QSE's dispatch message (run by the cycle, from the inbox).
+        The association is the QSE's own link: authenticated by its transport."""
         now = self._clock()
         self._writes += 1
-        message = {
-            "event_id": f"dnp3-{now:%Y%m%dT%H%M%S%f}-{self._writes}",
-            "kind": "base_point", "base_point_kw": kw, "program": "SCED",
-            "emergency": index == AO.EMERGENCY_BASE_POINT, "issued_at": now.isoformat(),
-        }  # fmt: skip
+        message = {"event_id": event_id or f"dnp3-{now:%Y%m%dT%H%M%S%f}-{self._writes}",
+                   **fields, "issued_at": now.isoformat()}  # fmt: skip
         payload = json.dumps(message).encode()
-        intake = self._service.intake
-        # the association is the QSE's own link: authenticated by its transport, as Sparkplug's
-        self._service.inbox.put(
-            "dnp3/base_point", lambda: intake.dispatch(payload, "dnp3", authenticated="dnp3")
-        )
+        return self._service.intake.dispatch(payload, "dnp3", authenticated="qse")
+
+    def _deploy(self, program: str, kw: float) -> str:
+        events = self._service.events
+        live = [r for r in events.live if r.program == program and r.source.startswith("dnp3")]
+        if kw <= 0.0:  # recalled
+            for record in live:
+                self._dispatch({"kind": "release"}, event_id=record.event_id)
+            return "released" if live else "nothing deployed"
+        if live:  # the same deployment, a new amount: its baseline stays the first one's
+            record = live[0]
+            obligation = replace(record.obligation(), kw=kw)
+            return events.revise(obligation, self._clock(), (record.revision or 0) + 1,
+                                 f"{program} deployment now {kw:.0f} kW")  # fmt: skip
+        return self._dispatch({"kind": "shed", "shed_kw": kw, "program": program})
 
     def telemetry(self) -> QseTelemetry:
         service = self._service

@@ -48,13 +48,18 @@ from agent.service.store import FINAL_STATUSES, LIVE_STATUSES, EventRecord, Stor
 
 FINISHED_KEPT = 10_000
 
-__all__ = ["Ack", "EventBook", "verified_under"]
+__all__ = ["DEPLOYMENT_DEADLINE_S", "Ack", "EventBook", "verified_under"]
 
 log = logging.getLogger("gridflex.events")
 
 
 Ack = Callable[[EventRecord], None]
 Latency = Callable[[EventRecord, float], None]
+
+
+# ERCOT ancillary-service deployments from a Load Resource: ECRS within 10 minutes, Non-Spin
+# within 30 (docs/ercot.md); a deployment is judged from its deadline on
+DEPLOYMENT_DEADLINE_S = {"ECRS": 600.0, "NSRS": 1800.0}
 
 
 class EventBook:
@@ -248,6 +253,19 @@ class EventBook:
         log.info("event %s released by %s", event_id, source)
         return done
 
+    def window_s(self, program: str) -> float:
+        """How long an event of `program` has to get there before it is judged: an ERCOT
+        ancillary-service deployment its deadline, any other the service's ramp window."""
+        return max(self.ramp_window_s, DEPLOYMENT_DEADLINE_S.get(program, 0.0))
+
+    def end_at(self, event_id: str, at: datetime, now: datetime, reason: str) -> None:
+        """A live event is to end at `at` (a base point replaced by one that starts then)."""
+        record = self._live.get(event_id)
+        if record is not None and (record.end_utc is None or at < record.end_utc):
+            ending = replace(record, end_utc=at, reason=reason, updated_at_utc=now)
+            self._live[event_id] = ending
+            self._save(ending, audit_kind="event-modified", before=record)
+
     def after_cycle(
         self, now: datetime, decision: Decision, achieved_kw: float, evidence: str = ""
     ) -> None:
@@ -259,7 +277,7 @@ class EventBook:
             if status is None:
                 continue  # not started yet
             asked = max(record.revised_at_utc or record.received_at_utc, record.start_utc)
-            in_ramp = (now - asked).total_seconds() < self.ramp_window_s
+            in_ramp = (now - asked).total_seconds() < self.window_s(record.program)
             on = evidence or "device readings"
             band = None
             if self.resource is not None and ObligationKind(record.kind).is_base_point:
@@ -388,12 +406,15 @@ class EventBook:
             detail["end_utc"] = None if record.end_utc is None else record.end_utc.isoformat()
         if record.compliance is not None:
             c = record.compliance
-            detail["compliance"] = {
+            compliance: dict[str, object] = {
                 "baseline_kw": c.baseline_kw, "cycles": c.cycles,
                 "compliant_cycles": c.compliant_cycles, "worst_over_kw": c.worst_over_kw,
                 "worst_at_utc": None if c.worst_at_utc is None else c.worst_at_utc.isoformat(),
                 "asked_kwh": c.asked_kwh, "delivered_kwh": c.delivered_kwh,
             }  # fmt: skip
+            if c.intervals:  # a base point's 5-minute intervals, as settlement counts them
+                compliance |= {"intervals": c.intervals, "intervals_within": c.intervals_within}
+            detail["compliance"] = compliance
         if before is not None:
             detail["was"] = {"kind": before.kind, "requested_kw": before.requested_kw,
                              "revision": before.revision}  # fmt: skip

@@ -192,9 +192,14 @@ class Intake:
             raise RejectedError("base points need the site file's ercot section (the resource "
                                 "and its ramp curves): this site has none")  # fmt: skip
         for old in self._events.live:
-            if old.kind == record.kind and old.source == source:
-                self._events.release(old.event_id, now, source,
-                                     f"replaced by base point {record.event_id}")  # fmt: skip
+            if old.kind != record.kind or old.source != source:
+                continue
+            why = f"replaced by base point {record.event_id}"
+            if record.start_utc <= now:
+                self._events.release(old.event_id, now, source, why)
+            else:  # followed until the new one starts
+                until = f"ends at {record.start_utc:%H:%M:%S}: {why}"
+                self._events.end_at(old.event_id, record.start_utc, now, f"{old.reason}; {until}")
 
     @staticmethod
     def _record(message: DispatchMessage, now: datetime, source: str) -> EventRecord:

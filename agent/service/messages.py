@@ -89,7 +89,8 @@ class DispatchMessage(_In):
     end: AwareDatetime | None = Field(default=None, description="default: until released")
     program: str = Field(
         default="manual", min_length=1, max_length=32, pattern=_ID,
-        description="ERS, RRS, ECRS, 4CP, price, manual, ...",
+        description="ERS, RRS, ECRS, NSRS, SCED, 4CP, price, manual, ...; a shed of ECRS or NSRS "
+        "(an ERCOT deployment) is judged from its deadline, 10 or 30 minutes after it was asked",
     )  # fmt: skip
     issued_at: AwareDatetime
     signature: str | None = Field(

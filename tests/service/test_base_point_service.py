@@ -6,6 +6,7 @@ measured power; a site without an `ercot` section refuses base points with the r
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from adapters.sim.modbus_server import SimModbusSite
 from agent.app.assembly import Service, assemble
 from agent.app.published import telemetry_message
 from tests.helpers.shell import acks, dispatch, price, run_on_site, site_power_kw
-from tests.service.site import FakeClock, site_config
+from tests.service.site import T0, FakeClock, site_config
 
 # 60 kW a minute either way; met within 3 % of the set point or 2 kW
 ERCOT = """ercot: {resource: GFX_CLR1, tolerance_min_kw: 2,
@@ -79,6 +80,10 @@ async def _followed(service: Service, clock: FakeClock, sim: SimModbusSite) -> N
     assert ack.status == "completed"
     assert ack.compliance is not None
     assert ack.compliance.intervals == judged.intervals
+    service.store.flush()  # the writer thread has committed what the cycle wrote
+    (audited,) = [r for r in service.store.audit_since(T0, subject="bp-2")
+                  if r.kind == "event-completed"]  # fmt: skip
+    assert audited.detail["compliance"]["intervals_within"] == judged.intervals
 
 
 def test_a_site_without_an_ercot_resource_refuses_base_points(tmp_path: Path) -> None:
@@ -117,3 +122,35 @@ async def _above_reach(service: Service, clock: FakeClock, sim: SimModbusSite) -
     assert ack.status == "non_compliant"
     assert "off the" in ack.reason
     assert "set point: the load that can run now does not reach it" in ack.reason
+
+
+def test_a_base_point_that_starts_later_replaces_the_one_before_at_its_start(
+    tmp_path: Path,
+) -> None:
+    run_on_site(tmp_path, _later, mqtt=ERCOT)
+
+
+async def _later(service: Service, clock: FakeClock, sim: SimModbusSite) -> None:
+    service.snapshot(price(clock, 30.0))
+    await service.shell.cycle()
+    await send(service, clock, "bp-a", 300.0)
+    starts = clock.now + timedelta(seconds=150)
+    later = dispatch(clock, "bp-b", kind="base_point", base_point_kw=250.0,
+                     start=starts.isoformat())  # fmt: skip
+    done = service.inbox.put("dispatch", lambda: service.intake.dispatch(later))
+    assert done is None
+    clock.leap(60)
+    await service.shell.cycle()
+    a = service.events.get("bp-a")
+    assert a is not None
+    assert a.end_utc == starts  # followed until bp-b starts
+    assert "replaced by base point bp-b" in a.reason
+    for _ in range(3):
+        clock.leap(60)
+        report = await service.shell.cycle()
+    live = [r.event_id for r in service.events.live]
+    assert live == ["bp-b"]  # bp-a ended at bp-b's start
+    a = service.events.get("bp-a")
+    assert a is not None
+    assert a.status == "completed"
+    assert abs(report.site_kw - 250.0) <= 7.5  # bp-b's ramp from 300 at 60 kW a minute

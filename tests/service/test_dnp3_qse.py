@@ -90,3 +90,50 @@ async def _master(service: Service, clock: FakeClock, sim: SimModbusSite) -> Non
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_ancillary_service_deployments_shed_revise_and_recall_over_dnp3(tmp_path: Path) -> None:
+    run_on_site(tmp_path, _deployments, mqtt=ERCOT.replace(str(PORT), str(DEPLOY_PORT)))
+
+
+DEPLOY_PORT = free_port()
+
+
+async def _deployments(service: Service, clock: FakeClock, sim: SimModbusSite) -> None:
+    link = QseLink(service, clock)
+    task = asyncio.create_task(run_qse_link(link))
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", DEPLOY_PORT)
+        service.snapshot(price(clock, 30.0))
+        await service.shell.cycle()
+        master = Master(handler=DefaultSOEHandler(),
+                        config=MasterConfig(address=1, outstation_address=10))  # fmt: skip
+        async with MasterTcpRunner(master=master, host="127.0.0.1", port=DEPLOY_PORT) as m:
+
+            async def write(index: int, kw: float) -> None:
+                builder = CommandBuilder().add_analog(index, kw)
+                await m.request(master.build_direct_operate(builder.build_direct_operate()))
+                clock.leap(2)
+                await service.shell.cycle()
+
+            await write(AO.ECRS_DEPLOYMENT, 50.0)
+            (ecrs,) = service.events.live
+            assert (ecrs.program, ecrs.kind, ecrs.requested_kw) == ("ECRS", "shed", 50.0)
+            assert service.shell.last is not None
+            assert service.shell.last.site_kw <= (FULL_KW - 50) * 1.005  # the meter's 0.5 %
+            await write(AO.ECRS_DEPLOYMENT, 80.0)  # more: the same deployment, the same baseline
+            (more,) = service.events.live
+            assert (more.event_id, more.requested_kw) == (ecrs.event_id, 80.0)
+            assert service.shell.last.site_kw <= (FULL_KW - 80) * 1.005
+            await write(AO.ECRS_DEPLOYMENT, 0.0)  # recalled
+            assert service.events.live == []
+            done = service.events.get(ecrs.event_id)
+            assert done is not None
+            assert done.status == "completed"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # judged from their deadlines: ECRS 10 minutes, Non-Spin 30, anything else the ramp window
+    assert service.events.window_s("ECRS") == 600.0
+    assert service.events.window_s("NSRS") == 1800.0
+    assert service.events.window_s("RRS") == service.events.ramp_window_s
