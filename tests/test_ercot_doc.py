@@ -9,6 +9,7 @@ import yaml
 
 from adapters.scada.dnp3_outstation import AI, AO, BI
 from agent.config.ercot import ErcotConfig
+from tests.service.site import site_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs/ercot.md"
 
@@ -30,3 +31,17 @@ def test_the_documented_point_map_is_the_outstations() -> None:
     ours |= {("Analog input", v) for k, v in vars(AI).items() if k.isupper()}
     ours |= {("Binary input", v) for k, v in vars(BI).items() if k.isupper()}
     assert found == ours
+
+
+def test_a_tolerance_floor_the_site_cannot_miss_is_warned_about() -> None:
+
+    ramp = "normal_ramp: [{at_kw: 0, up_kw_per_min: 60, down_kw_per_min: 60}]"
+    small = site_config(
+        Path("/tmp/x.db"), 1502, mqtt=f"ercot: {{resource: R1, {ramp}}}"
+    )  # 3 MW on a 361 kW site
+    (warning,) = [w for w in small.warnings() if "ercot.tolerance_min_kw" in w]
+    assert "3,000 kW is more than a tenth of the site's 361 kW rated" in warning
+    own = site_config(
+        Path("/tmp/x.db"), 1502, mqtt=f"ercot: {{resource: R1, tolerance_min_kw: 2, {ramp}}}"
+    )
+    assert not [w for w in own.warnings() if "ercot" in w]

@@ -310,6 +310,13 @@ class SiteConfig(Strict):
                 f"site.import_limit_kw {limit_kw:,.0f}: a rating in W where kW is meant, or an "
                 "import limit too low? (valid for a site that never runs everything at once)"
             )
+        rated_kw = sum(d.rated_kw * d.count for d in self.devices)
+        if self.ercot is not None and self.ercot.tolerance_min_kw > 0.1 * rated_kw:
+            found.append(
+                f"ercot.tolerance_min_kw {self.ercot.tolerance_min_kw:,.0f} kW is more than a "
+                f"tenth of the site's {rated_kw:,.0f} kW rated: almost any load meets a base "
+                "point; set the tolerance the site's QSE is held to"
+            )
         if self.openadr is not None and not self.openadr.programs:
             found.append(
                 "openadr.programs is empty: events of every market context the VTN sends are "
