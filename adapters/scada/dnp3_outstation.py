@@ -143,7 +143,3 @@ class QseOutstation:
 
     async def stop(self) -> None:
         await self._runner.stop()
-
-    def local_port(self) -> int | None:
-        address = self._runner.local_address
-        return None if address is None else address[1]

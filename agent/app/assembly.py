@@ -265,12 +265,12 @@ def assemble(
         del record
         metrics.dispatch_verified_seconds.observe(latency_s)
 
+    policy = config.decision_policy()
     events = EventBook(store, lambda r: send("dispatch/ack", ack_of(r)), on_verified, metrics,
                        ramp_window_s=config.service.ramp_window_s,
-                       resource=None if config.ercot is None else config.ercot.model())  # fmt: skip
+                       resource=policy.resource)  # fmt: skip
     inbox = Inbox(snapshot, wake.set, metrics)
     fleet = config.fleet()
-    policy = config.decision_policy()
     intake, grid = _intakes(config, events, snapshot, store, metrics, send, clock, monotonic)
     service_config = config.service
     shell = Shell(

@@ -25,6 +25,7 @@ from agent.app.assembly import Service
 from agent.app.published import flexible_kw
 from agent.domain.signals import ObligationKind
 from agent.ports import Clock
+from agent.service.compliance import off_band_kw
 
 __all__ = ["QseLink", "run_qse_link"]
 
@@ -40,8 +41,9 @@ class QseLink:
         ercot = service.config.ercot
         assert ercot is not None
         assert ercot.dnp3 is not None
+        assert service.events.resource is not None  # the policy's, from the same section
         self._service, self._clock = service, clock
-        self._resource = ercot.model()
+        self._resource = service.events.resource
         self._writes = 0
         d = ercot.dnp3
         self.outstation = QseOutstation(d.host, d.port, address=d.address,
@@ -95,7 +97,7 @@ class QseLink:
         if limit is not None:
             mpc = min(mpc, limit)
         base, set_point, emergency = self._followed()
-        off = bool(base) and abs(consumption - set_point) > self._resource.tolerance_kw(set_point)
+        off = bool(base) and off_band_kw(consumption, set_point, self._resource.tolerance_kw) > 0
         ramp = self._resource.normal_ramp
         up = ramp.rate_kw_per_min(consumption, up=True)
         down = ramp.rate_kw_per_min(consumption, up=False)

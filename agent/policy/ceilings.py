@@ -34,13 +34,15 @@ def site_ceiling(
     now: datetime,
     was_on: BoolArray,
     grid_first: bool,
+    followed: Obligation | None,
 ) -> tuple[float | None, list[tuple[str, float]], dict[str, float]]:
+    """`followed`: the base point the site follows (following()), the one base point with a
+    ceiling."""
     active = sorted((o for o in signals.obligations if o.is_active(now)), key=lambda o: o.event_id)
     # every event's baseline: a shed's ceiling is measured from it, a base point's trajectory
     # starts at it, and each event's energy delivered against asked (agent.service.events)
     drawn_now_kw = _site_drawn_kw(state, memory) if active else 0.0
     baselines = {o.event_id: memory.baselines_kw.get(o.event_id, drawn_now_kw) for o in active}
-    followed = following(active)
     ceilings = [(o.event_id, _ceiling_of(o, baselines, policy, now)) for o in active
                 if not o.kind.is_base_point or o is followed]  # fmt: skip
     if policy.import_limit_kw is not None:

@@ -53,7 +53,7 @@ class PoolTrend:
 
     at_s: float  # POSIX seconds of that decision
     running_requests: float  # requests being served (nan: the servers do not say)
-    slope_per_s: float  # of the running requests, a second, smoothed over about a warm-up
+    slope_per_s: float  # of the running requests, a second, smoothed over about three warm-ups
     grown_at_s: float = -math.inf  # when a missed service level last grew the pool
 
 

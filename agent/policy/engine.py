@@ -29,7 +29,7 @@ import numpy as np
 
 from agent.domain.fleet import BoolArray, FleetState, Priority
 from agent.domain.settings import Policy, Posture, StalePosture
-from agent.domain.signals import EmergencyLevel, Signals
+from agent.domain.signals import EmergencyLevel, Obligation, Signals
 from agent.policy.ceilings import following, obligation_status, site_ceiling
 from agent.policy.decision import Decision, Memory, Rule
 from agent.policy.follow import apply_followers
@@ -52,6 +52,7 @@ class _Cycle:
     now: datetime
     now_s: float
     was_on: BoolArray  # ran after the previous decision
+    followed: Obligation | None  # the SCED base point the site follows (ceilings.following)
 
 
 def decide(
@@ -69,6 +70,7 @@ def decide(
         now=now,
         now_s=now.timestamp(),
         was_on=np.nan_to_num(memory.setpoint_kw, nan=0.0) > EPS_KW,
+        followed=following([o for o in signals.obligations if o.is_active(now)]),
     )
     off_draw, on_draw = learned_draws(fleet_state, memory, cycle.now_s)
     plan = Plan(
@@ -97,7 +99,7 @@ def decide(
     # merit order re-applies the followers after every class it cuts (merit.py)
     ceiling_kw, ceilings, baselines = site_ceiling(
         plan, signals, fleet_state, policy, memory,
-        now=now, was_on=cycle.was_on, grid_first=grid_first,
+        now=now, was_on=cycle.was_on, grid_first=grid_first, followed=cycle.followed,
     )  # fmt: skip
     _ramp(plan, cycle)
 
@@ -236,7 +238,7 @@ def _economics(
     # while the site follows a SCED base point, the base point is the price decision: SCED
     # cleared it against the site's bid to buy, so no class stops on price (ceilings.py
     # brings the site onto the base point's trajectory, most valuable load kept)
-    point = following([o for o in signals.obligations if o.is_active(cycle.now)])
+    point = cycle.followed
     running: list[bool] = []
     for pos, load_class in enumerate(plan.fleet.classes):
         idx = plan.fleet.members[pos]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-__all__ = ["Compliance", "verified_under"]
+__all__ = ["Compliance", "off_band_kw", "verified_under"]
 
 OVER_PERIODS_KEPT = 20
 # Meter noise and float rounding: a ceiling counts as met within 0.5 % (or 0.1 kW).
@@ -24,6 +24,13 @@ _TOLERANCE_KW = 0.1
 
 def verified_under(achieved_kw: float, ceiling_kw: float) -> bool:
     return achieved_kw <= ceiling_kw + max(_TOLERANCE_KW, _TOLERANCE_FRACTION * ceiling_kw)
+
+
+def off_band_kw(achieved_kw: float, set_point_kw: float, band: Callable[[float], float]) -> float:
+    """How far a base point's load is outside its tolerance band (band(set point kW)), either
+    way; at most 0 within it (float noise of a site landed on its edge counts as within)."""
+    off = abs(achieved_kw - set_point_kw) - band(set_point_kw)
+    return 0.0 if off <= 1e-9 else off
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +84,8 @@ class Compliance:
         over = verified_kw - declared_kw
         ok = verified_under(verified_kw, declared_kw)
         if band is not None:
-            over = abs(verified_kw - declared_kw) - band(declared_kw)  # a miss either way
-            ok = over <= 1e-9  # float noise of a site landed on its band
+            over = off_band_kw(verified_kw, declared_kw, band)  # a miss either way
+            ok = over == 0.0
         record = self if band is None else self._interval(now, verified_kw, declared_kw, band)
         if in_ramp and not ok:  # still getting there: neither compliant nor not
             return replace(record, baseline_kw=base, ramp_cycles=self.ramp_cycles + 1,
@@ -133,7 +140,7 @@ class Compliance:
             return replace(self, interval_start=None)
         avg_kw = self.interval_kw_s / self.interval_s
         set_kw = self.interval_set_kw_s / self.interval_s
-        within = abs(avg_kw - set_kw) <= band(set_kw) + 1e-9
+        within = off_band_kw(avg_kw, set_kw, band) == 0.0
         missed = self.intervals_missed
         if not within and len(missed) < OVER_PERIODS_KEPT:
             missed = (*missed, (self.interval_start, round(avg_kw, 3), round(set_kw, 3)))

@@ -42,7 +42,7 @@ from agent.domain.ercot import Resource
 from agent.domain.signals import Obligation, ObligationKind
 from agent.policy import Decision
 from agent.policy.decision import ObligationStatus
-from agent.service.compliance import Compliance, verified_under
+from agent.service.compliance import Compliance, off_band_kw, verified_under
 from agent.service.metrics import Metrics
 from agent.service.store import FINAL_STATUSES, LIVE_STATUSES, EventRecord, Store
 
@@ -253,6 +253,13 @@ class EventBook:
         log.info("event %s released by %s", event_id, source)
         return done
 
+    def _band(self, record: EventRecord) -> Callable[[float], float] | None:
+        """A base point's tolerance (kW at a set point): the band it is judged in; None for
+        any other event (judged under its ceiling)."""
+        if self.resource is None or not ObligationKind(record.kind).is_base_point:
+            return None
+        return self.resource.tolerance_kw
+
     def window_s(self, program: str) -> float:
         """How long an event of `program` has to get there before it is judged: an ERCOT
         ancillary-service deployment its deadline, any other the service's ramp window."""
@@ -279,9 +286,7 @@ class EventBook:
             asked = max(record.revised_at_utc or record.received_at_utc, record.start_utc)
             in_ramp = (now - asked).total_seconds() < self.window_s(record.program)
             on = evidence or "device readings"
-            band = None
-            if self.resource is not None and ObligationKind(record.kind).is_base_point:
-                band = self.resource.tolerance_kw
+            band = self._band(record)
             judged = (record.compliance or Compliance()).judge(
                 now, status.ceiling_kw, achieved_kw, status.baseline_kw,
                 in_ramp=in_ramp, judged_on=on,
@@ -311,14 +316,12 @@ class EventBook:
         ceiling = status.ceiling_kw + record.expected_shortfall_kw
         under = verified_under(achieved_kw, ceiling)
         what, miss, cause = "ceiling", f"{achieved_kw - ceiling:.1f} kW over the", status.cause
-        if self.resource is not None and ObligationKind(record.kind).is_base_point:
+        band = self._band(record)
+        if band is not None:
             # a base point is met within its tolerance either way of its set point (the ramp)
-            band = self.resource.tolerance_kw(ceiling)
-            under = abs(achieved_kw - ceiling) <= band + 1e-9
-            what, miss = (
-                "set point",
-                f"{achieved_kw - ceiling:+.1f} kW (tolerance {band:.1f}) off the",
-            )
+            under = off_band_kw(achieved_kw, ceiling, band) == 0.0
+            what = "set point"
+            miss = f"{achieved_kw - ceiling:+.1f} kW (tolerance {band(ceiling):.1f}) off the"
             if achieved_kw < ceiling:
                 cause = "the load that can run now does not reach it"
         at = f"site at {achieved_kw:.1f} kW on the {on}"
