@@ -96,8 +96,10 @@ class QseLink:
         limit = service.config.site.import_limit_kw
         if limit is not None:
             mpc = min(mpc, limit)
-        base, set_point, emergency = self._followed()
-        off = bool(base) and off_band_kw(consumption, set_point, self._resource.tolerance_kw) > 0
+        followed = self._followed()
+        base, set_point, emergency = followed or (0.0, 0.0, False)
+        band = self._resource.tolerance_kw
+        off = followed is not None and off_band_kw(consumption, set_point, band) > 0
         ramp = self._resource.normal_ramp
         up = ramp.rate_kw_per_min(consumption, up=True)
         down = ramp.rate_kw_per_min(consumption, up=False)
@@ -106,15 +108,15 @@ class QseLink:
             consumption_kw=consumption, lpc_kw=lpc, mpc_kw=mpc, base_point_kw=base,
             set_point_kw=set_point, hdl_kw=min(mpc, consumption + 5 * up),
             ldl_kw=max(lpc, consumption - 5 * down), status=ONL if online else OUTL,
-            following=bool(base), off_set_point=off, emergency=emergency,
+            following=followed is not None, off_set_point=off, emergency=emergency,
         )  # fmt: skip
 
-    def _followed(self) -> tuple[float, float, bool]:
+    def _followed(self) -> tuple[float, float, bool] | None:
         """The base point the last cycle followed: (its kW, its set point now, emergency);
-        zeros when none."""
+        None when none (a base point of 0 kW is one: curtail everything curtailable)."""
         last = self._service.shell.last
         if last is None:
-            return 0.0, 0.0, False
+            return None
         statuses = {s.event_id: s for s in last.decision.obligations}
         for record in self._service.events.live:
             kind = ObligationKind(record.kind)
@@ -122,7 +124,7 @@ class QseLink:
             if kind.is_base_point and status is not None:
                 return (record.requested_kw, status.ceiling_kw,
                         kind is ObligationKind.EMERGENCY_BASE_POINT)  # fmt: skip
-        return 0.0, 0.0, False
+        return None
 
     def refresh(self) -> None:
         self.outstation.update(self.telemetry())

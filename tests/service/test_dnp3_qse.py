@@ -111,6 +111,17 @@ async def _master(service: Service, clock: FakeClock, sim: SimModbusSite) -> Non
         assert ai[AI.BASE_POINT] == 100
         assert ai[AI.SET_POINT] == pytest.approx(100, abs=1)  # 200 - 120 a minute, held at 100
 
+        # 0 kW is a base point too (curtail everything that can be): still followed
+        await qse.write(AO.EMERGENCY_BASE_POINT, 0.0)
+        await service.shell.cycle()
+        clock.leap(60)
+        await service.shell.cycle()
+        ai, bi = await qse.poll()
+        assert bi[BI.FOLLOWING]
+        assert ai[AI.BASE_POINT] == 0
+        assert ai[AI.SET_POINT] == 0
+        assert bi[BI.OFF_SET_POINT]  # the controls' 5 kW cannot go: more than the 2 kW band
+
 
 def test_ancillary_service_deployments_shed_revise_and_recall_over_dnp3(tmp_path: Path) -> None:
     run_on_site(tmp_path, _deployments, mqtt=ERCOT.replace(str(PORT), str(DEPLOY_PORT)))
